@@ -1,0 +1,77 @@
+"""Backend choice, in one place.
+
+``"torch"``: pure PyTorch (``torch._foreach_*`` and tensor ops); every device and
+dtype; the reference the kernels are tested against.  ``"triton"`` and
+``"cuda"``: fused multi-tensor kernels.  ``"auto"`` picks cuda, then triton,
+then torch, silently; ``CLR_FUSED_BACKEND`` overrides ``"auto"``.  Asking for an
+unavailable backend by name raises :class:`BackendUnavailable` with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from . import _ext
+
+BACKENDS = ("auto", "torch", "triton", "cuda")
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend asked for by name cannot run here."""
+
+
+def check_name(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def why_unavailable(backend: str, device: torch.device) -> str | None:
+    """``None`` when ``backend`` can run on ``device``, else the reason."""
+    if backend == "torch":
+        return None
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed"
+        if device.type == "cpu" and not _triton_interpret():
+            return "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
+        if device.type not in ("cpu", "cuda"):
+            return f"Triton does not run on {device.type} tensors"
+        if device.type == "cuda" and _triton_interpret():
+            return "TRITON_INTERPRET=1 is set, so Triton cannot launch on CUDA tensors"
+        from .kernels import triton_available
+
+        return triton_available.why_not()
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
+        if _ext.load() is None:
+            return f"the clr_fused CUDA extension did not load: {_ext.error()!r}"
+        return None
+    raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend for tensors on ``device``."""
+    check_name(backend)
+    if backend == "auto":
+        env = os.environ.get("CLR_FUSED_BACKEND", "").strip()
+        if env:
+            backend = check_name(env)
+    if backend == "auto":
+        candidates = ("cuda", "triton") if device.type == "cuda" else ()
+        for name in candidates:
+            if why_unavailable(name, device) is None:
+                return name
+        return "torch"
+    reason = why_unavailable(backend, device)
+    if reason is not None:
+        raise BackendUnavailable(f"backend={backend!r} is unavailable on {device}: {reason}")
+    return backend

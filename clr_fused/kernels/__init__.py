@@ -1,0 +1,1 @@
+"""Update kernels: ``reference`` (torch backend), ``triton_*`` (Triton backend)."""

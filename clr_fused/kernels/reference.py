@@ -1,0 +1,163 @@
+"""The ``torch`` backend: SGD and Adam updates from ``torch._foreach_*`` ops.
+
+This is the reference the Triton and CUDA kernels are tested against, so it
+follows the kernel rules: math in float32 (float64 for float64 params), one
+rounding to the storage dtype at the end, and the hyperparameters that the
+schedule moves (``lr``, cycled momentum / beta1) arrive as device tensors.
+
+Every function takes the tensors of ONE (device, dtype) bucket and updates
+them in place.  ``grad_mul`` (device scalar or ``None``) folds GradScaler's
+1/scale, the clip factor and maximize's sign into one multiply.  ``skip``
+(device bool scalar or ``None``) is True on a non-finite step: then nothing
+is written, which needs no host sync because every new value is computed out
+of place and committed with ``torch.where``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+Number = float | Tensor
+
+
+def math_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _upcast(tensors: Sequence[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    return [t.to(dtype) for t in tensors]
+
+
+def _commit(dst: Sequence[Tensor], new: Sequence[Tensor], skip: Tensor | None) -> None:
+    """``dst[i] <- new[i]`` (one rounding to dst's dtype) unless ``skip``."""
+    if not dst:
+        return
+    if skip is None:
+        torch._foreach_copy_(list(dst), list(new))
+        return
+    for d, n in zip(dst, new):
+        d.copy_(torch.where(skip, d, n.to(d.dtype)))
+
+
+def _scaled_grads(grads, dtype, grad_mul: Tensor | None, maximize: bool) -> list[Tensor]:
+    g = _upcast(grads, dtype)
+    if grad_mul is not None:
+        g = torch._foreach_mul(g, grad_mul.to(dtype))
+    if maximize:
+        g = torch._foreach_neg(g)
+    return g
+
+
+def sgd_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffers: list[Tensor | None],
+    new_buffer: list[bool],
+    *,
+    lr: Tensor,
+    momentum: Number,
+    use_momentum: bool,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    grad_mul: Tensor | None,
+    skip: Tensor | None,
+) -> None:
+    """torch.optim.SGD's update; ``new_buffer[i]`` marks a buffer created this step."""
+    dt = math_dtype(params[0].dtype)
+    p = _upcast(params, dt)
+    d_p = _scaled_grads(grads, dt, grad_mul, maximize)
+    if weight_decay != 0:
+        d_p = torch._foreach_add(d_p, p, alpha=weight_decay)
+    if use_momentum:
+        bufs = _upcast(momentum_buffers, dt)  # type: ignore[arg-type]
+        new_bufs = torch._foreach_mul(bufs, momentum)
+        torch._foreach_add_(new_bufs, d_p, alpha=1.0 - dampening)
+        # torch starts the buffer at the first gradient, undamped.
+        new_bufs = [d.clone() if fresh else b for d, b, fresh in zip(d_p, new_bufs, new_buffer)]
+        if nesterov:
+            d_p = torch._foreach_add(d_p, torch._foreach_mul(new_bufs, momentum))
+        else:
+            d_p = new_bufs
+        _commit(momentum_buffers, new_bufs, skip)  # type: ignore[arg-type]
+    _commit(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt))), skip)
+
+
+def adam_(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    max_exp_avg_sqs: list[Tensor],
+    steps: list[Tensor],
+    *,
+    lr: Tensor,
+    beta1: Number,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    amsgrad: bool,
+    maximize: bool,
+    grad_mul: Tensor | None,
+    skip: Tensor | None,
+) -> None:
+    """torch.optim.Adam / AdamW's update; ``steps`` are float32 device scalars."""
+    dt = math_dtype(params[0].dtype)
+    lr = lr.to(dt)
+    p = _upcast(params, dt)
+    g = _scaled_grads(grads, dt, grad_mul, maximize)
+    if weight_decay != 0:
+        if decoupled:
+            p = torch._foreach_mul(p, 1.0 - lr * weight_decay)
+        else:
+            g = torch._foreach_add(g, p, alpha=weight_decay)
+    b1 = beta1.to(dt) if isinstance(beta1, Tensor) else beta1
+
+    m = torch._foreach_mul(_upcast(exp_avgs, dt), b1)
+    torch._foreach_add_(m, torch._foreach_mul(g, 1.0 - b1))
+    v = torch._foreach_mul(_upcast(exp_avg_sqs, dt), beta2)
+    torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
+    if amsgrad:
+        v_max = torch._foreach_maximum(_upcast(max_exp_avg_sqs, dt), v)
+
+    new_steps = torch._foreach_add(steps, 1.0)
+    # Bias corrections per tensor, as one small vector (steps differ per tensor).
+    step_vec = torch.stack(new_steps).to(dt)
+    if isinstance(b1, Tensor):
+        bc1 = 1.0 - torch.exp(step_vec * torch.log(b1))
+    else:
+        bc1 = 1.0 - torch.pow(b1, step_vec)
+    bc2_sqrt = torch.sqrt(1.0 - torch.pow(beta2, step_vec))
+    step_size = (lr / bc1).unbind()
+
+    denom = torch._foreach_sqrt(v_max if amsgrad else v)
+    torch._foreach_div_(denom, list(bc2_sqrt.unbind()))
+    torch._foreach_add_(denom, eps)
+    upd = torch._foreach_div(m, denom)
+    torch._foreach_mul_(upd, list(step_size))
+
+    _commit(params, torch._foreach_sub(p, upd), skip)
+    _commit(exp_avgs, m, skip)
+    _commit(exp_avg_sqs, v, skip)
+    if amsgrad:
+        _commit(max_exp_avg_sqs, v_max, skip)
+    _commit(steps, new_steps, skip)
+
+
+def global_grad_norm(grads: list[Tensor], device: torch.device) -> Tensor:
+    """L2 norm over every gradient, float32, on ``device``; no host sync."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        by_device.setdefault(g.device, []).append(g)
+    parts = []
+    for dev, gs in by_device.items():
+        norms = torch._foreach_norm(gs, 2, dtype=torch.float32)
+        parts.append(torch.linalg.vector_norm(torch.stack(norms)).to(device, non_blocking=True))
+    if not parts:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    return torch.linalg.vector_norm(torch.stack(parts))

@@ -1,0 +1,124 @@
+"""Adam and AdamW (decoupled weight decay), with amsgrad and maximize."""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.registry import kernels_for
+from .base import FusedOptimizer
+
+
+class Adam(FusedOptimizer):
+    """Drop-in ``torch.optim.Adam`` whose LR schedule runs on the device.
+
+    ``lr`` is a float or a schedule spec, per param group too.  A spec with
+    ``cycle_momentum=True`` overrides ``beta1`` with its cycled value, as
+    torch's CyclicLR / OneCycleLR do.  State keys are torch's (``step``,
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``); ``step`` is a float32
+    device scalar, as in torch's fused/capturable Adam.
+    """
+
+    _momentum_key = "betas"
+    _decoupled = False
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        *,
+        backend: str = "auto",
+        max_grad_norm: float | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        self._validate_group(defaults)
+        super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
+
+    def _validate_group(self, group) -> None:
+        betas = group["betas"]
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        for i, b in enumerate(betas):
+            if not isinstance(b, (int, float)) or isinstance(b, bool) or not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b!r} (must be in [0, 1))")
+        for name in ("eps", "weight_decay"):
+            v = group[name]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0.0:
+                raise ValueError(f"Invalid {name} value: {v!r} (must be >= 0)")
+
+    def _state_for(self, p, amsgrad: bool):
+        st = self.state[p]
+        if not st:
+            sdt = self._state_dtype_for(p)
+            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            st["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+        if amsgrad and "max_exp_avg_sq" not in st:
+            st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"], memory_format=torch.preserve_format)
+        return st
+
+    def _update_bucket(self, backend, group, params, *, lr, momentum, grad_mul, skip) -> None:
+        amsgrad = group["amsgrad"]
+        states = [self._state_for(p, amsgrad) for p in params]
+        kernels_for(backend).adam_(
+            params,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
+            [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+            [s["step"] for s in states],
+            lr=lr,
+            beta1=group["betas"][0] if momentum is None else momentum,
+            beta2=group["betas"][1],
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=self._decoupled,
+            amsgrad=amsgrad,
+            maximize=group["maximize"],
+            grad_mul=grad_mul,
+            skip=skip,
+        )
+
+    def _after_load(self) -> None:
+        super()._after_load()
+        for p, st in self.state.items():
+            if "step" in st:
+                st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``p *= 1 - lr * weight_decay``), like ``torch.optim.AdamW``."""
+
+    _decoupled = True
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        maximize: bool = False,
+        *,
+        backend: str = "auto",
+        max_grad_norm: float | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            maximize,
+            backend=backend,
+            max_grad_norm=max_grad_norm,
+            state_dtype=state_dtype,
+        )

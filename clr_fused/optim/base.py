@@ -1,0 +1,355 @@
+"""What every clr_fused optimizer shares: schedules on the device, the step
+orchestration (sparse check, GradScaler, fused clipping, step counter), the
+(device, dtype) buckets and the torch-format state dict.
+
+An algorithm subclass supplies ``_validate_group``, ``_init_state`` and
+``_update_bucket``; everything about schedules lives here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from .. import backends
+from .. import schedule_math as sm
+from ..kernels import reference
+from ..schedules import Constant, ReduceLROnPlateau, Schedule, schedule_from_dict
+
+STATE_DICT_KEY = "clr_fused"
+
+
+def _check_lr_value(lr: Any) -> None:
+    if isinstance(lr, Schedule):
+        return
+    if isinstance(lr, Tensor):
+        raise ValueError("lr must be a float or a clr_fused schedule spec, not a tensor (the schedule already lives on the device)")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite float >= 0 or a clr_fused schedule spec, got {lr!r}")
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base class: a ``torch.optim.Optimizer`` whose LR schedule runs on the device."""
+
+    # GradScaler hands us grad_scale / found_inf instead of skipping step().
+    _step_supports_amp_scaling = True
+
+    #: Group key that the schedule's cycled momentum overrides ("momentum" or "betas").
+    _momentum_key: str = "momentum"
+
+    def __init__(
+        self,
+        params: Iterable,
+        defaults: dict[str, Any],
+        *,
+        backend: str = "auto",
+        max_grad_norm: float | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        backends.check_name(backend)
+        if max_grad_norm is not None and (
+            isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0 or not math.isfinite(max_grad_norm)
+        ):
+            raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
+        if state_dtype is not None and state_dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+            raise ValueError(f"state_dtype must be None or a floating dtype (torch.float32, ...), got {state_dtype!r}")
+        _check_lr_value(defaults["lr"])
+        self.backend = backend
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.state_dtype = state_dtype
+        self.last_grad_norm: Tensor | None = None
+        self._step_counter: Tensor | None = None
+        self._plateau: dict[int, dict[str, Tensor]] = {}
+        self._spec_cache: dict[int, tuple[Any, Schedule, list[list[float]]]] = {}
+        self._backend_cache: dict[torch.device, str] = {}
+        super().__init__(params, defaults)
+        if not any(g["params"] for g in self.param_groups):
+            raise ValueError("optimizer got an empty parameter list")
+        # One schedule step counter per optimizer, on the first parameter's device.
+        self._counter_device = next(p for g in self.param_groups for p in g["params"]).device
+        self._step_counter = torch.zeros((), dtype=torch.int64, device=self._counter_device)
+
+    # ------------------------------------------------------------ param groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        lr = param_group.get("lr", self.defaults["lr"])
+        _check_lr_value(lr)
+        self._validate_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        """Raise ValueError naming a bad hyperparameter (subclasses extend)."""
+
+    # ------------------------------------------------------------ schedules
+    def schedule(self, group_index: int = 0) -> Schedule:
+        """The schedule spec that drives param group ``group_index``."""
+        return self._schedule_and_rows(group_index)[0]
+
+    def _schedule_and_rows(self, group_index: int) -> tuple[Schedule, list[list[float]]]:
+        # Cached on the identity of group["lr"]: re-assigning it (a new float
+        # or spec) takes effect at the next step.
+        lr = self.param_groups[group_index]["lr"]
+        cached = self._spec_cache.get(group_index)
+        if cached is not None and cached[0] is lr:
+            return cached[1], cached[2]
+        _check_lr_value(lr)
+        spec = lr if isinstance(lr, Schedule) else Constant(float(lr))
+        if isinstance(spec, ReduceLROnPlateau):
+            self._plateau_state(group_index, spec)
+        rows = spec.rows()
+        self._spec_cache[group_index] = (lr, spec, rows)
+        return spec, rows
+
+    def _plateau_state(self, group_index: int, spec: ReduceLROnPlateau) -> dict[str, Tensor]:
+        st = self._plateau.get(group_index)
+        if st is None:
+            dev = self._counter_device
+            st = {
+                "lr": torch.tensor(spec.base_lr, dtype=torch.float32, device=dev),
+                "best": torch.tensor(math.inf if spec.mode == "min" else -math.inf, dtype=torch.float32, device=dev),
+                "num_bad_epochs": torch.zeros((), dtype=torch.int64, device=dev),
+                "cooldown_counter": torch.zeros((), dtype=torch.int64, device=dev),
+            }
+            self._plateau[group_index] = st
+        return st
+
+    def _lr_and_momentum(self, group_index: int) -> tuple[Tensor, Tensor | None]:
+        """Device scalars (float32) of the group's LR and cycled momentum/beta1."""
+        spec, rows = self._schedule_and_rows(group_index)
+        plateau = self._plateau.get(group_index)
+        lr, mom = sm.evaluate_rows(
+            rows, self._step_counter, sm.TORCH_OPS, plateau_lr=None if plateau is None else plateau["lr"]
+        )
+        lr = torch.as_tensor(lr, dtype=torch.float32, device=self._counter_device)
+        if not spec.cycles_momentum:
+            mom = None
+        return lr, mom
+
+    @torch.no_grad()
+    def report(self, metric: float | Tensor) -> None:
+        """Feed a metric to every ReduceLROnPlateau group, on the device.
+
+        Mirrors ``torch.optim.lr_scheduler.ReduceLROnPlateau.step(metric)``.
+        A tensor metric is never read by the host.
+        """
+        if isinstance(metric, Tensor):
+            if metric.numel() != 1:
+                raise ValueError(f"metric must be a scalar, got a tensor of shape {tuple(metric.shape)}")
+            cur = metric.detach().reshape(()).to(self._counter_device, torch.float32, non_blocking=True)
+        else:
+            if isinstance(metric, bool) or not isinstance(metric, (int, float)):
+                raise ValueError(f"metric must be a number or a scalar tensor, got {type(metric).__name__}")
+            cur = torch.tensor(float(metric), dtype=torch.float32, device=self._counter_device)
+        for gi in range(len(self.param_groups)):
+            spec = self.schedule(gi)
+            if isinstance(spec, ReduceLROnPlateau):
+                _plateau_update(self._plateau_state(gi, spec), spec, cur)
+
+    def get_last_lr(self) -> list[float]:
+        """The LR the next update of each group will use (reads the device)."""
+        return [float(self._lr_and_momentum(gi)[0]) for gi in range(len(self.param_groups))]
+
+    def get_last_momentum(self) -> list[float]:
+        """The momentum/beta1 the next update of each group will use."""
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            mom = self._lr_and_momentum(gi)[1]
+            out.append(float(mom) if mom is not None else float(self._static_momentum(group)))
+        return out
+
+    def _static_momentum(self, group: dict[str, Any]) -> float:
+        return group["betas"][0] if self._momentum_key == "betas" else group["momentum"]
+
+    @property
+    def schedule_step(self) -> Tensor:
+        """The device step counter: how many updates the schedule has advanced."""
+        return self._step_counter
+
+    # ------------------------------------------------------------ the step
+    def _backend_for(self, device: torch.device) -> str:
+        name = self._backend_cache.get(device)
+        if name is None:
+            name = backends.resolve(self.backend, device)
+            self._backend_cache[device] = name
+        return name
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        # Refuse bad input before anything moves.
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use torch.optim.SparseAdam")
+            work.append((gi, group, params))
+        for _, _, params in work:
+            for p in params:
+                self._backend_for(p.device)
+
+        skip, grad_mul = self._skip_and_grad_mul([p.grad for _, _, ps in work for p in ps])
+
+        for gi, group, params in work:
+            if not params:
+                continue
+            lr, mom = self._lr_and_momentum(gi)
+            for (device, _dtype), bucket in _buckets(params).items():
+                on_dev = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+                self._update_bucket(
+                    self._backend_for(device),
+                    group,
+                    bucket,
+                    lr=on_dev(lr),
+                    momentum=on_dev(mom),
+                    grad_mul=on_dev(grad_mul),
+                    skip=on_dev(skip),
+                )
+
+        # The schedule advances only on finite steps, decided on the device.
+        if skip is None:
+            self._step_counter.add_(1)
+        else:
+            self._step_counter.add_((~skip).to(torch.int64))
+        return loss
+
+    def _skip_and_grad_mul(self, grads: list[Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """Device scalars: ``skip`` (non-finite step) and the grad multiplier.
+
+        The multiplier folds GradScaler's ``1 / grad_scale`` and the fused
+        clip factor ``min(1, max_norm / (norm + 1e-6))`` into one value.
+        """
+        dev = self._counter_device
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        skip = None if found_inf is None else found_inf.to(dev, non_blocking=True).reshape(()) > 0
+        inv_scale = None if grad_scale is None else 1.0 / grad_scale.to(dev, torch.float32, non_blocking=True).reshape(())
+        if self.max_grad_norm is None:
+            return skip, inv_scale
+        # One reduction pass over the grads gives the norm and detects inf/nan.
+        norm = reference.global_grad_norm(grads, dev)
+        if inv_scale is not None:
+            norm = norm * inv_scale
+        self.last_grad_norm = norm
+        finite = torch.isfinite(norm)
+        skip = ~finite if skip is None else skip | ~finite
+        clip = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+        clip = torch.where(finite, clip, torch.zeros_like(clip))
+        return skip, clip if inv_scale is None else clip * inv_scale
+
+    def _update_bucket(self, backend: str, group, params, *, lr, momentum, grad_mul, skip) -> None:
+        raise NotImplementedError
+
+    def _state_dtype_for(self, p: Tensor) -> torch.dtype:
+        return self.state_dtype if self.state_dtype is not None else p.dtype
+
+    # ------------------------------------------------------------ state dict
+    def state_dict(self) -> dict[str, Any]:
+        """torch's format (torch state keys; ``lr``/momentum as current floats),
+        plus the schedules, their step counter and plateau state under
+        ``"clr_fused"``.  Reads the device for the current LR values."""
+        sd = super().state_dict()
+        for gi, packed in enumerate(sd["param_groups"]):
+            lr, mom = self._lr_and_momentum(gi)
+            packed["lr"] = float(lr)
+            if mom is not None:
+                if self._momentum_key == "betas":
+                    packed["betas"] = (float(mom), *packed["betas"][1:])
+                else:
+                    packed["momentum"] = float(mom)
+        sd[STATE_DICT_KEY] = {
+            "schedule_step": self._step_counter,
+            "schedules": [
+                None if not isinstance(g["lr"], Schedule) else g["lr"].to_dict() for g in self.param_groups
+            ],
+            "plateau": {gi: dict(st) for gi, st in self._plateau.items()},
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load ours or a ``torch.optim`` checkpoint of the same algorithm.
+
+        A torch checkpoint keeps this optimizer's schedule specs and counter;
+        one of ours restores them.  Shape mismatches raise before anything
+        changes.
+        """
+        state_dict = dict(state_dict)
+        extra = state_dict.pop(STATE_DICT_KEY, None)
+        self._check_shapes(state_dict)
+        specs_before = [g["lr"] for g in self.param_groups]
+        super().load_state_dict(state_dict)
+        for gi, group in enumerate(self.param_groups):
+            saved = None if extra is None else extra["schedules"][gi]
+            if saved is not None:
+                group["lr"] = schedule_from_dict(saved)
+            elif extra is None and isinstance(specs_before[gi], Schedule):
+                group["lr"] = specs_before[gi]
+        self._spec_cache.clear()
+        if extra is not None:
+            self._step_counter.copy_(torch.as_tensor(extra["schedule_step"]).to(self._step_counter.device))
+            self._plateau = {}
+            for gi, st in extra.get("plateau", {}).items():
+                self._plateau[int(gi)] = {k: torch.as_tensor(v).clone().to(self._counter_device) for k, v in st.items()}
+        self._after_load()
+
+    def _check_shapes(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(
+                f"loaded state dict has {len(saved_groups)} parameter groups, this optimizer has {len(self.param_groups)}"
+            )
+        params = {}
+        for saved, group in zip(saved_groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+            params.update(zip(saved["params"], group["params"]))
+        for idx, st in state_dict.get("state", {}).items():
+            p = params.get(idx)
+            if p is None:
+                continue
+            for key, value in st.items():
+                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
+                    raise ValueError(
+                        f"state {key!r} of parameter {idx} has shape {tuple(value.shape)}, "
+                        f"the parameter has shape {tuple(p.shape)}"
+                    )
+
+    def _after_load(self) -> None:
+        """Bring loaded state to this optimizer's devices and dtypes (subclasses extend)."""
+        for p, st in self.state.items():
+            for key, value in list(st.items()):
+                if isinstance(value, Tensor) and value.is_floating_point() and key != "step":
+                    st[key] = value.to(device=p.device, dtype=self._state_dtype_for(p))
+
+
+def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
+    out: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+    for p in params:
+        out.setdefault((p.device, p.dtype), []).append(p)
+    return out
+
+
+def _plateau_update(st: dict[str, Tensor], spec: ReduceLROnPlateau, cur: Tensor) -> None:
+    """torch's ReduceLROnPlateau.step, as device tensor ops."""
+    best = st["best"]
+    if spec.mode == "min":
+        better = cur < (best * (1.0 - spec.threshold) if spec.threshold_mode == "rel" else best - spec.threshold)
+    else:
+        better = cur > (best * (1.0 + spec.threshold) if spec.threshold_mode == "rel" else best + spec.threshold)
+    st["best"].copy_(torch.where(better, cur, best))
+    bad = torch.where(better, torch.zeros_like(st["num_bad_epochs"]), st["num_bad_epochs"] + 1)
+    in_cooldown = st["cooldown_counter"] > 0
+    cooldown = torch.where(in_cooldown, st["cooldown_counter"] - 1, st["cooldown_counter"])
+    bad = torch.where(in_cooldown, torch.zeros_like(bad), bad)
+    reduce = bad > spec.patience
+    old_lr = st["lr"]
+    new_lr = torch.clamp(old_lr * spec.factor, min=spec.min_lr)
+    st["lr"].copy_(torch.where(reduce & (old_lr - new_lr > spec.eps), new_lr, old_lr))
+    st["cooldown_counter"].copy_(torch.where(reduce, torch.full_like(cooldown, spec.cooldown), cooldown))
+    st["num_bad_epochs"].copy_(torch.where(reduce, torch.zeros_like(bad), bad))

@@ -1,0 +1,89 @@
+"""SGD with momentum, dampening, Nesterov, weight decay and maximize."""
+
+from __future__ import annotations
+
+import torch
+
+from ..kernels.registry import kernels_for
+from .base import FusedOptimizer
+
+
+class SGD(FusedOptimizer):
+    """Drop-in ``torch.optim.SGD`` whose LR schedule runs on the device.
+
+    ``lr`` is a float or a schedule spec (``clr_fused.CyclicLR(...)`` etc.),
+    per param group too.  A spec with ``cycle_momentum=True`` overrides
+    ``momentum`` with its cycled value, exactly as torch's CyclicLR and
+    OneCycleLR do, even when the optimizer was built with ``momentum=0``
+    (torch turns momentum on in that case as well).
+
+    Keyword-only: ``backend`` ("auto", "torch", "triton", "cuda"),
+    ``max_grad_norm`` (fused global-norm clipping) and ``state_dtype``
+    (e.g. ``torch.float32`` momentum buffers for bf16 parameters).
+    """
+
+    _momentum_key = "momentum"
+
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        maximize: bool = False,
+        *,
+        backend: str = "auto",
+        max_grad_norm: float | None = None,
+        state_dtype: torch.dtype | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+        )
+        self._validate_group(defaults)
+        super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
+
+    def _validate_group(self, group) -> None:
+        for name in ("momentum", "weight_decay"):
+            v = group[name]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0.0:
+                raise ValueError(f"Invalid {name} value: {v!r} (must be >= 0)")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
+
+    def _update_bucket(self, backend, group, params, *, lr, momentum, grad_mul, skip) -> None:
+        use_momentum = momentum is not None or group["momentum"] != 0
+        bufs, fresh = [], []
+        if use_momentum:
+            for p in params:
+                st = self.state[p]
+                buf = st.get("momentum_buffer")
+                # A buffer created on a step that turns out non-finite stays
+                # zero; the next step then treats it as warm (this differs from
+                # torch only with dampening != 0).
+                fresh.append(buf is None)
+                if buf is None:
+                    buf = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
+                    st["momentum_buffer"] = buf
+                bufs.append(buf)
+        kernels_for(backend).sgd_(
+            params,
+            [p.grad for p in params],
+            bufs,
+            fresh,
+            lr=lr,
+            momentum=group["momentum"] if momentum is None else momentum,
+            use_momentum=use_momentum,
+            dampening=group["dampening"],
+            weight_decay=group["weight_decay"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+            grad_mul=grad_mul,
+            skip=skip,
+        )

@@ -1,0 +1,299 @@
+"""The one definition of every learning-rate schedule's closed form.
+
+Each schedule spec (see ``schedules.py``) is encoded as a flat row of numbers:
+``[start_step, kind, p0, p1, ..., p13]`` (``ROW_WIDTH`` floats).  A schedule is
+one or more such rows ("segments"); ``SequentialLR`` is the only spec with more
+than one.  :func:`evaluate_rows` below turns rows and a step into ``(lr,
+momentum)``; it is written once against a tiny math namespace so the same
+lines serve:
+
+* Python ints  -> Python floats (float64 math), via :data:`PY_OPS`;
+* int64 tensors -> float32 tensors on the step's device, via :data:`TORCH_OPS`
+  (tensor ops only: no ``.item()``, no host sync).
+
+The Triton and CUDA kernels read the same rows from device memory and mirror
+these functions line by line; the tests check all paths against
+``torch.optim.lr_scheduler``.
+
+Integer arithmetic (which cycle, position inside it, milestones passed) stays
+in int64 so steps far past 2**24 land in the right place; only the fraction
+inside a cycle goes through floating point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ROW_WIDTH = 16  # start_step, kind, then NUM_PARAMS parameters
+NUM_PARAMS = ROW_WIDTH - 2
+MAX_SEGMENTS = 8  # rows per schedule (SequentialLR pieces after flattening)
+MAX_MILESTONES = NUM_PARAMS - 3  # MultiStepLR: base_lr, gamma, count, milestones...
+
+# Kind codes.  Kernels switch on these numbers: never renumber, only append.
+KIND_CONSTANT = 0  # [lr]
+KIND_CYCLIC = 1  # [base_lr, max_lr, up, down, mode, gamma, base_m, max_m]
+KIND_ONE_CYCLE = 2  # [initial_lr, max_lr, min_lr, end1, end2, three_phase, linear, base_m, max_m, total]
+KIND_COSINE = 3  # [base_lr, T_max, eta_min]
+KIND_WARM_RESTARTS = 4  # [base_lr, T_0, T_mult, eta_min]
+KIND_EXPONENTIAL = 5  # [base_lr, gamma]
+KIND_STEP = 6  # [base_lr, step_size, gamma]
+KIND_MULTI_STEP = 7  # [base_lr, gamma, count, m_0, ..., m_{count-1}]
+KIND_POLYNOMIAL = 8  # [base_lr, total_iters, power]
+KIND_LINEAR = 9  # [base_lr, start_factor, end_factor, total_iters]
+KIND_CONSTANT_FACTOR = 10  # [base_lr, factor, total_iters]
+KIND_PLATEAU = 11  # [base_lr]; the live LR is device state, passed as plateau_lr
+
+CYCLIC_TRIANGULAR, CYCLIC_TRIANGULAR2, CYCLIC_EXP_RANGE = 0, 1, 2
+
+
+class _PyOps:
+    """Python scalars: float64 math, exact Python ints."""
+
+    pi = math.pi
+
+    @staticmethod
+    def where(cond, a, b):
+        return a if cond else b
+
+    @staticmethod
+    def to_float(x):
+        return float(x)
+
+    @staticmethod
+    def cos(x):
+        return math.cos(x)
+
+    @staticmethod
+    def pow(base: float, exponent):
+        # base > 0 is guaranteed by the specs' validation (or the result is 0).
+        return base ** float(exponent)
+
+    @staticmethod
+    def minimum(a, b):
+        return min(a, b)
+
+    @staticmethod
+    def maximum(a, b):
+        return max(a, b)
+
+    @staticmethod
+    def int_log_floor(x: int, base: int) -> int:
+        """Largest n with base**n <= x (x >= 1, base >= 2), exactly."""
+        n = 0
+        while base ** (n + 1) <= x:
+            n += 1
+        return n
+
+
+class _TorchOps:
+    """int64 / float32 tensors on the step's device; no host sync."""
+
+    pi = math.pi
+
+    @staticmethod
+    def where(cond, a, b):
+        return torch.where(cond, a, b)
+
+    @staticmethod
+    def to_float(x):
+        return x.to(torch.float32) if isinstance(x, torch.Tensor) else float(x)
+
+    @staticmethod
+    def cos(x):
+        return torch.cos(x)
+
+    @staticmethod
+    def pow(base: float, exponent):
+        # exp2(e * log2(base)) is what the kernels compute as well.
+        if base <= 0.0:
+            return torch.zeros_like(exponent, dtype=torch.float32)
+        return torch.exp2(exponent.to(torch.float32) * math.log2(base))
+
+    @staticmethod
+    def minimum(a, b):
+        return torch.clamp(a, max=b) if not isinstance(b, torch.Tensor) else torch.minimum(a, b)
+
+    @staticmethod
+    def maximum(a, b):
+        return torch.clamp(a, min=b) if not isinstance(b, torch.Tensor) else torch.maximum(a, b)
+
+    @staticmethod
+    def int_log_floor(x, base: int):
+        # Float estimate, then one exact int64 correction each way.
+        n = torch.floor(torch.log2(x.to(torch.float32)) / math.log2(base)).to(torch.int64)
+        n = torch.clamp(n, min=0)
+        n = torch.where(torch.pow(base, n) > x, n - 1, n)
+        n = torch.where(torch.pow(base, n + 1) <= x, n + 1, n)
+        return n
+
+
+PY_OPS = _PyOps()
+TORCH_OPS = _TorchOps()
+
+
+def _cyclic(p, k, ops):
+    base_lr, max_lr, up, down, mode, gamma, base_m, max_m = p[:8]
+    up, down, mode = int(up), int(down), int(mode)
+    total = up + down
+    cycle = k // total + 1  # int64: the 1-based cycle index
+    pos = k % total  # int64: position inside the cycle
+    posf = ops.to_float(pos)
+    # Rising for pos <= up (pos/up), falling after ((total - pos)/down).
+    scale = ops.where(pos <= up, posf / up, (total - posf) / down)
+    if mode == CYCLIC_TRIANGULAR:
+        amp = 1.0
+    elif mode == CYCLIC_TRIANGULAR2:
+        amp = ops.pow(0.5, cycle - 1)
+    else:  # exp_range: gamma**step counts from the start of training, as torch
+        amp = ops.pow(gamma, k)
+    lr = base_lr + (max_lr - base_lr) * scale * amp
+    momentum = max_m - (max_m - base_m) * scale * amp
+    return lr, momentum
+
+
+def _cos_weight(frac, ops):
+    """``(1 + cos(pi * frac)) / 2`` written as ``cos(pi * frac / 2)**2``: the same
+    number, without float32's cancellation as the cosine nears -1."""
+    c = ops.cos((ops.pi / 2.0) * frac)
+    return c * c
+
+
+def _anneal(start, end, pct, linear: bool, ops):
+    # Weighted forms (not start + (end - start) * pct) so pct == 1 lands on
+    # ``end`` exactly in float32 too.
+    w = (1.0 - pct) if linear else _cos_weight(pct, ops)
+    return end + (start - end) * w
+
+
+def _one_cycle(p, k, ops):
+    initial_lr, max_lr, min_lr, end1, end2, three_phase, linear, base_m, max_m, total = p[:10]
+    linear, three_phase, total = bool(linear), bool(three_phase), int(total)
+    # Past the last step it holds the final LR (torch would raise instead).
+    kf = ops.to_float(ops.minimum(k, total - 1))
+    pct1 = kf / end1
+    if three_phase:
+        pct2 = (kf - end1) / (end2 - end1)
+        pct3 = (kf - end2) / ((total - 1) - end2)
+        lr = ops.where(
+            kf <= end1,
+            _anneal(initial_lr, max_lr, pct1, linear, ops),
+            ops.where(kf <= end2, _anneal(max_lr, initial_lr, pct2, linear, ops), _anneal(initial_lr, min_lr, pct3, linear, ops)),
+        )
+        mom = ops.where(
+            kf <= end1,
+            _anneal(max_m, base_m, pct1, linear, ops),
+            ops.where(kf <= end2, _anneal(base_m, max_m, pct2, linear, ops), max_m + 0.0 * kf),
+        )
+    else:
+        pct2 = (kf - end1) / ((total - 1) - end1)
+        lr = ops.where(kf <= end1, _anneal(initial_lr, max_lr, pct1, linear, ops), _anneal(max_lr, min_lr, pct2, linear, ops))
+        mom = ops.where(kf <= end1, _anneal(max_m, base_m, pct1, linear, ops), _anneal(base_m, max_m, pct2, linear, ops))
+    return lr, mom
+
+
+def _cosine(p, k, ops):
+    base_lr, t_max, eta_min = p[:3]
+    t_max = int(t_max)
+    # torch's recursion continues the cosine past T_max with period 2*T_max.
+    pos = k % (2 * t_max)
+    return eta_min + (base_lr - eta_min) * _cos_weight(ops.to_float(pos) / t_max, ops)
+
+
+def _warm_restarts(p, k, ops):
+    base_lr, t_0, t_mult, eta_min = p[:4]
+    t_0, t_mult = int(t_0), int(t_mult)
+    if t_mult == 1:
+        t_cur, t_i = k % t_0, t_0
+    else:
+        # Cycle n starts at T_0 * (T_mult**n - 1) / (T_mult - 1) and lasts T_0 * T_mult**n.
+        n = ops.int_log_floor((k // t_0) * (t_mult - 1) + 1, t_mult)
+        t_i = t_0 * t_mult**n
+        t_cur = k - t_0 * (t_mult**n - 1) // (t_mult - 1)
+    return eta_min + (base_lr - eta_min) * _cos_weight(ops.to_float(t_cur) / ops.to_float(t_i), ops)
+
+
+def _exponential(p, k, ops):
+    base_lr, gamma = p[:2]
+    return base_lr * ops.pow(gamma, k)
+
+
+def _step(p, k, ops):
+    base_lr, step_size, gamma = p[:3]
+    return base_lr * ops.pow(gamma, k // int(step_size))
+
+
+def _multi_step(p, k, ops):
+    base_lr, gamma, count = p[:3]
+    passed = 0
+    for m in p[3 : 3 + int(count)]:
+        passed = passed + ops.where(k >= int(m), 1, 0)
+    return base_lr * ops.pow(gamma, passed + 0 * k)
+
+
+def _polynomial(p, k, ops):
+    base_lr, total_iters, power = p[:3]
+    total_iters = int(total_iters)
+    frac = 1.0 - ops.to_float(ops.minimum(k, total_iters)) / total_iters
+    return base_lr * frac**power
+
+
+def _linear(p, k, ops):
+    base_lr, start_factor, end_factor, total_iters = p[:4]
+    total_iters = int(total_iters)
+    frac = ops.to_float(ops.minimum(k, total_iters)) / total_iters
+    return base_lr * (start_factor + (end_factor - start_factor) * frac)
+
+
+def _constant_factor(p, k, ops):
+    base_lr, factor, total_iters = p[:3]
+    return base_lr * ops.where(k < int(total_iters), factor, 1.0) + 0.0 * ops.to_float(k)
+
+
+_LR_ONLY = {
+    KIND_COSINE: _cosine,
+    KIND_WARM_RESTARTS: _warm_restarts,
+    KIND_EXPONENTIAL: _exponential,
+    KIND_STEP: _step,
+    KIND_MULTI_STEP: _multi_step,
+    KIND_POLYNOMIAL: _polynomial,
+    KIND_LINEAR: _linear,
+    KIND_CONSTANT_FACTOR: _constant_factor,
+}
+
+
+def evaluate_row(row, k, ops, plateau_lr=None):
+    """``(lr, momentum)`` of one segment at local step ``k >= 0``.
+
+    ``momentum`` is ``None`` for kinds that do not cycle it.
+    """
+    kind, p = int(row[1]), row[2:]
+    if kind == KIND_CYCLIC:
+        return _cyclic(p, k, ops)
+    if kind == KIND_ONE_CYCLE:
+        return _one_cycle(p, k, ops)
+    if kind == KIND_CONSTANT:
+        return p[0] + 0.0 * ops.to_float(k), None
+    if kind == KIND_PLATEAU:
+        lr = p[0] + 0.0 * ops.to_float(k) if plateau_lr is None else plateau_lr
+        return lr, None
+    return _LR_ONLY[kind](p, k, ops), None
+
+
+def evaluate_rows(rows, k, ops, plateau_lr=None):
+    """``(lr, momentum)`` of a schedule (its segment rows) at global step ``k``.
+
+    The segment with the largest ``start_step <= k`` applies, at local step
+    ``k - start_step``.  Every segment is evaluated and selected branch-free,
+    which is what the kernels do too.
+    """
+    lr, mom = evaluate_row(rows[0], k, ops, plateau_lr)
+    for row in rows[1:]:
+        start = int(row[0])
+        local = ops.maximum(k - start, 0)
+        seg_lr, seg_mom = evaluate_row(row, local, ops, plateau_lr)
+        lr = ops.where(k >= start, seg_lr, lr)
+        if mom is not None and seg_mom is not None:
+            mom = ops.where(k >= start, seg_mom, mom)
+    return lr, mom

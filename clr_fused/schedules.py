@@ -1,0 +1,582 @@
+"""Learning-rate schedule specs that mirror ``torch.optim.lr_scheduler``.
+
+A spec is small and immutable: it validates its arguments, knows its flat
+encoding (``rows()``, see ``schedule_math.py``) and evaluates itself:
+
+* ``sched(step)`` with a Python ``int`` -> Python ``float`` (float64 math);
+* ``sched(step)`` with an integer tensor -> float32 tensor on that device,
+  computed with tensor ops only (no host sync).
+
+Step ``k`` (0-based) is the LR applied by the k-th update: the value that
+``optimizer.param_groups[g]["lr"]`` holds before the k-th ``optimizer.step()``
+when the matching torch scheduler is stepped after every update.  Every length
+is counted in optimizer steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from . import schedule_math as sm
+
+__all__ = [
+    "Schedule",
+    "CyclicLR",
+    "OneCycleLR",
+    "CosineAnnealingLR",
+    "CosineAnnealingWarmRestarts",
+    "ExponentialLR",
+    "StepLR",
+    "MultiStepLR",
+    "PolynomialLR",
+    "LinearLR",
+    "ConstantLR",
+    "SequentialLR",
+    "ReduceLROnPlateau",
+    "schedule_from_dict",
+]
+
+
+# ---------------------------------------------------------------- validation
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_lr(name: str, v) -> float:
+    if not _is_number(v) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def _check_positive(name: str, v) -> float:
+    if not _is_number(v) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    return float(v)
+
+
+def _check_length(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"{name} must be a positive integer number of steps, got {v!r}")
+    return v
+
+
+def _check_unit(name: str, v, *, low_open=True, high_open=True) -> float:
+    ok = _is_number(v) and math.isfinite(v)
+    if ok:
+        ok = (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {lo}0, 1{hi}, got {v!r}")
+    return float(v)
+
+
+def _check_choice(name: str, v, choices: Sequence[str]) -> str:
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
+    return v
+
+
+# ---------------------------------------------------------------- base class
+class Schedule:
+    """Base of every spec: evaluation, encoding and serialisation."""
+
+    #: True where the spec also cycles SGD's momentum / Adam's beta1.
+    cycles_momentum: ClassVar[bool] = False
+
+    def rows(self) -> list[list[float]]:
+        """The flat encoding: a list of ``ROW_WIDTH``-long rows (segments)."""
+        return [self._row()]
+
+    def _row(self) -> list[float]:
+        raise NotImplementedError
+
+    @property
+    def initial_lr(self) -> float:
+        return float(self(0))
+
+    def _evaluate(self, step):
+        if isinstance(step, torch.Tensor):
+            if step.dtype.is_floating_point or step.dtype.is_complex or step.dtype == torch.bool:
+                raise TypeError(f"step must be an integer tensor, got dtype {step.dtype}")
+            return sm.evaluate_rows(self.rows(), step.to(torch.int64), sm.TORCH_OPS)
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise TypeError(f"step must be an int or an integer tensor, got {type(step).__name__}")
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        return sm.evaluate_rows(self.rows(), step, sm.PY_OPS)
+
+    def __call__(self, step):
+        """The LR that the ``step``-th update (0-based) applies."""
+        return self._evaluate(step)[0]
+
+    def momentum(self, step):
+        """The cycled momentum / beta1 at ``step``, or ``None`` if not cycled."""
+        if not self.cycles_momentum:
+            return None
+        return self._evaluate(step)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (safe for ``torch.load(weights_only=True)``)."""
+        out: dict[str, Any] = {"type": type(self).__name__}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            if isinstance(v, tuple) and v and isinstance(v[0], Schedule):
+                v = [s.to_dict() for s in v]
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        return out
+
+
+def _row(kind: int, *params: float, start: int = 0) -> list[float]:
+    if len(params) > sm.NUM_PARAMS:
+        raise ValueError(f"too many schedule parameters ({len(params)} > {sm.NUM_PARAMS})")
+    return [float(start), float(kind), *map(float, params)] + [0.0] * (sm.NUM_PARAMS - len(params))
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """A fixed LR; what a plain float ``lr`` becomes inside the optimizers."""
+
+    lr: float
+
+    def __post_init__(self):
+        _check_lr("lr", self.lr)
+
+    def _row(self):
+        return _row(sm.KIND_CONSTANT, self.lr)
+
+
+# ---------------------------------------------------------------- cyclical
+_CYCLIC_MODES = {"triangular": sm.CYCLIC_TRIANGULAR, "triangular2": sm.CYCLIC_TRIANGULAR2, "exp_range": sm.CYCLIC_EXP_RANGE}
+
+
+@dataclass(frozen=True)
+class CyclicLR(Schedule):
+    r"""Cyclical learning rate (Smith, 2017), as ``torch.optim.lr_scheduler.CyclicLR``.
+
+    With ``total = step_size_up + step_size_down``, ``cycle = k // total + 1``
+    and ``pos = k % total``::
+
+        scale = pos / up                 if pos <= up
+              = (total - pos) / down     otherwise
+        amp   = 1 (triangular) | 0.5**(cycle - 1) (triangular2) | gamma**k (exp_range)
+        lr    = base_lr + (max_lr - base_lr) * scale * amp
+        mom   = max_momentum - (max_momentum - base_momentum) * scale * amp
+
+    ``cycle_momentum=True`` overrides SGD's ``momentum`` / Adam's ``beta1`` with
+    ``mom``, exactly as torch does; an SGD built with ``momentum=0`` then
+    runs with momentum (torch turns it on too).  ``scale_mode`` is accepted
+    for signature compatibility; as in torch, the built-in modes fix it
+    (``"cycle"`` for triangular/triangular2, ``"iterations"`` for exp_range).
+    A custom ``scale_fn`` cannot run on the device and is not supported.
+    """
+
+    base_lr: float
+    max_lr: float
+    step_size_up: int = 2000
+    step_size_down: int | None = None
+    mode: str = "triangular"
+    gamma: float = 1.0
+    scale_mode: str | None = None
+    cycle_momentum: bool = True
+    base_momentum: float = 0.8
+    max_momentum: float = 0.9
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_lr("max_lr", self.max_lr)
+        if self.max_lr < self.base_lr:
+            raise ValueError(f"max_lr must be >= base_lr ({self.base_lr}), got {self.max_lr}")
+        _check_length("step_size_up", self.step_size_up)
+        if self.step_size_down is not None:
+            _check_length("step_size_down", self.step_size_down)
+        if callable(self.mode):
+            raise ValueError(
+                "a custom scale_fn is not supported (it cannot run on the device); "
+                "mode must be one of ['triangular', 'triangular2', 'exp_range']"
+            )
+        _check_choice("mode", self.mode, list(_CYCLIC_MODES))
+        _check_positive("gamma", self.gamma)
+        if self.scale_mode is not None:
+            _check_choice("scale_mode", self.scale_mode, ["cycle", "iterations"])
+        if self.cycle_momentum:
+            _check_unit("base_momentum", self.base_momentum, low_open=False)
+            _check_unit("max_momentum", self.max_momentum, low_open=False)
+            if self.max_momentum < self.base_momentum:
+                raise ValueError(f"max_momentum must be >= base_momentum ({self.base_momentum}), got {self.max_momentum}")
+
+    @property
+    def cycles_momentum(self) -> bool:  # type: ignore[override]
+        return bool(self.cycle_momentum)
+
+    @property
+    def step_size_down_(self) -> int:
+        return self.step_size_up if self.step_size_down is None else self.step_size_down
+
+    def _row(self):
+        return _row(
+            sm.KIND_CYCLIC,
+            self.base_lr,
+            self.max_lr,
+            self.step_size_up,
+            self.step_size_down_,
+            _CYCLIC_MODES[self.mode],
+            self.gamma,
+            self.base_momentum,
+            self.max_momentum,
+        )
+
+    @classmethod
+    def from_range_test(cls, result, step_size_up: int | None = None, *, iters_per_epoch: int | None = None, **kwargs):
+        """A CyclicLR with the bounds suggested by an LR range test.
+
+        ``step_size_up`` defaults to 4 epochs' worth of iterations (the paper
+        advises 2-10), which needs ``iters_per_epoch``.
+        """
+        suggestion = result.suggest()
+        if step_size_up is None:
+            if iters_per_epoch is None:
+                raise ValueError("pass step_size_up, or iters_per_epoch to default it to 4 epochs of iterations")
+            step_size_up = 4 * _check_length("iters_per_epoch", iters_per_epoch)
+        return cls(base_lr=suggestion.base_lr, max_lr=suggestion.max_lr, step_size_up=step_size_up, **kwargs)
+
+
+@dataclass(frozen=True)
+class OneCycleLR(Schedule):
+    """1-cycle policy, as ``torch.optim.lr_scheduler.OneCycleLR``.
+
+    Starts at ``max_lr / div_factor``, anneals up to ``max_lr`` over the first
+    ``pct_start`` of ``total_steps``, then down to ``initial / final_div_factor``
+    (with ``three_phase``: back to the initial LR, then down).  Past
+    ``total_steps`` it holds the final LR instead of raising.
+    """
+
+    max_lr: float
+    total_steps: int
+    pct_start: float = 0.3
+    anneal_strategy: str = "cos"
+    cycle_momentum: bool = True
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    three_phase: bool = False
+
+    def __post_init__(self):
+        _check_lr("max_lr", self.max_lr)
+        _check_length("total_steps", self.total_steps)
+        _check_unit("pct_start", self.pct_start)
+        _check_choice("anneal_strategy", self.anneal_strategy, ["cos", "linear"])
+        _check_positive("div_factor", self.div_factor)
+        _check_positive("final_div_factor", self.final_div_factor)
+        if self.cycle_momentum:
+            _check_unit("base_momentum", self.base_momentum, low_open=False)
+            _check_unit("max_momentum", self.max_momentum, low_open=False)
+        end1, end2 = self._ends()
+        last = self.total_steps - 1
+        if not 0 < end1 < last or (self.three_phase and not end1 < end2 < last):
+            raise ValueError(
+                f"pct_start={self.pct_start} with total_steps={self.total_steps} leaves a phase with no steps; "
+                "need pct_start * total_steps > 1 and every phase at least one step long"
+            )
+
+    @property
+    def cycles_momentum(self) -> bool:  # type: ignore[override]
+        return bool(self.cycle_momentum)
+
+    def _ends(self) -> tuple[float, float]:
+        # Phase ends exactly as torch computes them (floats).
+        end1 = float(self.pct_start * self.total_steps) - 1
+        end2 = float(2 * self.pct_start * self.total_steps) - 2 if self.three_phase else float(self.total_steps - 1)
+        return end1, end2
+
+    def _row(self):
+        initial = self.max_lr / self.div_factor
+        end1, end2 = self._ends()
+        return _row(
+            sm.KIND_ONE_CYCLE,
+            initial,
+            self.max_lr,
+            initial / self.final_div_factor,
+            end1,
+            end2,
+            float(self.three_phase),
+            float(self.anneal_strategy == "linear"),
+            self.base_momentum,
+            self.max_momentum,
+            self.total_steps,
+        )
+
+
+# ---------------------------------------------------------------- annealing
+@dataclass(frozen=True)
+class CosineAnnealingLR(Schedule):
+    """``eta_min + (base_lr - eta_min) * (1 + cos(pi * k / T_max)) / 2``.
+
+    Past ``T_max`` the cosine goes on (period ``2 * T_max``), as torch's does.
+    """
+
+    base_lr: float
+    T_max: int
+    eta_min: float = 0.0
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_length("T_max", self.T_max)
+        _check_lr("eta_min", self.eta_min)
+
+    def _row(self):
+        return _row(sm.KIND_COSINE, self.base_lr, self.T_max, self.eta_min)
+
+
+@dataclass(frozen=True)
+class CosineAnnealingWarmRestarts(Schedule):
+    """SGDR: cosine from ``base_lr`` to ``eta_min`` over ``T_0 * T_mult**n`` steps, restarting."""
+
+    base_lr: float
+    T_0: int
+    T_mult: int = 1
+    eta_min: float = 0.0
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_length("T_0", self.T_0)
+        if isinstance(self.T_mult, bool) or not isinstance(self.T_mult, int) or self.T_mult < 1:
+            raise ValueError(f"T_mult must be an integer >= 1, got {self.T_mult!r}")
+        _check_lr("eta_min", self.eta_min)
+
+    def _row(self):
+        return _row(sm.KIND_WARM_RESTARTS, self.base_lr, self.T_0, self.T_mult, self.eta_min)
+
+
+@dataclass(frozen=True)
+class ExponentialLR(Schedule):
+    """``base_lr * gamma**k``."""
+
+    base_lr: float
+    gamma: float
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_positive("gamma", self.gamma)
+
+    def _row(self):
+        return _row(sm.KIND_EXPONENTIAL, self.base_lr, self.gamma)
+
+
+@dataclass(frozen=True)
+class StepLR(Schedule):
+    """``base_lr * gamma**(k // step_size)``."""
+
+    base_lr: float
+    step_size: int
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_length("step_size", self.step_size)
+        _check_positive("gamma", self.gamma)
+
+    def _row(self):
+        return _row(sm.KIND_STEP, self.base_lr, self.step_size, self.gamma)
+
+
+@dataclass(frozen=True)
+class MultiStepLR(Schedule):
+    """``base_lr * gamma**(number of milestones <= k)``."""
+
+    base_lr: float
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        ms = tuple(self.milestones)
+        object.__setattr__(self, "milestones", ms)
+        for m in ms:
+            if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+                raise ValueError(f"milestones must be integers >= 0, got {list(ms)}")
+        if list(ms) != sorted(ms):
+            raise ValueError(f"milestones must be sorted in increasing order, got {list(ms)}")
+        if len(ms) > sm.MAX_MILESTONES:
+            raise ValueError(f"milestones may hold at most {sm.MAX_MILESTONES} entries, got {len(ms)}")
+        _check_positive("gamma", self.gamma)
+
+    def _row(self):
+        return _row(sm.KIND_MULTI_STEP, self.base_lr, self.gamma, len(self.milestones), *self.milestones)
+
+
+@dataclass(frozen=True)
+class PolynomialLR(Schedule):
+    """``base_lr * (1 - min(k, total_iters) / total_iters)**power``."""
+
+    base_lr: float
+    total_iters: int = 5
+    power: float = 1.0
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_length("total_iters", self.total_iters)
+        _check_lr("power", self.power)
+
+    def _row(self):
+        return _row(sm.KIND_POLYNOMIAL, self.base_lr, self.total_iters, self.power)
+
+
+@dataclass(frozen=True)
+class LinearLR(Schedule):
+    """Warm-up ramp: ``base_lr * (start + (end - start) * min(k, total_iters) / total_iters)``."""
+
+    base_lr: float
+    start_factor: float = 1.0 / 3
+    end_factor: float = 1.0
+    total_iters: int = 5
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_unit("start_factor", self.start_factor, high_open=False)
+        _check_unit("end_factor", self.end_factor, low_open=False, high_open=False)
+        _check_length("total_iters", self.total_iters)
+
+    def _row(self):
+        return _row(sm.KIND_LINEAR, self.base_lr, self.start_factor, self.end_factor, self.total_iters)
+
+
+@dataclass(frozen=True)
+class ConstantLR(Schedule):
+    """``base_lr * factor`` for ``k < total_iters``, then ``base_lr``."""
+
+    base_lr: float
+    factor: float = 1.0 / 3
+    total_iters: int = 5
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_unit("factor", self.factor, low_open=False, high_open=False)
+        _check_length("total_iters", self.total_iters)
+
+    def _row(self):
+        return _row(sm.KIND_CONSTANT_FACTOR, self.base_lr, self.factor, self.total_iters)
+
+
+# ---------------------------------------------------------------- composition
+@dataclass(frozen=True)
+class SequentialLR(Schedule):
+    """Schedule ``i`` runs from ``milestones[i-1]`` on and sees ``k - milestones[i-1]``."""
+
+    schedules: tuple[Schedule, ...]
+    milestones: tuple[int, ...]
+
+    def __post_init__(self):
+        scheds = tuple(self.schedules)
+        ms = tuple(self.milestones)
+        object.__setattr__(self, "schedules", scheds)
+        object.__setattr__(self, "milestones", ms)
+        if not scheds or not all(isinstance(s, Schedule) for s in scheds):
+            raise ValueError("schedules must be a non-empty sequence of clr_fused schedule specs")
+        if len(ms) != len(scheds) - 1:
+            raise ValueError(f"milestones must have len(schedules) - 1 = {len(scheds) - 1} entries, got {len(ms)}")
+        for m in ms:
+            if isinstance(m, bool) or not isinstance(m, int) or m <= 0:
+                raise ValueError(f"milestones must be positive integers, got {list(ms)}")
+        if any(b <= a for a, b in zip(ms, ms[1:])):
+            raise ValueError(f"milestones must be strictly increasing, got {list(ms)}")
+        for s in scheds:
+            if isinstance(s, ReduceLROnPlateau):
+                raise ValueError("schedules may not contain ReduceLROnPlateau (it is not a function of the step)")
+            if s.cycles_momentum:
+                raise ValueError(
+                    f"schedules may not cycle momentum inside SequentialLR ({type(s).__name__}); "
+                    "build it with cycle_momentum=False"
+                )
+        if len(self.rows()) > sm.MAX_SEGMENTS:
+            raise ValueError(f"schedules flatten to more than {sm.MAX_SEGMENTS} pieces")
+
+    def rows(self):
+        starts = (0, *self.milestones)
+        ends = (*self.milestones, None)
+        out = []
+        for sched, start, end in zip(self.schedules, starts, ends):
+            for row in sched.rows():
+                seg_start = start + int(row[0])
+                if end is not None and seg_start >= end:
+                    continue  # a nested piece that the next milestone cuts off
+                out.append([float(seg_start), *row[1:]])
+        return out
+
+
+# ---------------------------------------------------------------- performance based
+@dataclass(frozen=True)
+class ReduceLROnPlateau(Schedule):
+    """Reduce the LR by ``factor`` once the reported metric stops improving.
+
+    The live LR, the best metric and the counters are device tensors inside
+    the optimizer; ``optimizer.report(metric_tensor)`` updates them without a
+    host sync.  Evaluated on its own, the spec gives ``base_lr``.
+    """
+
+    base_lr: float
+    mode: str = "min"
+    factor: float = 0.1
+    patience: int = 10
+    threshold: float = 1e-4
+    threshold_mode: str = "rel"
+    cooldown: int = 0
+    min_lr: float = 0.0
+    eps: float = 1e-8
+
+    def __post_init__(self):
+        _check_lr("base_lr", self.base_lr)
+        _check_choice("mode", self.mode, ["min", "max"])
+        _check_unit("factor", self.factor, low_open=False)
+        for name in ("patience", "cooldown"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        _check_lr("threshold", self.threshold)
+        _check_choice("threshold_mode", self.threshold_mode, ["rel", "abs"])
+        _check_lr("min_lr", self.min_lr)
+        _check_lr("eps", self.eps)
+
+    def _row(self):
+        return _row(sm.KIND_PLATEAU, self.base_lr)
+
+
+_SPECS = {
+    cls.__name__: cls
+    for cls in (
+        Constant,
+        CyclicLR,
+        OneCycleLR,
+        CosineAnnealingLR,
+        CosineAnnealingWarmRestarts,
+        ExponentialLR,
+        StepLR,
+        MultiStepLR,
+        PolynomialLR,
+        LinearLR,
+        ConstantLR,
+        SequentialLR,
+        ReduceLROnPlateau,
+    )
+}
+
+
+def schedule_from_dict(d: dict[str, Any]) -> Schedule:
+    """Inverse of :meth:`Schedule.to_dict`."""
+    d = dict(d)
+    cls = _SPECS.get(d.pop("type", None))
+    if cls is None:
+        raise ValueError(f"unknown schedule type in {d!r}; known: {sorted(_SPECS)}")
+    if cls is SequentialLR:
+        d["schedules"] = [schedule_from_dict(s) for s in d["schedules"]]
+    for key in ("milestones", "schedules"):
+        if key in d:
+            d[key] = tuple(d[key])
+    return cls(**d)
