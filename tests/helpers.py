@@ -44,9 +44,10 @@ def small_model(seed=0, dtype=torch.float32):
     return torch.nn.Sequential(torch.nn.Linear(5, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3)).to(dtype)
 
 
-def train_pair(ours, theirs, steps, *, sched=None, dtype=torch.float32, seed=0, data_seed=1):
+def train_pair(ours, theirs, steps, *, dtype=torch.float32, seed=0, data_seed=1, maximize=False):
     """Train two copies of ``small_model`` with ``ours(params)`` and
-    ``theirs(params) -> (opt, sched|None)``; return both models."""
+    ``theirs(params) -> (opt, sched|None)``; return both models.  With
+    ``maximize`` the objective is ``-mse`` so maximizing it stays bounded."""
     m1 = small_model(seed, dtype)
     m2 = copy.deepcopy(m1)
     o1 = ours(m1.parameters())
@@ -57,7 +58,8 @@ def train_pair(ours, theirs, steps, *, sched=None, dtype=torch.float32, seed=0, 
         y = torch.randn(16, 3, generator=gen, dtype=dtype)
         for m, o in ((m1, o1), (m2, o2)):
             o.zero_grad()
-            torch.nn.functional.mse_loss(m(x), y).backward()
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            (-loss if maximize else loss).backward()
             o.step()
         if s2 is not None:
             s2.step()
@@ -65,9 +67,11 @@ def train_pair(ours, theirs, steps, *, sched=None, dtype=torch.float32, seed=0, 
 
 
 def max_rel_diff(m1, m2):
+    """Largest |a - b| of any parameter, relative to that tensor's largest |b|."""
     worst = 0.0
     for a, b in zip(m1.parameters(), m2.parameters()):
-        worst = max(worst, ((a.double() - b.double()).abs() / (b.double().abs() + 1e-3)).max().item())
+        diff = (a.double() - b.double()).abs().max().item()
+        worst = max(worst, diff / max(b.double().abs().max().item(), 1e-12))
     return worst
 
 

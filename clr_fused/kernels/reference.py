@@ -150,14 +150,16 @@ def adam_(
 
 
 def global_grad_norm(grads: list[Tensor], device: torch.device) -> Tensor:
-    """L2 norm over every gradient, float32, on ``device``; no host sync."""
-    by_device: dict[torch.device, list[Tensor]] = {}
+    """L2 norm over every gradient on ``device`` (float32, float64 if any
+    gradient is float64); no host sync."""
+    by_key: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for g in grads:
-        by_device.setdefault(g.device, []).append(g)
+        by_key.setdefault((g.device, g.dtype), []).append(g)
+    out_dtype = torch.float64 if any(dt == torch.float64 for _, dt in by_key) else torch.float32
     parts = []
-    for dev, gs in by_device.items():
-        norms = torch._foreach_norm(gs, 2, dtype=torch.float32)
-        parts.append(torch.linalg.vector_norm(torch.stack(norms)).to(device, non_blocking=True))
+    for (_, dt), gs in by_key.items():
+        norms = torch._foreach_norm(gs, 2, dtype=math_dtype(dt))
+        parts.append(torch.linalg.vector_norm(torch.stack(norms)).to(device, out_dtype, non_blocking=True))
     if not parts:
         return torch.zeros((), dtype=torch.float32, device=device)
     return torch.linalg.vector_norm(torch.stack(parts))
