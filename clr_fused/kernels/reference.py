@@ -20,9 +20,6 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-Number = float | Tensor
-
-
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -57,8 +54,8 @@ def sgd_(
     momentum_buffers: list[Tensor | None],
     new_buffer: list[bool],
     *,
-    lr: Tensor,
-    momentum: Number,
+    sched,
+    momentum: float,
     use_momentum: bool,
     dampening: float,
     weight_decay: float,
@@ -66,8 +63,13 @@ def sgd_(
     maximize: bool,
     grad_mul: Tensor | None,
     skip: Tensor | None,
-) -> None:
-    """torch.optim.SGD's update; ``new_buffer[i]`` marks a buffer created this step."""
+    advance: bool = False,
+) -> bool:
+    """torch.optim.SGD's update; ``new_buffer[i]`` marks a buffer created this
+    step.  Leaves the step counter to the caller (returns False)."""
+    lr, cycled = sched.evaluate()
+    if cycled is not None:
+        momentum = cycled
     dt = math_dtype(params[0].dtype)
     p = _upcast(params, dt)
     d_p = _scaled_grads(grads, dt, grad_mul, maximize)
@@ -85,6 +87,7 @@ def sgd_(
             d_p = new_bufs
         _commit(momentum_buffers, new_bufs, skip)  # type: ignore[arg-type]
     _commit(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt))), skip)
+    return False
 
 
 def adam_(
@@ -95,8 +98,8 @@ def adam_(
     max_exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
     *,
-    lr: Tensor,
-    beta1: Number,
+    sched,
+    beta1: float,
     beta2: float,
     eps: float,
     weight_decay: float,
@@ -105,8 +108,13 @@ def adam_(
     maximize: bool,
     grad_mul: Tensor | None,
     skip: Tensor | None,
-) -> None:
-    """torch.optim.Adam / AdamW's update; ``steps`` are float32 device scalars."""
+    advance: bool = False,
+) -> bool:
+    """torch.optim.Adam / AdamW's update; ``steps`` are float32 device scalars.
+    Leaves the schedule's step counter to the caller (returns False)."""
+    lr, cycled = sched.evaluate()
+    if cycled is not None:
+        beta1 = cycled
     dt = math_dtype(params[0].dtype)
     lr = lr.to(dt)
     p = _upcast(params, dt)
@@ -147,6 +155,7 @@ def adam_(
     if amsgrad:
         _commit(max_exp_avg_sqs, v_max, skip)
     _commit(steps, new_steps, skip)
+    return False
 
 
 def global_grad_norm(grads: list[Tensor], device: torch.device) -> Tensor:

@@ -62,18 +62,18 @@ class Adam(FusedOptimizer):
             st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"], memory_format=torch.preserve_format)
         return st
 
-    def _update_bucket(self, backend, group, params, *, lr, momentum, grad_mul, skip) -> None:
+    def _update_bucket(self, backend, group, params, *, sched, grad_mul, skip, advance) -> bool:
         amsgrad = group["amsgrad"]
         states = [self._state_for(p, amsgrad) for p in params]
-        kernels_for(backend).adam_(
+        return kernels_for(backend).adam_(
             params,
             [p.grad for p in params],
             [s["exp_avg"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
             [s["step"] for s in states],
-            lr=lr,
-            beta1=group["betas"][0] if momentum is None else momentum,
+            sched=sched,
+            beta1=group["betas"][0],
             beta2=group["betas"][1],
             eps=group["eps"],
             weight_decay=group["weight_decay"],
@@ -82,6 +82,7 @@ class Adam(FusedOptimizer):
             maximize=group["maximize"],
             grad_mul=grad_mul,
             skip=skip,
+            advance=advance,
         )
 
     def _after_load(self) -> None:

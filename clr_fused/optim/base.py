@@ -9,6 +9,7 @@ An algorithm subclass supplies ``_validate_group``, ``_init_state`` and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -65,6 +66,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._plateau: dict[int, dict[str, Tensor]] = {}
         self._spec_cache: dict[int, tuple[Any, Schedule, list[list[float]]]] = {}
         self._backend_cache: dict[torch.device, str] = {}
+        self._rows_tables: dict[tuple[int, torch.device], tuple[list, Tensor]] = {}
         super().__init__(params, defaults)
         if not any(g["params"] for g in self.param_groups):
             raise ValueError("optimizer got an empty parameter list")
@@ -116,16 +118,10 @@ class FusedOptimizer(torch.optim.Optimizer):
         return st
 
     def _lr_and_momentum(self, group_index: int) -> tuple[Tensor, Tensor | None]:
-        """Device scalars (float32) of the group's LR and cycled momentum/beta1."""
-        spec, rows = self._schedule_and_rows(group_index)
-        plateau = self._plateau.get(group_index)
-        lr, mom = sm.evaluate_rows(
-            rows, self._step_counter, sm.TORCH_OPS, plateau_lr=None if plateau is None else plateau["lr"]
-        )
-        lr = torch.as_tensor(lr, dtype=torch.float32, device=self._counter_device)
-        if not spec.cycles_momentum:
-            mom = None
-        return lr, mom
+        """Device scalars (float32) of the group's next LR and cycled momentum/beta1."""
+        sched = self._group_schedule(group_index, self._counter_device, self._step_counter)
+        lr, mom = sched.evaluate()
+        return torch.as_tensor(lr, dtype=torch.float32, device=self._counter_device), mom
 
     @torch.no_grad()
     def report(self, metric: float | Tensor) -> None:
@@ -183,41 +179,64 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
 
         # Refuse bad input before anything moves.
-        work = []
+        launches = []
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use torch.optim.SparseAdam")
-            work.append((gi, group, params))
-        for _, _, params in work:
-            for p in params:
-                self._backend_for(p.device)
-
-        skip, grad_mul = self._skip_and_grad_mul([p.grad for _, _, ps in work for p in ps])
-
-        for gi, group, params in work:
-            if not params:
-                continue
-            lr, mom = self._lr_and_momentum(gi)
             for (device, _dtype), bucket in _buckets(params).items():
-                on_dev = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+                launches.append((gi, group, device, bucket))
+        for _, _, device, _ in launches:
+            self._backend_for(device)
+
+        skip, grad_mul = self._skip_and_grad_mul([p.grad for *_, ps in launches for p in ps])
+
+        # Every launch reads the step counter as it was before this step; the
+        # last launch on the counter's device may advance it in-kernel.
+        home = self._counter_device
+        counters = {home: self._step_counter}
+        for _, _, device, _ in launches:
+            if device not in counters:
+                counters[device] = self._step_counter.to(device, non_blocking=True)
+        last_home = max((i for i, l in enumerate(launches) if l[2] == home), default=-1)
+        advanced = False
+        for i, (gi, group, device, bucket) in enumerate(launches):
+            on_dev = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+            advanced |= bool(
                 self._update_bucket(
                     self._backend_for(device),
                     group,
                     bucket,
-                    lr=on_dev(lr),
-                    momentum=on_dev(mom),
+                    sched=self._group_schedule(gi, device, counters[device]),
                     grad_mul=on_dev(grad_mul),
                     skip=on_dev(skip),
+                    advance=i == last_home,
                 )
-
-        # The schedule advances only on finite steps, decided on the device.
-        if skip is None:
-            self._step_counter.add_(1)
-        else:
-            self._step_counter.add_((~skip).to(torch.int64))
+            )
+        # Otherwise advance here; only finite steps count, decided on the device.
+        if not advanced:
+            if skip is None:
+                self._step_counter.add_(1)
+            else:
+                self._step_counter.add_((~skip).to(torch.int64))
         return loss
+
+    def _group_schedule(self, group_index: int, device: torch.device, counter: Tensor) -> "GroupSchedule":
+        spec, rows = self._schedule_and_rows(group_index)
+        plateau = self._plateau.get(group_index) if isinstance(spec, ReduceLROnPlateau) else None
+        key = (group_index, device)
+        cached = self._rows_tables.get(key)
+        if cached is None or cached[0] is not rows:
+            table = torch.tensor(rows, dtype=torch.float64)
+            cached = self._rows_tables[key] = (rows, table.to(device, non_blocking=True))
+        return GroupSchedule(
+            rows=rows,
+            rows_device=cached[1],
+            counter=counter,
+            plateau_lr=None if plateau is None else plateau["lr"].to(device, non_blocking=True),
+            cycles_momentum=spec.cycles_momentum,
+        )
 
     def _skip_and_grad_mul(self, grads: list[Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """Device scalars: ``skip`` (non-finite step) and the grad multiplier.
@@ -243,7 +262,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         clip = torch.where(finite, clip, torch.zeros_like(clip))
         return skip, clip if inv_scale is None else clip * inv_scale
 
-    def _update_bucket(self, backend: str, group, params, *, lr, momentum, grad_mul, skip) -> None:
+    def _update_bucket(self, backend: str, group, params, *, sched, grad_mul, skip, advance) -> bool:
+        """Update one (device, dtype) bucket; True if it advanced the step counter."""
         raise NotImplementedError
 
     def _state_dtype_for(self, p: Tensor) -> torch.dtype:
@@ -326,6 +346,25 @@ class FusedOptimizer(torch.optim.Optimizer):
             for key, value in list(st.items()):
                 if isinstance(value, Tensor) and value.is_floating_point() and key != "step":
                     st[key] = value.to(device=p.device, dtype=self._state_dtype_for(p))
+
+
+@dataclass
+class GroupSchedule:
+    """One param group's schedule as a launch on ``counter``'s device sees it."""
+
+    rows: list[list[float]]  # the flat encoding (schedule_math)
+    rows_device: Tensor  # the same rows, float64 [n_rows, ROW_WIDTH] on the device
+    counter: Tensor  # int64 step counter (or this step's copy of it) on the device
+    plateau_lr: Tensor | None  # ReduceLROnPlateau's live LR on the device
+    cycles_momentum: bool
+
+    def evaluate(self) -> tuple[Tensor, Tensor | None]:
+        """Device scalars (float32): the LR and the cycled momentum / beta1."""
+        lr, mom = sm.evaluate_rows(self.rows, self.counter, sm.TORCH_OPS, plateau_lr=self.plateau_lr)
+        return lr, mom if self.cycles_momentum else None
+
+    def rows_table(self, device: torch.device) -> Tensor:
+        return self.rows_device
 
 
 def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:

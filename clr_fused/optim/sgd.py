@@ -57,8 +57,8 @@ class SGD(FusedOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
-    def _update_bucket(self, backend, group, params, *, lr, momentum, grad_mul, skip) -> None:
-        use_momentum = momentum is not None or group["momentum"] != 0
+    def _update_bucket(self, backend, group, params, *, sched, grad_mul, skip, advance) -> bool:
+        use_momentum = sched.cycles_momentum or group["momentum"] != 0
         bufs, fresh = [], []
         if use_momentum:
             for p in params:
@@ -72,13 +72,13 @@ class SGD(FusedOptimizer):
                     buf = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
                     st["momentum_buffer"] = buf
                 bufs.append(buf)
-        kernels_for(backend).sgd_(
+        return kernels_for(backend).sgd_(
             params,
             [p.grad for p in params],
             bufs,
             fresh,
-            lr=lr,
-            momentum=group["momentum"] if momentum is None else momentum,
+            sched=sched,
+            momentum=group["momentum"],
             use_momentum=use_momentum,
             dampening=group["dampening"],
             weight_decay=group["weight_decay"],
@@ -86,4 +86,5 @@ class SGD(FusedOptimizer):
             maximize=group["maximize"],
             grad_mul=grad_mul,
             skip=skip,
+            advance=advance,
         )

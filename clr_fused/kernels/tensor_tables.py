@@ -1,0 +1,89 @@
+"""Device-side tensor tables for multi-tensor kernels, cached between steps.
+
+A launch over T tensors reads, per tensor, the addresses of its parameter,
+gradient and state tensors and its element count, and per chunk (program)
+which tensor it works on and where the chunk starts.  The tables are built on
+the host once and uploaded without a sync; the next step reuses them as long
+as every address and size is the same (a steady training loop with the
+caching allocator, and always under CUDA-graph capture).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class TensorTables:
+    addrs: list[Tensor]  # one int64 [T] table per tensor list
+    numels: Tensor  # int64 [T]
+    chunk_tensor: Tensor  # int32 [C]
+    chunk_start: Tensor  # int64 [C]
+    num_tensors: int
+    num_chunks: int
+
+
+def _upload(values: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    host = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    return host.to(device, non_blocking=True)
+
+
+def _key(lists: list[list[Tensor]]) -> tuple:
+    return tuple(t.data_ptr() for ts in lists for t in ts) + tuple(t.numel() for t in lists[0])
+
+
+class TableCache:
+    """Keeps the last tables per bucket id; rebuilds when any address changes."""
+
+    def __init__(self, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self._cache: dict[object, tuple[tuple, TensorTables]] = {}
+
+    def get(self, bucket_id: object, lists: list[list[Tensor]], device: torch.device) -> TensorTables:
+        key = _key(lists)
+        hit = self._cache.get(bucket_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        numels = [t.numel() for t in lists[0]]
+        chunk_tensor, chunk_start = [], []
+        for i, n in enumerate(numels):
+            for start in range(0, n, self.chunk_size):
+                chunk_tensor.append(i)
+                chunk_start.append(start)
+        if not chunk_tensor:
+            # Every tensor is empty: one no-op program still runs the epilogue.
+            chunk_tensor, chunk_start = [0], [0]
+        tables = TensorTables(
+            addrs=[_upload([t.data_ptr() for t in ts], torch.int64, device) for ts in lists],
+            numels=_upload(numels, torch.int64, device),
+            chunk_tensor=_upload(chunk_tensor, torch.int32, device),
+            chunk_start=_upload(chunk_start, torch.int64, device),
+            num_tensors=len(numels),
+            num_chunks=len(chunk_tensor),
+        )
+        self._cache[bucket_id] = (key, tables)
+        return tables
+
+
+def same_dense_layout(tensors: list[Tensor]) -> bool:
+    """True if all tensors share one non-overlapping, dense layout, so an
+    elementwise kernel may walk their storage as flat arrays."""
+    first = tensors[0]
+    if first.numel() == 0:
+        return all(t.numel() == 0 for t in tensors)
+    if any(t.shape != first.shape or t.stride() != first.stride() for t in tensors):
+        return False
+    if first.is_contiguous():
+        return True
+    dims = sorted(((s, n) for s, n in zip(first.stride(), first.shape) if n != 1), key=lambda sn: sn[0])
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True

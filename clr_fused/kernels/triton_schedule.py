@@ -1,0 +1,201 @@
+"""Triton device functions: the schedule closed forms of ``schedule_math.py``.
+
+Each function mirrors its namesake there line by line; the rows come from a
+float64 device table (``[n_segments, ROW_WIDTH]``) and the step from the
+device counter (int64).  Integer parts stay int64, the fraction is float32.
+Every kind is evaluated branch-free and selected with ``tl.where``, which
+keeps the code uniform and costs a few hundred scalar flops per program.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .. import schedule_math as sm
+
+ROW_WIDTH = tl.constexpr(sm.ROW_WIDTH)
+HALF_PI = tl.constexpr(1.5707963267948966)
+
+
+@triton.jit
+def _f32(ptr, i):
+    return tl.load(ptr + i).to(tl.float32)
+
+
+@triton.jit
+def _i64(ptr, i):
+    return tl.load(ptr + i).to(tl.int64)
+
+
+@triton.jit
+def _pow(base, exponent):
+    # base**exponent for base > 0 (base <= 0 gives 0), as TORCH_OPS.pow.
+    safe = tl.where(base > 0.0, base, 1.0)
+    return tl.where(base > 0.0, tl.exp2(exponent * tl.log2(safe)), 0.0)
+
+
+@triton.jit
+def _cos_weight(frac):
+    c = tl.cos(HALF_PI * frac)
+    return c * c
+
+
+@triton.jit
+def _anneal(start, end, pct, linear):
+    w = tl.where(linear, 1.0 - pct, _cos_weight(pct))
+    return end + (start - end) * w
+
+
+@triton.jit
+def _cyclic(p, k):
+    base_lr = _f32(p, 0)
+    max_lr = _f32(p, 1)
+    up = tl.maximum(_i64(p, 2), 1)
+    down = tl.maximum(_i64(p, 3), 1)
+    mode = _i64(p, 4)
+    gamma = _f32(p, 5)
+    base_m = _f32(p, 6)
+    max_m = _f32(p, 7)
+    total = up + down
+    cycle = k // total + 1
+    pos = k % total
+    posf = pos.to(tl.float32)
+    scale = tl.where(pos <= up, posf / up.to(tl.float32), (total.to(tl.float32) - posf) / down.to(tl.float32))
+    amp = tl.where(mode == 1, tl.exp2(-(cycle - 1).to(tl.float32)), 1.0)  # 0.5**(cycle-1)
+    amp = tl.where(mode == 2, _pow(gamma, k.to(tl.float32)), amp)
+    lr = base_lr + (max_lr - base_lr) * scale * amp
+    mom = max_m - (max_m - base_m) * scale * amp
+    return lr, mom
+
+
+@triton.jit
+def _one_cycle(p, k):
+    initial_lr = _f32(p, 0)
+    max_lr = _f32(p, 1)
+    min_lr = _f32(p, 2)
+    end1 = _f32(p, 3)
+    end2 = _f32(p, 4)
+    three_phase = _f32(p, 5) != 0.0
+    linear = _f32(p, 6) != 0.0
+    base_m = _f32(p, 7)
+    max_m = _f32(p, 8)
+    total = tl.maximum(_i64(p, 9), 2)
+    kf = tl.minimum(k, total - 1).to(tl.float32)
+    last = (total - 1).to(tl.float32)
+    pct1 = kf / tl.where(end1 != 0.0, end1, 1.0)
+    # two phases: [0, end1] up, then down to the last step
+    two_pct2 = (kf - end1) / (last - end1)
+    lr2 = tl.where(kf <= end1, _anneal(initial_lr, max_lr, pct1, linear), _anneal(max_lr, min_lr, two_pct2, linear))
+    mom2 = tl.where(kf <= end1, _anneal(max_m, base_m, pct1, linear), _anneal(base_m, max_m, two_pct2, linear))
+    # three phases: up, back down to initial by end2, then down to min
+    pct2 = (kf - end1) / tl.where(end2 != end1, end2 - end1, 1.0)
+    pct3 = (kf - end2) / tl.where(last != end2, last - end2, 1.0)
+    lr3 = tl.where(
+        kf <= end1,
+        _anneal(initial_lr, max_lr, pct1, linear),
+        tl.where(kf <= end2, _anneal(max_lr, initial_lr, pct2, linear), _anneal(initial_lr, min_lr, pct3, linear)),
+    )
+    mom3 = tl.where(
+        kf <= end1,
+        _anneal(max_m, base_m, pct1, linear),
+        tl.where(kf <= end2, _anneal(base_m, max_m, pct2, linear), max_m),
+    )
+    return tl.where(three_phase, lr3, lr2), tl.where(three_phase, mom3, mom2)
+
+
+@triton.jit
+def _cosine(p, k):
+    base_lr = _f32(p, 0)
+    t_max = tl.maximum(_i64(p, 1), 1)
+    eta_min = _f32(p, 2)
+    pos = k % (2 * t_max)
+    return eta_min + (base_lr - eta_min) * _cos_weight(pos.to(tl.float32) / t_max.to(tl.float32))
+
+
+@triton.jit
+def _warm_restarts(p, k):
+    base_lr = _f32(p, 0)
+    t_0 = tl.maximum(_i64(p, 1), 1)
+    t_mult = tl.maximum(_i64(p, 2), 1)
+    eta_min = _f32(p, 3)
+    # Exact int64: cycle n starts at T_0 * (T_mult**n - 1) / (T_mult - 1).
+    x = (k // t_0) * (t_mult - 1) + 1
+    power = k * 0 + 1  # T_mult**n, int64
+    while (t_mult > 1) & (power * t_mult <= x):
+        power = power * t_mult
+    t_i = t_0 * power
+    t_cur = tl.where(t_mult == 1, k % t_0, k - t_0 * ((power - 1) // tl.maximum(t_mult - 1, 1)))
+    return eta_min + (base_lr - eta_min) * _cos_weight(t_cur.to(tl.float32) / t_i.to(tl.float32))
+
+
+@triton.jit
+def _multi_step(p, k):
+    base_lr = _f32(p, 0)
+    gamma = _f32(p, 1)
+    count = _i64(p, 2)
+    passed = k * 0
+    for i in range(0, count):
+        passed += tl.where(k >= _i64(p, 3 + i), 1, 0)
+    return base_lr * _pow(gamma, passed.to(tl.float32))
+
+
+@triton.jit
+def _lr_only(kind, p, k):
+    b0 = _f32(p, 0)
+    # ExponentialLR: [base_lr, gamma]
+    exponential = b0 * _pow(_f32(p, 1), k.to(tl.float32))
+    # StepLR: [base_lr, step_size, gamma]
+    step = b0 * _pow(_f32(p, 2), (k // tl.maximum(_i64(p, 1), 1)).to(tl.float32))
+    # PolynomialLR: [base_lr, total_iters, power]
+    total_iters = tl.maximum(_i64(p, 1), 1)
+    frac = 1.0 - tl.minimum(k, total_iters).to(tl.float32) / total_iters.to(tl.float32)
+    power = _f32(p, 2)
+    poly = b0 * tl.where(frac > 0.0, _pow(frac, power), tl.where(power == 0.0, 1.0, 0.0))
+    # LinearLR: [base_lr, start_factor, end_factor, total_iters]
+    lin_total = tl.maximum(_i64(p, 3), 1)
+    lin_frac = tl.minimum(k, lin_total).to(tl.float32) / lin_total.to(tl.float32)
+    linear = b0 * (_f32(p, 1) + (_f32(p, 2) - _f32(p, 1)) * lin_frac)
+    # ConstantLR: [base_lr, factor, total_iters]
+    constant_factor = b0 * tl.where(k < _i64(p, 2), _f32(p, 1), 1.0)
+
+    lr = b0  # KIND_CONSTANT and KIND_PLATEAU's static value
+    lr = tl.where(kind == 3, _cosine(p, k), lr)
+    lr = tl.where(kind == 5, exponential, lr)
+    lr = tl.where(kind == 6, step, lr)
+    lr = tl.where(kind == 8, poly, lr)
+    lr = tl.where(kind == 9, linear, lr)
+    lr = tl.where(kind == 10, constant_factor, lr)
+    return lr
+
+
+@triton.jit
+def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
+    """``(lr, momentum)`` of the segment at ``row`` (float64*) at local step k."""
+    kind = _i64(row, 1)
+    p = row + 2
+    lr = _lr_only(kind, p, k)
+    if kind == 4:
+        lr = _warm_restarts(p, k)
+    if kind == 7:
+        lr = _multi_step(p, k)
+    cyc_lr, cyc_mom = _cyclic(p, k)
+    one_lr, one_mom = _one_cycle(p, k)
+    lr = tl.where(kind == 1, cyc_lr, lr)
+    lr = tl.where(kind == 2, one_lr, lr)
+    if HAS_PLATEAU:
+        lr = tl.where(kind == 11, tl.load(plateau_lr), lr)
+    mom = tl.where(kind == 1, cyc_mom, one_mom)
+    return lr, mom
+
+
+@triton.jit
+def evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
+    """``(lr, momentum)`` at step ``k`` (int64), as ``schedule_math.evaluate_rows``."""
+    lr, mom = evaluate_row(rows, k, plateau_lr, HAS_PLATEAU)
+    for s in range(1, n_rows):
+        row = rows + s * ROW_WIDTH
+        start = _i64(row, 0)
+        seg_lr, seg_mom = evaluate_row(row, tl.maximum(k - start, 0), plateau_lr, HAS_PLATEAU)
+        lr = tl.where(k >= start, seg_lr, lr)
+    return lr, mom

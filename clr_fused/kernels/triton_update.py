@@ -1,0 +1,313 @@
+"""The ``triton`` backend: fused multi-tensor SGD and Adam/AdamW.
+
+One launch updates every tensor of a (param group, device, dtype) bucket.
+Each program takes one chunk of one tensor (device tables, see
+``tensor_tables.py``), evaluates the LR (and cycled momentum / beta1) from
+the device step counter and the schedule rows (``triton_schedule.py``),
+reads ``grad_scale`` / clip (folded into ``grad_mul``) and ``skip`` from
+device memory, and updates in float32 with one rounding to the storage
+dtype.  Nothing is written on a skipped step.
+
+Advancing counters without a race: every program reads the schedule step and
+the tensors' Adam steps first; at its end it takes a ticket with an acq_rel
+atomic.  The program that draws the last ticket knows all others have read,
+and only it advances the counters (then resets the ticket).  The update path
+itself has no atomics, so results are bit-for-bit reproducible.
+
+Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .tensor_tables import TableCache, same_dense_layout
+from .triton_schedule import evaluate_rows
+
+CHUNK = 16384  # elements per program
+BLOCK = 1024  # elements per inner iteration
+BLOCK_T = 1024  # tensors per iteration of the step-counter epilogue
+
+_tables = TableCache(CHUNK)
+_tickets: dict[torch.device, Tensor] = {}
+_dummies: dict[tuple, Tensor] = {}
+
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@triton.jit
+def _to_storage(x, DT: tl.constexpr):
+    # Round to nearest even explicitly for bfloat16: the interpreter truncates.
+    if DT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DT)
+
+
+@triton.jit
+def _ptr(table, t, DT: tl.constexpr):
+    return tl.load(table + t).to(tl.pointer_type(DT))
+
+
+@triton.jit
+def _draw_ticket(ticket):
+    """True in exactly one program: the last to finish (all others have read)."""
+    drawn = tl.atomic_add(ticket, 1, sem="acq_rel")
+    last = drawn == tl.num_programs(0) - 1
+    if last:
+        tl.store(ticket, 0)
+    return last
+
+
+@triton.jit
+def _sgd_kernel(
+    p_addrs, g_addrs, buf_addrs, numels, fresh, chunk_tensor, chunk_start,
+    rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
+    momentum, dampening, weight_decay,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
+    USE_MOMENTUM: tl.constexpr, CYCLE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
+    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunk_tensor + pid).to(tl.int64)
+    start = tl.load(chunk_start + pid)
+    n = tl.load(numels + t)
+    k = tl.load(counter)
+    lr, cyc_mom = evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU)
+    mom = momentum
+    if CYCLE_MOMENTUM:
+        mom = cyc_mom
+    skipped = 0
+    if HAS_SKIP:
+        skipped = tl.load(skip).to(tl.int32)
+    if skipped == 0:
+        gm = 1.0
+        if HAS_GRAD_MUL:
+            gm = tl.load(grad_mul)
+        if MAXIMIZE:
+            gm = -gm
+        p_ptr = _ptr(p_addrs, t, P_DT)
+        g_ptr = _ptr(g_addrs, t, G_DT)
+        is_fresh = tl.load(fresh + t) != 0
+        end = tl.minimum(start + CHUNK, n)
+        for off in range(start, end, BLOCK):
+            offs = off + tl.arange(0, BLOCK).to(tl.int64)
+            mask = offs < end
+            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            d = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * gm
+            if HAS_WD:
+                d = d + weight_decay * p
+            if USE_MOMENTUM:
+                b_ptr = _ptr(buf_addrs, t, S_DT)
+                b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                # torch starts the buffer at the first gradient, undamped
+                b = tl.where(is_fresh, d, b * mom + (1.0 - dampening) * d)
+                tl.store(b_ptr + offs, _to_storage(b, S_DT), mask=mask)
+                if NESTEROV:
+                    d = d + b * mom
+                else:
+                    d = b
+            tl.store(p_ptr + offs, _to_storage(p - d * lr, P_DT), mask=mask)
+    if ADVANCE:
+        if _draw_ticket(ticket):
+            tl.store(counter, k + 1 - skipped)
+
+
+@triton.jit
+def _adam_kernel(
+    p_addrs, g_addrs, m_addrs, v_addrs, vmax_addrs, step_addrs, numels, chunk_tensor, chunk_start, num_tensors,
+    rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
+    beta1, beta2, eps, weight_decay,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
+    CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
+    MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
+    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunk_tensor + pid).to(tl.int64)
+    start = tl.load(chunk_start + pid)
+    n = tl.load(numels + t)
+    k = tl.load(counter)
+    lr, cyc_mom = evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU)
+    b1 = beta1
+    if CYCLE_MOMENTUM:
+        b1 = cyc_mom
+    step = tl.load(_ptr(step_addrs, t, tl.float32)) + 1.0
+    skipped = 0
+    if HAS_SKIP:
+        skipped = tl.load(skip).to(tl.int32)
+    if skipped == 0:
+        gm = 1.0
+        if HAS_GRAD_MUL:
+            gm = tl.load(grad_mul)
+        if MAXIMIZE:
+            gm = -gm
+        bc1 = 1.0 - tl.exp2(step * tl.log2(b1))
+        bc2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
+        step_size = lr / bc1
+        p_ptr = _ptr(p_addrs, t, P_DT)
+        g_ptr = _ptr(g_addrs, t, G_DT)
+        m_ptr = _ptr(m_addrs, t, S_DT)
+        v_ptr = _ptr(v_addrs, t, S_DT)
+        end = tl.minimum(start + CHUNK, n)
+        for off in range(start, end, BLOCK):
+            offs = off + tl.arange(0, BLOCK).to(tl.int64)
+            mask = offs < end
+            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * gm
+            if HAS_WD:
+                if DECOUPLED:
+                    p = p * (1.0 - lr * weight_decay)
+                else:
+                    g = g + weight_decay * p
+            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b1 + g * (1.0 - b1)
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32) * beta2 + (1.0 - beta2) * g * g
+            tl.store(m_ptr + offs, _to_storage(m, S_DT), mask=mask)
+            tl.store(v_ptr + offs, _to_storage(v, S_DT), mask=mask)
+            if AMSGRAD:
+                vmax_ptr = _ptr(vmax_addrs, t, S_DT)
+                v = tl.maximum(tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(tl.float32), v)
+                tl.store(vmax_ptr + offs, _to_storage(v, S_DT), mask=mask)
+            denom = tl.sqrt(v) / bc2_sqrt + eps
+            tl.store(p_ptr + offs, _to_storage(p - m / denom * step_size, P_DT), mask=mask)
+    # Epilogue: the last program advances every tensor's step (and the schedule).
+    if _draw_ticket(ticket):
+        if skipped == 0:
+            for t0 in range(0, num_tensors, BLOCK_T):
+                idx = t0 + tl.arange(0, BLOCK_T)
+                tmask = idx < num_tensors
+                addr = tl.load(step_addrs + idx, mask=tmask, other=0)
+                s_ptr = addr.to(tl.pointer_type(tl.float32))
+                tl.store(s_ptr, tl.load(s_ptr, mask=tmask, other=0.0) + 1.0, mask=tmask)
+        if ADVANCE:
+            tl.store(counter, k + 1 - skipped)
+
+
+# ----------------------------------------------------------------- host side
+def _ticket(device: torch.device) -> Tensor:
+    t = _tickets.get(device)
+    if t is None:
+        t = _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return t
+
+
+def _dummy(device: torch.device, dtype: torch.dtype) -> Tensor:
+    d = _dummies.get((device, dtype))
+    if d is None:
+        d = _dummies[(device, dtype)] = torch.zeros(1, dtype=dtype, device=device)
+    return d
+
+
+def _fresh_flags(new_buffer: list[bool], n: int, device: torch.device) -> Tensor:
+    """int8 [n]: 1 where a momentum buffer was created this step.  Almost every
+    step has none, and then a cached zero table is used (no upload)."""
+    if any(new_buffer):
+        flags = torch.tensor(new_buffer, dtype=torch.int8)
+        return flags.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flags
+    zeros = _dummies.get((device, "fresh", n))
+    if zeros is None:
+        zeros = _dummies[(device, "fresh", n)] = torch.zeros(n, dtype=torch.int8, device=device)
+    return zeros
+
+
+def _tl_dtype(t: Tensor):
+    try:
+        return _TL_DTYPES[t.dtype]
+    except KeyError:
+        raise TypeError(f"the triton backend supports float32, bfloat16 and float16 tensors, got {t.dtype}") from None
+
+
+class _Densified:
+    """Dense stand-ins for tensors whose layouts differ; written back after."""
+
+    def __init__(self, lists: list[list[Tensor]]):
+        self.lists = [list(ts) for ts in lists]
+        self.write_back: list[tuple[Tensor, Tensor]] = []
+        for i in range(len(lists[0])):
+            group = [ts[i] for ts in lists]
+            if not same_dense_layout(group):
+                for ts in self.lists:
+                    orig = ts[i]
+                    ts[i] = orig.contiguous() if orig.is_contiguous() else orig.clone(memory_format=torch.contiguous_format)
+                    if ts is not self.lists[1]:  # gradients are read only
+                        self.write_back.append((orig, ts[i]))
+
+    def finish(self) -> None:
+        for orig, dense in self.write_back:
+            if orig.data_ptr() != dense.data_ptr():
+                orig.copy_(dense)
+
+
+def _common(sched, grad_mul, skip, device):
+    rows = sched.rows_table(device)
+    plateau = sched.plateau_lr
+    return dict(
+        rows=rows,
+        n_rows=rows.shape[0],
+        counter=sched.counter,
+        plateau_lr=plateau if plateau is not None else _dummy(device, torch.float32),
+        grad_mul=grad_mul.to(torch.float32) if grad_mul is not None else _dummy(device, torch.float32),
+        skip=skip if skip is not None else _dummy(device, torch.bool),
+        ticket=_ticket(device),
+        HAS_GRAD_MUL=grad_mul is not None,
+        HAS_SKIP=skip is not None,
+        HAS_PLATEAU=plateau is not None,
+    )
+
+
+def sgd_(
+    params, grads, momentum_buffers, new_buffer, *, sched, momentum, use_momentum, dampening, weight_decay, nesterov,
+    maximize, grad_mul, skip, advance,
+) -> bool:  # fmt: skip
+    device = params[0].device
+    lists = [params, grads] + ([momentum_buffers] if use_momentum else [])
+    dense = _Densified(lists)
+    tables = _tables.get(("sgd", id(params[0]), len(params), use_momentum), dense.lists, device)
+    fresh = _fresh_flags(new_buffer if use_momentum else [], len(params), device)
+    s_dtype = momentum_buffers[0].dtype if use_momentum else params[0].dtype
+    _sgd_kernel[(tables.num_chunks,)](
+        tables.addrs[0], tables.addrs[1], tables.addrs[2] if use_momentum else tables.addrs[0],
+        tables.numels, fresh, tables.chunk_tensor, tables.chunk_start,
+        momentum=float(momentum) if not sched.cycles_momentum else 0.0,
+        dampening=float(dampening), weight_decay=float(weight_decay),
+        P_DT=_tl_dtype(params[0]), G_DT=_tl_dtype(grads[0]), S_DT=_TL_DTYPES[s_dtype],
+        USE_MOMENTUM=use_momentum, CYCLE_MOMENTUM=sched.cycles_momentum, NESTEROV=nesterov,
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
+        CHUNK=CHUNK, BLOCK=BLOCK,
+        **_common(sched, grad_mul, skip, device),
+    )  # fmt: skip
+    dense.finish()
+    return advance
+
+
+def adam_(
+    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, sched, beta1, beta2, eps, weight_decay, decoupled,
+    amsgrad, maximize, grad_mul, skip, advance,
+) -> bool:  # fmt: skip
+    device = params[0].device
+    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    dense = _Densified(lists)
+    step_table = _tables.get(("adam-steps", id(params[0]), len(params)), [steps], device).addrs[0]
+    tables = _tables.get(("adam", id(params[0]), len(params), amsgrad), dense.lists, device)
+    _adam_kernel[(tables.num_chunks,)](
+        tables.addrs[0], tables.addrs[1], tables.addrs[2], tables.addrs[3],
+        tables.addrs[4] if amsgrad else tables.addrs[3], step_table,
+        tables.numels, tables.chunk_tensor, tables.chunk_start, tables.num_tensors,
+        beta1=float(beta1) if not sched.cycles_momentum else 0.0,
+        beta2=float(beta2), eps=float(eps), weight_decay=float(weight_decay),
+        P_DT=_tl_dtype(params[0]), G_DT=_tl_dtype(grads[0]), S_DT=_TL_DTYPES[exp_avgs[0].dtype],
+        CYCLE_MOMENTUM=sched.cycles_momentum, AMSGRAD=amsgrad, DECOUPLED=decoupled,
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
+        CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_T=BLOCK_T,
+        **_common(sched, grad_mul, skip, device),
+    )  # fmt: skip
+    dense.finish()
+    return advance
