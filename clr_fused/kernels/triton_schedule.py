@@ -14,8 +14,9 @@ import triton.language as tl
 
 from .. import schedule_math as sm
 
-ROW_WIDTH = tl.constexpr(sm.ROW_WIDTH)
-HALF_PI = tl.constexpr(1.5707963267948966)
+# Literals below, not module-level constexprs: the interpreter (Triton 3.8)
+# cannot pass a constexpr-derived value to tl.cos.
+assert sm.ROW_WIDTH == 16, "evaluate_rows strides rows by 16"
 
 
 @triton.jit
@@ -37,7 +38,7 @@ def _pow(base, exponent):
 
 @triton.jit
 def _cos_weight(frac):
-    c = tl.cos(HALF_PI * frac)
+    c = tl.cos(frac * 1.5707963267948966)  # pi / 2
     return c * c
 
 
@@ -194,7 +195,7 @@ def evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
     """``(lr, momentum)`` at step ``k`` (int64), as ``schedule_math.evaluate_rows``."""
     lr, mom = evaluate_row(rows, k, plateau_lr, HAS_PLATEAU)
     for s in range(1, n_rows):
-        row = rows + s * ROW_WIDTH
+        row = rows + s * 16  # ROW_WIDTH
         start = _i64(row, 0)
         seg_lr, seg_mom = evaluate_row(row, tl.maximum(k - start, 0), plateau_lr, HAS_PLATEAU)
         lr = tl.where(k >= start, seg_lr, lr)
