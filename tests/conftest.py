@@ -1,8 +1,14 @@
+import os
 import random
 import warnings
 
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run on CPU tensors in the interpreter.  This
+# must be set before clr_fused's Triton kernels are first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
