@@ -3,6 +3,7 @@
 from . import schedules
 from .backends import BackendUnavailable
 from .optim import SGD, Adam, AdamW, FusedOptimizer
+from .range_test import RangeTestResult, Suggestion, range_test
 from .schedules import (
     ConstantLR,
     CosineAnnealingLR,
@@ -27,6 +28,9 @@ __all__ = [
     "AdamW",
     "FusedOptimizer",
     "BackendUnavailable",
+    "range_test",
+    "RangeTestResult",
+    "Suggestion",
     "schedules",
     "Schedule",
     "CyclicLR",

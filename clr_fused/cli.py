@@ -35,10 +35,66 @@ def _info(_args) -> int:
     return 0
 
 
+def _range_test(args) -> int:
+    import os
+
+    from . import demo
+
+    if not args.demo:
+        print("clr-fused range-test: only --demo is available from the command line; call clr_fused.range_test() in code")
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    data = demo.load_digits_data()
+    result = demo.run_range_test(data, num_steps=args.steps, progress=True)
+    s = result.suggest()
+    print(f"range test on digits: {len(result.lrs)} steps, stopped early: {result.stopped_early}")
+    print(f"suggested base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g} ({s.reason})")
+    png, csv_path = os.path.join(args.out, "range_test.png"), os.path.join(args.out, "range_test.csv")
+    result.plot(png, title="LR range test, digits MLP, SGD momentum 0.9")
+    result.to_csv(csv_path)
+    print(f"wrote {png} and {csv_path}")
+    return 0
+
+
+def _demo(args) -> int:
+    import json
+    import os
+
+    from . import demo
+
+    os.makedirs(args.out, exist_ok=True)
+    data = demo.load_digits_data()
+    seeds = tuple(range(args.seeds))
+    rt, policies, curves, table = demo.compare_policies(data, iterations=args.iterations, seeds=seeds, target=args.target)
+    s = rt.suggest()
+    print(f"range test: base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g}; {args.iterations} iterations, seeds {list(seeds)}")
+    key = f"iterations_to_{args.target:.0%}"
+    print(f"| policy | final accuracy | {key} |")
+    print("|---|---|---|")
+    for row in table:
+        print(f"| {row['policy']} | {row['final_accuracy']:.4f} | {row[key] if row[key] is not None else 'not reached'} |")
+    demo.plot_curves(curves, os.path.join(args.out, "demo_accuracy.png"), eval_every=20)
+    with open(os.path.join(args.out, "demo.json"), "w") as f:
+        json.dump({"suggestion": s.__dict__, "table": table, "policies": {k: repr(v) for k, v in policies.items()}}, f, indent=2)
+    print(f"wrote {args.out}/demo_accuracy.png and {args.out}/demo.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clr-fused", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device and which backends work here (and why not)").set_defaults(func=_info)
+    rt = sub.add_parser("range-test", help="the LR range test (--demo: scikit-learn digits)")
+    rt.add_argument("--demo", action="store_true", help="run on scikit-learn's bundled digits data set")
+    rt.add_argument("--steps", type=int, default=100)
+    rt.add_argument("--out", default="range_test_out")
+    rt.set_defaults(func=_range_test)
+    dm = sub.add_parser("demo", help="fixed LR vs exponential decay vs CLR triangular2 on digits")
+    dm.add_argument("--iterations", type=int, default=1200)
+    dm.add_argument("--seeds", type=int, default=3)
+    dm.add_argument("--target", type=float, default=0.95)
+    dm.add_argument("--out", default="demo_out")
+    dm.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return args.func(args)
 
