@@ -65,6 +65,35 @@ def _draw_ticket(ticket):
 
 
 @triton.jit
+def _chunk_setup(
+    chunk_tensor, chunk_start, numels, rows, n_rows, counter, plateau_lr, grad_mul, skip, static_momentum,
+    CHUNK: tl.constexpr, CYCLE_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr,
+    HAS_GRAD_MUL: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr,
+):  # fmt: skip
+    """What every program needs first: its chunk [start, end) of tensor t, the
+    schedule step k, the LR and momentum/beta1 at k, whether the step is
+    skipped, and the gradient multiplier (1/scale * clip, negated to maximize)."""
+    pid = tl.program_id(0).to(tl.int64)
+    t = tl.load(chunk_tensor + pid).to(tl.int64)
+    start = tl.load(chunk_start + pid)
+    end = tl.minimum(start + CHUNK, tl.load(numels + t))
+    k = tl.load(counter)
+    lr, cyc_mom = evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU)
+    mom = static_momentum
+    if CYCLE_MOMENTUM:
+        mom = cyc_mom
+    skipped = 0
+    if HAS_SKIP:
+        skipped = tl.load(skip).to(tl.int32)
+    gm = 1.0
+    if HAS_GRAD_MUL:
+        gm = tl.load(grad_mul)
+    if MAXIMIZE:
+        gm = -gm
+    return t, start, end, k, lr, mom, skipped, gm
+
+
+@triton.jit
 def _sgd_kernel(
     p_addrs, g_addrs, buf_addrs, numels, fresh, chunk_tensor, chunk_start,
     rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
@@ -75,28 +104,14 @@ def _sgd_kernel(
     HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    t = tl.load(chunk_tensor + pid).to(tl.int64)
-    start = tl.load(chunk_start + pid)
-    n = tl.load(numels + t)
-    k = tl.load(counter)
-    lr, cyc_mom = evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU)
-    mom = momentum
-    if CYCLE_MOMENTUM:
-        mom = cyc_mom
-    skipped = 0
-    if HAS_SKIP:
-        skipped = tl.load(skip).to(tl.int32)
+    t, start, end, k, lr, mom, skipped, gm = _chunk_setup(
+        chunk_tensor, chunk_start, numels, rows, n_rows, counter, plateau_lr, grad_mul, skip, momentum,
+        CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP, HAS_PLATEAU,
+    )  # fmt: skip
     if skipped == 0:
-        gm = 1.0
-        if HAS_GRAD_MUL:
-            gm = tl.load(grad_mul)
-        if MAXIMIZE:
-            gm = -gm
         p_ptr = _ptr(p_addrs, t, P_DT)
         g_ptr = _ptr(g_addrs, t, G_DT)
         is_fresh = tl.load(fresh + t) != 0
-        end = tl.minimum(start + CHUNK, n)
         for off in range(start, end, BLOCK):
             offs = off + tl.arange(0, BLOCK).to(tl.int64)
             mask = offs < end
@@ -131,25 +146,12 @@ def _adam_kernel(
     HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0).to(tl.int64)
-    t = tl.load(chunk_tensor + pid).to(tl.int64)
-    start = tl.load(chunk_start + pid)
-    n = tl.load(numels + t)
-    k = tl.load(counter)
-    lr, cyc_mom = evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU)
-    b1 = beta1
-    if CYCLE_MOMENTUM:
-        b1 = cyc_mom
+    t, start, end, k, lr, b1, skipped, gm = _chunk_setup(
+        chunk_tensor, chunk_start, numels, rows, n_rows, counter, plateau_lr, grad_mul, skip, beta1,
+        CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP, HAS_PLATEAU,
+    )  # fmt: skip
     step = tl.load(_ptr(step_addrs, t, tl.float32)) + 1.0
-    skipped = 0
-    if HAS_SKIP:
-        skipped = tl.load(skip).to(tl.int32)
     if skipped == 0:
-        gm = 1.0
-        if HAS_GRAD_MUL:
-            gm = tl.load(grad_mul)
-        if MAXIMIZE:
-            gm = -gm
         bc1 = 1.0 - tl.exp2(step * tl.log2(b1))
         bc2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
         step_size = lr / bc1
@@ -157,7 +159,6 @@ def _adam_kernel(
         g_ptr = _ptr(g_addrs, t, G_DT)
         m_ptr = _ptr(m_addrs, t, S_DT)
         v_ptr = _ptr(v_addrs, t, S_DT)
-        end = tl.minimum(start + CHUNK, n)
         for off in range(start, end, BLOCK):
             offs = off + tl.arange(0, BLOCK).to(tl.int64)
             mask = offs < end
