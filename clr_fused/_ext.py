@@ -1,25 +1,64 @@
 """The one place that loads the compiled CUDA extension.
 
-The import error is kept, not raised: ``backend="auto"`` falls back silently,
-and only an explicit ``backend="cuda"`` raises it (see ``backends.py``).
+Order: the prebuilt ``clr_fused._C`` from ``pip install``; else, on a machine
+with a CUDA device, a JIT build of csrc/ with ``torch.utils.cpp_extension.load``
+(cached on disk under TORCH_EXTENSIONS_DIR).  The failure is kept, not
+raised: ``backend="auto"`` falls back silently, and only an explicit
+``backend="cuda"`` raises it (see ``backends.py``).
 """
 
 from __future__ import annotations
 
+import os
+
 _module = None
 _error: BaseException | None = None
+_tried = False
+
+_CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def _jit_build():
+    import torch
+    from torch.utils.cpp_extension import load
+
+    if not torch.cuda.is_available():
+        raise ImportError("no prebuilt clr_fused._C, and no CUDA device to JIT-build it for")
+    if not os.path.isdir(_CSRC):
+        raise ImportError(f"no prebuilt clr_fused._C and no sources at {_CSRC}")
+    include = [_CSRC]
+    try:
+        import nvidia
+
+        include += [os.path.join(b, "cu13", "include") for b in nvidia.__path__ if os.path.isdir(os.path.join(b, "cu13", "include"))]
+    except ImportError:
+        pass
+    return load(
+        name="clr_fused_C",
+        sources=[os.path.join(_CSRC, "bindings.cpp"), os.path.join(_CSRC, "fused_optim.cu")],
+        extra_include_paths=include,
+        extra_cflags=["-O3"],
+        extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
+    )
 
 
 def load():
     """The extension module, or ``None``; the failure is kept for :func:`error`."""
-    global _module, _error
-    if _module is None and _error is None:
+    global _module, _error, _tried
+    if not _tried:
+        _tried = True
         try:
             from . import _C  # type: ignore[attr-defined]  # built by setup.py
 
             _module = _C
-        except ImportError as exc:
-            _error = exc
+        except ImportError as prebuilt_error:
+            if os.environ.get("CLR_FUSED_NO_JIT", "0") == "1":
+                _error = prebuilt_error
+            else:
+                try:
+                    _module = _jit_build()
+                except Exception as exc:  # noqa: BLE001 - kept and reported, never raised here
+                    _error = ImportError(f"{prebuilt_error}; JIT build: {exc}")
     return _module
 
 

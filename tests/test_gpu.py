@@ -8,7 +8,7 @@ import torch
 import clr_fused as cf
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", "triton", "cuda"]
 
 
 def _model():

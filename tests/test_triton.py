@@ -47,10 +47,10 @@ def _params(sizes, dtype, seed=0):
     return [torch.nn.Parameter(torch.randn(n, generator=gen).to(DEVICE, dtype)) for n in sizes]
 
 
-def _run_pair(cls, kw, spec, *, sizes=SIZES, dtype=torch.float32, steps=STEPS, state_dtype=None, scale=1.0):
-    """Same params and grads through backend="triton" and backend="torch"."""
+def _run_pair(cls, kw, spec, *, sizes=SIZES, dtype=torch.float32, steps=STEPS, state_dtype=None, scale=1.0, backend="triton"):
+    """Same params and grads through ``backend`` and backend="torch"."""
     a, b = _params(sizes, dtype), _params(sizes, dtype)
-    oa = getattr(cf, cls)(a, lr=spec, backend="triton", state_dtype=state_dtype, **kw)
+    oa = getattr(cf, cls)(a, lr=spec, backend=backend, state_dtype=state_dtype, **kw)
     ob = getattr(cf, cls)(b, lr=spec, backend="torch", state_dtype=state_dtype, **kw)
     gen = torch.Generator().manual_seed(1)
     for i in range(steps):

@@ -87,3 +87,39 @@ def same_dense_layout(tensors: list[Tensor]) -> bool:
             return False
         expected *= size
     return True
+
+
+class Densified:
+    """Dense stand-ins for tensors whose layouts differ; written back after."""
+
+    def __init__(self, lists: list[list[Tensor]]):
+        self.lists = [list(ts) for ts in lists]
+        self.write_back: list[tuple[Tensor, Tensor]] = []
+        for i in range(len(lists[0])):
+            group = [ts[i] for ts in lists]
+            if not same_dense_layout(group):
+                for ts in self.lists:
+                    orig = ts[i]
+                    ts[i] = orig.contiguous() if orig.is_contiguous() else orig.clone(memory_format=torch.contiguous_format)
+                    if ts is not self.lists[1]:  # gradients are read only
+                        self.write_back.append((orig, ts[i]))
+
+    def finish(self) -> None:
+        for orig, dense in self.write_back:
+            if orig.data_ptr() != dense.data_ptr():
+                orig.copy_(dense)
+
+
+_zero_flags: dict[tuple[torch.device, int], Tensor] = {}
+
+
+def fresh_flags(new_buffer: list[bool], n: int, device: torch.device) -> Tensor:
+    """int8 [n]: 1 where a momentum buffer was created this step.  Almost every
+    step has none, and then a cached zero table is used (no upload)."""
+    if any(new_buffer):
+        flags = torch.tensor(new_buffer, dtype=torch.int8)
+        return flags.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flags
+    zeros = _zero_flags.get((device, n))
+    if zeros is None:
+        zeros = _zero_flags[(device, n)] = torch.zeros(n, dtype=torch.int8, device=device)
+    return zeros

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tensor_tables import TableCache, same_dense_layout
+from .tensor_tables import Densified, TableCache, fresh_flags
 from .triton_schedule import evaluate_rows
 
 CHUNK = 16384  # elements per program
@@ -33,7 +33,7 @@ BLOCK_T = 1024  # tensors per iteration of the step-counter epilogue
 
 _tables = TableCache(CHUNK)
 _tickets: dict[torch.device, Tensor] = {}
-_dummies: dict[tuple, Tensor] = {}
+_dummies: dict[tuple, Tensor] = {}  # placeholders for absent optional pointers
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
@@ -207,44 +207,11 @@ def _dummy(device: torch.device, dtype: torch.dtype) -> Tensor:
     return d
 
 
-def _fresh_flags(new_buffer: list[bool], n: int, device: torch.device) -> Tensor:
-    """int8 [n]: 1 where a momentum buffer was created this step.  Almost every
-    step has none, and then a cached zero table is used (no upload)."""
-    if any(new_buffer):
-        flags = torch.tensor(new_buffer, dtype=torch.int8)
-        return flags.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flags
-    zeros = _dummies.get((device, "fresh", n))
-    if zeros is None:
-        zeros = _dummies[(device, "fresh", n)] = torch.zeros(n, dtype=torch.int8, device=device)
-    return zeros
-
-
 def _tl_dtype(t: Tensor):
     try:
         return _TL_DTYPES[t.dtype]
     except KeyError:
         raise TypeError(f"the triton backend supports float32, bfloat16 and float16 tensors, got {t.dtype}") from None
-
-
-class _Densified:
-    """Dense stand-ins for tensors whose layouts differ; written back after."""
-
-    def __init__(self, lists: list[list[Tensor]]):
-        self.lists = [list(ts) for ts in lists]
-        self.write_back: list[tuple[Tensor, Tensor]] = []
-        for i in range(len(lists[0])):
-            group = [ts[i] for ts in lists]
-            if not same_dense_layout(group):
-                for ts in self.lists:
-                    orig = ts[i]
-                    ts[i] = orig.contiguous() if orig.is_contiguous() else orig.clone(memory_format=torch.contiguous_format)
-                    if ts is not self.lists[1]:  # gradients are read only
-                        self.write_back.append((orig, ts[i]))
-
-    def finish(self) -> None:
-        for orig, dense in self.write_back:
-            if orig.data_ptr() != dense.data_ptr():
-                orig.copy_(dense)
 
 
 def _common(sched, grad_mul, skip, device):
@@ -270,9 +237,9 @@ def sgd_(
 ) -> bool:  # fmt: skip
     device = params[0].device
     lists = [params, grads] + ([momentum_buffers] if use_momentum else [])
-    dense = _Densified(lists)
+    dense = Densified(lists)
     tables = _tables.get(("sgd", id(params[0]), len(params), use_momentum), dense.lists, device)
-    fresh = _fresh_flags(new_buffer if use_momentum else [], len(params), device)
+    fresh = fresh_flags(new_buffer if use_momentum else [], len(params), device)
     s_dtype = momentum_buffers[0].dtype if use_momentum else params[0].dtype
     _sgd_kernel[(tables.num_chunks,)](
         tables.addrs[0], tables.addrs[1], tables.addrs[2] if use_momentum else tables.addrs[0],
@@ -295,7 +262,7 @@ def adam_(
 ) -> bool:  # fmt: skip
     device = params[0].device
     lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    dense = _Densified(lists)
+    dense = Densified(lists)
     step_table = _tables.get(("adam-steps", id(params[0]), len(params)), [steps], device).addrs[0]
     tables = _tables.get(("adam", id(params[0]), len(params), amsgrad), dense.lists, device)
     _adam_kernel[(tables.num_chunks,)](

@@ -1,0 +1,151 @@
+// Generic multi-tensor launcher.
+//
+// One launch covers every tensor of a bucket.  The tables live on the device
+// (built and cached by clr_fused/kernels/tensor_tables.py, shared with the
+// Triton backend): per list an int64 [T] table of addresses, int64 [T]
+// element counts, and per chunk (one block each) its tensor and start.
+// A block walks its chunk with ILP 4: 4-element vector loads (16 bytes for
+// fp32) when every list's address is aligned, a scalar path otherwise and
+// for the tail.  Offsets are int64 throughout, so one tensor may exceed 2**31
+// elements.  The per-algorithm functor sees float32 values only.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+
+#include "schedule.cuh"
+
+namespace clr_fused {
+
+constexpr int kILP = 4;
+constexpr int64_t kChunk = 16384;  // must equal CHUNK in kernels/cuda_update.py
+constexpr int kThreads = 512;
+constexpr int kMaxLists = 5;
+
+struct Tables {
+  const int64_t* addrs[kMaxLists];  // p, g, then state lists
+  const int64_t* numels;
+  const int32_t* chunk_tensor;
+  const int64_t* chunk_start;
+  int64_t num_tensors;
+};
+
+struct StepInputs {
+  const double* rows;  // schedule rows
+  int n_rows;
+  int64_t* counter;  // schedule step (int64 scalar)
+  const float* plateau_lr;  // nullptr unless ReduceLROnPlateau
+  const float* grad_mul;  // nullptr: 1 (folds 1/grad_scale and the clip factor)
+  const bool* skip;  // nullptr: never skip (found_inf / non-finite norm)
+  int32_t* ticket;  // zero between launches
+  bool advance;  // this launch advances the schedule counter
+};
+
+template <typename T>
+struct alignas(sizeof(T) * kILP) Vec {
+  T v[kILP];
+};
+
+template <typename T>
+__device__ __forceinline__ bool aligned(const T* ptr) {
+  return reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * kILP) == 0;
+}
+
+// Everything a block needs before the element loop: chunk bounds, schedule.
+struct ChunkInfo {
+  int64_t t, start, end, k;
+  float lr, mom, grad_mul;
+  bool skipped;
+};
+
+__device__ __forceinline__ ChunkInfo chunk_info(const Tables& tb, const StepInputs& in) {
+  ChunkInfo c;
+  const int64_t chunk = blockIdx.x;
+  c.t = tb.chunk_tensor[chunk];
+  c.start = tb.chunk_start[chunk];
+  const int64_t n = tb.numels[c.t];
+  c.end = c.start + kChunk < n ? c.start + kChunk : n;
+  c.k = *in.counter;
+  LrMom s = evaluate_rows(in.rows, in.n_rows, c.k, in.plateau_lr);
+  c.lr = s.lr;
+  c.mom = s.mom;
+  c.grad_mul = in.grad_mul != nullptr ? *in.grad_mul : 1.f;
+  c.skipped = in.skip != nullptr && *in.skip;
+  return c;
+}
+
+// Apply op(p, g, s) to every element of [start, end).  P: parameter (and
+// gradient) storage type, S: state storage type, NS: number of state lists.
+template <typename P, typename S, int NS, typename Op>
+__device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)[NS > 0 ? NS : 1], int64_t start,
+                                                 int64_t end, const Op& op) {
+  bool vec_ok = aligned(p) && aligned(g);
+#pragma unroll
+  for (int j = 0; j < NS; ++j) vec_ok = vec_ok && aligned(s[j]);
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * kILP;
+  int64_t i = start + static_cast<int64_t>(threadIdx.x) * kILP;
+  if (vec_ok) {
+    for (; i + kILP <= end; i += stride) {
+      Vec<P> pv = *reinterpret_cast<const Vec<P>*>(p + i);
+      const Vec<P> gv = *reinterpret_cast<const Vec<P>*>(g + i);
+      Vec<S> sv[NS > 0 ? NS : 1];
+#pragma unroll
+      for (int j = 0; j < NS; ++j) sv[j] = *reinterpret_cast<const Vec<S>*>(s[j] + i);
+#pragma unroll
+      for (int e = 0; e < kILP; ++e) {
+        float pf = static_cast<float>(pv.v[e]);
+        float sf[NS > 0 ? NS : 1];
+#pragma unroll
+        for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(sv[j].v[e]);
+        op(pf, static_cast<float>(gv.v[e]), sf);
+        pv.v[e] = static_cast<P>(pf);
+#pragma unroll
+        for (int j = 0; j < NS; ++j) sv[j].v[e] = static_cast<S>(sf[j]);
+      }
+      *reinterpret_cast<Vec<P>*>(p + i) = pv;
+#pragma unroll
+      for (int j = 0; j < NS; ++j) *reinterpret_cast<Vec<S>*>(s[j] + i) = sv[j];
+    }
+    // The tail that does not fill a vector: one element per thread.
+    const int64_t tail = end - (end - start) % kILP;
+    i = tail + threadIdx.x;
+    if (i >= end) return;
+  } else {
+    i = start + threadIdx.x;
+  }
+  for (; i < end; i += blockDim.x) {
+    float pf = static_cast<float>(p[i]);
+    float sf[NS > 0 ? NS : 1];
+#pragma unroll
+    for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(s[j][i]);
+    op(pf, static_cast<float>(g[i]), sf);
+    p[i] = static_cast<P>(pf);
+#pragma unroll
+    for (int j = 0; j < NS; ++j) s[j][i] = static_cast<S>(sf[j]);
+  }
+}
+
+// True in one block: the last to finish.  Every thread of every block has read
+// the counters by then (classic threadfence reduction ticket); only the
+// update path is atomic-free, the ticket is not on it.
+__device__ __forceinline__ bool last_block(int32_t* ticket) {
+  __shared__ bool is_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    int32_t drawn = atomicAdd(ticket, 1);
+    is_last = drawn == static_cast<int32_t>(gridDim.x) - 1;
+    if (is_last) *ticket = 0;
+  }
+  __syncthreads();
+  if (is_last) __threadfence();
+  return is_last;
+}
+
+template <typename P>
+__device__ __forceinline__ P* addr(const int64_t* table, int64_t t) {
+  return reinterpret_cast<P*>(table[t]);
+}
+
+}  // namespace clr_fused
