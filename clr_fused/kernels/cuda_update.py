@@ -31,7 +31,7 @@ def _module():
 
 
 @torch.library.custom_op(
-    "clr_fused::cuda_sgd_step", mutates_args=("params", "momentum_buffers", "counter", "ticket"), device_types="cuda"
+    "clr_fused::cuda_sgd_step", mutates_args=("params", "momentum_buffers", "counter", "ticket")
 )
 def _sgd_op(
     params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], tables: list[Tensor], fresh: Tensor,
@@ -55,7 +55,6 @@ def _(*args, **kwargs) -> None:
 @torch.library.custom_op(
     "clr_fused::cuda_adam_step",
     mutates_args=("params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps", "counter", "ticket"),
-    device_types="cuda",
 )
 def _adam_op(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor],

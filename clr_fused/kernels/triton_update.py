@@ -97,7 +97,7 @@ def _chunk_setup(
 def _sgd_kernel(
     p_addrs, g_addrs, buf_addrs, numels, fresh, chunk_tensor, chunk_start,
     rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
-    momentum, dampening, weight_decay,
+    momentum, one_minus_dampening, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, CYCLE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
@@ -123,7 +123,7 @@ def _sgd_kernel(
                 b_ptr = _ptr(buf_addrs, t, S_DT)
                 b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
                 # torch starts the buffer at the first gradient, undamped
-                b = tl.where(is_fresh, d, b * mom + (1.0 - dampening) * d)
+                b = tl.where(is_fresh, d, b * mom + one_minus_dampening * d)
                 tl.store(b_ptr + offs, _to_storage(b, S_DT), mask=mask)
                 if NESTEROV:
                     d = d + b * mom
@@ -139,7 +139,7 @@ def _sgd_kernel(
 def _adam_kernel(
     p_addrs, g_addrs, m_addrs, v_addrs, vmax_addrs, step_addrs, numels, chunk_tensor, chunk_start, num_tensors,
     rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
-    beta1, beta2, eps, weight_decay,
+    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
     CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
@@ -150,6 +150,9 @@ def _adam_kernel(
         chunk_tensor, chunk_start, numels, rows, n_rows, counter, plateau_lr, grad_mul, skip, beta1,
         CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP, HAS_PLATEAU,
     )  # fmt: skip
+    one_minus_b1 = one_minus_beta1
+    if CYCLE_MOMENTUM:
+        one_minus_b1 = 1.0 - b1
     step = tl.load(_ptr(step_addrs, t, tl.float32)) + 1.0
     if skipped == 0:
         bc1 = 1.0 - tl.exp2(step * tl.log2(b1))
@@ -169,8 +172,8 @@ def _adam_kernel(
                     p = p * (1.0 - lr * weight_decay)
                 else:
                     g = g + weight_decay * p
-            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b1 + g * (1.0 - b1)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32) * beta2 + (1.0 - beta2) * g * g
+            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b1 + g * one_minus_b1
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32) * beta2 + one_minus_beta2 * g * g
             tl.store(m_ptr + offs, _to_storage(m, S_DT), mask=mask)
             tl.store(v_ptr + offs, _to_storage(v, S_DT), mask=mask)
             if AMSGRAD:
@@ -245,7 +248,8 @@ def sgd_(
         tables.addrs[0], tables.addrs[1], tables.addrs[2] if use_momentum else tables.addrs[0],
         tables.numels, fresh, tables.chunk_tensor, tables.chunk_start,
         momentum=float(momentum) if not sched.cycles_momentum else 0.0,
-        dampening=float(dampening), weight_decay=float(weight_decay),
+        # complements in float64 on the host, then rounded: as the torch backend
+        one_minus_dampening=1.0 - float(dampening), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_tl_dtype(grads[0]), S_DT=_TL_DTYPES[s_dtype],
         USE_MOMENTUM=use_momentum, CYCLE_MOMENTUM=sched.cycles_momentum, NESTEROV=nesterov,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
@@ -270,7 +274,8 @@ def adam_(
         tables.addrs[4] if amsgrad else tables.addrs[3], step_table,
         tables.numels, tables.chunk_tensor, tables.chunk_start, tables.num_tensors,
         beta1=float(beta1) if not sched.cycles_momentum else 0.0,
-        beta2=float(beta2), eps=float(eps), weight_decay=float(weight_decay),
+        one_minus_beta1=1.0 - float(beta1), beta2=float(beta2), one_minus_beta2=1.0 - float(beta2),
+        eps=float(eps), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_tl_dtype(grads[0]), S_DT=_TL_DTYPES[exp_avgs[0].dtype],
         CYCLE_MOMENTUM=sched.cycles_momentum, AMSGRAD=amsgrad, DECOUPLED=decoupled,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,

@@ -1,0 +1,100 @@
+// Fused SGD-momentum and Adam/AdamW kernels on the generic multi-tensor
+// launcher, with the schedule evaluated in-kernel from the device step counter.
+// Templated on the parameter storage type P (float, BFloat16, Half) and the
+// state storage type S (P or float); math is float32, one rounding at the end.
+// Header only, so csrc/host_emulation.cpp can run the same code on the CPU.
+#pragma once
+
+#include "multi_tensor.cuh"
+
+namespace clr_fused {
+
+struct SgdHyper {
+  float momentum, one_minus_dampening, weight_decay;  // complements taken in double on the host
+  bool use_momentum, cycle_momentum, nesterov, maximize;
+  const int8_t* fresh;  // [T]: momentum buffer created this step
+};
+
+template <typename P, typename S, int NS>
+__global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in, SgdHyper h) {
+  const ChunkInfo c = chunk_info(tb, in);
+  if (!c.skipped) {
+    const float mom = h.cycle_momentum ? c.mom : h.momentum;
+    const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
+    const bool fresh = h.fresh[c.t] != 0;
+    const float lr = c.lr;
+    S* s[NS > 0 ? NS : 1] = {NS > 0 ? addr<S>(tb.addrs[2], c.t) : nullptr};
+    for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+                               [&](float& p, float g, float* st) {
+                                 float d = g * gm;
+                                 if (h.weight_decay != 0.f) d += h.weight_decay * p;
+                                 if constexpr (NS > 0) {
+                                   // torch starts the buffer at the first gradient, undamped
+                                   float b = fresh ? d : st[0] * mom + h.one_minus_dampening * d;
+                                   st[0] = b;
+                                   d = h.nesterov ? d + b * mom : b;
+                                 }
+                                 p = p - d * lr;
+                               });
+  }
+  if (in.advance && last_block(in.ticket) && threadIdx.x == 0) *in.counter = c.k + (c.skipped ? 0 : 1);
+}
+
+struct AdamHyper {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;  // complements taken in double
+  bool cycle_momentum, decoupled, maximize, amsgrad;
+  const int64_t* steps;  // [T] addresses of the float32 per-tensor step counts
+};
+
+template <typename P, typename S, int NS>  // NS = 2 (m, v) or 3 (with max_v: amsgrad)
+__global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in, AdamHyper h) {
+  const int64_t* steps = h.steps;
+  const ChunkInfo c = chunk_info(tb, in);
+  const float b1 = h.cycle_momentum ? c.mom : h.beta1;
+  const float one_minus_b1 = h.cycle_momentum ? 1.f - c.mom : h.one_minus_beta1;
+  const float step = *reinterpret_cast<const float*>(steps[c.t]) + 1.f;
+  if (!c.skipped) {
+    const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
+    const float lr = c.lr;
+    const float bc1 = 1.f - exp2f(step * log2f(b1));
+    const float bc2_sqrt = sqrtf(1.f - exp2f(step * log2f(h.beta2)));
+    const float step_size = lr / bc1;
+    S* s[NS];
+    s[0] = addr<S>(tb.addrs[2], c.t);
+    s[1] = addr<S>(tb.addrs[3], c.t);
+    if constexpr (NS == 3) s[2] = addr<S>(tb.addrs[4], c.t);
+    for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+                               [&](float& p, float g, float* st) {
+                                 g = g * gm;
+                                 if (h.weight_decay != 0.f) {
+                                   if (h.decoupled) {
+                                     p = p * (1.f - lr * h.weight_decay);
+                                   } else {
+                                     g = g + h.weight_decay * p;
+                                   }
+                                 }
+                                 const float m = st[0] * b1 + g * one_minus_b1;
+                                 float v = st[1] * h.beta2 + h.one_minus_beta2 * g * g;
+                                 st[0] = m;
+                                 st[1] = v;
+                                 if constexpr (NS == 3) {
+                                   v = fmaxf(st[NS - 1], v);
+                                   st[NS - 1] = v;
+                                 }
+                                 const float denom = sqrtf(v) / bc2_sqrt + h.eps;
+                                 p = p - m / denom * step_size;
+                               });
+  }
+  // The last block advances every tensor's step (and the schedule counter).
+  if (last_block(in.ticket)) {
+    if (!c.skipped) {
+      for (int64_t t = threadIdx.x; t < tb.num_tensors; t += blockDim.x) {
+        float* sp = reinterpret_cast<float*>(steps[t]);
+        *sp = *sp + 1.f;
+      }
+    }
+    if (in.advance && threadIdx.x == 0) *in.counter = c.k + (c.skipped ? 0 : 1);
+  }
+}
+
+}  // namespace clr_fused

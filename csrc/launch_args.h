@@ -1,0 +1,70 @@
+// Host-side packing of the launch arguments (tables, step inputs) and the
+// (parameter, state) dtype dispatch; shared by the CUDA launchers and the
+// host emulation.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "multi_tensor.cuh"
+
+namespace clr_fused {
+
+inline Tables make_tables(const std::vector<at::Tensor>& addr_tables, const at::Tensor& numels, const at::Tensor& chunk_tensor,
+                   const at::Tensor& chunk_start) {
+  TORCH_CHECK(addr_tables.size() <= static_cast<size_t>(kMaxLists), "too many tensor lists");
+  Tables tb{};
+  for (size_t i = 0; i < addr_tables.size(); ++i) tb.addrs[i] = addr_tables[i].data_ptr<int64_t>();
+  tb.numels = numels.data_ptr<int64_t>();
+  tb.chunk_tensor = chunk_tensor.data_ptr<int32_t>();
+  tb.chunk_start = chunk_start.data_ptr<int64_t>();
+  tb.num_tensors = numels.numel();
+  return tb;
+}
+
+inline StepInputs make_inputs(const at::Tensor& rows, at::Tensor& counter, const std::optional<at::Tensor>& plateau_lr,
+                       const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip,
+                       at::Tensor& ticket, bool advance) {
+  TORCH_CHECK(rows.scalar_type() == at::kDouble && rows.size(1) == kRowWidth, "rows must be float64 [n, 16]");
+  TORCH_CHECK(counter.scalar_type() == at::kLong, "counter must be int64");
+  StepInputs in{};
+  in.rows = rows.data_ptr<double>();
+  in.n_rows = static_cast<int>(rows.size(0));
+  in.counter = counter.data_ptr<int64_t>();
+  in.plateau_lr = plateau_lr.has_value() ? plateau_lr->data_ptr<float>() : nullptr;
+  in.grad_mul = grad_mul.has_value() ? grad_mul->data_ptr<float>() : nullptr;
+  in.skip = skip.has_value() ? skip->data_ptr<bool>() : nullptr;
+  in.ticket = ticket.data_ptr<int32_t>();
+  in.advance = advance;
+  return in;
+}
+
+// Launcher<P, S>::run(args...) for the (param, state) storage types.
+template <template <typename, typename> class Launcher, typename P, typename... Args>
+inline void with_state_type(at::ScalarType param, at::ScalarType state, Args&&... args) {
+  if (state == at::kFloat) {
+    Launcher<P, float>::run(std::forward<Args>(args)...);
+  } else {
+    TORCH_CHECK(state == param, "state dtype must be float32 or the parameter dtype, got ", state);
+    Launcher<P, P>::run(std::forward<Args>(args)...);
+  }
+}
+
+template <template <typename, typename> class Launcher, typename... Args>
+inline void dispatch_types(at::ScalarType param, at::ScalarType state, Args&&... args) {
+  switch (param) {
+    case at::kFloat:
+      return with_state_type<Launcher, float>(param, state, std::forward<Args>(args)...);
+    case at::kBFloat16:
+      return with_state_type<Launcher, at::BFloat16>(param, state, std::forward<Args>(args)...);
+    case at::kHalf:
+      return with_state_type<Launcher, at::Half>(param, state, std::forward<Args>(args)...);
+    default:
+      TORCH_CHECK(false, "the cuda backend supports float32, bfloat16 and float16 parameters, got ", param);
+  }
+}
+
+}  // namespace clr_fused
