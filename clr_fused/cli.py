@@ -80,10 +80,20 @@ def _demo(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from .bench.run import main as bench_main
+
+    return bench_main(quick=args.quick, out_dir=args.out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clr-fused", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, device and which backends work here (and why not)").set_defaults(func=_info)
+    bn = sub.add_parser("bench", help="optimizer-step microbenchmark against torch.optim + lr_scheduler")
+    bn.add_argument("--quick", action="store_true", help="Adam only, small sets (the test suite's smoke run)")
+    bn.add_argument("--out", default="benchmarks/results")
+    bn.set_defaults(func=_bench)
     rt = sub.add_parser("range-test", help="the LR range test (--demo: scikit-learn digits)")
     rt.add_argument("--demo", action="store_true", help="run on scikit-learn's bundled digits data set")
     rt.add_argument("--steps", type=int, default=100)

@@ -1,0 +1,323 @@
+"""``clr-fused bench``: the optimizer step against stock torch.optim + lr_scheduler.
+
+In one process, on the same parameter sets: torch's ``foreach`` and ``fused``
+optimizers with ``CyclicLR`` stepped on the host after every step (what users
+run today), torch's ``fused=True, capturable=True`` with a tensor LR, and
+clr_fused with every backend that works here, eager and (on CUDA) graph
+captured; plus the full mixed-precision step (unscale + inf check + clip +
+schedule + update).  Figures: median ms/step (CUDA events on a GPU,
+perf_counter on the CPU), host ms per ``step()`` call, achieved GB/s from the
+bytes a step must move against a copy bandwidth measured in the same run,
+ratios to each torch provider, peak memory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch.optim import lr_scheduler as L
+
+import clr_fused as cf
+
+from .. import backends
+from .param_sets import numel, param_sets
+
+BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
+
+
+@dataclass
+class Row:
+    param_set: str
+    algo: str
+    dtype: str
+    provider: str
+    ms: float
+    host_ms: float
+    gbps: float
+    pct_copy_bw: float
+    peak_mib: float | None
+    n_params: int
+    n_tensors: int
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], None], device, warmup: int, reps: int) -> tuple[float, float]:
+    """(median device ms per call, median host ms per call)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    host, dev = [], []
+    for _ in range(reps):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            t0 = time.perf_counter()
+            fn()
+            host.append((time.perf_counter() - t0) * 1e3)
+            end.record()
+            end.synchronize()
+            dev.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            host.append((time.perf_counter() - t0) * 1e3)
+            dev.append(host[-1])
+    return statistics.median(dev), statistics.median(host)
+
+
+def copy_bandwidth(device, nbytes: int) -> float:
+    """GB/s of a same-device copy (bytes read + written)."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    ms, _ = _time(lambda: dst.copy_(src), device, 3, 10)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def bytes_per_param(algo: str, dtype: torch.dtype) -> int:
+    """Bytes one step must move per parameter: Adam reads p, g, m, v and
+    writes p, m, v (28 B in fp32); SGD-momentum reads p, g, buf, writes p, buf (20 B)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return size * (7 if algo.startswith("adam") else 5)
+
+
+def _params(shapes, dtype, device):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ps = []
+    for s in shapes:
+        p = torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float32).to(device, dtype))
+        p.grad = torch.randn(s, generator=gen, dtype=torch.float32).to(device, dtype) * 1e-3
+        ps.append(p)
+    return ps
+
+
+def _torch_opt(algo, params, **kw):
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[algo]
+    extra = dict(momentum=0.9) if algo == "sgd" else {}
+    return cls(params, lr=MAX_LR, **extra, **kw)
+
+
+def _cf_opt(algo, params, backend, **kw):
+    cls = {"sgd": cf.SGD, "adam": cf.Adam, "adamw": cf.AdamW}[algo]
+    extra = dict(momentum=0.9) if algo == "sgd" else {}
+    spec = cf.CyclicLR(BASE_LR, MAX_LR, STEP_UP, cycle_momentum=False)
+    return cls(params, lr=spec, backend=backend, **extra, **kw)
+
+
+def _captured(step, device):
+    """``step`` captured in a CUDA graph after warm-up; returns the replay."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def providers(algo: str, params, device, include_amp: bool):
+    """name -> zero-arg step function, built lazily (each builds its own state)."""
+    cuda = device.type == "cuda"
+    out: dict[str, Callable[[], Callable[[], None]]] = {}
+
+    def torch_with_host_clr(**kw):
+        def build():
+            opt = _torch_opt(algo, params, **kw)
+            sched = L.CyclicLR(opt, BASE_LR, MAX_LR, STEP_UP, cycle_momentum=False)
+            return lambda: (opt.step(), sched.step())
+
+        return build
+
+    out["torch-foreach+CyclicLR"] = torch_with_host_clr(foreach=True)
+    out["torch-fused+CyclicLR"] = torch_with_host_clr(fused=True)
+    if cuda and algo != "sgd":
+
+        def capturable():
+            opt = _torch_opt(algo, params, fused=True, capturable=True)
+            opt.param_groups[0]["lr"] = torch.tensor(MAX_LR, device=device)
+            sched = L.CyclicLR(opt, BASE_LR, MAX_LR, STEP_UP, cycle_momentum=False)
+            return lambda: (opt.step(), sched.step())
+
+        out["torch-fused-capturable+CyclicLR"] = capturable
+    for backend in ("torch", "triton", "cuda"):
+        if backends.why_unavailable(backend, device) is not None:
+            continue
+        if device.type == "cpu" and backend == "triton":
+            continue  # TRITON_INTERPRET runs kernels as numpy: a correctness tool, not a benchmark
+        out[f"cf-{backend}"] = (lambda b: lambda: _cf_opt(algo, params, b).step)(backend)
+        if cuda and backend != "torch":
+            out[f"cf-{backend}-graph"] = (lambda b: lambda: _captured(_cf_opt(algo, params, b).step, device))(backend)
+    if include_amp and cuda:
+        out.update(_amp_providers(algo, params, device))
+    return out
+
+
+def _amp_providers(algo, params, device):
+    """The full mixed-precision step: unscale + inf check + clip + schedule + update."""
+
+    def torch_amp():
+        opt = _torch_opt(algo, params, fused=True)
+        sched = L.CyclicLR(opt, BASE_LR, MAX_LR, STEP_UP, cycle_momentum=False)
+        scaler = torch.amp.GradScaler("cuda", init_scale=1.0, growth_interval=10**9)
+
+        def step():
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+
+        return step
+
+    def cf_amp(backend):
+        def build():
+            opt = _cf_opt(algo, params, backend, max_grad_norm=1.0)
+            scaler = torch.amp.GradScaler("cuda", init_scale=1.0, growth_interval=10**9)
+            return lambda: (scaler.step(opt), scaler.update())
+
+        return build
+
+    out = {"amp:torch-fused+clip+CyclicLR": torch_amp}
+    for backend in ("triton", "cuda"):
+        if backends.why_unavailable(backend, device) is None:
+            out[f"amp:cf-{backend}"] = cf_amp(backend)
+    return out
+
+
+def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.float32, torch.bfloat16), warmup=None, reps=None):
+    cuda = device.type == "cuda"
+    warmup = warmup or (10 if cuda else 2)
+    reps = reps or (50 if cuda else 5)
+    copy_bw = copy_bandwidth(device, 2**30 if cuda else 2**27)
+    rows: list[Row] = []
+    for set_name, shapes in param_sets(full).items():
+        n = numel(shapes)
+        for dtype in dtypes if cuda else (torch.float32,):
+            params = _params(shapes, dtype, device)
+            for algo in algos:
+                for name, build in providers(algo, params, device, include_amp=dtype == torch.float32).items():
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats(device)
+                    try:
+                        step = build()
+                        ms, host_ms = _time(step, device, warmup, reps)
+                    except Exception as exc:  # a provider that cannot run here is reported, not fatal
+                        print(f"  {set_name} {algo} {name}: skipped ({type(exc).__name__}: {exc})")
+                        continue
+                    gbps = n * bytes_per_param(algo, dtype) / (ms * 1e-3) / 1e9
+                    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+                    rows.append(Row(set_name, algo, str(dtype).replace("torch.", ""), name, ms, host_ms, gbps, 100 * gbps / copy_bw, peak, n, len(shapes)))
+                    del step
+            del params
+            if cuda:
+                torch.cuda.empty_cache()
+    return copy_bw, rows
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _ratios(rows: list[Row]) -> dict[tuple, dict[str, float]]:
+    """provider ms / torch provider ms, per (set, algo, dtype)."""
+    out = {}
+    for r in rows:
+        key = (r.param_set, r.algo, r.dtype)
+        base = {b.provider: b.ms for b in rows if (b.param_set, b.algo, b.dtype) == key and b.provider.startswith(("torch-", "amp:torch"))}
+        out[(key, r.provider)] = {f"vs {k}": r.ms / v for k, v in base.items() if (k.startswith("amp:") == r.provider.startswith("amp:"))}
+    return out
+
+
+def markdown(device_name: str, copy_bw: float, rows: list[Row]) -> str:
+    ratios = _ratios(rows)
+    lines = [
+        f"Device: {device_name}; measured copy bandwidth {copy_bw:.0f} GB/s; torch {torch.__version__}; "
+        f"CyclicLR stepped on the host for torch providers.",
+        "",
+        "| set | algo | dtype | provider | ms/step | host ms/call | GB/s | % copy BW | vs torch-fused+CyclicLR | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rel = ratios[((r.param_set, r.algo, r.dtype), r.provider)]
+        vs = rel.get("vs torch-fused+CyclicLR", rel.get("vs amp:torch-fused+clip+CyclicLR"))
+        lines.append(
+            f"| {r.param_set} | {r.algo} | {r.dtype} | {r.provider} | {r.ms:.3f} | {r.host_ms:.3f} | {r.gbps:.0f} | "
+            f"{r.pct_copy_bw:.0f}% | {'' if vs is None else f'{vs:.2f}x'} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r.param_set, r.algo, r.dtype) for r in rows})
+    fig, axes = plt.subplots(len(groups), 1, figsize=(8, 2.2 * len(groups)), squeeze=False)
+    for ax, key in zip(axes[:, 0], groups):
+        sel = [r for r in rows if (r.param_set, r.algo, r.dtype) == key]
+        ax.barh([r.provider for r in sel], [r.ms for r in sel], color=["tab:gray" if r.provider.startswith(("torch", "amp:torch")) else "tab:blue" for r in sel])
+        ax.set_title(" / ".join(key), fontsize=9)
+        ax.set_xlabel("ms per step (median)")
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda") if cuda else torch.device("cpu")
+    device_name = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    if not cuda:
+        print("No CUDA device: CPU-sized sets, torch backend and torch providers only. GPU figures need a GPU: run `clr-fused bench` there.")
+    copy_bw, rows = run(device, full=cuda and not quick, algos=("adam",) if quick else ("adam", "sgd"))
+    table = markdown(device_name, copy_bw, rows)
+    print(table)
+    os.makedirs(out_dir, exist_ok=True)
+    date = datetime.date.today().isoformat()
+    slug = "".join(c if c.isalnum() else "-" for c in device_name.split(" (")[0].lower()).strip("-")
+    stem = os.path.join(out_dir, f"{slug}-{date}")
+    meta = {
+        "device": device_name,
+        "date": date,
+        "commit": _commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "copy_bandwidth_gbps": copy_bw,
+        "quick": quick,
+    }
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        meta["triton"] = None
+    ratios = _ratios(rows)
+    with open(stem + ".json", "w") as f:
+        json.dump({**meta, "rows": [{**asdict(r), "ratios": ratios[((r.param_set, r.algo, r.dtype), r.provider)]} for r in rows]}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    plot(rows, stem + ".png")
+    print(f"wrote {stem}.json, {stem}.md, {stem}.png")
+    return 0

@@ -1,0 +1,44 @@
+"""`clr-fused bench` runs here (CPU-sized) and writes its JSON, markdown and plot."""
+
+import json
+import os
+import subprocess
+import sys
+
+from clr_fused.bench.param_sets import many_small, numel, resnet50, transformer
+from clr_fused.bench.run import bytes_per_param
+
+
+def test_param_sets_have_the_real_shapes():
+    assert (len(resnet50()), numel(resnet50())) == (161, 25_557_032)
+    gpt2 = transformer(768, 12)
+    assert len(gpt2) == 148 and 124e6 < numel(gpt2) < 125e6
+    assert 1.0e9 < numel(transformer(2048, 18)) < 1.05e9
+    assert len(many_small(5000)) == 5000
+
+
+def test_bytes_per_param():
+    import torch
+
+    assert bytes_per_param("adam", torch.float32) == 28
+    assert bytes_per_param("sgd", torch.float32) == 20
+    assert bytes_per_param("adamw", torch.bfloat16) == 14
+
+
+def test_bench_quick_smoke(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-m", "clr_fused", "bench", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (js,) = tmp_path.glob("*.json")
+    data = json.loads(js.read_text())
+    assert data["copy_bandwidth_gbps"] > 0 and data["torch"]
+    providers = {r["provider"] for r in data["rows"]}
+    assert {"torch-foreach+CyclicLR", "torch-fused+CyclicLR", "cf-torch"} <= providers
+    for r in data["rows"]:
+        assert r["ms"] > 0 and r["gbps"] > 0
+        assert "vs torch-fused+CyclicLR" in r["ratios"]
+    assert (tmp_path / js.name.replace(".json", ".png")).read_bytes()[:4] == b"\x89PNG"
+    assert "| provider |" in (tmp_path / js.name.replace(".json", ".md")).read_text()
