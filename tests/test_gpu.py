@@ -75,3 +75,67 @@ def test_graph_replay_equals_eager_with_moving_lr(cls, backend):
     assert opt.schedule_step.item() == 52
     for a, b in zip(ps, eager_ps):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_whole_training_step_in_one_graph(backend):
+    """Forward, backward and step captured once; the LR follows the schedule across replays."""
+    m = _model()
+    spec = cf.OneCycleLR(1e-2, 60)
+    opt = cf.AdamW(m.parameters(), lr=spec, backend=backend)
+    x = torch.randn(32, 64, device="cuda")
+    y = torch.randint(0, 10, (32,), device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=False)
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=False)
+    with torch.cuda.graph(g):
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+    for k in range(4, 40):
+        g.replay()
+        assert opt.get_last_lr()[0] == pytest.approx(spec(k), rel=1e-5)
+    assert torch.isfinite(loss)
+
+
+@cuda
+def test_report_inside_a_captured_graph():
+    p = torch.nn.Parameter(torch.zeros(1000, device="cuda"))
+    p.grad = torch.ones_like(p)
+    opt = cf.SGD([p], lr=cf.ReduceLROnPlateau(0.1, patience=0, factor=0.5), backend="triton")
+    metric = torch.tensor(1.0, device="cuda")
+    opt.step()
+    opt.report(metric)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        opt.step()
+        opt.report(metric)  # no improvement: halves the LR each replay
+    lrs = []
+    for _ in range(3):
+        g.replay()
+        lrs.append(opt.get_last_lr()[0])
+    assert lrs == pytest.approx([0.025, 0.0125, 0.00625], rel=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_single_tensor_over_2_31_elements(backend):
+    n = 2**31 + 5
+    free, _ = torch.cuda.mem_get_info()
+    assert free > 4 * n * 2 + 2**30, "needs ~18 GB free for a bf16 tensor with grad and momentum"
+    p = torch.nn.Parameter(torch.zeros(n, device="cuda", dtype=torch.bfloat16))
+    p.grad = torch.ones_like(p)
+    opt = cf.SGD([p], lr=0.5, momentum=0.9, backend=backend)
+    opt.step()
+    torch.cuda.synchronize()
+    # the last elements (past 2**31) were updated like the first
+    assert p[-1].item() == -0.5 and p[0].item() == -0.5 and p[2**31 + 1].item() == -0.5

@@ -115,7 +115,8 @@ def test_our_checkpoint_into_torch_keeps_current_lr_and_momentum():
     sd = opt.state_dict()
     assert sd["param_groups"][0]["lr"] == pytest.approx(spec(3), rel=1e-6)
     assert sd["param_groups"][0]["momentum"] == pytest.approx(spec.momentum(3), rel=1e-6)
-    assert sd["clr_fused"]["schedules"][0]["type"] == "CyclicLR"
+    assert sd["param_groups"][0]["clr_fused_schedule"]["type"] == "CyclicLR"
+    assert sd["param_groups"][0]["clr_fused_step"] == 3
     t = torch.optim.SGD(small_model().parameters(), lr=1.0)
     t.load_state_dict(sd)
     assert t.param_groups[0]["lr"] == pytest.approx(spec(3), rel=1e-6)

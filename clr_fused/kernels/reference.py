@@ -160,7 +160,11 @@ def adam_(
 
 def global_grad_norm(grads: list[Tensor], device: torch.device) -> Tensor:
     """L2 norm over every gradient on ``device`` (float32, float64 if any
-    gradient is float64); no host sync."""
+    gradient is float64); no host sync.  DTensor (FSDP2) gradients are reduced
+    across ranks by DTensor itself, as ``clip_grad_norm_`` does."""
+    if grads and hasattr(grads[0], "full_tensor"):
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2)))
+        return total.full_tensor().to(device, torch.float32)
     by_key: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for g in grads:
         by_key.setdefault((g.device, g.dtype), []).append(g)

@@ -11,7 +11,13 @@ import importlib
 from types import ModuleType
 
 _MODULES = {"torch": "reference", "triton": "triton_update", "cuda": "cuda_update"}
+_loaded: dict[str, ModuleType] = {}
 
 
 def kernels_for(backend: str) -> ModuleType:
-    return importlib.import_module(f"{__package__}.{_MODULES[backend]}")
+    # A plain dict hit after the first call: torch.compile traces it without a
+    # graph break (importlib is on dynamo's skip list).
+    mod = _loaded.get(backend)
+    if mod is None:
+        mod = _loaded[backend] = importlib.import_module(f"{__package__}.{_MODULES[backend]}")
+    return mod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer
+from .base import FusedOptimizer, local
 
 
 class Adam(FusedOptimizer):
@@ -66,11 +66,11 @@ class Adam(FusedOptimizer):
         amsgrad = group["amsgrad"]
         states = [self._state_for(p, amsgrad) for p in params]
         return kernels_for(backend).adam_(
-            params,
-            [p.grad for p in params],
-            [s["exp_avg"] for s in states],
-            [s["exp_avg_sq"] for s in states],
-            [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
+            [local(p) for p in params],
+            [local(p.grad) for p in params],
+            [local(s["exp_avg"]) for s in states],
+            [local(s["exp_avg_sq"]) for s in states],
+            [local(s["max_exp_avg_sq"]) for s in states] if amsgrad else [],
             [s["step"] for s in states],
             sched=sched,
             beta1=group["betas"][0],

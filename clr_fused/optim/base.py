@@ -20,7 +20,8 @@ from .. import schedule_math as sm
 from ..kernels import reference
 from ..schedules import Constant, ReduceLROnPlateau, Schedule, schedule_from_dict
 
-STATE_DICT_KEY = "clr_fused"
+# Plain-data keys in each saved param group (see FusedOptimizer.state_dict).
+_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU = "clr_fused_schedule", "clr_fused_step", "clr_fused_plateau"
 
 
 def _check_lr_value(lr: Any) -> None:
@@ -158,6 +159,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _static_momentum(self, group: dict[str, Any]) -> float:
         return group["betas"][0] if self._momentum_key == "betas" else group["momentum"]
 
+    def as_lr_scheduler(self) -> "ScheduleView":
+        """A ``torch.optim.lr_scheduler.LRScheduler`` view for trainers that
+        insist on a scheduler object: ``step()`` is a no-op (the schedule
+        advances inside ``optimizer.step()``), ``get_last_lr()`` reads the
+        device, and its state dict is empty (the optimizer's carries the
+        schedule)."""
+        return ScheduleView(self)
+
     @property
     def schedule_step(self) -> Tensor:
         """The device step counter: how many updates the schedule has advanced."""
@@ -171,8 +180,16 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._backend_cache[device] = name
         return name
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
+        """One fused update of every param group; the schedule advances on the device."""
+        return self._step(closure)
+
+    # Under torch.compile the step runs as it is (a graph break), not traced:
+    # tracing it would guard on the gradient tensors, which zero_grad() frees
+    # every iteration, and recompile each step.  The kernels are opaque anyway.
+    @torch._dynamo.disable
+    @torch.no_grad()
+    def _step(self, closure: Callable[[], Any] | None = None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -271,10 +288,13 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:
-        """torch's format (torch state keys; ``lr``/momentum as current floats),
-        plus the schedules, their step counter and plateau state under
-        ``"clr_fused"``.  Reads the device for the current LR values."""
+        """torch's format: torch's state keys, ``lr`` / momentum as the current
+        floats; each param group also carries its schedule spec, the step
+        counter and any plateau state as plain data (``clr_fused_*`` keys),
+        which torch ignores and torch.distributed.checkpoint keeps.  Reads the
+        device (the current values), as ``get_last_lr()`` does."""
         sd = super().state_dict()
+        step = int(self._step_counter)
         for gi, packed in enumerate(sd["param_groups"]):
             lr, mom = self._lr_and_momentum(gi)
             packed["lr"] = float(lr)
@@ -283,13 +303,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                     packed["betas"] = (float(mom), *packed["betas"][1:])
                 else:
                     packed["momentum"] = float(mom)
-        sd[STATE_DICT_KEY] = {
-            "schedule_step": self._step_counter,
-            "schedules": [
-                None if not isinstance(g["lr"], Schedule) else g["lr"].to_dict() for g in self.param_groups
-            ],
-            "plateau": {gi: dict(st) for gi, st in self._plateau.items()},
-        }
+            spec = self.param_groups[gi]["lr"]
+            packed[_KEY_SCHEDULE] = spec.to_dict() if isinstance(spec, Schedule) else None
+            packed[_KEY_STEP] = step
+            plateau = self._plateau.get(gi)
+            packed[_KEY_PLATEAU] = None if plateau is None else {k: v.item() for k, v in plateau.items()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -299,23 +317,28 @@ class FusedOptimizer(torch.optim.Optimizer):
         one of ours restores them.  Shape mismatches raise before anything
         changes.
         """
-        state_dict = dict(state_dict)
-        extra = state_dict.pop(STATE_DICT_KEY, None)
         self._check_shapes(state_dict)
+        saved_groups = state_dict["param_groups"]
         specs_before = [g["lr"] for g in self.param_groups]
         super().load_state_dict(state_dict)
-        for gi, group in enumerate(self.param_groups):
-            saved = None if extra is None else extra["schedules"][gi]
-            if saved is not None:
-                group["lr"] = schedule_from_dict(saved)
-            elif extra is None and isinstance(specs_before[gi], Schedule):
+        ours = any(_KEY_STEP in g for g in saved_groups)
+        plateau: dict[int, dict[str, Tensor]] = {}
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            for key in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU):
+                group.pop(key, None)
+            if saved.get(_KEY_SCHEDULE) is not None:
+                group["lr"] = schedule_from_dict(saved[_KEY_SCHEDULE])
+            elif not ours and isinstance(specs_before[gi], Schedule):
                 group["lr"] = specs_before[gi]
+            if saved.get(_KEY_PLATEAU) is not None:
+                plateau[gi] = {
+                    k: torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float32, device=self._counter_device)
+                    for k, v in saved[_KEY_PLATEAU].items()
+                }
         self._spec_cache.clear()
-        if extra is not None:
-            self._step_counter.copy_(torch.as_tensor(extra["schedule_step"]).to(self._step_counter.device))
-            self._plateau = {}
-            for gi, st in extra.get("plateau", {}).items():
-                self._plateau[int(gi)] = {k: torch.as_tensor(v).clone().to(self._counter_device) for k, v in st.items()}
+        if ours:
+            self._step_counter.fill_(int(saved_groups[0][_KEY_STEP]))
+            self._plateau = plateau
         self._after_load()
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
@@ -348,6 +371,40 @@ class FusedOptimizer(torch.optim.Optimizer):
                     st[key] = value.to(device=p.device, dtype=self._state_dtype_for(p))
 
 
+class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
+    """See :meth:`FusedOptimizer.as_lr_scheduler`."""
+
+    def __init__(self, optimizer: FusedOptimizer) -> None:
+        # No super().__init__: there is nothing to wrap, patch or step.
+        self.optimizer = optimizer
+        self.base_lrs = [optimizer.schedule(gi).initial_lr for gi in range(len(optimizer.param_groups))]
+        self._last_lr = None
+
+    @property
+    def last_epoch(self) -> int:  # type: ignore[override]
+        """Updates applied so far (reads the device counter)."""
+        return int(self.optimizer.schedule_step)
+
+    @last_epoch.setter
+    def last_epoch(self, value) -> None:
+        pass  # the device counter is the only step count
+
+    def step(self, epoch=None) -> None:  # noqa: ARG002 - the signature trainers call
+        """No-op: the schedule already advanced inside ``optimizer.step()``."""
+
+    def get_last_lr(self) -> list[float]:
+        return self.optimizer.get_last_lr()
+
+    def get_lr(self) -> list[float]:
+        return self.optimizer.get_last_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
 @dataclass
 class GroupSchedule:
     """One param group's schedule as a launch on ``counter``'s device sees it."""
@@ -365,6 +422,12 @@ class GroupSchedule:
 
     def rows_table(self, device: torch.device) -> Tensor:
         return self.rows_device
+
+
+def local(t: Tensor | None) -> Tensor | None:
+    """The local shard of a DTensor (FSDP2 parameters, grads, states), which
+    shares its storage; any other tensor as it is.  Kernels run on shards."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:

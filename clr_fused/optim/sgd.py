@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer
+from .base import FusedOptimizer, local
 
 
 class SGD(FusedOptimizer):
@@ -71,10 +71,10 @@ class SGD(FusedOptimizer):
                 if buf is None:
                     buf = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
                     st["momentum_buffer"] = buf
-                bufs.append(buf)
+                bufs.append(local(buf))
         return kernels_for(backend).sgd_(
-            params,
-            [p.grad for p in params],
+            [local(p) for p in params],
+            [local(p.grad) for p in params],
             bufs,
             fresh,
             sched=sched,

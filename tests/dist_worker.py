@@ -1,0 +1,92 @@
+"""Workers for the 2-process gloo tests (spawned; must live in an importable module)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+import clr_fused as cf
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+
+
+def batches(rank: int, world: int, steps: int):
+    """Per-rank batches; rank r takes rows r::world of one global batch."""
+    gen = torch.Generator().manual_seed(123)
+    out = []
+    for _ in range(steps):
+        x, y = torch.randn(8 * world, 6, generator=gen), torch.randn(8 * world, 3, generator=gen)
+        out.append((x[rank::world], y[rank::world]))
+    return out
+
+
+def make_opt(params):
+    return cf.AdamW(params, lr=cf.CyclicLR(1e-3, 1e-2, 3, 2), backend="torch", weight_decay=0.01)
+
+
+def single_process(steps: int, world: int):
+    m = model()
+    opt = make_opt(m.parameters())
+    per_rank = [batches(r, world, steps) for r in range(world)]
+    for i in range(steps):
+        x = torch.cat([per_rank[r][i][0] for r in range(world)])
+        y = torch.cat([per_rank[r][i][1] for r in range(world)])
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(m(x), y).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def run(rank: int, world: int, init_file: str, mode: str, steps: int, out_path: str):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        m = model()
+        if mode == "ddp":
+            wrapped = torch.nn.parallel.DistributedDataParallel(m)
+        else:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh("cpu", (world,))
+            for layer in m:
+                if isinstance(layer, torch.nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            wrapped = fully_shard(m, mesh=mesh)
+        opt = make_opt(wrapped.parameters())
+        for x, y in batches(rank, world, steps):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(wrapped(x), y).backward()
+            opt.step()
+        state = {}
+        for k, v in m.state_dict().items():
+            full = v.full_tensor() if hasattr(v, "full_tensor") else v
+            state[k] = full.detach().clone()
+        if mode == "fsdp2":
+            # checkpoint through torch.distributed.checkpoint, then load back
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+            osd = get_optimizer_state_dict(m, opt)
+            ckpt = os.path.join(os.path.dirname(out_path), "dcp")
+            dcp.save({"optim": osd}, checkpoint_id=ckpt)
+            opt2 = make_opt(wrapped.parameters())
+            m.zero_grad(set_to_none=True)  # lets DCP initialise opt2's state
+            osd2 = get_optimizer_state_dict(m, opt2)
+            dcp.load({"optim": osd2}, checkpoint_id=ckpt)
+            set_optimizer_state_dict(m, opt2, osd2)
+            p0 = next(iter(m.parameters()))
+            st1, st2 = opt.state[p0], opt2.state[p0]
+            same = all(torch.equal(st1[k].to_local() if hasattr(st1[k], "to_local") else st1[k],
+                                   st2[k].to_local() if hasattr(st2[k], "to_local") else st2[k]) for k in st1)
+            same = same and int(opt2.schedule_step) == int(opt.schedule_step) == steps
+            same = same and opt2.get_last_lr() == opt.get_last_lr()
+            state["__dcp_roundtrip_ok"] = torch.tensor(float(same))
+        if rank == 0:
+            torch.save(state, out_path)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,27 @@
+"""DDP and FSDP2 (fully_shard) on a 2-process gloo group on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from . import dist_worker
+
+STEPS = 8
+
+
+def _spawn(mode, tmp_path):
+    out = tmp_path / "state.pt"
+    mp.spawn(dist_worker.run, args=(2, str(tmp_path / "init"), mode, STEPS, str(out)), nprocs=2, join=True)
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_matches_single_process(mode, tmp_path):
+    got = _spawn(mode, tmp_path)
+    want = dist_worker.single_process(STEPS, 2)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+    if mode == "fsdp2":
+        assert got["__dcp_roundtrip_ok"].item() == 1.0
