@@ -7,7 +7,6 @@ import io
 
 import pytest
 import torch
-from torch.optim import lr_scheduler as L
 
 import clr_fused as cf
 

@@ -14,12 +14,11 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from .tensor_tables import Densified, TableCache, fresh_flags
+from .tensor_tables import TableCache, adam_tables, fresh_flags, sgd_tables, ticket
 
 CHUNK = 16384  # must equal kChunk in csrc/multi_tensor.cuh
 
 _tables = TableCache(CHUNK)
-_tickets: dict[torch.device, Tensor] = {}
 
 
 def _module():
@@ -75,13 +74,6 @@ def _(*args, **kwargs) -> None:
     return None
 
 
-def _ticket(device: torch.device) -> Tensor:
-    t = _tickets.get(device)
-    if t is None:
-        t = _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return t
-
-
 def _table_list(tables) -> list[Tensor]:
     return [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
 
@@ -95,14 +87,12 @@ def sgd_(
     maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     device = params[0].device
-    lists = [params, grads] + ([momentum_buffers] if use_momentum else [])
-    dense = Densified(lists)
-    tables = _tables.get(("sgd", id(params[0]), len(params), use_momentum), dense.lists, device)
+    dense, tables = sgd_tables(_tables, params, grads, momentum_buffers, use_momentum)
     plateau_lr, gm, skip = _optional(sched, grad_mul, skip)
     _sgd_op(
         dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], _table_list(tables),
         fresh_flags(new_buffer if use_momentum else [], len(params), device), sched.rows_table(device),
-        sched.counter, plateau_lr, gm, skip, _ticket(device),
+        sched.counter, plateau_lr, gm, skip, ticket(device),
         0.0 if sched.cycles_momentum else float(momentum), float(dampening), float(weight_decay), use_momentum,
         sched.cycles_momentum, nesterov, maximize, advance,
     )  # fmt: skip
@@ -115,15 +105,12 @@ def adam_(
     amsgrad, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     device = params[0].device
-    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    dense = Densified(lists)
-    step_table = _tables.get(("adam-steps", id(params[0]), len(params)), [steps], device).addrs[0]
-    tables = _tables.get(("adam", id(params[0]), len(params), amsgrad), dense.lists, device)
+    dense, tables, step_table = adam_tables(_tables, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad)
     plateau_lr, gm, skip = _optional(sched, grad_mul, skip)
     _adam_op(
         dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [], list(steps),
         _table_list(tables), step_table, sched.rows_table(device), sched.counter, plateau_lr, gm, skip,
-        _ticket(device), 0.0 if sched.cycles_momentum else float(beta1), float(beta2), float(eps),
+        ticket(device), 0.0 if sched.cycles_momentum else float(beta1), float(beta2), float(eps),
         float(weight_decay), amsgrad, sched.cycles_momentum, decoupled, maximize, advance,
     )  # fmt: skip
     dense.finish()

@@ -123,3 +123,30 @@ def fresh_flags(new_buffer: list[bool], n: int, device: torch.device) -> Tensor:
     if zeros is None:
         zeros = _zero_flags[(device, n)] = torch.zeros(n, dtype=torch.int8, device=device)
     return zeros
+
+
+_tickets: dict[torch.device, Tensor] = {}
+
+
+def ticket(device: torch.device) -> Tensor:
+    """The int32 counter the fused kernels' last program draws (zero between launches)."""
+    t = _tickets.get(device)
+    if t is None:
+        t = _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return t
+
+
+def sgd_tables(cache: TableCache, params, grads, momentum_buffers, use_momentum: bool):
+    """(dense lists, tables) of an SGD bucket, shared by the fused backends."""
+    dense = Densified([params, grads] + ([momentum_buffers] if use_momentum else []))
+    tables = cache.get(("sgd", id(params[0]), len(params), use_momentum), dense.lists, params[0].device)
+    return dense, tables
+
+
+def adam_tables(cache: TableCache, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad: bool):
+    """(dense lists, tables, step address table) of an Adam bucket."""
+    device = params[0].device
+    dense = Densified([params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []))
+    step_table = cache.get(("adam-steps", id(params[0]), len(params)), [steps], device).addrs[0]
+    tables = cache.get(("adam", id(params[0]), len(params), amsgrad), dense.lists, device)
+    return dense, tables, step_table

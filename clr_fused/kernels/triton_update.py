@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tensor_tables import Densified, TableCache, fresh_flags
+from .tensor_tables import TableCache, adam_tables, fresh_flags, sgd_tables, ticket
 from .triton_schedule import evaluate_rows
 
 CHUNK = 16384  # elements per program
@@ -32,7 +32,6 @@ BLOCK = 1024  # elements per inner iteration
 BLOCK_T = 1024  # tensors per iteration of the step-counter epilogue
 
 _tables = TableCache(CHUNK)
-_tickets: dict[torch.device, Tensor] = {}
 _dummies: dict[tuple, Tensor] = {}  # placeholders for absent optional pointers
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -196,13 +195,6 @@ def _adam_kernel(
 
 
 # ----------------------------------------------------------------- host side
-def _ticket(device: torch.device) -> Tensor:
-    t = _tickets.get(device)
-    if t is None:
-        t = _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return t
-
-
 def _dummy(device: torch.device, dtype: torch.dtype) -> Tensor:
     d = _dummies.get((device, dtype))
     if d is None:
@@ -227,7 +219,7 @@ def _common(sched, grad_mul, skip, device):
         plateau_lr=plateau if plateau is not None else _dummy(device, torch.float32),
         grad_mul=grad_mul.to(torch.float32) if grad_mul is not None else _dummy(device, torch.float32),
         skip=skip if skip is not None else _dummy(device, torch.bool),
-        ticket=_ticket(device),
+        ticket=ticket(device),
         HAS_GRAD_MUL=grad_mul is not None,
         HAS_SKIP=skip is not None,
         HAS_PLATEAU=plateau is not None,
@@ -239,9 +231,7 @@ def sgd_(
     maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     device = params[0].device
-    lists = [params, grads] + ([momentum_buffers] if use_momentum else [])
-    dense = Densified(lists)
-    tables = _tables.get(("sgd", id(params[0]), len(params), use_momentum), dense.lists, device)
+    dense, tables = sgd_tables(_tables, params, grads, momentum_buffers, use_momentum)
     fresh = fresh_flags(new_buffer if use_momentum else [], len(params), device)
     s_dtype = momentum_buffers[0].dtype if use_momentum else params[0].dtype
     _sgd_kernel[(tables.num_chunks,)](
@@ -265,10 +255,7 @@ def adam_(
     amsgrad, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     device = params[0].device
-    lists = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    dense = Densified(lists)
-    step_table = _tables.get(("adam-steps", id(params[0]), len(params)), [steps], device).addrs[0]
-    tables = _tables.get(("adam", id(params[0]), len(params), amsgrad), dense.lists, device)
+    dense, tables, step_table = adam_tables(_tables, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad)
     _adam_kernel[(tables.num_chunks,)](
         tables.addrs[0], tables.addrs[1], tables.addrs[2], tables.addrs[3],
         tables.addrs[4] if amsgrad else tables.addrs[3], step_table,
