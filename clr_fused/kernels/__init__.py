@@ -1,1 +1,3 @@
-"""Update kernels: ``reference`` (torch backend), ``triton_*`` (Triton backend)."""
+"""Update kernels, one module per backend with the same ``sgd_`` / ``adam_``
+bucket functions: ``reference`` (torch), ``triton_update`` (Triton),
+``cuda_update`` (the compiled csrc/ kernels); ``registry`` picks one."""

@@ -2,8 +2,8 @@
 orchestration (sparse check, GradScaler, fused clipping, step counter), the
 (device, dtype) buckets and the torch-format state dict.
 
-An algorithm subclass supplies ``_validate_group``, ``_init_state`` and
-``_update_bucket``; everything about schedules lives here.
+An algorithm subclass supplies ``_validate_group`` and ``_update_bucket``
+(which creates its state lazily); everything about schedules lives here.
 """
 
 from __future__ import annotations
