@@ -1,11 +1,17 @@
-"""Build hook: the optional CUDA extension ``clr_fused._C`` from csrc/.
+"""Build hook: the optional extension ``clr_fused._C`` from csrc/.
 
-Built with ninja when torch has CUDA and nvcc is found, unless
-``CLR_FUSED_SKIP_CUDA_BUILD=1``.  Without them this is a pure-Python install
-(``clr-fused info`` then reports the extension as absent, and the cuda
-backend can still be JIT-built on first use on a CUDA machine).
-Arch list: ``TORCH_CUDA_ARCH_LIST`` or sm_80 + sm_90.  MAX_JOBS is capped by
-cores and memory (about 4 GiB per nvcc job).
+What gets built:
+- torch with CUDA and nvcc found: the CPU kernels, the CUDA kernels and the
+  ops (``torch.ops.clr_fused.*``), with ninja;
+- torch without CUDA, or no nvcc: the CPU kernels and the ops only (a C++
+  compiler is all it needs);
+- ``CLR_FUSED_SKIP_CUDA_BUILD=1``: as without nvcc;
+  ``CLR_FUSED_SKIP_BUILD=1``: no extension (pure Python).
+A failing compile never fails ``pip install``: the extension is optional,
+the error is printed, and ``clr-fused info`` then reports it absent
+(backend "torch" / "triton" still work).  Arch list: ``TORCH_CUDA_ARCH_LIST``
+or sm_80 + sm_90.  MAX_JOBS is capped by cores and memory (about 4 GiB per
+nvcc job).
 """
 
 import os
@@ -15,6 +21,14 @@ import sys
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CPU_SOURCES = ["csrc/bindings.cpp", "csrc/ops.cpp", "csrc/cpu_ops.cpp", "csrc/step_plan.cpp"]
+# Same flags as clr_fused/_ext.py's JIT build.  -fno-math-errno lets sqrtf
+# vectorise without changing results; no -ffast-math (one IEEE rounding).
+CXX_FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-Wno-unknown-pragmas"]
+
+
+def _say(msg: str) -> None:
+    print(f"clr_fused: {msg}", file=sys.stderr)
 
 
 def _find_cuda_home() -> None:
@@ -30,48 +44,73 @@ def _find_cuda_home() -> None:
             return
 
 
-def _cuda_extension():
-    if os.environ.get("CLR_FUSED_SKIP_CUDA_BUILD", "0") == "1":
-        print("clr_fused: CLR_FUSED_SKIP_CUDA_BUILD=1, skipping the CUDA extension", file=sys.stderr)
+def _nvidia_includes() -> list:
+    """torch's CUDA 13 headers also want the nvidia/cu13/include folder of site-packages."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return [os.path.join(b, "cu13", "include") for b in nvidia.__path__ if os.path.isdir(os.path.join(b, "cu13", "include"))]
+
+
+def _extension():
+    if os.environ.get("CLR_FUSED_SKIP_BUILD", "0") == "1":
+        _say("CLR_FUSED_SKIP_BUILD=1, no extension (pure Python)")
         return None
-    _find_cuda_home()
+    _find_cuda_home()  # before torch reads CUDA_HOME at import
     try:
         import torch
-        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+        from torch.utils import cpp_extension
     except ImportError as exc:
-        print(f"clr_fused: torch not importable at build time ({exc}); pure-Python install", file=sys.stderr)
+        _say(f"torch not importable at build time ({exc}); pure-Python install")
         return None
-    if torch.version.cuda is None or CUDA_HOME is None or not os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
-        print("clr_fused: no CUDA torch or no nvcc; pure-Python install", file=sys.stderr)
-        return None
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    with_cuda = os.environ.get("CLR_FUSED_SKIP_CUDA_BUILD", "0") != "1"
+    if with_cuda:
+        home = cpp_extension.CUDA_HOME
+        with_cuda = torch.version.cuda is not None and home is not None and os.path.exists(os.path.join(home, "bin", "nvcc"))
+        if not with_cuda:
+            _say("no CUDA torch or no nvcc: building the CPU kernels only")
+    else:
+        _say("CLR_FUSED_SKIP_CUDA_BUILD=1: building the CPU kernels only")
     if "MAX_JOBS" not in os.environ:
         try:
             mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
         except (ValueError, OSError):
             mem_gib = 8
         os.environ["MAX_JOBS"] = str(max(1, min(os.cpu_count() or 1, int(mem_gib // 4))))
-    # torch's CUDA 13 headers also want the nvidia/cu13/include folder of site-packages.
     include_dirs = [os.path.join(HERE, "csrc")]
-    try:
-        import nvidia
+    if with_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        ext = cpp_extension.CUDAExtension(
+            name="clr_fused._C",
+            sources=CPU_SOURCES + ["csrc/fused_optim.cu"],
+            include_dirs=include_dirs + _nvidia_includes(),
+            define_macros=[("CLR_FUSED_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            extra_link_args=["-fopenmp"],
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            name="clr_fused._C",
+            sources=CPU_SOURCES,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=["-fopenmp"],
+        )
 
-        for base in nvidia.__path__:
-            cand = os.path.join(base, "cu13", "include")
-            if os.path.isdir(cand):
-                include_dirs.append(cand)
-    except ImportError:
-        pass
-    ext = CUDAExtension(
-        name="clr_fused._C",
-        sources=["csrc/bindings.cpp", "csrc/fused_optim.cu"],
-        include_dirs=include_dirs,
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
-    )
-    return ext, BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    class OptionalBuildExt(cpp_extension.BuildExtension):
+        """A compile or link error leaves a working pure-Python install."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # noqa: BLE001 - reported, never fatal
+                _say(f"building the extension failed, installing without it: {exc}")
+
+    return ext, OptionalBuildExt.with_options(use_ninja=shutil.which("ninja") is not None)
 
 
-_built = _cuda_extension()
+_built = _extension()
 if _built is None:
     setup()
 else:

@@ -1,10 +1,11 @@
-"""The one place that loads the compiled CUDA extension.
+"""The one place that loads the compiled extension (CPU kernels, CUDA kernels
+when built with CUDA, the ``torch.ops.clr_fused`` ops and the C++ step plan).
 
 Order: the prebuilt ``clr_fused._C`` from ``pip install``; else, on a machine
 with a CUDA device, a JIT build of csrc/ with ``torch.utils.cpp_extension.load``
 (cached on disk under TORCH_EXTENSIONS_DIR).  The failure is kept, not
 raised: ``backend="auto"`` falls back silently, and only an explicit
-``backend="cuda"`` raises it (see ``backends.py``).
+``backend="cuda"`` / ``"cpu"`` raises it (see ``backends.py``).
 """
 
 from __future__ import annotations
@@ -33,11 +34,14 @@ def _jit_build():
         include += [os.path.join(b, "cu13", "include") for b in nvidia.__path__ if os.path.isdir(os.path.join(b, "cu13", "include"))]
     except ImportError:
         pass
+    sources = ["bindings.cpp", "ops.cpp", "cpu_ops.cpp", "step_plan.cpp", "fused_optim.cu"]
     return load(
         name="clr_fused_C",
-        sources=[os.path.join(_CSRC, "bindings.cpp"), os.path.join(_CSRC, "fused_optim.cu")],
+        sources=[os.path.join(_CSRC, s) for s in sources],
         extra_include_paths=include,
-        extra_cflags=["-O3"],
+        # as setup.py's CXX_FLAGS
+        extra_cflags=["-O3", "-fno-math-errno", "-fopenmp", "-Wno-unknown-pragmas", "-DCLR_FUSED_WITH_CUDA=1"],
+        extra_ldflags=["-fopenmp"],
         extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
     )
 

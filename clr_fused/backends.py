@@ -1,9 +1,11 @@
 """Backend choice, in one place.
 
 ``"torch"``: pure PyTorch (``torch._foreach_*`` and tensor ops); every device and
-dtype; the reference the kernels are tested against.  ``"triton"`` and
-``"cuda"``: fused multi-tensor kernels.  ``"auto"`` picks cuda, then triton,
-then torch, silently; ``CLR_FUSED_BACKEND`` overrides ``"auto"``.  Asking for an
+dtype; the reference the kernels are tested against.  ``"triton"``, ``"cuda"``
+and ``"cpu"``: fused multi-tensor kernels (``"cuda"`` and ``"cpu"`` are the
+same csrc/ kernel templates compiled for the GPU and for the CPU).  ``"auto"``
+picks cuda, then triton on CUDA tensors; cpu on CPU tensors; else torch,
+silently.  ``CLR_FUSED_BACKEND`` overrides ``"auto"``.  Asking for an
 unavailable backend by name raises :class:`BackendUnavailable` with the reason.
 """
 
@@ -16,7 +18,7 @@ import torch
 
 from . import _ext
 
-BACKENDS = ("auto", "torch", "triton", "cuda")
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpu")
 
 
 class BackendUnavailable(RuntimeError):
@@ -52,8 +54,17 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
     if backend == "cuda":
         if device.type != "cuda":
             return f"the cuda backend needs CUDA tensors, got {device.type} tensors"
+        mod = _ext.load()
+        if mod is None:
+            return f"the clr_fused extension did not load: {_ext.error()!r}"
+        if not mod.HAS_CUDA_KERNELS:
+            return "the clr_fused extension was built without CUDA (no nvcc or a CPU-only torch at install time)"
+        return None
+    if backend == "cpu":
+        if device.type != "cpu":
+            return f"the cpu backend needs CPU tensors, got {device.type} tensors"
         if _ext.load() is None:
-            return f"the clr_fused CUDA extension did not load: {_ext.error()!r}"
+            return f"the clr_fused extension did not load: {_ext.error()!r}"
         return None
     raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
 
@@ -66,7 +77,7 @@ def resolve(backend: str, device: torch.device) -> str:
         if env:
             backend = check_name(env)
     if backend == "auto":
-        candidates = ("cuda", "triton") if device.type == "cuda" else ()
+        candidates = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}.get(device.type, ())
         for name in candidates:
             if why_unavailable(name, device) is None:
                 return name

@@ -1,13 +1,25 @@
-// Python bindings of the fused steps.  clr_fused/kernels/cuda_update.py wraps
-// them in torch.library custom ops (with fake implementations), so
-// torch.compile and CUDA graphs see opaque, honestly annotated mutations.
+// The Python module clr_fused._C.  Importing it also registers the ops
+// torch.ops.clr_fused.sgd_step / adam_step (ops.cpp, cpu_ops.cpp and, in a
+// CUDA build, fused_optim.cu).
 #include <torch/extension.h>
 
+#include "constants.h"
 #include "step_api.h"
 
+namespace clr_fused {
+void bind_step_plan(py::module& m);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "clr_fused CUDA kernels: multi-tensor SGD/Adam with the LR schedule evaluated on the device";
-  m.def("sgd_step", &clr_fused::sgd_step, "fused multi-tensor SGD step (one launch per bucket)");
-  m.def("adam_step", &clr_fused::adam_step, "fused multi-tensor Adam/AdamW step (one launch per bucket)");
+  m.doc() = "clr_fused kernels: multi-tensor SGD/Adam with the LR schedule evaluated on the device (CPU and CUDA)";
   m.attr("CHUNK") = clr_fused::kChunk;
+#ifdef CLR_FUSED_WITH_CUDA
+  m.attr("HAS_CUDA_KERNELS") = true;
+#else
+  m.attr("HAS_CUDA_KERNELS") = false;
+#endif
+  m.def("set_kernels_stubbed", &clr_fused::set_kernels_stubbed, py::arg("on"),
+        "benchmarks only: pack arguments but run no kernel (host-cost timing)");
+  m.def("kernels_stubbed", &clr_fused::kernels_stubbed);
+  clr_fused::bind_step_plan(m);
 }

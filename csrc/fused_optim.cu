@@ -1,12 +1,9 @@
-// Launchers of the fused SGD / Adam kernels (fused_kernels.cuh) for every
-// (parameter, state) storage type, called from the Python bindings.
+// The CUDA kernels of the two ops: launchers of fused_kernels.cuh for every
+// (parameter, state) storage type, registered with the dispatcher.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-
-#include <optional>
-#include <utility>
-#include <vector>
+#include <torch/library.h>
 
 #include "step_entry.h"
 
@@ -40,18 +37,23 @@ struct AdamLaunch {
   }
 };
 
-}  // namespace
-
-void sgd_step(CLR_FUSED_SGD_PARAMS) {
-  TORCH_CHECK(numels.is_cuda(), "clr_fused CUDA kernels need CUDA tensors");
-  const c10::cuda::CUDAGuard guard(numels.device());
+void sgd_step_cuda(CLR_FUSED_SGD_PARAMS) {
+  TORCH_CHECK(counter.is_cuda(), "clr_fused CUDA kernels need CUDA tensors");
+  const c10::cuda::CUDAGuard guard(counter.device());
   sgd_step_impl<SgdLaunch>(CLR_FUSED_SGD_NAMES);
 }
 
-void adam_step(CLR_FUSED_ADAM_PARAMS) {
-  TORCH_CHECK(numels.is_cuda(), "clr_fused CUDA kernels need CUDA tensors");
-  const c10::cuda::CUDAGuard guard(numels.device());
+void adam_step_cuda(CLR_FUSED_ADAM_PARAMS) {
+  TORCH_CHECK(counter.is_cuda(), "clr_fused CUDA kernels need CUDA tensors");
+  const c10::cuda::CUDAGuard guard(counter.device());
   adam_step_impl<AdamLaunch>(CLR_FUSED_ADAM_NAMES);
 }
 
+}  // namespace
+
 }  // namespace clr_fused
+
+TORCH_LIBRARY_IMPL(clr_fused, CUDA, m) {
+  m.impl("sgd_step", &clr_fused::sgd_step_cuda);
+  m.impl("adam_step", &clr_fused::adam_step_cuda);
+}

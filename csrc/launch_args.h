@@ -1,35 +1,37 @@
 // Host-side packing of the launch arguments (tables, step inputs) and the
-// (parameter, state) dtype dispatch; shared by the CUDA launchers and the
-// host emulation.
+// (parameter, state) dtype dispatch; shared by the CUDA and CPU kernels.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <optional>
 #include <utility>
-#include <vector>
 
 #include "multi_tensor.cuh"
 
 namespace clr_fused {
 
-inline Tables make_tables(const std::vector<at::Tensor>& addr_tables, const at::Tensor& numels, const at::Tensor& chunk_tensor,
-                   const at::Tensor& chunk_start) {
-  TORCH_CHECK(addr_tables.size() <= static_cast<size_t>(kMaxLists), "too many tensor lists");
+// tables = [address tables..., numels, chunk_tensor, chunk_start]
+inline Tables make_tables(at::TensorList tables) {
+  const int64_t n = static_cast<int64_t>(tables.size());
+  TORCH_CHECK(n >= 5 && n - 3 <= kMaxLists, "tables must hold 2..", kMaxLists, " address tables and 3 chunk tables");
   Tables tb{};
-  for (size_t i = 0; i < addr_tables.size(); ++i) tb.addrs[i] = addr_tables[i].data_ptr<int64_t>();
-  tb.numels = numels.data_ptr<int64_t>();
-  tb.chunk_tensor = chunk_tensor.data_ptr<int32_t>();
-  tb.chunk_start = chunk_start.data_ptr<int64_t>();
-  tb.num_tensors = numels.numel();
+  for (int64_t i = 0; i < n - 3; ++i) tb.addrs[i] = tables[i].data_ptr<int64_t>();
+  tb.numels = tables[n - 3].data_ptr<int64_t>();
+  tb.chunk_tensor = tables[n - 2].data_ptr<int32_t>();
+  tb.chunk_start = tables[n - 1].data_ptr<int64_t>();
+  tb.num_tensors = tables[n - 3].numel();
   return tb;
 }
 
-inline StepInputs make_inputs(const at::Tensor& rows, at::Tensor& counter, const std::optional<at::Tensor>& plateau_lr,
-                       const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip,
-                       at::Tensor& ticket, bool advance) {
-  TORCH_CHECK(rows.scalar_type() == at::kDouble && rows.size(1) == kRowWidth, "rows must be float64 [n, 16]");
+inline unsigned num_chunks(at::TensorList tables) { return static_cast<unsigned>(tables.back().numel()); }
+
+inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter, const std::optional<at::Tensor>& plateau_lr,
+                              const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip,
+                              const at::Tensor& ticket, bool advance) {
+  TORCH_CHECK(rows.scalar_type() == at::kDouble && rows.dim() == 2 && rows.size(1) == kRowWidth, "rows must be float64 [n, 16]");
   TORCH_CHECK(counter.scalar_type() == at::kLong, "counter must be int64");
+  TORCH_CHECK(ticket.scalar_type() == at::kInt, "ticket must be int32");
   StepInputs in{};
   in.rows = rows.data_ptr<double>();
   in.n_rows = static_cast<int>(rows.size(0));
@@ -63,7 +65,7 @@ inline void dispatch_types(at::ScalarType param, at::ScalarType state, Args&&...
     case at::kHalf:
       return with_state_type<Launcher, at::Half>(param, state, std::forward<Args>(args)...);
     default:
-      TORCH_CHECK(false, "the cuda backend supports float32, bfloat16 and float16 parameters, got ", param);
+      TORCH_CHECK(false, "the fused kernels support float32, bfloat16 and float16 parameters, got ", param);
   }
 }
 

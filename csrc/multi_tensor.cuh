@@ -1,5 +1,12 @@
 // Generic multi-tensor launcher.
 //
+// One source, three targets: nvcc compiles it for the GPU (fused_optim.cu);
+// the host compiler compiles the same templates for the CPU backend
+// (cpu_ops.cpp, with cpu_launch.h supplying the CUDA built-ins: a block is a
+// task on one CPU thread, blockDim is the constant 1) and for the
+// ThreadSanitizer test of the ticket (tests/cpp/ticket_tsan.cpp).  No ATen
+// here, so that test needs nothing but the headers.
+//
 // One launch covers every tensor of a bucket.  The tables live on the device
 // (built and cached by clr_fused/kernels/tensor_tables.py, shared with the
 // Triton backend): per list an int64 [T] table of addresses, int64 [T]
@@ -10,12 +17,10 @@
 // elements.  The per-algorithm functor sees float32 values only.
 #pragma once
 
-#include <c10/macros/Macros.h>
-
 #include <cstdint>
 
+#include "constants.h"
 #include "schedule.cuh"
-#include "step_api.h"
 
 namespace clr_fused {
 
@@ -47,9 +52,19 @@ struct alignas(sizeof(T) * kILP) Vec {
   T v[kILP];
 };
 
+#ifdef __CUDACC__
+// On the GPU, 16-byte (fp32) vector accesses when every list is aligned.
+constexpr bool kVectorPath = true;
+#else
+// On the CPU the scalar loop below, with blockDim.x the constant 1, is a plain
+// unit-stride loop that the compiler vectorises itself (SSE, any alignment):
+// see the -fopt-info-vec note in cpu_ops.cpp.
+constexpr bool kVectorPath = false;
+#endif
+
 template <typename T>
 __device__ __forceinline__ bool aligned(const T* ptr) {
-  return reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * kILP) == 0;
+  return kVectorPath && reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * kILP) == 0;
 }
 
 // Everything a block needs before the element loop: chunk bounds, schedule.
@@ -129,6 +144,13 @@ __device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)
 // True in one block: the last to finish.  Every thread of every block has read
 // the counters by then (classic threadfence reduction ticket); only the
 // update path is atomic-free, the ticket is not on it.
+// Ordering: each block's reads of the counters come before its
+// __syncthreads(); thread 0 then fences and draws the ticket.  The block that
+// draws gridDim.x - 1 has seen every other block's draw (a single
+// modification order on the ticket), so every read of the old counters
+// happened before the writes it does after the second barrier.  On the CPU
+// (cpu_launch.h) the draw is an acq_rel fetch_add, the same argument in the
+// C++ memory model, which ThreadSanitizer checks in CI.
 __device__ __forceinline__ bool last_block(int32_t* ticket) {
   __shared__ bool is_last;
   __syncthreads();

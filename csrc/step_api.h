@@ -1,45 +1,58 @@
-// The entry points of the extension: argument lists (as macros, so the
-// declaration, the CUDA definition and the host emulation cannot drift) and
-// declarations.  Host-compiler safe: no device code here.
+// The two fused ops, as registered with the dispatcher (ops.cpp): their C++
+// argument lists (macros, so the schema's CPU, CUDA and autograd kernels
+// cannot drift) and the schema strings.  Host-compiler safe: no device code.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <cstdint>
 #include <optional>
-#include <vector>
 
-#define CLR_FUSED_SGD_PARAMS                                                                                         \
-  const std::vector<at::Tensor>&addr_tables, const at::Tensor &numels, const at::Tensor &chunk_tensor,               \
-      const at::Tensor &chunk_start, const at::Tensor &fresh, const at::Tensor &rows, at::Tensor counter,            \
-      const std::optional<at::Tensor>&plateau_lr, const std::optional<at::Tensor>&grad_mul,                          \
-      const std::optional<at::Tensor>&skip, at::Tensor ticket, double momentum, double dampening,                    \
-      double weight_decay, bool use_momentum, bool cycle_momentum, bool nesterov, bool maximize, bool advance,       \
-      at::ScalarType param_dtype, at::ScalarType state_dtype
+// params, the state lists, the step counter and the ticket are mutated (the
+// schemas' (x!) annotations); grads and the tables are read.  tables holds
+// the device address tables [params, grads, states...], then numels,
+// chunk_tensor, chunk_start (clr_fused/kernels/tensor_tables.py).
+#define CLR_FUSED_SGD_PARAMS                                                                                        \
+  at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList tables,              \
+      const at::Tensor &fresh, const at::Tensor &rows, const at::Tensor &counter,                                   \
+      const std::optional<at::Tensor>&plateau_lr, const std::optional<at::Tensor>&grad_mul,                         \
+      const std::optional<at::Tensor>&skip, const at::Tensor &ticket, double momentum, double dampening,            \
+      double weight_decay, bool use_momentum, bool cycle_momentum, bool nesterov, bool maximize, bool advance
 
-#define CLR_FUSED_SGD_NAMES                                                                                      \
-  addr_tables, numels, chunk_tensor, chunk_start, fresh, rows, counter, plateau_lr, grad_mul, skip, ticket,      \
-      momentum, dampening, weight_decay, use_momentum, cycle_momentum, nesterov, maximize, advance, param_dtype, \
-      state_dtype
+#define CLR_FUSED_SGD_NAMES                                                                                   \
+  params, grads, momentum_buffers, tables, fresh, rows, counter, plateau_lr, grad_mul, skip, ticket, momentum, \
+      dampening, weight_decay, use_momentum, cycle_momentum, nesterov, maximize, advance
 
-#define CLR_FUSED_ADAM_PARAMS                                                                                   \
-  const std::vector<at::Tensor>&addr_tables, const at::Tensor &step_addrs, const at::Tensor &numels,            \
-      const at::Tensor &chunk_tensor, const at::Tensor &chunk_start, const at::Tensor &rows, at::Tensor counter, \
-      const std::optional<at::Tensor>&plateau_lr, const std::optional<at::Tensor>&grad_mul,                     \
-      const std::optional<at::Tensor>&skip, at::Tensor ticket, double beta1, double beta2, double eps,          \
-      double weight_decay, bool amsgrad, bool cycle_momentum, bool decoupled, bool maximize, bool advance,      \
-      at::ScalarType param_dtype, at::ScalarType state_dtype
+#define CLR_FUSED_ADAM_PARAMS                                                                                    \
+  at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,             \
+      at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList tables, const at::Tensor &step_table, \
+      const at::Tensor &rows, const at::Tensor &counter, const std::optional<at::Tensor>&plateau_lr,            \
+      const std::optional<at::Tensor>&grad_mul, const std::optional<at::Tensor>&skip, const at::Tensor &ticket, \
+      double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool cycle_momentum,           \
+      bool decoupled, bool maximize, bool advance
 
 #define CLR_FUSED_ADAM_NAMES                                                                                        \
-  addr_tables, step_addrs, numels, chunk_tensor, chunk_start, rows, counter, plateau_lr, grad_mul, skip, ticket,    \
-      beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum, decoupled, maximize, advance, param_dtype,          \
-      state_dtype
+  params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, tables, step_table, rows, counter, plateau_lr,      \
+      grad_mul, skip, ticket, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum, decoupled, maximize, advance
 
 namespace clr_fused {
 
-constexpr int64_t kChunk = 16384;  // elements per block; must equal CHUNK in kernels/cuda_update.py
+constexpr const char* kSgdSchema =
+    "sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[] tables, Tensor fresh, "
+    "Tensor rows, Tensor(c!) counter, Tensor? plateau_lr, Tensor? grad_mul, Tensor? skip, Tensor(d!) ticket, "
+    "float momentum, float dampening, float weight_decay, bool use_momentum, bool cycle_momentum, bool nesterov, "
+    "bool maximize, bool advance) -> ()";
 
-void sgd_step(CLR_FUSED_SGD_PARAMS);
-void adam_step(CLR_FUSED_ADAM_PARAMS);
+constexpr const char* kAdamSchema =
+    "adam_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+    "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, Tensor[] tables, Tensor step_table, Tensor rows, "
+    "Tensor(f!) counter, Tensor? plateau_lr, Tensor? grad_mul, Tensor? skip, Tensor(g!) ticket, float beta1, "
+    "float beta2, float eps, float weight_decay, bool amsgrad, bool cycle_momentum, bool decoupled, bool maximize, "
+    "bool advance) -> ()";
+
+// Benchmarks only (`clr-fused bench --host`): when set, the CPU and CUDA
+// kernels pack their arguments and return without running the grid, so the
+// host cost of a step can be timed alone.  Counters do not advance then.
+bool kernels_stubbed();
+void set_kernels_stubbed(bool on);
 
 }  // namespace clr_fused

@@ -1,5 +1,6 @@
-// The entry points' bodies, templated on the launcher: CUDA (fused_optim.cu)
-// or the host emulation (host_emulation.cpp).
+// The ops' bodies, templated on the launcher: CUDA (fused_optim.cu) or the
+// CPU (cpu_ops.cpp).  Launch<P, S>::run(grid, tables, inputs, hyper) runs the
+// kernel grid.
 #pragma once
 
 #include "fused_kernels.cuh"
@@ -8,25 +9,33 @@
 
 namespace clr_fused {
 
-// Launch<P, S>::run(grid, tables, inputs, hyper, ...) starts the kernel grid.
 template <template <typename, typename> class Launch>
 void sgd_step_impl(CLR_FUSED_SGD_PARAMS) {
-  const Tables tb = make_tables(addr_tables, numels, chunk_tensor, chunk_start);
+  TORCH_CHECK(!params.empty() && params.size() == grads.size(), "sgd_step: params and grads must be non-empty lists of one length");
+  TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "sgd_step: one momentum buffer per parameter");
+  TORCH_CHECK(fresh.scalar_type() == at::kChar && fresh.numel() == static_cast<int64_t>(params.size()), "sgd_step: fresh must be int8 [T]");
+  if (kernels_stubbed()) return;
+  const Tables tb = make_tables(tables);
   const StepInputs in = make_inputs(rows, counter, plateau_lr, grad_mul, skip, ticket, advance);
   const SgdHyper h{static_cast<float>(momentum), static_cast<float>(1.0 - dampening), static_cast<float>(weight_decay),
                    use_momentum, cycle_momentum, nesterov, maximize, fresh.data_ptr<int8_t>()};
-  dispatch_types<Launch>(param_dtype, state_dtype, static_cast<unsigned>(chunk_tensor.numel()), tb, in, h);
+  const at::ScalarType state = use_momentum ? momentum_buffers[0].scalar_type() : params[0].scalar_type();
+  dispatch_types<Launch>(params[0].scalar_type(), state, num_chunks(tables), tb, in, h);
 }
 
 template <template <typename, typename> class Launch>
 void adam_step_impl(CLR_FUSED_ADAM_PARAMS) {
-  const Tables tb = make_tables(addr_tables, numels, chunk_tensor, chunk_start);
+  const size_t n = params.size();
+  TORCH_CHECK(n > 0 && grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n,
+              "adam_step: params, grads, exp_avgs, exp_avg_sqs and steps must be non-empty lists of one length");
+  TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == n, "adam_step: one max_exp_avg_sq per parameter with amsgrad");
+  if (kernels_stubbed()) return;
+  const Tables tb = make_tables(tables);
   const StepInputs in = make_inputs(rows, counter, plateau_lr, grad_mul, skip, ticket, advance);
   const AdamHyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
-                    static_cast<float>(1.0 - beta2), static_cast<float>(eps),
-                    static_cast<float>(weight_decay), cycle_momentum, decoupled, maximize, amsgrad,
-                    step_addrs.data_ptr<int64_t>()};
-  dispatch_types<Launch>(param_dtype, state_dtype, static_cast<unsigned>(chunk_tensor.numel()), tb, in, h);
+                    static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
+                    cycle_momentum, decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>()};
+  dispatch_types<Launch>(params[0].scalar_type(), exp_avgs[0].scalar_type(), num_chunks(tables), tb, in, h);
 }
 
 }  // namespace clr_fused

@@ -1,3 +1,3 @@
 """Update kernels, one module per backend with the same ``sgd_`` / ``adam_``
 bucket functions: ``reference`` (torch), ``triton_update`` (Triton),
-``cuda_update`` (the compiled csrc/ kernels); ``registry`` picks one."""
+``compiled`` (the csrc/ kernels: ``cuda`` and ``cpu``); ``registry`` picks one."""

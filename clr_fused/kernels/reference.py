@@ -5,8 +5,8 @@ follows the kernel rules: math in float32 (float64 for float64 params), one
 rounding to the storage dtype at the end, and the hyperparameters that the
 schedule moves (``lr``, cycled momentum / beta1) arrive as device tensors.
 
-Every function takes the tensors of ONE (device, dtype) bucket and updates
-them in place.  ``grad_mul`` (device scalar or ``None``) folds GradScaler's
+Every function takes ONE (device, dtype) bucket of the launch plan
+(``optim/plan.py``) and updates its tensors in place.  ``grad_mul`` (device scalar or ``None``) folds GradScaler's
 1/scale, the clip factor and maximize's sign into one multiply.  ``skip``
 (device bool scalar or ``None``) is True on a non-finite step: then nothing
 is written, which needs no host sync because every new value is computed out
@@ -49,10 +49,7 @@ def _scaled_grads(grads, dtype, grad_mul: Tensor | None, maximize: bool) -> list
 
 
 def sgd_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    momentum_buffers: list[Tensor | None],
-    new_buffer: list[bool],
+    bucket,
     *,
     sched,
     momentum: float,
@@ -65,8 +62,12 @@ def sgd_(
     skip: Tensor | None,
     advance: bool = False,
 ) -> bool:
-    """torch.optim.SGD's update; ``new_buffer[i]`` marks a buffer created this
-    step.  Leaves the step counter to the caller (returns False)."""
+    """torch.optim.SGD's update of one plan bucket (``optim/plan.py``);
+    ``bucket.fresh[i]`` marks a buffer created for this step.  Leaves the step
+    counter to the caller (returns False)."""
+    params, grads = bucket.params, bucket.grads()
+    momentum_buffers = bucket.states[0] if use_momentum else []
+    new_buffer = bucket.fresh or [False] * len(params)
     lr, cycled = sched.evaluate()
     if cycled is not None:
         momentum = cycled
@@ -91,12 +92,7 @@ def sgd_(
 
 
 def adam_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    max_exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
+    bucket,
     *,
     sched,
     beta1: float,
@@ -110,8 +106,12 @@ def adam_(
     skip: Tensor | None,
     advance: bool = False,
 ) -> bool:
-    """torch.optim.Adam / AdamW's update; ``steps`` are float32 device scalars.
-    Leaves the schedule's step counter to the caller (returns False)."""
+    """torch.optim.Adam / AdamW's update of one plan bucket; its ``steps`` are
+    float32 device scalars.  Leaves the schedule's step counter to the caller
+    (returns False)."""
+    params, grads, steps = bucket.params, bucket.grads(), bucket.steps
+    exp_avgs, exp_avg_sqs = bucket.states[0], bucket.states[1]
+    max_exp_avg_sqs = bucket.states[2] if amsgrad else []
     lr, cycled = sched.evaluate()
     if cycled is not None:
         beta1 = cycled

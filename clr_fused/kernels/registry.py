@@ -1,8 +1,10 @@
 """Backend name -> module with ``sgd_`` and ``adam_`` bucket updates.
 
 Every backend implements the same two functions with the signatures of
-``reference.sgd_`` / ``reference.adam_``, so the optimizers never branch on
-the backend beyond this lookup.
+``reference.sgd_`` / ``reference.adam_`` (one plan bucket in, see
+``optim/plan.py``), so the optimizers never branch on the backend beyond this
+lookup.  ``"cuda"`` and ``"cpu"`` are one module: the dispatcher picks the
+kernel by the tensors' device.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-_MODULES = {"torch": "reference", "triton": "triton_update", "cuda": "cuda_update"}
+_MODULES = {"torch": "reference", "triton": "triton_update", "cuda": "compiled", "cpu": "compiled"}
 _loaded: dict[str, ModuleType] = {}
 
 

@@ -49,25 +49,31 @@ class TableCache:
         hit = self._cache.get(bucket_id)
         if hit is not None and hit[0] == key:
             return hit[1]
-        numels = [t.numel() for t in lists[0]]
-        chunk_tensor, chunk_start = [], []
-        for i, n in enumerate(numels):
-            for start in range(0, n, self.chunk_size):
-                chunk_tensor.append(i)
-                chunk_start.append(start)
-        if not chunk_tensor:
-            # Every tensor is empty: one no-op program still runs the epilogue.
-            chunk_tensor, chunk_start = [0], [0]
-        tables = TensorTables(
-            addrs=[_upload([t.data_ptr() for t in ts], torch.int64, device) for ts in lists],
-            numels=_upload(numels, torch.int64, device),
-            chunk_tensor=_upload(chunk_tensor, torch.int32, device),
-            chunk_start=_upload(chunk_start, torch.int64, device),
-            num_tensors=len(numels),
-            num_chunks=len(chunk_tensor),
-        )
+        tables = build_tables(lists, self.chunk_size, device)
         self._cache[bucket_id] = (key, tables)
         return tables
+
+
+def build_tables(lists: list[list[Tensor]], chunk_size: int, device: torch.device) -> TensorTables:
+    """Address tables of ``lists`` (the first one sets the element counts) and
+    the chunk -> (tensor, start) map, uploaded without a sync."""
+    numels = [t.numel() for t in lists[0]]
+    chunk_tensor, chunk_start = [], []
+    for i, n in enumerate(numels):
+        for start in range(0, n, chunk_size):
+            chunk_tensor.append(i)
+            chunk_start.append(start)
+    if not chunk_tensor:
+        # Every tensor is empty: one no-op program still runs the epilogue.
+        chunk_tensor, chunk_start = [0], [0]
+    return TensorTables(
+        addrs=[_upload([t.data_ptr() for t in ts], torch.int64, device) for ts in lists],
+        numels=_upload(numels, torch.int64, device),
+        chunk_tensor=_upload(chunk_tensor, torch.int32, device),
+        chunk_start=_upload(chunk_start, torch.int64, device),
+        num_tensors=len(numels),
+        num_chunks=len(chunk_tensor),
+    )
 
 
 def same_dense_layout(tensors: list[Tensor]) -> bool:
@@ -123,17 +129,6 @@ def fresh_flags(new_buffer: list[bool], n: int, device: torch.device) -> Tensor:
     if zeros is None:
         zeros = _zero_flags[(device, n)] = torch.zeros(n, dtype=torch.int8, device=device)
     return zeros
-
-
-_tickets: dict[torch.device, Tensor] = {}
-
-
-def ticket(device: torch.device) -> Tensor:
-    """The int32 counter the fused kernels' last program draws (zero between launches)."""
-    t = _tickets.get(device)
-    if t is None:
-        t = _tickets[device] = torch.zeros(1, dtype=torch.int32, device=device)
-    return t
 
 
 def sgd_tables(cache: TableCache, params, grads, momentum_buffers, use_momentum: bool):

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tensor_tables import TableCache, adam_tables, fresh_flags, sgd_tables, ticket
+from .tensor_tables import TableCache, adam_tables, fresh_flags, sgd_tables
 from .triton_schedule import evaluate_rows
 
 CHUNK = 16384  # elements per program
@@ -209,7 +209,8 @@ def _tl_dtype(t: Tensor):
         raise TypeError(f"the triton backend supports float32, bfloat16 and float16 tensors, got {t.dtype}") from None
 
 
-def _common(sched, grad_mul, skip, device):
+def _common(bucket, sched, grad_mul, skip):
+    device = bucket.device
     rows = sched.rows_table(device)
     plateau = sched.plateau_lr
     return dict(
@@ -219,55 +220,75 @@ def _common(sched, grad_mul, skip, device):
         plateau_lr=plateau if plateau is not None else _dummy(device, torch.float32),
         grad_mul=grad_mul.to(torch.float32) if grad_mul is not None else _dummy(device, torch.float32),
         skip=skip if skip is not None else _dummy(device, torch.bool),
-        ticket=ticket(device),
+        ticket=bucket.ticket,
         HAS_GRAD_MUL=grad_mul is not None,
         HAS_SKIP=skip is not None,
         HAS_PLATEAU=plateau is not None,
     )
 
 
+def _bucket_tables(bucket, tables_fn):
+    """(tables, grad dtype, dense stand-ins or None) of a plan bucket: the
+    plan's own tables when it keeps them (patched by the C++ check), else
+    tables for this step's lists (TableCache) with dense stand-ins."""
+    if bucket.tables is not None:
+        return bucket.tables, bucket.num_chunks, bucket.step_table, bucket.grad_dtype, None
+    grads = bucket.grads()
+    dense, tables, step_table = tables_fn(grads)
+    flat = [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
+    return flat, tables.num_chunks, step_table, grads[0].dtype, dense
+
+
 def sgd_(
-    params, grads, momentum_buffers, new_buffer, *, sched, momentum, use_momentum, dampening, weight_decay, nesterov,
-    maximize, grad_mul, skip, advance,
+    bucket, *, sched, momentum, use_momentum, dampening, weight_decay, nesterov, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
-    device = params[0].device
-    dense, tables = sgd_tables(_tables, params, grads, momentum_buffers, use_momentum)
-    fresh = fresh_flags(new_buffer if use_momentum else [], len(params), device)
-    s_dtype = momentum_buffers[0].dtype if use_momentum else params[0].dtype
-    _sgd_kernel[(tables.num_chunks,)](
-        tables.addrs[0], tables.addrs[1], tables.addrs[2] if use_momentum else tables.addrs[0],
-        tables.numels, fresh, tables.chunk_tensor, tables.chunk_start,
+    device, params = bucket.device, bucket.params
+    bufs = bucket.states[0] if use_momentum else []
+    tables, num_chunks, _, g_dtype, dense = _bucket_tables(
+        bucket, lambda grads: (*sgd_tables(_tables, params, grads, bufs, use_momentum), None)
+    )
+    fresh = fresh_flags(bucket.fresh if use_momentum and bucket.fresh else [], len(params), device)
+    s_dtype = bufs[0].dtype if use_momentum else params[0].dtype
+    _sgd_kernel[(num_chunks,)](
+        tables[0], tables[1], tables[2] if use_momentum else tables[0],
+        tables[-3], fresh, tables[-2], tables[-1],
         momentum=float(momentum) if not sched.cycles_momentum else 0.0,
         # complements in float64 on the host, then rounded: as the torch backend
         one_minus_dampening=1.0 - float(dampening), weight_decay=float(weight_decay),
-        P_DT=_tl_dtype(params[0]), G_DT=_tl_dtype(grads[0]), S_DT=_TL_DTYPES[s_dtype],
+        P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
         USE_MOMENTUM=use_momentum, CYCLE_MOMENTUM=sched.cycles_momentum, NESTEROV=nesterov,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
         CHUNK=CHUNK, BLOCK=BLOCK,
-        **_common(sched, grad_mul, skip, device),
+        **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
-    dense.finish()
+    if dense is not None:
+        dense.finish()
     return advance
 
 
 def adam_(
-    params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, *, sched, beta1, beta2, eps, weight_decay, decoupled,
-    amsgrad, maximize, grad_mul, skip, advance,
+    bucket, *, sched, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
-    device = params[0].device
-    dense, tables, step_table = adam_tables(_tables, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad)
-    _adam_kernel[(tables.num_chunks,)](
-        tables.addrs[0], tables.addrs[1], tables.addrs[2], tables.addrs[3],
-        tables.addrs[4] if amsgrad else tables.addrs[3], step_table,
-        tables.numels, tables.chunk_tensor, tables.chunk_start, tables.num_tensors,
+    params, states = bucket.params, bucket.states
+    tables, num_chunks, step_table, g_dtype, dense = _bucket_tables(
+        bucket,
+        lambda grads: adam_tables(
+            _tables, params, grads, states[0], states[1], states[2] if amsgrad else [], bucket.steps, amsgrad
+        ),
+    )
+    _adam_kernel[(num_chunks,)](
+        tables[0], tables[1], tables[2], tables[3],
+        tables[4] if amsgrad else tables[3], step_table,
+        tables[-3], tables[-2], tables[-1], len(params),
         beta1=float(beta1) if not sched.cycles_momentum else 0.0,
         one_minus_beta1=1.0 - float(beta1), beta2=float(beta2), one_minus_beta2=1.0 - float(beta2),
         eps=float(eps), weight_decay=float(weight_decay),
-        P_DT=_tl_dtype(params[0]), G_DT=_tl_dtype(grads[0]), S_DT=_TL_DTYPES[exp_avgs[0].dtype],
+        P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[states[0][0].dtype],
         CYCLE_MOMENTUM=sched.cycles_momentum, AMSGRAD=amsgrad, DECOUPLED=decoupled,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
         CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_T=BLOCK_T,
-        **_common(sched, grad_mul, skip, device),
+        **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
-    dense.finish()
+    if dense is not None:
+        dense.finish()
     return advance

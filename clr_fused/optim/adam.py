@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer, local
+from .base import FusedOptimizer
 
 
 class Adam(FusedOptimizer):
@@ -51,34 +51,36 @@ class Adam(FusedOptimizer):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0.0:
                 raise ValueError(f"Invalid {name} value: {v!r} (must be >= 0)")
 
-    def _state_for(self, p, amsgrad: bool):
-        st = self.state[p]
-        if not st:
-            sdt = self._state_dtype_for(p)
-            st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            st["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
-        if amsgrad and "max_exp_avg_sq" not in st:
-            st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"], memory_format=torch.preserve_format)
-        return st
+    def _plan_key(self, group_index: int, group) -> bool:
+        return bool(group["amsgrad"])
 
-    def _update_bucket(self, backend, group, params, *, sched, grad_mul, skip, advance) -> bool:
-        amsgrad = group["amsgrad"]
-        states = [self._state_for(p, amsgrad) for p in params]
-        return kernels_for(backend).adam_(
-            [local(p) for p in params],
-            [local(p.grad) for p in params],
-            [local(s["exp_avg"]) for s in states],
-            [local(s["exp_avg_sq"]) for s in states],
-            [local(s["max_exp_avg_sq"]) for s in states] if amsgrad else [],
-            [s["step"] for s in states],
+    def _make_states(self, group_index: int, group, params):
+        amsgrad = bool(group["amsgrad"])
+        states = []
+        for p in params:
+            st = self.state[p]
+            if not st:
+                sdt = self._state_dtype_for(p)
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                st["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+            if amsgrad and "max_exp_avg_sq" not in st:
+                st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"], memory_format=torch.preserve_format)
+            states.append(st)
+        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+        return [[st[k] for st in states] for k in keys], [st["step"] for st in states], None
+
+    def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
+        group = self.param_groups[bucket.group_index]
+        return kernels_for(bucket.backend).adam_(
+            bucket,
             sched=sched,
             beta1=group["betas"][0],
             beta2=group["betas"][1],
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled=self._decoupled,
-            amsgrad=amsgrad,
+            amsgrad=len(bucket.states) == 3,
             maximize=group["maximize"],
             grad_mul=grad_mul,
             skip=skip,

@@ -2,8 +2,9 @@
 orchestration (sparse check, GradScaler, fused clipping, step counter), the
 (device, dtype) buckets and the torch-format state dict.
 
-An algorithm subclass supplies ``_validate_group`` and ``_update_bucket``
-(which creates its state lazily); everything about schedules lives here.
+An algorithm subclass supplies ``_validate_group``, ``_plan_key``,
+``_make_states`` (its state, created lazily when a launch plan is built, see
+``plan.py``) and ``_launch``; everything about schedules lives here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from torch import Tensor
 from .. import backends
 from .. import schedule_math as sm
 from ..kernels import reference
+from ..kernels.registry import kernels_for
+from . import plan as plan_mod
+from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
 from ..schedules import Constant, ReduceLROnPlateau, Schedule, schedule_from_dict
 
 # Plain-data keys in each saved param group (see FusedOptimizer.state_dict).
@@ -68,6 +72,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._spec_cache: dict[int, tuple[Any, Schedule, list[list[float]]]] = {}
         self._backend_cache: dict[torch.device, str] = {}
         self._rows_tables: dict[tuple[int, torch.device], tuple[list, Tensor]] = {}
+        self._plan: plan_mod.LaunchPlan | None = None
+        self._last_skip: Tensor | None = None
         super().__init__(params, defaults)
         if not any(g["params"] for g in self.param_groups):
             raise ValueError("optimizer got an empty parameter list")
@@ -76,12 +82,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._step_counter = torch.zeros((), dtype=torch.int64, device=self._counter_device)
 
     # ------------------------------------------------------------ param groups
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        lr = param_group.get("lr", self.defaults["lr"])
-        _check_lr_value(lr)
-        self._validate_group({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise ValueError naming a bad hyperparameter (subclasses extend)."""
 
@@ -194,50 +194,82 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-
-        # Refuse bad input before anything moves.
-        launches = []
-        for gi, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; use torch.optim.SparseAdam")
-            for (device, _dtype), bucket in _buckets(params).items():
-                launches.append((gi, group, device, bucket))
-        for _, _, device, _ in launches:
-            self._backend_for(device)
-
-        skip, grad_mul = self._skip_and_grad_mul([p.grad for *_, ps in launches for p in ps])
-
-        # Every launch reads the step counter as it was before this step; the
-        # last launch on the counter's device may advance it in-kernel.
-        home = self._counter_device
-        counters = {home: self._step_counter}
-        for _, _, device, _ in launches:
-            if device not in counters:
-                counters[device] = self._step_counter.to(device, non_blocking=True)
-        last_home = max((i for i, l in enumerate(launches) if l[2] == home), default=-1)
-        advanced = False
-        for i, (gi, group, device, bucket) in enumerate(launches):
-            on_dev = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-            advanced |= bool(
-                self._update_bucket(
-                    self._backend_for(device),
-                    group,
-                    bucket,
-                    sched=self._group_schedule(gi, device, counters[device]),
-                    grad_mul=on_dev(grad_mul),
-                    skip=on_dev(skip),
-                    advance=i == last_home,
-                )
-            )
+        # Bad input is refused while (re)building the plan, before anything moves.
+        plan = self._launch_plan()
+        try:
+            advanced = self._run_plan(plan)
+        finally:
+            plan.release()
         # Otherwise advance here; only finite steps count, decided on the device.
         if not advanced:
+            skip = self._last_skip
             if skip is None:
                 self._step_counter.add_(1)
             else:
                 self._step_counter.add_((~skip).to(torch.int64))
         return loss
+
+    def _launch_plan(self) -> plan_mod.LaunchPlan:
+        """The cached plan if it still holds (O(groups) Python + one C++ check), else a new one."""
+        keys = [
+            (id(group["params"]), len(group["params"]), self.backend, self._plan_key(gi, group))
+            for gi, group in enumerate(self.param_groups)
+        ]
+        plan = self._plan
+        if plan is None or not plan.valid(keys):
+            self._plan = None
+            plan = plan_mod.build(self.param_groups, keys, self._backend_for, self._make_states, _chunk_for)
+            self._plan = plan
+        return plan
+
+    def _run_plan(self, plan: plan_mod.LaunchPlan) -> bool:
+        """Launch every bucket; True if a launch advanced the step counter."""
+        grads = [g for b in plan.buckets for g in b.grads()] if self.max_grad_norm is not None else []
+        skip, grad_mul = self._skip_and_grad_mul(grads)
+        self._last_skip = skip
+        # Every launch reads the step counter as it was before this step; the
+        # last launch on the counter's device may advance it in-kernel.
+        home = self._counter_device
+        counters = {home: self._step_counter}
+        last_home = -1
+        for i, b in enumerate(plan.buckets):
+            if b.device == home:
+                last_home = i
+            elif b.device not in counters:
+                counters[b.device] = self._step_counter.to(b.device, non_blocking=True)
+        advanced = False
+        for i, b in enumerate(plan.buckets):
+            dev = b.device
+            advanced |= bool(
+                self._launch(
+                    b,
+                    sched=self._group_schedule(b.group_index, dev, counters[dev]),
+                    grad_mul=grad_mul if grad_mul is None or dev == home else grad_mul.to(dev, non_blocking=True),
+                    skip=skip if skip is None or dev == home else skip.to(dev, non_blocking=True),
+                    advance=i == last_home,
+                )
+            )
+            b.fresh = None  # momentum buffers made for this launch are warm from now on
+        return advanced
+
+    def _plan_key(self, group_index: int, group: dict[str, Any]) -> Any:
+        """What else, in a group, changes the plan's buckets (subclasses)."""
+        return None
+
+    def _make_states(self, group_index: int, group: dict[str, Any], params: list[Tensor]):
+        """(state lists, step scalars, fresh flags) of one bucket, created lazily (subclasses)."""
+        raise NotImplementedError
+
+    def _launch(self, bucket: plan_mod.Bucket, *, sched, grad_mul, skip, advance) -> bool:
+        """Update one bucket; True if it advanced the step counter (subclasses)."""
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        lr = param_group.get("lr", self.defaults["lr"])
+        _check_lr_value(lr)
+        self._validate_group({**self.defaults, **param_group})
+        super().add_param_group(param_group)
+        self._plan = None
 
     def _group_schedule(self, group_index: int, device: torch.device, counter: Tensor) -> "GroupSchedule":
         spec, rows = self._schedule_and_rows(group_index)
@@ -278,10 +310,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         clip = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
         clip = torch.where(finite, clip, torch.zeros_like(clip))
         return skip, clip if inv_scale is None else clip * inv_scale
-
-    def _update_bucket(self, backend: str, group, params, *, sched, grad_mul, skip, advance) -> bool:
-        """Update one (device, dtype) bucket; True if it advanced the step counter."""
-        raise NotImplementedError
 
     def _state_dtype_for(self, p: Tensor) -> torch.dtype:
         return self.state_dtype if self.state_dtype is not None else p.dtype
@@ -336,6 +364,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                     for k, v in saved[_KEY_PLATEAU].items()
                 }
         self._spec_cache.clear()
+        self._plan = None
         if ours:
             self._step_counter.fill_(int(saved_groups[0][_KEY_STEP]))
             self._plateau = plateau
@@ -424,17 +453,9 @@ class GroupSchedule:
         return self.rows_device
 
 
-def local(t: Tensor | None) -> Tensor | None:
-    """The local shard of a DTensor (FSDP2 parameters, grads, states), which
-    shares its storage; any other tensor as it is.  Kernels run on shards."""
-    return t.to_local() if hasattr(t, "to_local") else t
-
-
-def _buckets(params: list[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[Tensor]]:
-    out: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-    for p in params:
-        out.setdefault((p.device, p.dtype), []).append(p)
-    return out
+def _chunk_for(backend: str) -> int | None:
+    """Elements per block of a backend that reads address tables (None: lists)."""
+    return None if backend == "torch" else kernels_for(backend).CHUNK
 
 
 def _plateau_update(st: dict[str, Tensor], spec: ReduceLROnPlateau, cur: Tensor) -> None:

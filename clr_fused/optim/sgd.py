@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer, local
+from .base import FusedOptimizer
 
 
 class SGD(FusedOptimizer):
@@ -17,7 +17,7 @@ class SGD(FusedOptimizer):
     OneCycleLR do, even when the optimizer was built with ``momentum=0``
     (torch turns momentum on in that case as well).
 
-    Keyword-only: ``backend`` ("auto", "torch", "triton", "cuda"),
+    Keyword-only: ``backend`` ("auto", "torch", "triton", "cuda", "cpu"),
     ``max_grad_norm`` (fused global-norm clipping) and ``state_dtype``
     (e.g. ``torch.float32`` momentum buffers for bf16 parameters).
     """
@@ -57,29 +57,36 @@ class SGD(FusedOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
-    def _update_bucket(self, backend, group, params, *, sched, grad_mul, skip, advance) -> bool:
-        use_momentum = sched.cycles_momentum or group["momentum"] != 0
+    def _uses_momentum(self, group_index: int, group) -> bool:
+        return self._schedule_and_rows(group_index)[0].cycles_momentum or group["momentum"] != 0
+
+    def _plan_key(self, group_index: int, group) -> bool:
+        return self._uses_momentum(group_index, group)
+
+    def _make_states(self, group_index: int, group, params):
+        if not self._uses_momentum(group_index, group):
+            return [], [], None
         bufs, fresh = [], []
-        if use_momentum:
-            for p in params:
-                st = self.state[p]
-                buf = st.get("momentum_buffer")
-                # A buffer created on a step that turns out non-finite stays
-                # zero; the next step then treats it as warm (this differs from
-                # torch only with dampening != 0).
-                fresh.append(buf is None)
-                if buf is None:
-                    buf = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
-                    st["momentum_buffer"] = buf
-                bufs.append(local(buf))
-        return kernels_for(backend).sgd_(
-            [local(p) for p in params],
-            [local(p.grad) for p in params],
-            bufs,
-            fresh,
+        for p in params:
+            st = self.state[p]
+            buf = st.get("momentum_buffer")
+            # A buffer created for a step that turns out non-finite stays
+            # zero; the next step then treats it as warm (this differs from
+            # torch only with dampening != 0).
+            fresh.append(buf is None)
+            if buf is None:
+                buf = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
+                st["momentum_buffer"] = buf
+            bufs.append(buf)
+        return [bufs], [], fresh if any(fresh) else None
+
+    def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
+        group = self.param_groups[bucket.group_index]
+        return kernels_for(bucket.backend).sgd_(
+            bucket,
             sched=sched,
             momentum=group["momentum"],
-            use_momentum=use_momentum,
+            use_momentum=bool(bucket.states),
             dampening=group["dampening"],
             weight_decay=group["weight_decay"],
             nesterov=group["nesterov"],

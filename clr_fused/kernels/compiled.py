@@ -1,0 +1,98 @@
+"""The ``cuda`` and ``cpu`` backends: the kernels of csrc/, one op each.
+
+``torch.ops.clr_fused.sgd_step`` / ``adam_step`` are registered in C++
+(csrc/ops.cpp: mutation-annotated schemas, version counters bumped in C++)
+with a CUDA and a CPU kernel compiled from the same templates; the
+dispatcher picks by device.  Their fake (meta) implementations are
+registered here, so torch.compile treats a step as one opaque op.
+
+A plan bucket the C++ check keeps (``optim/plan.py``) is launched by the
+plan itself: one call, no tensor list crosses into Python.  Other buckets
+(non-dense layouts, DTensor shards) pass this step's lists to the op, with
+tables from ``TableCache`` and dense stand-ins written back afterwards.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from .tensor_tables import TableCache, adam_tables, fresh_flags, sgd_tables
+
+CHUNK = 16384  # csrc/constants.h kChunk; checked against _C.CHUNK on first use
+
+_tables = TableCache(CHUNK)
+_registered = False
+
+
+def _ops():
+    global _registered
+    if not _registered:
+        mod = _ext.load()
+        if mod is None:
+            raise RuntimeError(f"the clr_fused extension is not available: {_ext.error()!r}")
+        assert mod.CHUNK == CHUNK, "csrc/ and compiled.py disagree on the chunk size"
+        _register_fakes()
+        _registered = True
+    return torch.ops.clr_fused
+
+
+def _register_fakes() -> None:
+    # The ops return nothing and only write their inputs in place.
+    for name in ("sgd_step", "adam_step"):
+        torch.library.register_fake(f"clr_fused::{name}")(lambda *args, **kwargs: None)
+
+
+def _flat(tables) -> list:
+    return [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
+
+
+def _optional(sched, grad_mul):
+    return sched.plateau_lr, None if grad_mul is None else grad_mul.to(torch.float32)
+
+
+def sgd_(
+    bucket, *, sched, momentum, use_momentum, dampening, weight_decay, nesterov, maximize, grad_mul, skip, advance,
+) -> bool:  # fmt: skip
+    ops = _ops()
+    device, params = bucket.device, bucket.params
+    plateau_lr, gm = _optional(sched, grad_mul)
+    fresh = fresh_flags(bucket.fresh if use_momentum and bucket.fresh else [], len(params), device)
+    rows = sched.rows_table(device)
+    scalars = (0.0 if sched.cycles_momentum else float(momentum), float(dampening), float(weight_decay), use_momentum,
+               sched.cycles_momentum, bool(nesterov), bool(maximize), advance)  # fmt: skip
+    if bucket.native_index >= 0:
+        bucket.native.sgd(bucket.native_index, fresh, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, *scalars)
+        return advance
+    bufs = bucket.states[0] if use_momentum else []
+    dense, tables = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum)
+    ops.sgd_step(
+        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], _flat(tables), fresh, rows,
+        sched.counter, plateau_lr, gm, skip, bucket.ticket, *scalars,
+    )  # fmt: skip
+    dense.finish()
+    return advance
+
+
+def adam_(
+    bucket, *, sched, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
+) -> bool:  # fmt: skip
+    ops = _ops()
+    plateau_lr, gm = _optional(sched, grad_mul)
+    rows = sched.rows_table(bucket.device)
+    scalars = (0.0 if sched.cycles_momentum else float(beta1), float(beta2), float(eps), float(weight_decay), amsgrad,
+               sched.cycles_momentum, decoupled, bool(maximize), advance)  # fmt: skip
+    if bucket.native_index >= 0:
+        bucket.native.adam(bucket.native_index, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, *scalars)
+        return advance
+    st = bucket.states
+    dense, tables, step_table = adam_tables(
+        _tables, bucket.params, bucket.grads(), st[0], st[1], st[2] if amsgrad else [], bucket.steps, amsgrad
+    )
+    ops.adam_step(
+        dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
+        list(bucket.steps), _flat(tables), step_table, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket,
+        *scalars,
+    )  # fmt: skip
+    dense.finish()
+    return advance

@@ -1,0 +1,170 @@
+"""The launch plan: what a step launches, built once and re-checked each step.
+
+A plan holds, per (param group, device, dtype) bucket, the tensors the
+kernels read and write (parameters, state lists, Adam's step scalars), its
+backend, and for the fused backends the device address tables.  It is built
+on the first step and whenever something it depends on changed; a
+steady-state step then costs a bounded amount of Python, whatever the number
+of tensors:
+
+- per param group (a handful): a structure key (the params list's identity
+  and length, the backend, ``amsgrad`` / whether SGD keeps momentum);
+- one C++ call (``_C.StepPlan.check``, csrc/step_plan.cpp) that walks every
+  parameter: same objects, same storage and dtype, a gradient exactly where
+  there was one, same state storage.  A gradient that only moved (the usual
+  ``zero_grad(set_to_none=True)`` + backward) is patched into the grad table
+  there; anything else makes the optimizer rebuild the plan.
+
+Non-dense layouts, DTensor shards (FSDP2) and the ``torch`` backend take the
+per-step Python path ("unchecked" buckets: their gradients are gathered in
+Python each step and their tables, if any, come from ``TableCache``).
+Without the compiled extension the whole check is the Python loop of
+:meth:`LaunchPlan.valid`, O(tensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .. import _ext
+from ..kernels.tensor_tables import build_tables, same_dense_layout
+
+
+def local(t: Tensor | None) -> Tensor | None:
+    """The local shard of a DTensor (FSDP2 parameters, grads, states), which
+    shares its storage; any other tensor as it is.  Kernels run on shards."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+@dataclass(eq=False)
+class Bucket:
+    """One launch: the tensors of one (param group, device, dtype)."""
+
+    group_index: int
+    device: torch.device
+    backend: str
+    owners: list[Tensor]  # the parameters as param_groups hold them
+    params: list[Tensor]  # their local tensors (what the kernels write)
+    states: list[list[Tensor]]  # momentum_buffers, or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]
+    steps: list[Tensor] = field(default_factory=list)  # Adam's float32 step scalars
+    fresh: list[bool] | None = None  # SGD: momentum buffers created for the next launch
+    tables: list[Tensor] | None = None  # fused + checked: [addrs..., numels, chunk_tensor, chunk_start]
+    step_table: Tensor | None = None
+    num_chunks: int = 0
+    grad_dtype: torch.dtype | None = None
+    native: Any = None  # the _C.StepPlan that checks (and launches) this bucket
+    native_index: int = -1
+    # The int32 counter the fused kernels' last block draws (zero between
+    # launches); one per bucket, so launches in flight on several streams or
+    # threads never share one.
+    ticket: Tensor | None = None
+
+    def grads(self) -> list[Tensor]:
+        """This step's gradients (local tensors)."""
+        if self.native_index >= 0:
+            return self.native.grads(self.native_index)
+        return [local(p.grad) for p in self.owners]
+
+
+class LaunchPlan:
+    def __init__(self, keys: list[tuple], groups: list[list[Tensor]], buckets: list[Bucket], native: Any) -> None:
+        self.keys = keys
+        self.groups = groups  # the params lists, as objects (identity)
+        self.buckets = buckets
+        self.native = native
+        if native is None:
+            # the Python check: (param, storage address, has a grad) per parameter
+            self._expect = [(p, _addr(p), _grad_kind(p)) for g in groups for p in g]
+
+    def valid(self, keys: list[tuple]) -> bool:
+        if keys != self.keys:
+            return False
+        if self.native is not None:
+            return self.native.check(self.groups)
+        return all(_addr(p) == addr and _grad_kind(p) == kind for p, addr, kind in self._expect)
+
+    def release(self) -> None:
+        """Drop the gradient references the check took (kept only for a launch)."""
+        if self.native is not None:
+            self.native.release_all()
+
+
+def _addr(p: Tensor) -> int:
+    return -1 if hasattr(p, "to_local") else p.data_ptr()
+
+
+def _grad_kind(p: Tensor) -> int:
+    """0: no gradient, 1: a strided one, 2: sparse or other (refused at build)."""
+    return 0 if p.grad is None else 1 if p.grad.layout == torch.strided else 2
+
+
+def build(
+    param_groups: list[dict[str, Any]],
+    keys: list[tuple],
+    backend_for: Callable[[torch.device], str],
+    make_states: Callable[[int, dict[str, Any], list[Tensor]], tuple[list[list[Tensor]], list[Tensor], list[bool] | None]],
+    chunk_for: Callable[[str], int | None],
+) -> LaunchPlan:
+    """Validate every gradient, create missing states, group into buckets.
+
+    ``make_states(group_index, group, params)`` returns (state lists, steps,
+    fresh flags) for one bucket, creating state lazily as torch does;
+    ``chunk_for(backend)`` is the backend's chunk size, or None when it takes
+    lists rather than address tables.
+    """
+    # Refuse bad input before anything (state included) is created.
+    for group in param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.is_sparse:
+                raise RuntimeError("clr_fused optimizers do not support sparse gradients; use torch.optim.SparseAdam")
+    mod = _ext.load()
+    groups = [group["params"] for group in param_groups]
+    native = mod.StepPlan(groups) if mod is not None else None
+    buckets: list[Bucket] = []
+    for gi, group in enumerate(param_groups):
+        by_key: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        for i, p in enumerate(group["params"]):
+            if p.grad is not None:
+                by_key.setdefault((p.device, p.dtype), []).append(i)
+        for (device, _dtype), idx in by_key.items():
+            owners = [group["params"][i] for i in idx]
+            backend = backend_for(device)
+            params = [local(p) for p in owners]
+            states, steps, fresh = make_states(gi, group, owners)
+            b = Bucket(gi, device, backend, owners, params, [[local(s) for s in ss] for ss in states], steps, fresh)
+            b.ticket = torch.zeros(1, dtype=torch.int32, device=device)
+            positions = [(gi, i) for i in idx]
+            chunk = chunk_for(backend)
+            if native is not None and chunk is not None and _checkable(b):
+                grads = b.grads()
+                b.grad_dtype = grads[0].dtype
+                lists = [b.params, grads, *b.states]
+                tables = build_tables(lists, chunk, device)
+                b.tables = [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
+                b.num_chunks = tables.num_chunks
+                if b.steps:
+                    b.step_table = build_tables([b.steps], chunk, device).addrs[0]
+                b.native = native
+                b.native_index = native.add_bucket(positions, b.params, grads, b.states, b.steps, b.tables, b.step_table)
+            elif native is not None:
+                native.add_unchecked(positions)
+            buckets.append(b)
+    return LaunchPlan(keys, groups, buckets, native)
+
+
+def _checkable(b: Bucket) -> bool:
+    """The C++ check can keep this bucket's tables: plain dense tensors, each
+    parameter's gradient and states in its layout."""
+    if any(hasattr(p, "to_local") for p in b.owners):
+        return False
+    for i, p in enumerate(b.params):
+        g = p.grad
+        if g.layout != torch.strided or hasattr(g, "to_local"):
+            return False
+        if not same_dense_layout([p, g, *(ss[i] for ss in b.states)]):
+            return False
+    return True

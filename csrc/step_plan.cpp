@@ -1,0 +1,241 @@
+// StepPlan: the O(1)-Python launch plan of a clr_fused optimizer.
+//
+// Python builds the plan once (buckets, state lists, device address tables:
+// clr_fused/optim/plan.py) and hands it here.  Each step, one check() call
+// walks every parameter of every param group in C++ and confirms that nothing
+// the plan depends on changed: the same parameter objects in the same groups,
+// the same parameter storage and dtype, a gradient exactly where there was
+// one (dense, same dtype and strides as its parameter) and the same state
+// storage.  A gradient that only moved (zero_grad(set_to_none=True) and a new
+// backward) is the one change handled here: its address is patched into the
+// bucket's grad table.  Anything else returns false and Python rebuilds the
+// plan.  Then sgd()/adam() call the registered op through the dispatcher
+// with the lists held here, so no tensor list crosses into Python.
+#include <torch/extension.h>
+
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "step_api.h"
+
+namespace clr_fused {
+
+namespace {
+
+struct Param {
+  py::object obj;  // the object in param_groups[g]["params"] (identity check)
+  at::Tensor tensor;  // the same tensor, for data_ptr() and grad()
+  const void* data = nullptr;
+  at::ScalarType dtype;
+  int bucket = -1;  // -1: no grad expected; kUnchecked: grad expected, gathered by Python
+  int64_t slot = 0;
+};
+
+constexpr int kUnchecked = -2;
+
+struct Bucket {
+  std::vector<at::Tensor> params, grads, steps;
+  std::vector<std::vector<at::Tensor>> states;  // momentum_buffers, or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]
+  std::vector<const void*> state_data;  // flattened, for the check
+  std::vector<at::Tensor> tables;  // [addrs (params, grads, states...), numels, chunk_tensor, chunk_start]
+  std::optional<at::Tensor> step_table;
+  std::vector<int64_t> grad_addrs;  // host copy of tables[1]
+  at::ScalarType grad_dtype;
+  bool dirty = false;
+};
+
+}  // namespace
+
+class __attribute__((visibility("hidden"))) StepPlan {
+ public:
+  explicit StepPlan(const std::vector<std::vector<py::object>>& groups) {
+    for (const auto& group : groups) {
+      std::vector<Param> ps;
+      ps.reserve(group.size());
+      for (const py::object& obj : group) {
+        Param p;
+        p.obj = obj;
+        p.tensor = obj.cast<at::Tensor>();
+        p.data = p.tensor.has_storage() ? p.tensor.data_ptr() : nullptr;
+        p.dtype = p.tensor.scalar_type();
+        ps.push_back(std::move(p));
+      }
+      groups_.push_back(std::move(ps));
+    }
+  }
+
+  // A bucket whose gradients Python gathers itself each step (the reference
+  // backend, DTensor shards, layouts that need dense stand-ins): only the
+  // presence of their gradients is checked here.
+  void add_unchecked(const std::vector<std::pair<int64_t, int64_t>>& positions) {
+    for (const auto& [g, i] : positions) at(g, i).bucket = kUnchecked;
+  }
+
+  // A bucket the kernels read through address tables; returns its index.
+  int64_t add_bucket(const std::vector<std::pair<int64_t, int64_t>>& positions, std::vector<at::Tensor> params,
+                     const std::vector<at::Tensor>& grads, std::vector<std::vector<at::Tensor>> states,
+                     std::vector<at::Tensor> steps, std::vector<at::Tensor> tables, std::optional<at::Tensor> step_table) {
+    TORCH_CHECK(positions.size() == params.size() && grads.size() == params.size(), "StepPlan.add_bucket: list lengths differ");
+    TORCH_CHECK(tables.size() >= 5 && tables[1].numel() == static_cast<int64_t>(params.size()), "StepPlan.add_bucket: bad tables");
+    Bucket b;
+    const int index = static_cast<int>(buckets_.size());
+    for (size_t s = 0; s < positions.size(); ++s) {
+      Param& p = at(positions[s].first, positions[s].second);
+      p.bucket = index;
+      p.slot = static_cast<int64_t>(s);
+      b.grad_addrs.push_back(reinterpret_cast<int64_t>(grads[s].data_ptr()));
+    }
+    b.grad_dtype = grads[0].scalar_type();
+    for (const auto& list : states) {
+      for (const auto& t : list) b.state_data.push_back(t.data_ptr());
+    }
+    for (const auto& t : steps) b.state_data.push_back(t.data_ptr());
+    b.params = std::move(params);
+    b.grads.resize(b.params.size());
+    b.states = std::move(states);
+    b.steps = std::move(steps);
+    b.tables = std::move(tables);
+    b.step_table = std::move(step_table);
+    buckets_.push_back(std::move(b));
+    return index;
+  }
+
+  // True when the plan still describes param_groups (`groups`: each group's
+  // "params" list); patches moved gradients into the grad tables.
+  bool check(const py::list& groups) {
+    if (static_cast<size_t>(py::len(groups)) != groups_.size()) return false;
+    for (size_t gi = 0; gi < groups_.size(); ++gi) {
+      PyObject* list = PyList_Check(groups[gi].ptr()) ? groups[gi].ptr() : nullptr;
+      const std::vector<Param>& ps = groups_[gi];
+      if (list == nullptr || static_cast<size_t>(PyList_GET_SIZE(list)) != ps.size()) return false;
+      for (size_t i = 0; i < ps.size(); ++i) {
+        const Param& p = ps[i];
+        if (PyList_GET_ITEM(list, i) != p.obj.ptr()) return false;
+        if (p.tensor.scalar_type() != p.dtype || (p.tensor.has_storage() ? p.tensor.data_ptr() : nullptr) != p.data) return false;
+        const at::Tensor& g = p.tensor.grad();
+        if (p.bucket == -1) {
+          if (g.defined()) return false;
+          continue;
+        }
+        if (!g.defined() || g.layout() != at::kStrided) return false;  // sparse: the rebuild refuses it
+        if (p.bucket == kUnchecked) continue;
+        Bucket& b = buckets_[p.bucket];
+        if (!g.has_storage() || g.scalar_type() != b.grad_dtype ||
+            g.device() != p.tensor.device() || !g.strides().equals(p.tensor.strides()) ||
+            !g.sizes().equals(p.tensor.sizes())) {
+          return false;
+        }
+        const int64_t addr = reinterpret_cast<int64_t>(g.data_ptr());
+        if (addr != b.grad_addrs[p.slot]) {
+          b.grad_addrs[p.slot] = addr;
+          b.dirty = true;
+        }
+        b.grads[p.slot] = g;
+      }
+    }
+    for (const Bucket& b : buckets_) {
+      size_t k = 0;
+      for (const auto& list : b.states) {
+        for (const auto& t : list) {
+          if (t.data_ptr() != b.state_data[k++]) return false;
+        }
+      }
+      for (const auto& t : b.steps) {
+        if (t.data_ptr() != b.state_data[k++]) return false;
+      }
+    }
+    for (Bucket& b : buckets_) {
+      if (b.dirty) upload_grad_table(b);
+    }
+    return true;
+  }
+
+  // The gradients check() found, for the fused clip norm.
+  std::vector<at::Tensor> grads(int64_t bucket) { return get(bucket).grads; }
+
+  void sgd(int64_t bucket, const at::Tensor& fresh, const at::Tensor& rows, const at::Tensor& counter,
+           const std::optional<at::Tensor>& plateau_lr, const std::optional<at::Tensor>& grad_mul,
+           const std::optional<at::Tensor>& skip, const at::Tensor& ticket, double momentum, double dampening,
+           double weight_decay, bool use_momentum, bool cycle_momentum, bool nesterov, bool maximize, bool advance) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::sgd_step", "").typed<void(CLR_FUSED_SGD_PARAMS)>();
+    Bucket& b = get(bucket);
+    const std::vector<at::Tensor> none;
+    op.call(b.params, b.grads, use_momentum ? b.states.at(0) : none, b.tables, fresh, rows, counter, plateau_lr,
+            grad_mul, skip, ticket, momentum, dampening, weight_decay, use_momentum, cycle_momentum, nesterov, maximize,
+            advance);
+    release(b);
+  }
+
+  void adam(int64_t bucket, const at::Tensor& rows, const at::Tensor& counter, const std::optional<at::Tensor>& plateau_lr,
+            const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
+            double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool cycle_momentum, bool decoupled,
+            bool maximize, bool advance) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::adam_step", "").typed<void(CLR_FUSED_ADAM_PARAMS)>();
+    Bucket& b = get(bucket);
+    TORCH_CHECK(b.states.size() == (amsgrad ? 3u : 2u) && b.step_table.has_value(), "StepPlan.adam: not an Adam bucket");
+    const std::vector<at::Tensor> none;
+    op.call(b.params, b.grads, b.states[0], b.states[1], amsgrad ? b.states[2] : none, b.steps, b.tables, *b.step_table,
+            rows, counter, plateau_lr, grad_mul, skip, ticket, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
+            decoupled, maximize, advance);
+    release(b);
+  }
+
+  // Drops the gradient references check() took (the plan must not keep freed
+  // gradients alive across zero_grad(set_to_none=True)).
+  void release_all() {
+    for (Bucket& b : buckets_) release(b);
+  }
+
+ private:
+  Param& at(int64_t g, int64_t i) {
+    TORCH_CHECK(g >= 0 && g < static_cast<int64_t>(groups_.size()) && i >= 0 && i < static_cast<int64_t>(groups_[g].size()),
+                "StepPlan: no parameter ", i, " in group ", g);
+    return groups_[g][i];
+  }
+
+  Bucket& get(int64_t bucket) {
+    TORCH_CHECK(bucket >= 0 && bucket < static_cast<int64_t>(buckets_.size()), "StepPlan: no bucket ", bucket);
+    return buckets_[bucket];
+  }
+
+  static void release(Bucket& b) {
+    for (auto& g : b.grads) g = at::Tensor();
+  }
+
+  static void upload_grad_table(Bucket& b) {
+    at::Tensor& table = b.tables[1];
+    const size_t bytes = b.grad_addrs.size() * sizeof(int64_t);
+    if (table.is_cpu()) {
+      std::memcpy(table.data_ptr(), b.grad_addrs.data(), bytes);
+    } else {
+      // Pinned staging + an async copy on the current stream, after any launch
+      // that still reads the old table; the caching host allocator keeps the
+      // staging buffer alive until the copy is done.
+      at::Tensor host = at::empty({static_cast<int64_t>(b.grad_addrs.size())}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+      std::memcpy(host.data_ptr(), b.grad_addrs.data(), bytes);
+      table.copy_(host, /*non_blocking=*/true);
+    }
+    b.dirty = false;
+  }
+
+  std::vector<std::vector<Param>> groups_;
+  std::vector<Bucket> buckets_;
+};
+
+void bind_step_plan(py::module& m) {
+  py::class_<StepPlan>(m, "StepPlan", "The launch plan of one optimizer, checked each step in C++ (step_plan.cpp).")
+      .def(py::init<const std::vector<std::vector<py::object>>&>(), py::arg("groups"))
+      .def("add_unchecked", &StepPlan::add_unchecked, py::arg("positions"))
+      .def("add_bucket", &StepPlan::add_bucket, py::arg("positions"), py::arg("params"), py::arg("grads"),
+           py::arg("states"), py::arg("steps"), py::arg("tables"), py::arg("step_table"))
+      .def("check", &StepPlan::check, py::arg("groups"))
+      .def("grads", &StepPlan::grads, py::arg("bucket"))
+      .def("sgd", &StepPlan::sgd)
+      .def("adam", &StepPlan::adam)
+      .def("release_all", &StepPlan::release_all);
+}
+
+}  // namespace clr_fused
