@@ -40,9 +40,15 @@ constexpr clr_fused::cpu::ConstOne blockDim{};
 #define __shared__ static thread_local
 #define __launch_bounds__(...)
 
+// The ticket's memory order.  tests/cpp/ticket_tsan.cpp also builds it
+// __ATOMIC_RELAXED to show that ThreadSanitizer then reports the race.
+#ifndef CLR_FUSED_TICKET_ORDER
+#define CLR_FUSED_TICKET_ORDER __ATOMIC_ACQ_REL
+#endif
+
 inline void __syncthreads() {}
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline int32_t atomicAdd(int32_t* p, int32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+inline int32_t atomicAdd(int32_t* p, int32_t v) { return __atomic_fetch_add(p, v, CLR_FUSED_TICKET_ORDER); }
 
 namespace clr_fused::cpu {
 

@@ -94,7 +94,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
     }
     for (const auto& t : steps) b.state_data.push_back(t.data_ptr());
     b.params = std::move(params);
-    b.grads.resize(b.params.size());
+    b.grads = grads;  // for the launch that follows the build (check() refills them)
     b.states = std::move(states);
     b.steps = std::move(steps);
     b.tables = std::move(tables);

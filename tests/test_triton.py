@@ -42,25 +42,25 @@ SCHEDULES = [
 SCHED_IDS = [type(s).__name__ if not isinstance(s, float) else "float" for s in SCHEDULES]
 
 
-def _params(sizes, dtype, seed=0):
+def _params(sizes, dtype, seed=0, device=DEVICE):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(n, generator=gen).to(DEVICE, dtype)) for n in sizes]
+    return [torch.nn.Parameter(torch.randn(n, generator=gen).to(device, dtype)) for n in sizes]
 
 
-def _run_pair(cls, kw, spec, *, sizes=SIZES, dtype=torch.float32, steps=STEPS, state_dtype=None, scale=1.0, backend="triton"):
+def _run_pair(cls, kw, spec, *, sizes=SIZES, dtype=torch.float32, steps=STEPS, state_dtype=None, scale=1.0, backend="triton", device=DEVICE):
     """Same params and grads through ``backend`` and backend="torch"."""
-    a, b = _params(sizes, dtype), _params(sizes, dtype)
+    a, b = _params(sizes, dtype, device=device), _params(sizes, dtype, device=device)
     oa = getattr(cf, cls)(a, lr=spec, backend=backend, state_dtype=state_dtype, **kw)
     ob = getattr(cf, cls)(b, lr=spec, backend="torch", state_dtype=state_dtype, **kw)
     gen = torch.Generator().manual_seed(1)
     for i in range(steps):
-        grads = [(torch.randn(p.shape, generator=gen) * scale).to(DEVICE, dtype) for p in a]
+        grads = [(torch.randn(p.shape, generator=gen) * scale).to(device, dtype) for p in a]
         for ps, o in ((a, oa), (b, ob)):
             for p, g in zip(ps, grads):
                 p.grad = g.clone()
             o.step()
             if i % 2 == 1:
-                o.report(torch.tensor(1.0, device=DEVICE))  # plateau: no improvement
+                o.report(torch.tensor(1.0, device=device))  # plateau: no improvement
     return a, b, oa, ob
 
 

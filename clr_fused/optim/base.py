@@ -224,7 +224,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _run_plan(self, plan: plan_mod.LaunchPlan) -> bool:
         """Launch every bucket; True if a launch advanced the step counter."""
-        grads = [g for b in plan.buckets for g in b.grads()] if self.max_grad_norm is not None else []
+        grads = [g for b in plan.buckets for g in b.grads(shards=False)] if self.max_grad_norm is not None else []
         skip, grad_mul = self._skip_and_grad_mul(grads)
         self._last_skip = skip
         # Every launch reads the step counter as it was before this step; the

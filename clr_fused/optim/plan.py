@@ -63,11 +63,12 @@ class Bucket:
     # threads never share one.
     ticket: Tensor | None = None
 
-    def grads(self) -> list[Tensor]:
-        """This step's gradients (local tensors)."""
+    def grads(self, shards: bool = True) -> list[Tensor]:
+        """This step's gradients: local tensors, or as the parameters hold them
+        (DTensors under FSDP2, for a norm that DTensor reduces across ranks)."""
         if self.native_index >= 0:
             return self.native.grads(self.native_index)
-        return [local(p.grad) for p in self.owners]
+        return [local(p.grad) if shards else p.grad for p in self.owners]
 
 
 class LaunchPlan:
@@ -133,38 +134,51 @@ def build(
         for (device, _dtype), idx in by_key.items():
             owners = [group["params"][i] for i in idx]
             backend = backend_for(device)
-            params = [local(p) for p in owners]
             states, steps, fresh = make_states(gi, group, owners)
-            b = Bucket(gi, device, backend, owners, params, [[local(s) for s in ss] for ss in states], steps, fresh)
-            b.ticket = torch.zeros(1, dtype=torch.int32, device=device)
-            positions = [(gi, i) for i in idx]
+            whole = Bucket(gi, device, backend, owners, [local(p) for p in owners], [[local(s) for s in ss] for ss in states], steps, fresh)
             chunk = chunk_for(backend)
-            if native is not None and chunk is not None and _checkable(b):
-                grads = b.grads()
-                b.grad_dtype = grads[0].dtype
-                lists = [b.params, grads, *b.states]
-                tables = build_tables(lists, chunk, device)
-                b.tables = [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
-                b.num_chunks = tables.num_chunks
-                if b.steps:
-                    b.step_table = build_tables([b.steps], chunk, device).addrs[0]
-                b.native = native
-                b.native_index = native.add_bucket(positions, b.params, grads, b.states, b.steps, b.tables, b.step_table)
-            elif native is not None:
-                native.add_unchecked(positions)
-            buckets.append(b)
+            keep = [native is not None and chunk is not None and _checkable(whole, i) for i in range(len(idx))]
+            # The tensors the C++ check keeps tables for, and the rest (one launch each set).
+            for kept in (True, False):
+                sel = [j for j, k in enumerate(keep) if k == kept]
+                if not sel:
+                    continue
+                b = whole if len(sel) == len(idx) else _subset(whole, sel)
+                b.ticket = torch.zeros(1, dtype=torch.int32, device=device)
+                positions = [(gi, idx[j]) for j in sel]
+                if kept:
+                    _keep_tables(b, native, positions, chunk)
+                elif native is not None:
+                    native.add_unchecked(positions)
+                buckets.append(b)
     return LaunchPlan(keys, groups, buckets, native)
 
 
-def _checkable(b: Bucket) -> bool:
-    """The C++ check can keep this bucket's tables: plain dense tensors, each
-    parameter's gradient and states in its layout."""
-    if any(hasattr(p, "to_local") for p in b.owners):
+def _checkable(b: Bucket, i: int) -> bool:
+    """The C++ check can keep tables for tensor ``i``: a plain dense tensor
+    whose gradient and states share its layout."""
+    p, owner = b.params[i], b.owners[i]
+    g = owner.grad
+    if hasattr(owner, "to_local") or g.layout != torch.strided or hasattr(g, "to_local"):
         return False
-    for i, p in enumerate(b.params):
-        g = p.grad
-        if g.layout != torch.strided or hasattr(g, "to_local"):
-            return False
-        if not same_dense_layout([p, g, *(ss[i] for ss in b.states)]):
-            return False
-    return True
+    return same_dense_layout([p, g, *(ss[i] for ss in b.states)])
+
+
+def _subset(b: Bucket, sel: list[int]) -> Bucket:
+    pick = lambda xs: [xs[j] for j in sel]  # noqa: E731
+    fresh = None if b.fresh is None else pick(b.fresh)
+    return Bucket(b.group_index, b.device, b.backend, pick(b.owners), pick(b.params), [pick(ss) for ss in b.states],
+                  pick(b.steps) if b.steps else [], fresh if fresh and any(fresh) else None)  # fmt: skip
+
+
+def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk: int) -> None:
+    """Build the bucket's address tables and hand it to the C++ plan."""
+    grads = b.grads()
+    b.grad_dtype = grads[0].dtype
+    tables = build_tables([b.params, grads, *b.states], chunk, b.device)
+    b.tables = [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
+    b.num_chunks = tables.num_chunks
+    if b.steps:
+        b.step_table = build_tables([b.steps], chunk, b.device).addrs[0]
+    b.native = native
+    b.native_index = native.add_bucket(positions, b.params, grads, b.states, b.steps, b.tables, b.step_table)
