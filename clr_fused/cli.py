@@ -24,14 +24,21 @@ def _info(_args) -> int:
     cuda = torch.cuda.is_available()
     print(f"CUDA      {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available (no CUDA device here)'}")
     ext_err = _ext.error()
-    print(f"extension {'loaded' if ext_err is None else 'absent: ' + str(ext_err)}")
+    if ext_err is None:
+        kinds = "CPU and CUDA kernels" if _ext.load().HAS_CUDA_KERNELS else "CPU kernels only (built without CUDA)"
+        print(f"extension loaded: {kinds}")
+    else:
+        print(f"extension absent: {ext_err}")
     devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if cuda else [])
     print("backends:")
     for dev in devices:
-        for name in ("torch", "triton", "cuda"):
+        for name in ("torch", "triton", "cuda", "cpu"):
             reason = backends.why_unavailable(name, dev)
             print(f"  {dev.type:5s} {name:7s} {'works' if reason is None else 'no: ' + reason}")
         print(f"  {dev.type:5s} auto -> {backends.resolve('auto', dev)}")
+    cpu_auto = backends.resolve("auto", torch.device("cpu"))
+    what = {"cpu": "the compiled CPU kernels (parallel, from the csrc/ templates)", "torch": "the pure-PyTorch reference path"}
+    print(f"a CPU user gets backend {cpu_auto!r}: {what.get(cpu_auto, cpu_auto)}")
     return 0
 
 
