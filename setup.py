@@ -15,6 +15,7 @@ nvcc job).
 """
 
 import os
+import runpy
 import shutil
 import sys
 
@@ -22,9 +23,9 @@ from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_SOURCES = ["csrc/bindings.cpp", "csrc/ops.cpp", "csrc/cpu_ops.cpp", "csrc/step_plan.cpp"]
-# Same flags as clr_fused/_ext.py's JIT build.  -fno-math-errno lets sqrtf
-# vectorise without changing results; no -ffast-math (one IEEE rounding).
-CXX_FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-Wno-unknown-pragmas"]
+# One list for this build, the JIT build and the tests (without importing the package).
+_FLAGS = runpy.run_path(os.path.join(HERE, "clr_fused", "_build_flags.py"))
+CXX_FLAGS, LINK_FLAGS = _FLAGS["CXX_FLAGS"], _FLAGS["LINK_FLAGS"]
 
 
 def _say(msg: str) -> None:
@@ -87,7 +88,7 @@ def _extension():
             include_dirs=include_dirs + _nvidia_includes(),
             define_macros=[("CLR_FUSED_WITH_CUDA", "1")],
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=LINK_FLAGS,
         )
     else:
         ext = cpp_extension.CppExtension(
@@ -95,7 +96,7 @@ def _extension():
             sources=CPU_SOURCES,
             include_dirs=include_dirs,
             extra_compile_args={"cxx": CXX_FLAGS},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=LINK_FLAGS,
         )
 
     class OptionalBuildExt(cpp_extension.BuildExtension):

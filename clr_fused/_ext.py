@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+from ._build_flags import CXX_FLAGS, LINK_FLAGS
+
 _module = None
 _error: BaseException | None = None
 _tried = False
@@ -39,9 +41,8 @@ def _jit_build():
         name="clr_fused_C",
         sources=[os.path.join(_CSRC, s) for s in sources],
         extra_include_paths=include,
-        # as setup.py's CXX_FLAGS
-        extra_cflags=["-O3", "-fno-math-errno", "-fopenmp", "-Wno-unknown-pragmas", "-DCLR_FUSED_WITH_CUDA=1"],
-        extra_ldflags=["-fopenmp"],
+        extra_cflags=[*CXX_FLAGS, "-DCLR_FUSED_WITH_CUDA=1"],
+        extra_ldflags=LINK_FLAGS,
         extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
     )
 

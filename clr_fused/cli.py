@@ -88,6 +88,10 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.host:
+        from .bench.host import main as host_main
+
+        return host_main(out_dir=args.out, quick=args.quick)
     from .bench.run import main as bench_main
 
     return bench_main(quick=args.quick, out_dir=args.out)
@@ -99,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, device and which backends work here (and why not)").set_defaults(func=_info)
     bn = sub.add_parser("bench", help="optimizer-step microbenchmark against torch.optim + lr_scheduler")
     bn.add_argument("--quick", action="store_true", help="Adam only, small sets (the test suite's smoke run)")
+    bn.add_argument(
+        "--host",
+        action="store_true",
+        help="host cost of step() with tiny tensors at real tensor counts, and the cpu backend at real sizes, "
+        "against torch foreach/fused + CyclicLR",
+    )
     bn.add_argument("--out", default="benchmarks/results")
     bn.set_defaults(func=_bench)
     rt = sub.add_parser("range-test", help="the LR range test (--demo: scikit-learn digits)")

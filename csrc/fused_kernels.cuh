@@ -78,7 +78,10 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
                                  st[0] = m;
                                  st[1] = v;
                                  if constexpr (NS == 3) {
-                                   v = fmaxf(st[NS - 1], v);
+                                   // torch.maximum: NaN wins (fmaxf would drop it); also a
+                                   // compare + select the CPU compiler vectorises.
+                                   const float vmax = st[NS - 1];
+                                   v = (vmax != vmax || vmax > v) ? vmax : v;
                                    st[NS - 1] = v;
                                  }
                                  const float denom = sqrtf(v) / bc2_sqrt + h.eps;

@@ -42,3 +42,24 @@ def test_bench_quick_smoke(tmp_path):
         assert "vs torch-fused+CyclicLR" in r["ratios"]
     assert (tmp_path / js.name.replace(".json", ".png")).read_bytes()[:4] == b"\x89PNG"
     assert "| provider |" in (tmp_path / js.name.replace(".json", ".md")).read_text()
+
+
+def test_bench_host_quick_smoke(tmp_path):
+    from clr_fused import _ext
+
+    if _ext.load() is None:
+        import pytest
+
+        pytest.skip(f"the extension is not built here: {_ext.error()}")
+    out = subprocess.run(
+        [sys.executable, "-m", "clr_fused", "bench", "--host", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (js,) = tmp_path.glob("host-*.json")
+    data = json.loads(js.read_text())
+    providers = {r["provider"] for r in data["host_cost"]}
+    assert {"torch fused + CyclicLR, kernels stubbed", "clr_fused cpu, kernels stubbed", "clr_fused cpu"} <= providers
+    assert all(r["us_per_step"] > 0 for r in data["host_cost"])
+    assert {r["dtype"] for r in data["cpu_backend"]} == {"float32", "bfloat16"}
+    assert all(r["gbps"] > 0 for r in data["cpu_backend"])

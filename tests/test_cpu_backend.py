@@ -12,6 +12,7 @@ real concurrency, and a ThreadSanitizer build of it (tests/cpp/).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -166,3 +167,63 @@ def test_ticket_thread_sanitizer_catches_a_relaxed_ticket(tmp_path):
     run = _tsan_build(tmp_path, "-DCLR_FUSED_TICKET_ORDER=__ATOMIC_RELAXED")
     assert run.returncode == 66, run.stdout + run.stderr
     assert "ThreadSanitizer: data race" in run.stderr
+
+
+def packed_float_ops(objdump_text: str) -> dict[str, int]:
+    """Per kernel symbol in ``objdump -d -C`` output: how many packed fp32 SSE/AVX
+    arithmetic instructions (mulps, addps, subps, divps, sqrtps; v-prefixed too)."""
+    out = {}
+    for block in re.split(r"\n(?=[0-9a-f]+ <)", objdump_text):
+        m = re.match(r"[0-9a-f]+ <(.*)>:", block)
+        if m and "_kernel<" in m.group(1):
+            name = re.search(r"\w+_kernel<[^>]*>", m.group(1)).group(0)
+            out[name] = len(re.findall(r"\sv?(?:mul|add|sub|div|sqrt)ps\s", block))
+    return out
+
+
+def _probe(tmp_path, *extra):
+    from clr_fused._build_flags import CXX_FLAGS
+
+    gxx, objdump = shutil.which("g++"), shutil.which("objdump")
+    if gxx is None or objdump is None:
+        pytest.skip("no g++/objdump here")
+    obj = tmp_path / "probe.o"
+    subprocess.run([gxx, "-std=c++17", *CXX_FLAGS, *extra, "-I", os.path.join(ROOT, "csrc"), "-c",
+                    os.path.join(ROOT, "tests", "cpp", "vectorize_probe.cpp"), "-o", str(obj)], check=True)  # fmt: skip
+    return packed_float_ops(subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", str(obj)], check=True,
+                                           capture_output=True, text=True).stdout)  # fmt: skip
+
+
+FP32_KERNELS = {"sgd_kernel<float, float, 0>", "sgd_kernel<float, float, 1>", "adam_kernel<float, float, 2>", "adam_kernel<float, float, 3>"}
+
+
+def test_fp32_element_loops_are_vectorised(tmp_path):
+    """With the extension's flags, every fp32 kernel (SGD with/without momentum,
+    Adam, Adam+amsgrad) compiles to packed SSE arithmetic on the CPU."""
+    ops = _probe(tmp_path)
+    assert set(ops) == FP32_KERNELS
+    assert all(n >= 8 for n in ops.values()), ops
+
+
+def test_vectorisation_check_fails_on_scalar_code(tmp_path):
+    ops = _probe(tmp_path, "-fno-tree-vectorize", "-fno-tree-slp-vectorize")
+    assert set(ops) == FP32_KERNELS
+    assert all(n == 0 for n in ops.values()), ops
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_amsgrad_nan_propagates_like_torch(backend):
+    """torch.maximum keeps a NaN in max_exp_avg_sq; so must the fused kernels."""
+    p = torch.nn.Parameter(torch.randn(37))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = cf.Adam([p], lr=1e-2, amsgrad=True, backend=backend)
+    ref = torch.optim.Adam([q], lr=1e-2, amsgrad=True)
+    for i in range(3):
+        g = torch.randn(37)
+        if i == 1:
+            g[5] = float("nan")
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert torch.isnan(ours.state[p]["max_exp_avg_sq"][5]) and torch.isnan(p[5])
+    torch.testing.assert_close(p, q, equal_nan=True)

@@ -23,18 +23,36 @@ def test_extension_loads_or_reports_why():
     if mod is None:
         assert _ext.error() is not None
     else:
-        assert callable(mod.sgd_step) and callable(mod.adam_step) and mod.CHUNK == 16384
+        assert mod.CHUNK == 16384 and callable(mod.StepPlan)
+        if os.environ.get("CLR_FUSED_REQUIRE_EXT") == "1" and torch.version.cuda is not None:
+            assert mod.HAS_CUDA_KERNELS  # CI builds with nvcc: the CUDA kernels are in
 
 
 def test_ops_registered_for_torch_compile():
-    if _ext.load() is None:
+    """C++ ops with mutation-annotated schemas, a CPU (and in a CUDA build a
+    CUDA) kernel, the autograd kernel that bumps versions, and fake impls."""
+    mod = _ext.load()
+    if mod is None:
         pytest.skip(f"extension absent here: {_ext.error()}")
-    from clr_fused.kernels import cuda_update  # noqa: F401  registers the ops
+    from clr_fused.kernels import compiled
 
-    for name in ("cuda_sgd_step", "cuda_adam_step"):
-        op = getattr(torch.ops.clr_fused, name)
-        schema = str(op.default._schema)
-        assert "Tensor(a" in schema and "!)" in schema, schema  # mutations are declared
+    compiled._ops()  # registers the fake impls
+    for name, mutated in (("sgd_step", ["params", "momentum_buffers", "counter", "ticket"]),
+                          ("adam_step", ["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "steps", "counter", "ticket"])):  # fmt: skip
+        op = getattr(torch.ops.clr_fused, name).default
+        args = {a.name: a for a in op._schema.arguments}
+        assert sorted(n for n, a in args.items() if a.alias_info is not None and a.alias_info.is_write) == sorted(mutated)
+        for key in ["CPU", "Autograd"] + (["CUDA"] if mod.HAS_CUDA_KERNELS else []):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key), key
+    # the fake impl runs on fake tensors without touching data
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        p, g = torch.empty(4), torch.empty(4)
+        t = [torch.empty(1, dtype=torch.int64)] * 2 + [torch.empty(1, dtype=torch.int64), torch.empty(1, dtype=torch.int32), torch.empty(1, dtype=torch.int64)]
+        torch.ops.clr_fused.sgd_step([p], [g], [], t, torch.empty(1, dtype=torch.int8), torch.empty(1, 16, dtype=torch.float64),
+                                     torch.empty((), dtype=torch.int64), None, None, None, torch.empty(1, dtype=torch.int32),
+                                     0.0, 0.0, 0.0, False, False, False, False, True)  # fmt: skip
 
 
 def test_cuda_backend_by_name_on_cpu_raises_with_reason():

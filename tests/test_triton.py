@@ -278,3 +278,20 @@ def test_kernels_compile_for_sm80_and_sm90():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sm_90: compiled" in out.stdout
+
+
+def test_amsgrad_nan_propagates_like_torch():
+    """torch.maximum keeps a NaN in max_exp_avg_sq; so must the Triton kernel."""
+    p = torch.nn.Parameter(torch.randn(37, device=DEVICE))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = cf.Adam([p], lr=1e-2, amsgrad=True, backend="triton")
+    ref = torch.optim.Adam([q], lr=1e-2, amsgrad=True)
+    for i in range(3):
+        g = torch.randn(37, device=DEVICE)
+        if i == 1:
+            g[5] = float("nan")
+        p.grad, q.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    assert torch.isnan(ours.state[p]["max_exp_avg_sq"][5]) and torch.isnan(p[5])
+    torch.testing.assert_close(p, q, equal_nan=True)

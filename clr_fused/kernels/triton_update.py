@@ -177,7 +177,9 @@ def _adam_kernel(
             tl.store(v_ptr + offs, _to_storage(v, S_DT), mask=mask)
             if AMSGRAD:
                 vmax_ptr = _ptr(vmax_addrs, t, S_DT)
-                v = tl.maximum(tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(tl.float32), v)
+                vmax = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                # torch.maximum: NaN wins
+                v = tl.where((vmax != vmax) | (vmax > v), vmax, v)
                 tl.store(vmax_ptr + offs, _to_storage(v, S_DT), mask=mask)
             denom = tl.sqrt(v) / bc2_sqrt + eps
             tl.store(p_ptr + offs, _to_storage(p - m / denom * step_size, P_DT), mask=mask)

@@ -1,0 +1,227 @@
+"""``clr-fused bench --host``: the host side of a step, and the CPU backend.
+
+1. Host cost.  On a GPU an eager optimizer step over a real model is bound by
+   host work (Python, argument packing, launches) until the model is large.
+   That work can be measured anywhere: give every tensor of a real parameter
+   set (the real tensor COUNT) 1-16 elements, so the arithmetic costs
+   nothing, and time ``step()``.  Providers, interleaved in one process:
+   torch ``foreach`` and ``fused`` + ``CyclicLR.step()``, fused also with its
+   kernels stubbed out (no-op ``torch._fused_*``) to isolate the host cost,
+   against clr_fused's compiled path (the ``cpu``
+   backend here: the same Python, plan check and op call as ``cuda``) with
+   its kernels and with them stubbed (``_C.set_kernels_stubbed``).
+2. The CPU backend at the real sizes (ResNet-50, GPT-2 small, a 5,000 small
+   tensor set; fp32 and bf16) against torch fused + ``CyclicLR`` on the CPU,
+   with achieved GB/s against a copy bandwidth measured in the same run.
+
+Medians of interleaved rounds, ratios of medians.  JSON + markdown under
+``out_dir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch.optim import lr_scheduler as L
+
+import clr_fused as cf
+
+from .. import _ext
+from .param_sets import many_small, resnet50, transformer
+from .run import bytes_per_param
+
+BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
+ALGOS = {"sgd-momentum": ("SGD", dict(momentum=0.9)), "adam": ("Adam", {})}
+
+
+@contextlib.contextmanager
+def _torch_fused_stubbed():
+    """torch's fused update kernels replaced by no-ops: what remains is its host
+    cost.  (foreach has no single kernel to stub: its Python reads the results
+    of its own ops; with 1-16 elements per tensor its kernels cost little.)"""
+    names = ["_fused_adam_", "_fused_adamw_", "_fused_sgd_"]
+    saved = {n: getattr(torch, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch, n, lambda *args, **kwargs: None)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch, n, f)
+
+
+@contextlib.contextmanager
+def _ours_stubbed():
+    mod = _ext.load()
+    mod.set_kernels_stubbed(True)
+    try:
+        yield
+    finally:
+        mod.set_kernels_stubbed(False)
+
+
+def _torch_provider(algo: str, params, impl: str) -> Callable[[], None]:
+    cls, kw = ALGOS[algo]
+    flag = {"fused": True} if impl == "fused" else {"foreach": True}
+    opt = getattr(torch.optim, cls)(params, lr=BASE_LR, **kw, **flag)
+    sched = L.CyclicLR(opt, BASE_LR, MAX_LR, STEP_UP, cycle_momentum=cls == "SGD")
+
+    def step():
+        opt.step()
+        sched.step()
+
+    return step
+
+
+def _ours_provider(algo: str, params) -> Callable[[], None]:
+    cls, kw = ALGOS[algo]
+    opt = getattr(cf, cls)(params, lr=cf.CyclicLR(BASE_LR, MAX_LR, STEP_UP, cycle_momentum=cls == "SGD"), backend="cpu", **kw)
+    return opt.step
+
+
+def _params(shapes, dtype=torch.float32, tiny=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for s in shapes:
+        shape = (min(16, math.prod(s)),) if tiny else s
+        p = torch.nn.Parameter(torch.randn(shape, generator=gen).to(dtype))
+        p.grad = torch.randn(shape, generator=gen).to(dtype)
+        out.append(p)
+    return out
+
+
+def _interleaved(providers: dict[str, tuple[Callable[[], None], Callable[[], contextlib.AbstractContextManager]]],
+                 steps: int, rounds: int) -> dict[str, float]:  # fmt: skip
+    """Median ms per step of each provider; rounds interleave the providers
+    (rotating the order) so drift hits all of them alike."""
+    names = list(providers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for fn, ctx in providers.values():  # warm-up (plans, state, caches)
+        with ctx():
+            fn()
+            fn()
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            fn, ctx = providers[n]
+            with ctx():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    fn()
+                times[n].append((time.perf_counter() - t0) * 1e3 / steps)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def host_cost(sets: dict[str, list], rounds: int, progress) -> list[dict]:
+    rows = []
+    for set_name, shapes in sets.items():
+        steps = max(5, min(300, 40000 // len(shapes)))
+        for algo in ALGOS:
+            providers = {}
+            for impl in ("foreach", "fused"):
+                providers[f"torch {impl} + CyclicLR"] = (_torch_provider(algo, _params(shapes, tiny=True), impl), contextlib.nullcontext)
+            providers["torch fused + CyclicLR, kernels stubbed"] = (
+                _torch_provider(algo, _params(shapes, tiny=True), "fused"),
+                _torch_fused_stubbed,
+            )
+            providers["clr_fused cpu"] = (_ours_provider(algo, _params(shapes, tiny=True)), contextlib.nullcontext)
+            providers["clr_fused cpu, kernels stubbed"] = (_ours_provider(algo, _params(shapes, tiny=True)), _ours_stubbed)
+            med = _interleaved(providers, steps, rounds)
+            ref = med["torch fused + CyclicLR, kernels stubbed"]
+            for name, ms in med.items():
+                rows.append(dict(set=set_name, tensors=len(shapes), algo=algo, provider=name, us_per_step=ms * 1e3,
+                                 ratio_to_torch_fused_host=ms / ref))  # fmt: skip
+            progress.update(1)
+    return rows
+
+
+def _copy_gbps(n_bytes: int = 1 << 28) -> float:
+    src = torch.empty(n_bytes // 4)
+    src.normal_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        ts.append(time.perf_counter() - t0)
+    return 2 * n_bytes / statistics.median(ts) / 1e9
+
+
+def cpu_backend(sets: dict[str, list], rounds: int, steps: int, progress) -> tuple[list[dict], float]:
+    copy_bw = _copy_gbps()
+    rows = []
+    for set_name, shapes in sets.items():
+        n = sum(math.prod(s) for s in shapes)
+        for dtype in (torch.float32, torch.bfloat16):
+            for algo in ALGOS:
+                providers = {
+                    "torch fused + CyclicLR": (_torch_provider(algo, _params(shapes, dtype), "fused"), contextlib.nullcontext),
+                    "clr_fused cpu": (_ours_provider(algo, _params(shapes, dtype)), contextlib.nullcontext),
+                }
+                med = _interleaved(providers, steps, rounds)
+                ref = med["torch fused + CyclicLR"]
+                for name, ms in med.items():
+                    gbps = bytes_per_param(algo, dtype) * n / (ms / 1e3) / 1e9
+                    rows.append(dict(set=set_name, params=n, tensors=len(shapes), dtype=str(dtype).replace("torch.", ""),
+                                     algo=algo, provider=name, ms_per_step=ms, ratio_to_torch_fused=ms / ref,
+                                     gbps=gbps, pct_copy_bw=100 * gbps / copy_bw))  # fmt: skip
+                del providers
+                progress.update(1)
+    return rows, copy_bw
+
+
+def main(out_dir: str, quick: bool = False) -> int:
+    from tqdm import tqdm
+
+    if _ext.load() is None:
+        print(f"clr-fused bench --host needs the compiled extension: {_ext.error()}")
+        return 1
+    host_sets = {"resnet50": resnet50(), "gpt2-small": transformer(768, 12), "many-small-5000": many_small(5000),
+                 "many-small-20000": many_small(20000, seed=1)}  # fmt: skip
+    size_sets = {"resnet50": resnet50(), "gpt2-small": transformer(768, 12), "many-small-5000": many_small(5000)}
+    rounds, steps = 7, 3
+    if quick:
+        host_sets = {"resnet50": resnet50()}
+        size_sets = {"many-small-1000": many_small(1000)}
+        rounds, steps = 3, 2
+    total = len(host_sets) * len(ALGOS) + len(size_sets) * 2 * len(ALGOS)
+    with tqdm(total=total, desc="bench --host", unit="case") as bar:
+        host_rows = host_cost(host_sets, rounds, bar)
+        size_rows, copy_bw = cpu_backend(size_sets, max(3, rounds // 2), steps, bar)
+    meta = dict(
+        date=datetime.date.today().isoformat(), device=f"cpu ({platform.processor() or platform.machine()})",
+        threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
+        copy_gbps=copy_bw, quick=quick,
+    )  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"host-{meta['date']}{'-quick' if quick else ''}")
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(meta=meta, host_cost=host_rows, cpu_backend=size_rows), f, indent=1)
+    md = _markdown(meta, host_rows, size_rows)
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+def _markdown(meta, host_rows, size_rows) -> str:
+    lines = [f"# Host cost and CPU backend, {meta['date']}, {meta['device']}, {meta['threads']} threads, torch {meta['torch']}", ""]
+    lines += ["## Host cost per step (tensors of 1-16 elements, real tensor counts; median us, ratio to torch fused + CyclicLR with its kernels stubbed)", ""]
+    lines += ["| set | tensors | algo | provider | us/step | ratio |", "|---|---|---|---|---|---|"]
+    for r in host_rows:
+        lines.append(f"| {r['set']} | {r['tensors']} | {r['algo']} | {r['provider']} | {r['us_per_step']:.1f} | {r['ratio_to_torch_fused_host']:.3f} |")
+    lines += ["", f"## CPU backend at real sizes (median ms/step; copy bandwidth {meta['copy_gbps']:.1f} GB/s)", ""]
+    lines += ["| set | params | dtype | algo | provider | ms/step | ratio to torch fused | GB/s | % copy BW |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in size_rows:
+        lines.append(f"| {r['set']} | {r['params']:,} | {r['dtype']} | {r['algo']} | {r['provider']} | {r['ms_per_step']:.2f} | {r['ratio_to_torch_fused']:.3f} | {r['gbps']:.1f} | {r['pct_copy_bw']:.0f} |")
+    return "\n".join(lines) + "\n"
