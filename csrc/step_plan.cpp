@@ -25,16 +25,48 @@ namespace clr_fused {
 
 namespace {
 
+// A tensor's storage address, read without data_ptr()'s copy-on-write work:
+// this runs for every tensor on every step.
+inline const void* address(const at::Tensor& t) {
+  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  return impl->has_storage() && impl->storage_initialized() ? impl->data() : nullptr;
+}
+
+struct Param;
+void prefetch(const std::vector<Param>& ps, size_t i);
+
 struct Param {
   py::object obj;  // the object in param_groups[g]["params"] (identity check)
   at::Tensor tensor;  // the same tensor, for data_ptr() and grad()
   const void* data = nullptr;
-  at::ScalarType dtype;
+  caffe2::TypeMeta dtype;
   int bucket = -1;  // -1: no grad expected; kUnchecked: grad expected, gathered by Python
   int64_t slot = 0;
 };
 
 constexpr int kUnchecked = -2;
+
+// The check is bound by memory latency (parameter -> storage, parameter ->
+// autograd meta -> gradient -> storage: separate heap objects for every
+// tensor).  Prefetch each level a few parameters ahead.
+void prefetch(const std::vector<Param>& ps, size_t i) {
+  if (i + 12 < ps.size()) __builtin_prefetch(ps[i + 12].tensor.unsafeGetTensorImpl());
+  if (i + 8 < ps.size()) {
+    const c10::TensorImpl* impl = ps[i + 8].tensor.unsafeGetTensorImpl();
+    __builtin_prefetch(impl->storage().unsafeGetStorageImpl());
+    __builtin_prefetch(impl->autograd_meta());
+  }
+  if (i + 4 < ps.size()) {
+    const at::Tensor& g = ps[i + 4].tensor.unsafeGetTensorImpl()->grad();
+    if (g.defined()) {
+      __builtin_prefetch(g.unsafeGetTensorImpl());
+    }
+  }
+  if (i + 2 < ps.size()) {
+    const at::Tensor& g = ps[i + 2].tensor.unsafeGetTensorImpl()->grad();
+    if (g.defined()) __builtin_prefetch(g.unsafeGetTensorImpl()->storage().unsafeGetStorageImpl());
+  }
+}
 
 struct Bucket {
   std::vector<at::Tensor> params, grads, steps;
@@ -43,7 +75,6 @@ struct Bucket {
   std::vector<at::Tensor> tables;  // [addrs (params, grads, states...), numels, chunk_tensor, chunk_start]
   std::optional<at::Tensor> step_table;
   std::vector<int64_t> grad_addrs;  // host copy of tables[1]
-  at::ScalarType grad_dtype;
   bool dirty = false;
 };
 
@@ -59,8 +90,8 @@ class __attribute__((visibility("hidden"))) StepPlan {
         Param p;
         p.obj = obj;
         p.tensor = obj.cast<at::Tensor>();
-        p.data = p.tensor.has_storage() ? p.tensor.data_ptr() : nullptr;
-        p.dtype = p.tensor.scalar_type();
+        p.data = address(p.tensor);
+        p.dtype = p.tensor.dtype();
         ps.push_back(std::move(p));
       }
       groups_.push_back(std::move(ps));
@@ -86,13 +117,12 @@ class __attribute__((visibility("hidden"))) StepPlan {
       Param& p = at(positions[s].first, positions[s].second);
       p.bucket = index;
       p.slot = static_cast<int64_t>(s);
-      b.grad_addrs.push_back(reinterpret_cast<int64_t>(grads[s].data_ptr()));
+      b.grad_addrs.push_back(reinterpret_cast<int64_t>(address(grads[s])));
     }
-    b.grad_dtype = grads[0].scalar_type();
     for (const auto& list : states) {
-      for (const auto& t : list) b.state_data.push_back(t.data_ptr());
+      for (const auto& t : list) b.state_data.push_back(address(t));
     }
-    for (const auto& t : steps) b.state_data.push_back(t.data_ptr());
+    for (const auto& t : steps) b.state_data.push_back(address(t));
     b.params = std::move(params);
     b.grads = grads;  // for the launch that follows the build (check() refills them)
     b.states = std::move(states);
@@ -112,10 +142,15 @@ class __attribute__((visibility("hidden"))) StepPlan {
       const std::vector<Param>& ps = groups_[gi];
       if (list == nullptr || static_cast<size_t>(PyList_GET_SIZE(list)) != ps.size()) return false;
       for (size_t i = 0; i < ps.size(); ++i) {
+        prefetch(ps, i);
         const Param& p = ps[i];
         if (PyList_GET_ITEM(list, i) != p.obj.ptr()) return false;
-        if (p.tensor.scalar_type() != p.dtype || (p.tensor.has_storage() ? p.tensor.data_ptr() : nullptr) != p.data) return false;
-        const at::Tensor& g = p.tensor.grad();
+        const c10::TensorImpl* impl = p.tensor.unsafeGetTensorImpl();
+        if (impl->dtype() != p.dtype || address(p.tensor) != p.data) return false;
+        // TensorImpl::grad(), not Tensor::grad(): no non-leaf warning check.
+        // torch itself keeps a .grad's dtype, device and sizes equal to the
+        // parameter's; its strides and its address are ours to check.
+        const at::Tensor& g = impl->grad();
         if (p.bucket == -1) {
           if (g.defined()) return false;
           continue;
@@ -123,12 +158,9 @@ class __attribute__((visibility("hidden"))) StepPlan {
         if (!g.defined() || g.layout() != at::kStrided) return false;  // sparse: the rebuild refuses it
         if (p.bucket == kUnchecked) continue;
         Bucket& b = buckets_[p.bucket];
-        if (!g.has_storage() || g.scalar_type() != b.grad_dtype ||
-            g.device() != p.tensor.device() || !g.strides().equals(p.tensor.strides()) ||
-            !g.sizes().equals(p.tensor.sizes())) {
-          return false;
-        }
-        const int64_t addr = reinterpret_cast<int64_t>(g.data_ptr());
+        const void* ga = address(g);
+        if (ga == nullptr || !g.strides().equals(p.tensor.strides())) return false;
+        const int64_t addr = reinterpret_cast<int64_t>(ga);
         if (addr != b.grad_addrs[p.slot]) {
           b.grad_addrs[p.slot] = addr;
           b.dirty = true;
@@ -140,11 +172,11 @@ class __attribute__((visibility("hidden"))) StepPlan {
       size_t k = 0;
       for (const auto& list : b.states) {
         for (const auto& t : list) {
-          if (t.data_ptr() != b.state_data[k++]) return false;
+          if (address(t) != b.state_data[k++]) return false;
         }
       }
       for (const auto& t : b.steps) {
-        if (t.data_ptr() != b.state_data[k++]) return false;
+        if (address(t) != b.state_data[k++]) return false;
       }
     }
     for (Bucket& b : buckets_) {

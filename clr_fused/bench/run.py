@@ -154,7 +154,7 @@ def providers(algo: str, params, device, include_amp: bool):
             return lambda: (opt.step(), sched.step())
 
         out["torch-fused-capturable+CyclicLR"] = capturable
-    for backend in ("torch", "triton", "cuda"):
+    for backend in ("torch", "triton", "cuda", "cpu"):
         if backends.why_unavailable(backend, device) is not None:
             continue
         if device.type == "cpu" and backend == "triton":
