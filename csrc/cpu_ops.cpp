@@ -19,6 +19,8 @@
 #include "cpu_launch.h"
 // (the kernel headers come after cpu_launch.h)
 #include "step_entry.h"
+// after the kernel templates, before anything instantiates them
+#include "cpu_storage.h"
 
 namespace clr_fused {
 

@@ -5,6 +5,8 @@
 // Header only, so csrc/host_emulation.cpp can run the same code on the CPU.
 #pragma once
 
+#include <type_traits>
+
 #include "multi_tensor.cuh"
 
 namespace clr_fused {
@@ -63,30 +65,37 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
     s[0] = addr<S>(tb.addrs[2], c.t);
     s[1] = addr<S>(tb.addrs[3], c.t);
     if constexpr (NS == 3) s[2] = addr<S>(tb.addrs[4], c.t);
-    for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
-                               [&](float& p, float g, float* st) {
-                                 g = g * gm;
-                                 if (h.weight_decay != 0.f) {
-                                   if (h.decoupled) {
-                                     p = p * (1.f - lr * h.weight_decay);
-                                   } else {
-                                     g = g + h.weight_decay * p;
+    // The weight-decay mode is fixed for the launch: one loop per mode, so the
+    // element loop has no branch (the CPU compiler vectorises it).
+    const auto update = [&](auto wd_mode) {
+      constexpr int kMode = decltype(wd_mode)::value;  // 0: none, 1: decoupled (AdamW), 2: L2 (Adam)
+      for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+                                 [&](float& p, float g, float* st) {
+                                   g = g * gm;
+                                   if constexpr (kMode == 1) p = p * (1.f - lr * h.weight_decay);
+                                   if constexpr (kMode == 2) g = g + h.weight_decay * p;
+                                   const float m = st[0] * b1 + g * one_minus_b1;
+                                   float v = st[1] * h.beta2 + h.one_minus_beta2 * g * g;
+                                   st[0] = m;
+                                   st[1] = v;
+                                   if constexpr (NS == 3) {
+                                     // torch.maximum: NaN wins (fmaxf would drop it); also a
+                                     // compare + select the CPU compiler vectorises.
+                                     const float vmax = st[NS - 1];
+                                     v = (vmax != vmax || vmax > v) ? vmax : v;
+                                     st[NS - 1] = v;
                                    }
-                                 }
-                                 const float m = st[0] * b1 + g * one_minus_b1;
-                                 float v = st[1] * h.beta2 + h.one_minus_beta2 * g * g;
-                                 st[0] = m;
-                                 st[1] = v;
-                                 if constexpr (NS == 3) {
-                                   // torch.maximum: NaN wins (fmaxf would drop it); also a
-                                   // compare + select the CPU compiler vectorises.
-                                   const float vmax = st[NS - 1];
-                                   v = (vmax != vmax || vmax > v) ? vmax : v;
-                                   st[NS - 1] = v;
-                                 }
-                                 const float denom = sqrtf(v) / bc2_sqrt + h.eps;
-                                 p = p - m / denom * step_size;
-                               });
+                                   const float denom = sqrtf(v) / bc2_sqrt + h.eps;
+                                   p = p - m / denom * step_size;
+                                 });
+    };
+    if (h.weight_decay == 0.f) {
+      update(std::integral_constant<int, 0>{});
+    } else if (h.decoupled) {
+      update(std::integral_constant<int, 1>{});
+    } else {
+      update(std::integral_constant<int, 2>{});
+    }
   }
   // The last block advances every tensor's step (and the schedule counter).
   if (last_block(in.ticket)) {

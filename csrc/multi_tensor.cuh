@@ -67,6 +67,14 @@ __device__ __forceinline__ bool aligned(const T* ptr) {
   return kVectorPath && reinterpret_cast<uintptr_t>(ptr) % (sizeof(T) * kILP) == 0;
 }
 
+// float -> storage type, rounding once to nearest even.  The CPU build
+// specialises it for BFloat16 (cpu_ops.cpp) with a branch-free form the
+// compiler vectorises; on the GPU the conversion instruction does it.
+template <typename T>
+__device__ __forceinline__ T to_storage(float x) {
+  return static_cast<T>(x);
+}
+
 // Everything a block needs before the element loop: chunk bounds, schedule.
 struct ChunkInfo {
   int64_t t, start, end, k;
@@ -135,9 +143,9 @@ __device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)
 #pragma unroll
     for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(s[j][i]);
     op(pf, static_cast<float>(g[i]), sf);
-    p[i] = static_cast<P>(pf);
+    p[i] = to_storage<P>(pf);
 #pragma unroll
-    for (int j = 0; j < NS; ++j) s[j][i] = static_cast<S>(sf[j]);
+    for (int j = 0; j < NS; ++j) s[j][i] = to_storage<S>(sf[j]);
   }
 }
 

@@ -182,32 +182,40 @@ def packed_float_ops(objdump_text: str) -> dict[str, int]:
 
 
 def _probe(tmp_path, *extra):
+    from torch.utils.cpp_extension import include_paths
+
     from clr_fused._build_flags import CXX_FLAGS
 
     gxx, objdump = shutil.which("g++"), shutil.which("objdump")
     if gxx is None or objdump is None:
         pytest.skip("no g++/objdump here")
     obj = tmp_path / "probe.o"
-    subprocess.run([gxx, "-std=c++17", *CXX_FLAGS, *extra, "-I", os.path.join(ROOT, "csrc"), "-c",
+    torch_includes = [f"-I{d}" for d in include_paths()]  # c10/util/BFloat16.h
+    subprocess.run([gxx, "-std=c++20", *CXX_FLAGS, *extra, "-I", os.path.join(ROOT, "csrc"), *torch_includes, "-c",
                     os.path.join(ROOT, "tests", "cpp", "vectorize_probe.cpp"), "-o", str(obj)], check=True)  # fmt: skip
     return packed_float_ops(subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", str(obj)], check=True,
                                            capture_output=True, text=True).stdout)  # fmt: skip
 
 
-FP32_KERNELS = {"sgd_kernel<float, float, 0>", "sgd_kernel<float, float, 1>", "adam_kernel<float, float, 2>", "adam_kernel<float, float, 3>"}
+PROBED = {
+    "sgd_kernel<float, float, 0>", "sgd_kernel<float, float, 1>", "adam_kernel<float, float, 2>",
+    "adam_kernel<float, float, 3>", "sgd_kernel<c10::BFloat16, c10::BFloat16, 1>", "sgd_kernel<c10::BFloat16, float, 1>",
+    "adam_kernel<c10::BFloat16, c10::BFloat16, 2>", "adam_kernel<c10::BFloat16, float, 2>",
+}  # fmt: skip
 
 
-def test_fp32_element_loops_are_vectorised(tmp_path):
-    """With the extension's flags, every fp32 kernel (SGD with/without momentum,
-    Adam, Adam+amsgrad) compiles to packed SSE arithmetic on the CPU."""
+def test_element_loops_are_vectorised(tmp_path):
+    """With the extension's flags, the fp32 kernels (SGD with/without momentum,
+    Adam, Adam+amsgrad) and the bf16 ones (bf16 or fp32 state) compile to
+    packed SSE arithmetic on the CPU."""
     ops = _probe(tmp_path)
-    assert set(ops) == FP32_KERNELS
+    assert set(ops) == PROBED
     assert all(n >= 8 for n in ops.values()), ops
 
 
 def test_vectorisation_check_fails_on_scalar_code(tmp_path):
     ops = _probe(tmp_path, "-fno-tree-vectorize", "-fno-tree-slp-vectorize")
-    assert set(ops) == FP32_KERNELS
+    assert set(ops) == PROBED
     assert all(n == 0 for n in ops.values()), ops
 
 
@@ -227,3 +235,28 @@ def test_amsgrad_nan_propagates_like_torch(backend):
         ref.step()
     assert torch.isnan(ours.state[p]["max_exp_avg_sq"][5]) and torch.isnan(p[5])
     torch.testing.assert_close(p, q, equal_nan=True)
+
+
+def test_bf16_rounding_is_bit_identical_to_torch():
+    """The CPU kernels' branch-free float -> bfloat16 (csrc/cpu_storage.h) against
+    torch's own conversion, bit for bit: random magnitudes over the whole
+    range, subnormals, overflow to inf, inf and NaN, through one SGD update the
+    torch backend computes with the same float32 operations."""
+    gen = torch.Generator().manual_seed(3)
+    n = 65537
+    g = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-140, 120, (n,), generator=gen).float())
+    g[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), 1e-40, -0.0, 3.4e38])
+    g = g.to(torch.bfloat16)
+    out = []
+    for backend in ("cpu", "torch"):
+        p = torch.nn.Parameter(torch.zeros(n, dtype=torch.bfloat16))
+        opt = cf.SGD([p], lr=0.3, momentum=0.9, backend=backend, state_dtype=torch.float32)
+        p.grad = g.clone()
+        opt.step()
+        out.append(p.detach().clone())
+    nan = torch.isnan(out[1])
+    assert nan.sum() == 1 and torch.equal(torch.isnan(out[0]), nan)
+    # every other value bit for bit; the NaN is c10's canonical 0x7FC0 (torch's
+    # vectorised copy keeps other NaN payload bits, so NaN bits are not compared)
+    assert torch.equal(out[0][~nan].view(torch.int16), out[1][~nan].view(torch.int16))
+    assert out[0][nan].view(torch.int16).item() == 0x7FC0
