@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer
+from .base import FusedOptimizer, backend_from_torch_flags
 
 
 class Adam(FusedOptimizer):
@@ -16,10 +16,22 @@ class Adam(FusedOptimizer):
     torch's CyclicLR / OneCycleLR do.  State keys are torch's (``step``,
     ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``); ``step`` is a float32
     device scalar, as in torch's fused/capturable Adam.
+
+    torch's keywords are accepted: ``fused=True`` selects the fused kernels,
+    ``foreach=True`` the foreach reference path (``backend="torch"``),
+    ``capturable`` changes nothing (every step is capturable),
+    ``differentiable=True`` raises NotImplementedError, and
+    ``decoupled_weight_decay=True`` makes it AdamW.  A tensor ``lr`` is read
+    on the device at every step; tensor betas are read once, at construction.
     """
 
     _momentum_key = "betas"
     _decoupled = False
+    # what torch.optim.Adam.__setstate__ fills in for checkpoints that predate a key
+    _LEGACY_GROUP_DEFAULTS = dict(
+        amsgrad=False, maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
+        decoupled_weight_decay=False,
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -31,11 +43,25 @@ class Adam(FusedOptimizer):
         amsgrad: bool = False,
         maximize: bool = False,
         *,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+        backend = backend_from_torch_flags(
+            backend, type(self).__name__, foreach=foreach, fused=fused, differentiable=differentiable
+        )
+        # a tensor beta (torch accepts them) is read once, here
+        betas = tuple(float(b) if isinstance(b, torch.Tensor) else b for b in betas)
+        defaults = dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
+            foreach=foreach, capturable=bool(capturable), differentiable=differentiable, fused=fused,
+            decoupled_weight_decay=bool(decoupled_weight_decay) or self._decoupled,
+        )  # fmt: skip
         self._validate_group(defaults)
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
 
@@ -79,7 +105,7 @@ class Adam(FusedOptimizer):
             beta2=group["betas"][1],
             eps=group["eps"],
             weight_decay=group["weight_decay"],
-            decoupled=self._decoupled,
+            decoupled=self._decoupled or bool(group.get("decoupled_weight_decay", False)),
             amsgrad=len(bucket.states) == 3,
             maximize=group["maximize"],
             grad_mul=grad_mul,
@@ -90,7 +116,7 @@ class Adam(FusedOptimizer):
     def _after_load(self) -> None:
         super()._after_load()
         for p, st in self.state.items():
-            if "step" in st:
+            if isinstance(p, torch.Tensor) and isinstance(st, dict) and "step" in st:
                 st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
 
 
@@ -108,20 +134,6 @@ class AdamW(Adam):
         weight_decay: float = 1e-2,
         amsgrad: bool = False,
         maximize: bool = False,
-        *,
-        backend: str = "auto",
-        max_grad_norm: float | None = None,
-        state_dtype: torch.dtype | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            params,
-            lr,
-            betas,
-            eps,
-            weight_decay,
-            amsgrad,
-            maximize,
-            backend=backend,
-            max_grad_norm=max_grad_norm,
-            state_dtype=state_dtype,
-        )
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize, **kwargs)

@@ -10,6 +10,7 @@ An algorithm subclass supplies ``_validate_group``, ``_plan_key``,
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -32,9 +33,53 @@ def _check_lr_value(lr: Any) -> None:
     if isinstance(lr, Schedule):
         return
     if isinstance(lr, Tensor):
-        raise ValueError("lr must be a float or a clr_fused schedule spec, not a tensor (the schedule already lives on the device)")
+        # torch's capturable idiom; its value is read on the device, never here
+        if lr.numel() != 1 or not lr.is_floating_point():
+            raise ValueError(f"a tensor lr must be a 1-element floating tensor, got shape {tuple(lr.shape)} {lr.dtype}")
+        return
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite float >= 0 or a clr_fused schedule spec, got {lr!r}")
+
+
+def backend_from_torch_flags(backend: str, cls_name: str, *, foreach=None, fused=None, differentiable=False) -> str:
+    """torch's implementation switches, mapped onto ours: ``fused=True`` ->
+    the fused kernels (``backend="auto"``, or the fused backend named);
+    ``foreach=True`` -> ``"torch"`` (our foreach reference path); ``False`` /
+    ``None`` change nothing; ``differentiable=True`` is refused."""
+    if differentiable:
+        raise NotImplementedError(
+            f"differentiable=True is not supported by clr_fused.{cls_name}: its step updates in place, outside "
+            f"autograd; use torch.optim.{cls_name}(..., differentiable=True)"
+        )
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True cannot both be set")
+    if fused and backend == "torch":
+        raise ValueError("fused=True asks for the fused kernels, backend='torch' for the reference path: pick one")
+    if foreach and backend not in ("auto", "torch"):
+        raise ValueError(f"foreach=True means backend='torch' (the foreach reference path), got backend={backend!r}")
+    return "torch" if foreach else backend
+
+
+class TensorLR(Schedule):
+    """A tensor ``lr`` (torch's capturable idiom): the kernels read its value
+    on the device at every step (the same live-LR row a ReduceLROnPlateau
+    uses), so writing to it between CUDA-graph replays takes effect."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+    def rows(self) -> list[list[float]]:
+        return [[0.0, float(sm.KIND_PLATEAU)] + [0.0] * sm.NUM_PARAMS]
+
+    def _evaluate(self, step):
+        lr = self.tensor.detach().reshape(())
+        if isinstance(step, Tensor):
+            return lr.to(step.device, torch.float32).expand(step.shape).clone(), None
+        return float(lr), None
+
+    def live_lr(self, device: torch.device) -> Tensor:
+        # a float32 tensor on `device` is used as it is: the kernels read the user's tensor
+        return self.tensor.detach().reshape(()).to(device, torch.float32, non_blocking=True)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -98,7 +143,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if cached is not None and cached[0] is lr:
             return cached[1], cached[2]
         _check_lr_value(lr)
-        spec = lr if isinstance(lr, Schedule) else Constant(float(lr))
+        spec = lr if isinstance(lr, Schedule) else TensorLR(lr) if isinstance(lr, Tensor) else Constant(float(lr))
         if isinstance(spec, ReduceLROnPlateau):
             self._plateau_state(group_index, spec)
         rows = spec.rows()
@@ -273,7 +318,11 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _group_schedule(self, group_index: int, device: torch.device, counter: Tensor) -> "GroupSchedule":
         spec, rows = self._schedule_and_rows(group_index)
-        plateau = self._plateau.get(group_index) if isinstance(spec, ReduceLROnPlateau) else None
+        if isinstance(spec, TensorLR):
+            live = spec.live_lr(device)
+        else:
+            plateau = self._plateau.get(group_index) if isinstance(spec, ReduceLROnPlateau) else None
+            live = None if plateau is None else plateau["lr"].to(device, non_blocking=True)
         key = (group_index, device)
         cached = self._rows_tables.get(key)
         if cached is None or cached[0] is not rows:
@@ -283,7 +332,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             rows=rows,
             rows_device=cached[1],
             counter=counter,
-            plateau_lr=None if plateau is None else plateau["lr"].to(device, non_blocking=True),
+            plateau_lr=live,
             cycles_momentum=spec.cycles_momentum,
         )
 
@@ -312,43 +361,69 @@ class FusedOptimizer(torch.optim.Optimizer):
         return skip, clip if inv_scale is None else clip * inv_scale
 
     def _state_dtype_for(self, p: Tensor) -> torch.dtype:
-        return self.state_dtype if self.state_dtype is not None else p.dtype
+        # complex parameters keep complex states (updated through real views)
+        return self.state_dtype if self.state_dtype is not None and not p.is_complex() else p.dtype
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:
         """torch's format: torch's state keys, ``lr`` / momentum as the current
-        floats; each param group also carries its schedule spec, the step
+        values (a float ``lr`` exactly as given, a tensor ``lr`` as the
+        tensor); each param group also carries its schedule spec, the step
         counter and any plateau state as plain data (``clr_fused_*`` keys),
         which torch ignores and torch.distributed.checkpoint keeps.  Reads the
-        device (the current values), as ``get_last_lr()`` does."""
-        sd = super().state_dict()
+        device (the current values), as ``get_last_lr()`` does.  Post hooks
+        see the finished dict."""
+        post = self._optimizer_state_dict_post_hooks
+        self._optimizer_state_dict_post_hooks = OrderedDict()  # held back: they run on the finished dict
+        try:
+            sd = super().state_dict()
+        finally:
+            self._optimizer_state_dict_post_hooks = post
         step = int(self._step_counter)
         for gi, packed in enumerate(sd["param_groups"]):
+            user_lr = self.param_groups[gi]["lr"]
             lr, mom = self._lr_and_momentum(gi)
-            packed["lr"] = float(lr)
+            if isinstance(user_lr, Schedule):
+                packed["lr"] = float(lr)
             if mom is not None:
                 if self._momentum_key == "betas":
                     packed["betas"] = (float(mom), *packed["betas"][1:])
                 else:
                     packed["momentum"] = float(mom)
-            spec = self.param_groups[gi]["lr"]
-            packed[_KEY_SCHEDULE] = spec.to_dict() if isinstance(spec, Schedule) else None
+            packed[_KEY_SCHEDULE] = user_lr.to_dict() if isinstance(user_lr, Schedule) else None
             packed[_KEY_STEP] = step
             plateau = self._plateau.get(gi)
             packed[_KEY_PLATEAU] = None if plateau is None else {k: v.item() for k, v in plateau.items()}
+        for hook in post.values():
+            out = hook(self, sd)
+            if out is not None:
+                sd = out
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load ours or a ``torch.optim`` checkpoint of the same algorithm.
 
-        A torch checkpoint keeps this optimizer's schedule specs and counter;
-        one of ours restores them.  Shape mismatches raise before anything
-        changes.
+        torch's order, with our part inside it: pre hooks (which may rewrite
+        the dict), then the checks (shape mismatches raise before anything
+        changes), the load, the schedules and counter restored, and only then
+        the post hooks.  A torch checkpoint keeps this optimizer's schedule
+        specs and counter; one of ours restores them; an older one lacking
+        newer group keys gets torch's defaults for them.
         """
+        pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        state_dict = state_dict.copy()
+        for hook in pre.values():
+            out = hook(self, state_dict)
+            if out is not None:
+                state_dict = out
         self._check_shapes(state_dict)
         saved_groups = state_dict["param_groups"]
         specs_before = [g["lr"] for g in self.param_groups]
-        super().load_state_dict(state_dict)
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
         ours = any(_KEY_STEP in g for g in saved_groups)
         plateau: dict[int, dict[str, Tensor]] = {}
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
@@ -369,6 +444,29 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._step_counter.fill_(int(saved_groups[0][_KEY_STEP]))
             self._plateau = plateau
         self._after_load()
+        for hook in post.values():
+            hook(self)
+
+    # ------------------------------------------------------------ pickling, copies, old checkpoints
+    #: Group keys torch's own optimizers fill in when a checkpoint predates them (subclasses).
+    _LEGACY_GROUP_DEFAULTS: dict[str, Any] = {}
+    #: What a pickle / deepcopy carries besides torch's defaults, state and param_groups.
+    _PICKLED = ("backend", "max_grad_norm", "state_dtype", "last_grad_norm", "_step_counter", "_plateau", "_counter_device")
+
+    def __getstate__(self) -> dict[str, Any]:
+        st = super().__getstate__()
+        st.update({name: self.__dict__[name] for name in self._PICKLED if name in self.__dict__})
+        return st
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also what torch's load_state_dict calls, with state and param_groups only.
+        super().__setstate__(state)
+        self._plan = None  # derived caches: rebuilt on the next step
+        self._spec_cache, self._backend_cache, self._rows_tables = {}, {}, {}
+        self.__dict__.setdefault("_last_skip", None)
+        for group in self.param_groups:
+            for key, value in self._LEGACY_GROUP_DEFAULTS.items():
+                group.setdefault(key, value)
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
         saved_groups = state_dict.get("param_groups", [])
@@ -395,6 +493,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _after_load(self) -> None:
         """Bring loaded state to this optimizer's devices and dtypes (subclasses extend)."""
         for p, st in self.state.items():
+            if not isinstance(p, Tensor) or not isinstance(st, dict):
+                continue  # a hook may keep other entries in state; not ours to convert
             for key, value in list(st.items()):
                 if isinstance(value, Tensor) and value.is_floating_point() and key != "step":
                     st[key] = value.to(device=p.device, dtype=self._state_dtype_for(p))

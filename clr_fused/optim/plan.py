@@ -40,6 +40,17 @@ def local(t: Tensor | None) -> Tensor | None:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def as_real(t: Tensor) -> Tensor:
+    """A complex tensor as its real view (torch's optimizers update complex
+    parameters that way: real and imaginary parts as independent reals)."""
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def kernel_view(t: Tensor) -> Tensor:
+    """What the kernels update: the local shard, as reals."""
+    return as_real(local(t))
+
+
 @dataclass(eq=False)
 class Bucket:
     """One launch: the tensors of one (param group, device, dtype)."""
@@ -62,13 +73,16 @@ class Bucket:
     # launches); one per bucket, so launches in flight on several streams or
     # threads never share one.
     ticket: Tensor | None = None
+    complex: bool = False  # complex parameters, updated through their real views
 
     def grads(self, shards: bool = True) -> list[Tensor]:
-        """This step's gradients: local tensors, or as the parameters hold them
-        (DTensors under FSDP2, for a norm that DTensor reduces across ranks)."""
+        """This step's gradients, as reals: local tensors, or as the parameters
+        hold them (DTensors under FSDP2, for a norm that DTensor reduces
+        across ranks)."""
         if self.native_index >= 0:
-            return self.native.grads(self.native_index)
-        return [local(p.grad) if shards else p.grad for p in self.owners]
+            grads = self.native.grads(self.native_index)
+            return [as_real(g) for g in grads] if self.complex else grads
+        return [kernel_view(p.grad) if shards else as_real(p.grad) for p in self.owners]
 
 
 class LaunchPlan:
@@ -135,7 +149,9 @@ def build(
             owners = [group["params"][i] for i in idx]
             backend = backend_for(device)
             states, steps, fresh = make_states(gi, group, owners)
-            whole = Bucket(gi, device, backend, owners, [local(p) for p in owners], [[local(s) for s in ss] for ss in states], steps, fresh)
+            whole = Bucket(gi, device, backend, owners, [kernel_view(p) for p in owners],
+                           [[kernel_view(s) for s in ss] for ss in states], steps, fresh)  # fmt: skip
+            whole.complex = owners[0].is_complex()
             chunk = chunk_for(backend)
             keep = [native is not None and chunk is not None and _checkable(whole, i) for i in range(len(idx))]
             # The tensors the C++ check keeps tables for, and the rest (one launch each set).
@@ -161,14 +177,16 @@ def _checkable(b: Bucket, i: int) -> bool:
     g = owner.grad
     if hasattr(owner, "to_local") or g.layout != torch.strided or hasattr(g, "to_local"):
         return False
-    return same_dense_layout([p, g, *(ss[i] for ss in b.states)])
+    return same_dense_layout([p, as_real(g), *(ss[i] for ss in b.states)])
 
 
 def _subset(b: Bucket, sel: list[int]) -> Bucket:
     pick = lambda xs: [xs[j] for j in sel]  # noqa: E731
     fresh = None if b.fresh is None else pick(b.fresh)
-    return Bucket(b.group_index, b.device, b.backend, pick(b.owners), pick(b.params), [pick(ss) for ss in b.states],
-                  pick(b.steps) if b.steps else [], fresh if fresh and any(fresh) else None)  # fmt: skip
+    sub = Bucket(b.group_index, b.device, b.backend, pick(b.owners), pick(b.params), [pick(ss) for ss in b.states],
+                 pick(b.steps) if b.steps else [], fresh if fresh and any(fresh) else None)  # fmt: skip
+    sub.complex = b.complex
+    return sub
 
 
 def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer
+from .base import FusedOptimizer, backend_from_torch_flags
 
 
 class SGD(FusedOptimizer):
@@ -17,12 +17,19 @@ class SGD(FusedOptimizer):
     OneCycleLR do, even when the optimizer was built with ``momentum=0``
     (torch turns momentum on in that case as well).
 
+    torch's ``foreach`` / ``fused`` / ``differentiable`` are accepted:
+    ``fused=True`` selects the fused kernels, ``foreach=True`` the foreach
+    reference path (``backend="torch"``), ``differentiable=True`` raises
+    NotImplementedError.
+
     Keyword-only: ``backend`` ("auto", "torch", "triton", "cuda", "cpu"),
     ``max_grad_norm`` (fused global-norm clipping) and ``state_dtype``
     (e.g. ``torch.float32`` momentum buffers for bf16 parameters).
     """
 
     _momentum_key = "momentum"
+    # what torch.optim.SGD.__setstate__ fills in for checkpoints that predate a key
+    _LEGACY_GROUP_DEFAULTS = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=None)
 
     def __init__(
         self,
@@ -34,10 +41,14 @@ class SGD(FusedOptimizer):
         nesterov: bool = False,
         maximize: bool = False,
         *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        differentiable: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
+        backend = backend_from_torch_flags(backend, "SGD", foreach=foreach, fused=fused, differentiable=differentiable)
         defaults = dict(
             lr=lr,
             momentum=momentum,
@@ -45,6 +56,9 @@ class SGD(FusedOptimizer):
             weight_decay=weight_decay,
             nesterov=nesterov,
             maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            differentiable=differentiable,
         )
         self._validate_group(defaults)
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
