@@ -270,7 +270,7 @@ P = [torch.nn.Parameter(torch.zeros(2))]
 BAD = [
     (lambda: cf.SGD(P, lr=-0.1), "lr"),
     (lambda: cf.SGD(P, lr=float("nan")), "lr"),
-    (lambda: cf.SGD(P, lr=torch.tensor(0.1)), "lr"),
+    (lambda: cf.SGD(P, lr=torch.tensor([0.1, 0.2])), "lr"),  # a 1-element tensor lr is accepted (torch's idiom)
     (lambda: cf.SGD(P, lr=0.1, momentum=-0.5), "momentum"),
     (lambda: cf.SGD(P, lr=0.1, weight_decay=-1), "weight_decay"),
     (lambda: cf.SGD(P, lr=0.1, nesterov=True), "Nesterov"),
