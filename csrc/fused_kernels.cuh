@@ -46,20 +46,25 @@ struct AdamHyper {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;  // complements taken in double
   bool cycle_momentum, decoupled, maximize, amsgrad;
   const int64_t* steps;  // [T] addresses of the float32 per-tensor step counts
+  // tensor betas (torch's capturable idiom): {beta1, 1 - beta1, beta2, 1 - beta2}
+  // read on the device every launch, complements taken in double there; nullptr: the floats above
+  const float* betas;
 };
 
 template <typename P, typename S, int NS>  // NS = 2 (m, v) or 3 (with max_v: amsgrad)
 __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in, AdamHyper h) {
   const int64_t* steps = h.steps;
   const ChunkInfo c = chunk_info(tb, in);
-  const float b1 = h.cycle_momentum ? c.mom : h.beta1;
-  const float one_minus_b1 = h.cycle_momentum ? 1.f - c.mom : h.one_minus_beta1;
+  const bool dev = h.betas != nullptr;
+  const float beta2 = dev ? h.betas[2] : h.beta2, one_minus_beta2 = dev ? h.betas[3] : h.one_minus_beta2;
+  const float b1 = h.cycle_momentum ? c.mom : dev ? h.betas[0] : h.beta1;
+  const float one_minus_b1 = h.cycle_momentum ? 1.f - c.mom : dev ? h.betas[1] : h.one_minus_beta1;
   const float step = *reinterpret_cast<const float*>(steps[c.t]) + 1.f;
   if (!c.skipped) {
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
     const float lr = c.lr;
     const float bc1 = 1.f - exp2f(step * log2f(b1));
-    const float bc2_sqrt = sqrtf(1.f - exp2f(step * log2f(h.beta2)));
+    const float bc2_sqrt = sqrtf(1.f - exp2f(step * log2f(beta2)));
     const float step_size = lr / bc1;
     S* s[NS];
     s[0] = addr<S>(tb.addrs[2], c.t);
@@ -75,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
                                    if constexpr (kMode == 1) p = p * (1.f - lr * h.weight_decay);
                                    if constexpr (kMode == 2) g = g + h.weight_decay * p;
                                    const float m = st[0] * b1 + g * one_minus_b1;
-                                   float v = st[1] * h.beta2 + h.one_minus_beta2 * g * g;
+                                   float v = st[1] * beta2 + one_minus_beta2 * g * g;
                                    st[0] = m;
                                    st[1] = v;
                                    if constexpr (NS == 3) {

@@ -27,12 +27,13 @@
       at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList tables, const at::Tensor &step_table, \
       const at::Tensor &rows, const at::Tensor &counter, const std::optional<at::Tensor>&plateau_lr,            \
       const std::optional<at::Tensor>&grad_mul, const std::optional<at::Tensor>&skip, const at::Tensor &ticket, \
-      double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool cycle_momentum,           \
-      bool decoupled, bool maximize, bool advance
+      const std::optional<at::Tensor>&betas, double beta1, double beta2, double eps, double weight_decay,     \
+      bool amsgrad, bool cycle_momentum, bool decoupled, bool maximize, bool advance
 
 #define CLR_FUSED_ADAM_NAMES                                                                                        \
   params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, tables, step_table, rows, counter, plateau_lr,      \
-      grad_mul, skip, ticket, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum, decoupled, maximize, advance
+      grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum, decoupled, maximize,    \
+      advance
 
 namespace clr_fused {
 
@@ -45,7 +46,8 @@ constexpr const char* kSgdSchema =
 constexpr const char* kAdamSchema =
     "adam_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
     "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, Tensor[] tables, Tensor step_table, Tensor rows, "
-    "Tensor(f!) counter, Tensor? plateau_lr, Tensor? grad_mul, Tensor? skip, Tensor(g!) ticket, float beta1, "
+    "Tensor(f!) counter, Tensor? plateau_lr, Tensor? grad_mul, Tensor? skip, Tensor(g!) ticket, Tensor? betas, "
+    "float beta1, "
     "float beta2, float eps, float weight_decay, bool amsgrad, bool cycle_momentum, bool decoupled, bool maximize, "
     "bool advance) -> ()";
 

@@ -32,9 +32,13 @@ void adam_step_impl(CLR_FUSED_ADAM_PARAMS) {
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables);
   const StepInputs in = make_inputs(rows, counter, plateau_lr, grad_mul, skip, ticket, advance);
-  const AdamHyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
+  AdamHyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
                     static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
-                    cycle_momentum, decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>()};
+                    cycle_momentum, decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>(), nullptr};
+  if (betas.has_value()) {
+    TORCH_CHECK(betas->scalar_type() == at::kFloat && betas->numel() == 4, "adam_step: betas must be float32 [4]");
+    h.betas = betas->data_ptr<float>();
+  }
   dispatch_types<Launch>(params[0].scalar_type(), exp_avgs[0].scalar_type(), num_chunks(tables), tb, in, h);
 }
 

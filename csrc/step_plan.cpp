@@ -203,14 +203,14 @@ class __attribute__((visibility("hidden"))) StepPlan {
 
   void adam(int64_t bucket, const at::Tensor& rows, const at::Tensor& counter, const std::optional<at::Tensor>& plateau_lr,
             const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
-            double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool cycle_momentum, bool decoupled,
+            const std::optional<at::Tensor>& betas, double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool cycle_momentum, bool decoupled,
             bool maximize, bool advance) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::adam_step", "").typed<void(CLR_FUSED_ADAM_PARAMS)>();
     Bucket& b = get(bucket);
     TORCH_CHECK(b.states.size() == (amsgrad ? 3u : 2u) && b.step_table.has_value(), "StepPlan.adam: not an Adam bucket");
     const std::vector<at::Tensor> none;
     op.call(b.params, b.grads, b.states[0], b.states[1], amsgrad ? b.states[2] : none, b.steps, b.tables, *b.step_table,
-            rows, counter, plateau_lr, grad_mul, skip, ticket, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
+            rows, counter, plateau_lr, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
             decoupled, maximize, advance);
     release(b);
   }

@@ -280,3 +280,24 @@ def test_float_lr_saved_exactly():
     p = [torch.nn.Parameter(torch.randn(3))]
     for lr in (1e-3, 0.005, 0.1):
         assert cf.Adam(p, lr=lr).state_dict()["param_groups"][0]["lr"] == lr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["Adam", "AdamW"])
+def test_tensor_betas_are_read_on_the_device_every_step(name, backend):
+    b1, b2 = torch.tensor(0.9), torch.tensor(0.999)
+    a = _params()
+    b = _clone(a)
+    ours = getattr(cf, name)(a, lr=0.01, betas=(b1, b2), weight_decay=0.1, backend=backend)
+    theirs = TORCH_CLS[name](b, lr=0.01, betas=(torch.tensor(0.9), torch.tensor(0.999)), weight_decay=0.1, foreach=False)
+    _steps(ours, theirs, a, b, n=2)
+    b1.fill_(0.5)  # written in place between steps
+    b2.fill_(0.99)
+    tb1, tb2 = theirs.param_groups[0]["betas"]
+    tb1.fill_(0.5)
+    tb2.fill_(0.99)
+    _steps(ours, theirs, a, b, n=3, seed=1)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(ours.state[x]["exp_avg_sq"], theirs.state[y]["exp_avg_sq"], rtol=1e-5, atol=1e-9)

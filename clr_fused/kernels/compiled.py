@@ -75,7 +75,7 @@ def sgd_(
 
 
 def adam_(
-    bucket, *, sched, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
+    bucket, *, sched, beta1, beta2, betas=None, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     ops = _ops()
     plateau_lr, gm = _optional(sched, grad_mul)
@@ -83,7 +83,7 @@ def adam_(
     scalars = (0.0 if sched.cycles_momentum else float(beta1), float(beta2), float(eps), float(weight_decay), amsgrad,
                sched.cycles_momentum, decoupled, bool(maximize), advance)  # fmt: skip
     if bucket.native_index >= 0:
-        bucket.native.adam(bucket.native_index, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, *scalars)
+        bucket.native.adam(bucket.native_index, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, betas, *scalars)
         return advance
     st = bucket.states
     dense, tables, step_table = adam_tables(
@@ -91,7 +91,7 @@ def adam_(
     )
     ops.adam_step(
         dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
-        list(bucket.steps), _flat(tables), step_table, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket,
+        list(bucket.steps), _flat(tables), step_table, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, betas,
         *scalars,
     )  # fmt: skip
     dense.finish()

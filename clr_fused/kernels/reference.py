@@ -97,6 +97,7 @@ def adam_(
     sched,
     beta1: float,
     beta2: float,
+    betas: Tensor | None = None,
     eps: float,
     weight_decay: float,
     decoupled: bool,
@@ -113,8 +114,11 @@ def adam_(
     exp_avgs, exp_avg_sqs = bucket.states[0], bucket.states[1]
     max_exp_avg_sqs = bucket.states[2] if amsgrad else []
     lr, cycled = sched.evaluate()
+    one_minus_beta1, one_minus_beta2 = None, 1.0 - beta2
+    if betas is not None:  # tensor betas, read on the device: [b1, 1 - b1, b2, 1 - b2]
+        beta1, one_minus_beta1, beta2, one_minus_beta2 = betas[0], betas[1], betas[2], betas[3]
     if cycled is not None:
-        beta1 = cycled
+        beta1, one_minus_beta1 = cycled, None
     dt = math_dtype(params[0].dtype)
     lr = lr.to(dt)
     p = _upcast(params, dt)
@@ -127,9 +131,14 @@ def adam_(
     b1 = beta1.to(dt) if isinstance(beta1, Tensor) else beta1
 
     m = torch._foreach_mul(_upcast(exp_avgs, dt), b1)
-    torch._foreach_add_(m, torch._foreach_mul(g, 1.0 - b1))
-    v = torch._foreach_mul(_upcast(exp_avg_sqs, dt), beta2)
-    torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
+    torch._foreach_add_(m, torch._foreach_mul(g, 1.0 - b1 if one_minus_beta1 is None else one_minus_beta1.to(dt)))
+    if isinstance(beta2, Tensor):
+        beta2 = beta2.to(dt)
+        v = torch._foreach_mul(_upcast(exp_avg_sqs, dt), beta2)
+        torch._foreach_add_(v, torch._foreach_mul(torch._foreach_mul(g, g), one_minus_beta2.to(dt)))
+    else:
+        v = torch._foreach_mul(_upcast(exp_avg_sqs, dt), beta2)
+        torch._foreach_addcmul_(v, g, g, value=one_minus_beta2)
     if amsgrad:
         v_max = torch._foreach_maximum(_upcast(max_exp_avg_sqs, dt), v)
 

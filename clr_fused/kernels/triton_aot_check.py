@@ -26,7 +26,7 @@ def _compile_all(arch: int) -> int:
         "p_addrs": "*i64", "g_addrs": "*i64", "buf_addrs": "*i64", "m_addrs": "*i64", "v_addrs": "*i64",
         "vmax_addrs": "*i64", "step_addrs": "*i64", "numels": "*i64", "fresh": "*i8", "chunk_tensor": "*i32",
         "chunk_start": "*i64", "rows": "*fp64", "counter": "*i64", "plateau_lr": "*fp32", "grad_mul": "*fp32",
-        "skip": "*i1", "ticket": "*i32",
+        "skip": "*i1", "ticket": "*i32", "betas": "*fp32",
     }  # fmt: skip
     scalar_args = {"n_rows": "i32", "num_tensors": "i32"}
     count = 0
@@ -45,6 +45,7 @@ def _compile_all(arch: int) -> int:
             )  # fmt: skip
             if kernel is tu._adam_kernel:
                 constexprs["BLOCK_T"] = tu.BLOCK_T
+                constexprs["HAS_BETAS"] = flags[2]
             signature = {}
             for name in kernel.arg_names:
                 if name in constexprs:

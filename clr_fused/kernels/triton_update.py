@@ -137,10 +137,10 @@ def _sgd_kernel(
 @triton.jit
 def _adam_kernel(
     p_addrs, g_addrs, m_addrs, v_addrs, vmax_addrs, step_addrs, numels, chunk_tensor, chunk_start, num_tensors,
-    rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
+    rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket, betas,
     beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
-    CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr,
+    CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BETAS: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -150,6 +150,12 @@ def _adam_kernel(
         CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP, HAS_PLATEAU,
     )  # fmt: skip
     one_minus_b1 = one_minus_beta1
+    if HAS_BETAS:  # tensor betas, read on the device: [b1, 1 - b1, b2, 1 - b2]
+        if not CYCLE_MOMENTUM:
+            b1 = tl.load(betas)
+        one_minus_b1 = tl.load(betas + 1)
+        beta2 = tl.load(betas + 2)
+        one_minus_beta2 = tl.load(betas + 3)
     if CYCLE_MOMENTUM:
         one_minus_b1 = 1.0 - b1
     step = tl.load(_ptr(step_addrs, t, tl.float32)) + 1.0
@@ -269,7 +275,7 @@ def sgd_(
 
 
 def adam_(
-    bucket, *, sched, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
+    bucket, *, sched, beta1, beta2, betas=None, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     params, states = bucket.params, bucket.states
     tables, num_chunks, step_table, g_dtype, dense = _bucket_tables(
@@ -282,6 +288,7 @@ def adam_(
         tables[0], tables[1], tables[2], tables[3],
         tables[4] if amsgrad else tables[3], step_table,
         tables[-3], tables[-2], tables[-1], len(params),
+        betas=betas if betas is not None else _dummy(bucket.device, torch.float32), HAS_BETAS=betas is not None,
         beta1=float(beta1) if not sched.cycles_momentum else 0.0,
         one_minus_beta1=1.0 - float(beta1), beta2=float(beta2), one_minus_beta2=1.0 - float(beta2),
         eps=float(eps), weight_decay=float(weight_decay),

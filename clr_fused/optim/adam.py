@@ -55,8 +55,6 @@ class Adam(FusedOptimizer):
         backend = backend_from_torch_flags(
             backend, type(self).__name__, foreach=foreach, fused=fused, differentiable=differentiable
         )
-        # a tensor beta (torch accepts them) is read once, here
-        betas = tuple(float(b) if isinstance(b, torch.Tensor) else b for b in betas)
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize,
             foreach=foreach, capturable=bool(capturable), differentiable=differentiable, fused=fused,
@@ -70,6 +68,11 @@ class Adam(FusedOptimizer):
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         for i, b in enumerate(betas):
+            if isinstance(b, torch.Tensor):
+                # a tensor beta is read on the device every step; its value is checked once, here, as torch does
+                if b.numel() != 1 or not b.is_floating_point():
+                    raise ValueError(f"Invalid beta parameter at index {i}: a tensor beta must be a 1-element float tensor")
+                b = float(b)
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not 0.0 <= b < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {i}: {b!r} (must be in [0, 1))")
         for name in ("eps", "weight_decay"):
@@ -98,11 +101,13 @@ class Adam(FusedOptimizer):
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
         group = self.param_groups[bucket.group_index]
+        beta1, beta2 = group["betas"]
         return kernels_for(bucket.backend).adam_(
             bucket,
             sched=sched,
-            beta1=group["betas"][0],
-            beta2=group["betas"][1],
+            beta1=float(beta1) if not isinstance(beta1, torch.Tensor) else 0.0,
+            beta2=float(beta2) if not isinstance(beta2, torch.Tensor) else 0.0,
+            betas=_device_betas(beta1, beta2, bucket.device),
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled=self._decoupled or bool(group.get("decoupled_weight_decay", False)),
@@ -118,6 +123,15 @@ class Adam(FusedOptimizer):
         for p, st in self.state.items():
             if isinstance(p, torch.Tensor) and isinstance(st, dict) and "step" in st:
                 st["step"] = torch.as_tensor(st["step"], dtype=torch.float32).to(p.device)
+
+
+def _device_betas(beta1, beta2, device) -> torch.Tensor | None:
+    """float32 [beta1, 1 - beta1, beta2, 1 - beta2] on the device when a beta
+    is a tensor (complements in float64 there, no host read), else None."""
+    if not isinstance(beta1, torch.Tensor) and not isinstance(beta2, torch.Tensor):
+        return None
+    b = torch.stack([torch.as_tensor(x, dtype=torch.float64).reshape(()).to(device, non_blocking=True) for x in (beta1, beta2)])
+    return torch.stack([b[0], 1.0 - b[0], b[1], 1.0 - b[1]]).to(torch.float32)
 
 
 class AdamW(Adam):
