@@ -289,7 +289,7 @@ def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
     device = torch.device("cuda") if cuda else torch.device("cpu")
     device_name = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     if not cuda:
-        print("No CUDA device: CPU-sized sets, torch backend and torch providers only. GPU figures need a GPU: run `clr-fused bench` there.")
+        print("No CUDA device: CPU-sized sets; torch providers, clr_fused's torch and cpu backends. GPU figures need a GPU: run `clr-fused bench` there.")
     copy_bw, rows = run(device, full=cuda and not quick, algos=("adam",) if quick else ("adam", "sgd"))
     table = markdown(device_name, copy_bw, rows)
     print(table)
