@@ -69,6 +69,7 @@ def run_range_test(data: Digits, *, num_steps: int = 100, seed: int = 0, progres
         end_lr=10.0,
         num_steps=num_steps,
         eval_fn=lambda m: accuracy(m, data.x_test, data.y_test),
+        metric_name="held-out accuracy",
         progress=progress,
     )
 
@@ -108,7 +109,15 @@ def compare_policies(data: Digits, *, iterations: int = 1200, seeds=(0, 1, 2), e
         "exp_decay": S.ExponentialLR(s.max_lr, 0.1 ** (1.0 / iterations)),
         "clr_triangular2": S.CyclicLR(s.base_lr, s.max_lr, step_size_up=4 * epoch, mode="triangular2", cycle_momentum=False),
     }
-    curves = {name: [train(data, lr, iterations=iterations, seed=sd, eval_every=eval_every) for sd in seeds] for name, lr in policies.items()}
+    from tqdm.auto import tqdm
+
+    curves = {}
+    with tqdm(total=len(policies) * len(seeds), desc="digits policies", unit="run") as bar:
+        for name, lr in policies.items():
+            curves[name] = []
+            for sd in seeds:
+                curves[name].append(train(data, lr, iterations=iterations, seed=sd, eval_every=eval_every))
+                bar.update(1)
     table = []
     for name, runs in curves.items():
         mean = [sum(r[i] for r in runs) / len(runs) for i in range(len(runs[0]))]

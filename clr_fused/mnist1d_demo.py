@@ -124,7 +124,8 @@ def run_range_test(data: MNIST1D, *, num_steps: int = 100, seed: int = 0, progre
         epoch += 1
     return range_test(
         model, nn.functional.cross_entropy, batches[:num_steps], opt, start_lr=1e-4, end_lr=10.0,
-        num_steps=num_steps, eval_fn=lambda m: accuracy(m, data.x_test, data.y_test), progress=progress,
+        num_steps=num_steps, eval_fn=lambda m: accuracy(m, data.x_test, data.y_test), metric_name="test accuracy",
+        progress=progress,
     )  # fmt: skip
 
 

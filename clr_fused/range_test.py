@@ -38,6 +38,7 @@ class RangeTestResult:
     smoothed_losses: list[float]
     metrics: list[float] | None = None
     stopped_early: bool = False
+    metric_name: str = "metric"
 
     def suggest(self) -> Suggestion:
         """CLR bounds from the curves.
@@ -56,6 +57,13 @@ class RangeTestResult:
         if n < 3:
             raise ValueError(f"need at least 3 recorded steps to suggest bounds, got {n}")
         sm = [s for s in self.smoothed_losses]
+        if not sm[0] - min(sm) > 0.01 * abs(sm[0]):
+            # Only rose (or stayed flat): every point of such a curve is a guess.
+            raise ValueError(
+                f"the loss never fell during the range test (smoothed {sm[0]:.4g} at lr={self.lrs[0]:.3g} -> "
+                f"{sm[-1]:.4g} at lr={self.lrs[-1]:.3g}): no usable CLR bounds; start lower (start_lr), "
+                "take more steps, or check the model and data"
+            )
         log_lr = [math.log10(lr) for lr in self.lrs]
         skip = max(1, n // 10)
         i_min = min(range(n), key=lambda i: sm[i])
@@ -101,20 +109,26 @@ class RangeTestResult:
         ax.plot(self.lrs, self.losses, color="tab:blue", alpha=0.3, label="loss")
         ax.plot(self.lrs, self.smoothed_losses, color="tab:blue", label="smoothed loss")
         ax.set_xscale("log")
-        # The diverged tail would flatten the curve: scale to the smoothed loss.
-        finite = [v for v in self.smoothed_losses[:-1] if math.isfinite(v)] or [1.0]
-        ax.set_ylim(min(finite) * 0.9, max(finite) * 1.25)
+        # The diverged tail would flatten the curve: scale to the loss before
+        # it, raw loss included (its noise stays inside the axes).
+        body = [v for v in self.smoothed_losses[:-1] + self.losses[:-1] if math.isfinite(v)] or [1.0]
+        lo, hi = min(body), max(body)
+        ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo) + 1e-12)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss", color="tab:blue")
         handles, labels = ax.get_legend_handles_labels()
         if self.metrics is not None:
             ax2 = ax.twinx()
-            ax2.plot(self.lrs, self.metrics, color="tab:green", label="metric")
-            ax2.set_ylabel("metric", color="tab:green")
+            ax2.plot(self.lrs, self.metrics, color="tab:green", label=self.metric_name)
+            ax2.set_ylabel(self.metric_name, color="tab:green")
             h2, l2 = ax2.get_legend_handles_labels()
             handles, labels = handles + h2, labels + l2
-        s = self.suggest()
-        for lr, name, color in ((s.base_lr, "base_lr", "tab:orange"), (s.max_lr, "max_lr", "tab:red")):
+        try:
+            s = self.suggest()
+        except ValueError as exc:  # an unusable run is still worth looking at
+            s = None
+            ax.text(0.5, 0.95, "no usable bounds: " + str(exc).split(":")[0], transform=ax.transAxes, ha="center", va="top", fontsize=8)
+        for lr, name, color in (() if s is None else ((s.base_lr, "base_lr", "tab:orange"), (s.max_lr, "max_lr", "tab:red"))):
             handles.append(ax.axvline(lr, color=color, linestyle="--"))
             labels.append(f"{name} = {lr:.3g}")
         ax.legend(handles, labels, loc="upper left", fontsize=8)
@@ -186,20 +200,23 @@ def range_test(
     val_data: Iterable | None = None,
     accumulation_steps: int = 1,
     progress: bool = True,
+    metric_name: str | None = None,
 ) -> RangeTestResult:
     """Ramp the LR from ``start_lr`` to ``end_lr`` over ``num_steps`` updates.
 
     ``train_data`` yields ``(inputs, targets)``; ``loss_fn(model(inputs),
     targets)`` is the training loss.  With ``val_data`` the recorded loss is
     the validation loss after each update; ``eval_fn(model)`` (e.g. held-out
-    accuracy) is recorded as the metric.  Stops early once the smoothed loss
-    exceeds ``diverge_threshold`` times its best.  The model's and the
-    optimizer's state are restored at the end, also on failure.
+    accuracy) is recorded as the metric (``metric_name`` labels it; default:
+    the function's name).  Stops early once the smoothed loss exceeds
+    ``diverge_threshold`` times its best.  The model's state and train/eval
+    mode and the optimizer's state are restored at the end, also on failure.
     """
     _validate(start_lr, end_lr, num_steps, mode, smooth, diverge_threshold, accumulation_steps)
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
+    was_training = model.training
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(optimizer.state_dict())
     ramp = _ramp(float(start_lr), float(end_lr), num_steps, mode)
@@ -253,6 +270,7 @@ def range_test(
         bar.close()
     finally:
         model.load_state_dict(saved_model)
+        model.train(was_training)
         optimizer.load_state_dict(saved_opt)  # ours: schedules and step counter too
     # Keep the run up to (and including) the first diverged step.
     cut = next((i + 1 for i, s in enumerate(smoothed) if not math.isfinite(s) or s > diverge_threshold * min(smoothed[: i + 1])), done)
@@ -262,7 +280,13 @@ def range_test(
         smoothed_losses=smoothed[:cut],
         metrics=None if metrics is None else metrics[:cut].tolist(),
         stopped_early=stopped,
+        metric_name=metric_name or _name_of(eval_fn),
     )
+
+
+def _name_of(fn) -> str:
+    name = getattr(fn, "__name__", "")
+    return name if name and name != "<lambda>" else "metric"
 
 
 @torch.no_grad()

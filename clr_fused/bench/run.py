@@ -203,13 +203,20 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
     cuda = device.type == "cuda"
     warmup = warmup or (10 if cuda else 2)
     reps = reps or (50 if cuda else 5)
+    from tqdm.auto import tqdm
+
     copy_bw = copy_bandwidth(device, 2**30 if cuda else 2**27)
     rows: list[Row] = []
-    for set_name, shapes in param_sets(full).items():
+    sets = param_sets(full)
+    dts = dtypes if cuda else (torch.float32,)
+    bar = tqdm(total=len(sets) * len(dts) * len(algos), desc="clr-fused bench", unit="case")
+    for set_name, shapes in sets.items():
         n = numel(shapes)
-        for dtype in dtypes if cuda else (torch.float32,):
+        for dtype in dts:
             params = _params(shapes, dtype, device)
             for algo in algos:
+                bar.set_postfix_str(f"{set_name} {algo} {str(dtype).replace('torch.', '')}")
+                bar.update(1)
                 for name, build in providers(algo, params, device, include_amp=dtype == torch.float32).items():
                     if cuda:
                         torch.cuda.reset_peak_memory_stats(device)
@@ -226,6 +233,7 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
             del params
             if cuda:
                 torch.cuda.empty_cache()
+    bar.close()
     return copy_bw, rows
 
 
@@ -284,7 +292,7 @@ def plot(rows: list[Row], path: str) -> None:
     plt.close(fig)
 
 
-def main(quick: bool = False, out_dir: str = "benchmarks/results") -> int:
+def main(quick: bool = False, out_dir: str = "clr-fused-bench") -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda") if cuda else torch.device("cpu")
     device_name = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"

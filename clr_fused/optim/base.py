@@ -163,8 +163,13 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._plateau[group_index] = st
         return st
 
-    def _lr_and_momentum(self, group_index: int) -> tuple[Tensor, Tensor | None]:
-        """Device scalars (float32) of the group's next LR and cycled momentum/beta1."""
+    def _lr_and_momentum(self, group_index: int) -> tuple[Any, Any]:
+        """The group's next LR and cycled momentum/beta1: device scalars
+        (float32), or host floats where nothing can be read (meta tensors:
+        no update has run, the values at step 0)."""
+        if self._counter_device.type == "meta":
+            spec = self.schedule(group_index)
+            return spec(0), spec.momentum(0)
         sched = self._group_schedule(group_index, self._counter_device, self._step_counter)
         lr, mom = sched.evaluate()
         return torch.as_tensor(lr, dtype=torch.float32, device=self._counter_device), mom
@@ -190,8 +195,14 @@ class FusedOptimizer(torch.optim.Optimizer):
                 _plateau_update(self._plateau_state(gi, spec), spec, cur)
 
     def get_last_lr(self) -> list[float]:
-        """The LR the next update of each group will use (reads the device)."""
-        return [float(self._lr_and_momentum(gi)[0]) for gi in range(len(self.param_groups))]
+        """The LR the next update of each group will use (reads the device;
+        a constant float LR comes back exactly as given)."""
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            lr = group["lr"]
+            exact = not isinstance(lr, (Schedule, Tensor))
+            out.append(float(lr) if exact else float(self._lr_and_momentum(gi)[0]))
+        return out
 
     def get_last_momentum(self) -> list[float]:
         """The momentum/beta1 the next update of each group will use."""
@@ -379,7 +390,8 @@ class FusedOptimizer(torch.optim.Optimizer):
             sd = super().state_dict()
         finally:
             self._optimizer_state_dict_post_hooks = post
-        step = int(self._step_counter)
+        meta = self._counter_device.type == "meta"
+        step = 0 if meta else int(self._step_counter)
         for gi, packed in enumerate(sd["param_groups"]):
             user_lr = self.param_groups[gi]["lr"]
             lr, mom = self._lr_and_momentum(gi)
@@ -393,7 +405,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             packed[_KEY_SCHEDULE] = user_lr.to_dict() if isinstance(user_lr, Schedule) else None
             packed[_KEY_STEP] = step
             plateau = self._plateau.get(gi)
-            packed[_KEY_PLATEAU] = None if plateau is None else {k: v.item() for k, v in plateau.items()}
+            packed[_KEY_PLATEAU] = None if plateau is None or meta else {k: v.item() for k, v in plateau.items()}
         for hook in post.values():
             out = hook(self, sd)
             if out is not None:
