@@ -295,3 +295,36 @@ def test_amsgrad_nan_propagates_like_torch():
         ref.step()
     assert torch.isnan(ours.state[p]["max_exp_avg_sq"][5]) and torch.isnan(p[5])
     torch.testing.assert_close(p, q, equal_nan=True)
+
+
+@pytest.mark.parametrize("state_dtype", [None, torch.float32], ids=["bf16-state", "fp32-state"])
+@pytest.mark.parametrize("cls,kw", [("SGD", dict(momentum=0.9)), ("Adam", {})])
+def test_bf16_nan_and_inf_through_the_rounding(cls, kw, state_dtype):
+    """NaN and Inf survive the kernel's explicit bf16 rounding as NaN and Inf
+    (the carry of the rounding bias used to turn a NaN into -0.0 or Inf)."""
+    p = torch.nn.Parameter(torch.randn(300, device=DEVICE).to(torch.bfloat16))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = getattr(cf, cls)([p], lr=0.1, backend="triton", state_dtype=state_dtype, **kw)
+    ref = getattr(cf, cls)([q], lr=0.1, backend="torch", state_dtype=state_dtype, **kw)
+    g = torch.randn(300, device=DEVICE).to(torch.bfloat16)
+    g[3], g[7], g[11] = float("nan"), float("inf"), -float("inf")
+    p.grad, q.grad = g.clone(), g.clone()
+    ours.step()
+    ref.step()
+    if state_dtype == torch.float32:
+        # a float32 NaN whose payload fills the low bits (0x7FFFFFFF) in the
+        # state flows into the parameter and through the bf16 rounding
+        payload_nan = torch.tensor([0x7FFFFFFF], dtype=torch.int32).view(torch.float32).item()
+        key = "momentum_buffer" if cls == "SGD" else "exp_avg"
+        for o, t in ((ours, p), (ref, q)):
+            o.state[t][key][20] = payload_nan
+        p.grad, q.grad = torch.ones_like(p), torch.ones_like(q)
+        ours.step()
+        ref.step()
+        assert torch.isnan(p[20])
+    assert torch.equal(torch.isnan(p), torch.isnan(q)) and torch.isnan(p[3])
+    assert torch.equal(torch.isinf(p), torch.isinf(q))
+    finite = torch.isfinite(q)
+    torch.testing.assert_close(p[finite].float(), q[finite].float(), rtol=2**-7, atol=1e-6)
+    for key, v in ref.state[q].items():
+        assert torch.equal(torch.isnan(ours.state[p][key]), torch.isnan(v)), key

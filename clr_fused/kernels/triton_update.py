@@ -40,10 +40,13 @@ _TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.floa
 @triton.jit
 def _to_storage(x, DT: tl.constexpr):
     # Round to nearest even explicitly for bfloat16: the interpreter truncates.
+    # The bias would carry a NaN's payload into the exponent (0x7FFFFFFF ->
+    # -0.0): a NaN becomes the canonical 0x7FC0, as torch's conversion does.
     if DT == tl.bfloat16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        half = tl.where(x != x, 0x7FC0, bits >> 16)
+        return half.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(DT)
 
@@ -56,6 +59,11 @@ def _ptr(table, t, DT: tl.constexpr):
 @triton.jit
 def _draw_ticket(ticket):
     """True in exactly one program: the last to finish (all others have read)."""
+    # The scalar atomic is issued once per program; without a barrier a warp
+    # that has not yet loaded the counters could still be reading them when
+    # the last program advances them.  The barrier orders every thread's loads
+    # of this program before the acq_rel draw (CUDA's kernel: bar.sync first).
+    tl.debug_barrier()
     drawn = tl.atomic_add(ticket, 1, sem="acq_rel")
     last = drawn == tl.num_programs(0) - 1
     if last:
