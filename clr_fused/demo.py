@@ -76,23 +76,30 @@ def run_range_test(data: Digits, *, num_steps: int = 100, seed: int = 0, progres
 
 def train(data: Digits, lr, *, iterations: int, seed: int = 0, eval_every: int = 20, momentum: float = 0.9):
     """Train the digits network; returns held-out accuracy every ``eval_every`` iterations."""
-    model = make_model(seed)
+    return train_curve(make_model(seed), lambda e: data.batches(64, e), lambda m: accuracy(m, data.x_test, data.y_test),
+                       lr, iterations=iterations, seed=seed, eval_every=eval_every, momentum=momentum)  # fmt: skip
+
+
+def train_curve(model, epoch_batches, evaluate, lr, *, iterations: int, seed: int, eval_every: int, momentum: float = 0.9):
+    """SGD-momentum training for ``iterations`` steps over ``epoch_batches(e)``
+    (one shuffled epoch per call); ``evaluate(model)`` (a device scalar) every
+    ``eval_every`` steps, read back once at the end.  Shared by the demos."""
     opt = SGD(model.parameters(), lr=lr, momentum=momentum)
     curve = []
     it = 0
     epoch = 0
     while it < iterations:
-        for x, y in data.batches(64, seed * 1000 + epoch):
+        for x, y in epoch_batches(seed * 1000 + epoch):
             opt.zero_grad()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
             it += 1
             if it % eval_every == 0:
-                curve.append(accuracy(model, data.x_test, data.y_test))
+                curve.append(evaluate(model))
             if it >= iterations:
                 break
         epoch += 1
-    return [float(a) for a in torch.stack(curve)]
+    return torch.stack(curve).tolist()
 
 
 def iterations_per_epoch(data: Digits, batch_size: int = 64) -> int:

@@ -25,7 +25,6 @@ budget and several seeds:
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from . import schedules as S
+from .demo import train_curve
 from .optim import SGD
 from .range_test import RangeTestResult, range_test
 
@@ -172,27 +172,8 @@ def valley_suggestion(result: RangeTestResult) -> float:
 # ------------------------------------------------------------------ training
 def train(data: MNIST1D, lr: Any, *, iterations: int, seed: int, eval_every: int) -> list[float]:
     """Test accuracy every ``eval_every`` iterations (read once at the end)."""
-    model = make_model(seed)
-    opt = SGD(model.parameters(), lr=lr, momentum=0.9)
-    curve = []
-    it, epoch = 0, 0
-    while it < iterations:
-        for x, y in data.batches(seed * 1000 + epoch):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-            it += 1
-            if it % eval_every == 0:
-                curve.append(accuracy(model, data.x_test, data.y_test))
-            if it >= iterations:
-                break
-        epoch += 1
-    return torch.stack(curve).tolist()
-
-
-def lr_curve(lr: Any, iterations: int, eval_every: int) -> list[float]:
-    """The LR the policy applies at each evaluation point (for the plot)."""
-    return [float(lr) if not isinstance(lr, S.Schedule) else lr(k) for k in range(0, iterations, eval_every)]
+    return train_curve(make_model(seed), data.batches, lambda m: accuracy(m, data.x_test, data.y_test), lr,
+                       iterations=iterations, seed=seed, eval_every=eval_every)  # fmt: skip
 
 
 @dataclass
