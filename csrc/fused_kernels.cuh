@@ -2,7 +2,8 @@
 // launcher, with the schedule evaluated in-kernel from the device step counter.
 // Templated on the parameter storage type P (float, BFloat16, Half) and the
 // state storage type S (P or float); math is float32, one rounding at the end.
-// Header only, so csrc/host_emulation.cpp can run the same code on the CPU.
+// Header only: nvcc compiles it for the GPU (fused_optim.cu), the host compiler
+// for the CPU backend (cpu_ops.cpp) and the ThreadSanitizer test (tests/cpp/).
 #pragma once
 
 #include <type_traits>
