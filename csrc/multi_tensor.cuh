@@ -52,8 +52,10 @@ struct alignas(sizeof(T) * kILP) Vec {
   T v[kILP];
 };
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) && !defined(CLR_FUSED_SCALAR_ONLY)
 // On the GPU, 16-byte (fp32) vector accesses when every list is aligned.
+// (CLR_FUSED_SCALAR_ONLY: a test-only build that the machine-code gates of
+// tests/test_sass_gates.py must reject.)
 constexpr bool kVectorPath = true;
 #else
 // On the CPU the scalar loop below, with blockDim.x the constant 1, is a plain
@@ -73,6 +75,28 @@ __device__ __forceinline__ bool aligned(const T* ptr) {
 template <typename T>
 __device__ __forceinline__ T to_storage(float x) {
   return static_cast<T>(x);
+}
+
+// Vector loads and stores.  The addresses come from the device tables, so
+// nvcc cannot tell they are global: a plain dereference compiles to generic
+// LD.E.128 / ST.E.128.  Telling it (__isGlobal, assumed) gives LDG.E.128 /
+// STG.E.128 on sm_90 (64-bit for 16-bit types), plain weak accesses; the
+// .ca/.cg intrinsics would do it too but as STRONG accesses (inline asm).
+// Checked on the SASS by tests/test_sass_gates.py.
+template <typename T>
+__device__ __forceinline__ Vec<T> load_vec(const T* p) {
+#ifdef __CUDACC__
+  __builtin_assume(__isGlobal(p));
+#endif
+  return *reinterpret_cast<const Vec<T>*>(p);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
+#ifdef __CUDACC__
+  __builtin_assume(__isGlobal(p));
+#endif
+  *reinterpret_cast<Vec<T>*>(p) = v;
 }
 
 // Everything a block needs before the element loop: chunk bounds, schedule.
@@ -103,6 +127,13 @@ __device__ __forceinline__ ChunkInfo chunk_info(const Tables& tb, const StepInpu
 template <typename P, typename S, int NS, typename Op>
 __device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)[NS > 0 ? NS : 1], int64_t start,
                                                  int64_t end, const Op& op) {
+#ifdef __CUDACC__
+  // table addresses: tell nvcc they are global (LDG/STG, not generic LD/ST)
+  __builtin_assume(__isGlobal(p));
+  __builtin_assume(__isGlobal(g));
+#pragma unroll
+  for (int j = 0; j < NS; ++j) __builtin_assume(__isGlobal(s[j]));
+#endif
   bool vec_ok = aligned(p) && aligned(g);
 #pragma unroll
   for (int j = 0; j < NS; ++j) vec_ok = vec_ok && aligned(s[j]);
@@ -110,11 +141,11 @@ __device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)
   int64_t i = start + static_cast<int64_t>(threadIdx.x) * kILP;
   if (vec_ok) {
     for (; i + kILP <= end; i += stride) {
-      Vec<P> pv = *reinterpret_cast<const Vec<P>*>(p + i);
-      const Vec<P> gv = *reinterpret_cast<const Vec<P>*>(g + i);
+      Vec<P> pv = load_vec(p + i);
+      const Vec<P> gv = load_vec(g + i);
       Vec<S> sv[NS > 0 ? NS : 1];
 #pragma unroll
-      for (int j = 0; j < NS; ++j) sv[j] = *reinterpret_cast<const Vec<S>*>(s[j] + i);
+      for (int j = 0; j < NS; ++j) sv[j] = load_vec<S>(s[j] + i);
 #pragma unroll
       for (int e = 0; e < kILP; ++e) {
         float pf = static_cast<float>(pv.v[e]);
@@ -126,9 +157,9 @@ __device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)
 #pragma unroll
         for (int j = 0; j < NS; ++j) sv[j].v[e] = static_cast<S>(sf[j]);
       }
-      *reinterpret_cast<Vec<P>*>(p + i) = pv;
+      store_vec(p + i, pv);
 #pragma unroll
-      for (int j = 0; j < NS; ++j) *reinterpret_cast<Vec<S>*>(s[j] + i) = sv[j];
+      for (int j = 0; j < NS; ++j) store_vec<S>(s[j] + i, sv[j]);
     }
     // The tail that does not fill a vector: one element per thread.
     const int64_t tail = end - (end - start) % kILP;
