@@ -133,6 +133,10 @@ def _demo_mnist1d(args) -> int:
 
 
 def _bench(args) -> int:
+    if args.model:
+        from .bench.model import main as model_main
+
+        return model_main(args.model, args.out)
     if args.host:
         from .bench.host import main as host_main
 
@@ -176,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="host cost of step() with tiny tensors at real tensor counts, and the cpu backend at real sizes, "
         "against torch foreach/fused + CyclicLR",
+    )
+    bn.add_argument(
+        "--model",
+        choices=["h100"],
+        default=None,
+        help="print a roofline MODEL (not a measurement) of the step on this GPU: bytes, launches, predicted ms "
+        "for ours and torch fused",
     )
     bn.add_argument(
         "--out",

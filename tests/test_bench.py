@@ -63,3 +63,32 @@ def test_bench_host_quick_smoke(tmp_path):
     assert all(r["us_per_step"] > 0 for r in data["host_cost"])
     assert {r["dtype"] for r in data["cpu_backend"]} == {"float32", "bfloat16"}
     assert all(r["gbps"] > 0 for r in data["cpu_backend"])
+
+
+def test_roofline_model_counts():
+    """The H100 model (`clr-fused bench --model h100`): bytes, launches and the
+    arithmetic of its prediction, on cases counted by hand."""
+    import torch
+
+    from clr_fused.bench import model
+
+    assert model.torch_launches([10] * 100, "adam") == 3  # 36 tensors per launch
+    assert model.torch_launches([10] * 100, "sgd-momentum") == 3  # 48 per launch
+    assert model.torch_launches([320 * 65536 + 1], "adam") == 2  # 321 chunks: a full block table, then one
+    assert model.torch_launches([0, 5, 0], "adam") == 1
+    r = model.predict("resnet50", resnet50(), "adam", torch.float32)
+    assert r["bytes"] == 25_557_032 * 28 and r["ours_launches"] == 1
+    assert r["grid"] == sum(max(1, -(-__import__("math").prod(s) // 16384)) for s in resnet50())
+    expected = (model.H100.launch_s + r["bytes"] / model.H100.bandwidth) * 1e3
+    assert abs(r["ours_ms"] - expected) < 1e-12
+    small = model.predict("many-small-5000", many_small(5000), "adam", torch.float32)
+    assert small["torch_launches"] == 139 and small["ratio"] < 0.1
+
+
+def test_bench_model_writes_a_labelled_table(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "clr_fused", "bench", "--model", "h100", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads((tmp_path / "model-h100.json").read_text())
+    assert data["label"] == "model, not a measurement" and len(data["rows"]) == 16
+    assert "MODEL, not a measurement" in (tmp_path / "model-h100.md").read_text()
