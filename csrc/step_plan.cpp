@@ -76,6 +76,7 @@ struct Bucket {
   std::optional<at::Tensor> step_table;
   std::vector<int64_t> grad_addrs;  // host copy of tables[1]
   bool dirty = false;
+  bool aligned = false;  // the Triton kernels were told every address is 16-byte aligned
 };
 
 }  // namespace
@@ -108,7 +109,8 @@ class __attribute__((visibility("hidden"))) StepPlan {
   // A bucket the kernels read through address tables; returns its index.
   int64_t add_bucket(const std::vector<std::pair<int64_t, int64_t>>& positions, std::vector<at::Tensor> params,
                      const std::vector<at::Tensor>& grads, std::vector<std::vector<at::Tensor>> states,
-                     std::vector<at::Tensor> steps, std::vector<at::Tensor> tables, std::optional<at::Tensor> step_table) {
+                     std::vector<at::Tensor> steps, std::vector<at::Tensor> tables, std::optional<at::Tensor> step_table,
+                     bool aligned) {
     TORCH_CHECK(positions.size() == params.size() && grads.size() == params.size(), "StepPlan.add_bucket: list lengths differ");
     TORCH_CHECK(tables.size() >= 5 && tables[1].numel() == static_cast<int64_t>(params.size()), "StepPlan.add_bucket: bad tables");
     Bucket b;
@@ -129,6 +131,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
     b.steps = std::move(steps);
     b.tables = std::move(tables);
     b.step_table = std::move(step_table);
+    b.aligned = aligned;
     buckets_.push_back(std::move(b));
     return index;
   }
@@ -161,6 +164,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
         const void* ga = address(g);
         if (ga == nullptr || !g.strides().equals(p.tensor.strides())) return false;
         const int64_t addr = reinterpret_cast<int64_t>(ga);
+        if (b.aligned && addr % 16 != 0) return false;  // a moved grad that breaks the vector path: rebuild
         if (addr != b.grad_addrs[p.slot]) {
           b.grad_addrs[p.slot] = addr;
           b.dirty = true;
@@ -262,7 +266,7 @@ void bind_step_plan(py::module& m) {
       .def(py::init<const std::vector<std::vector<py::object>>&>(), py::arg("groups"))
       .def("add_unchecked", &StepPlan::add_unchecked, py::arg("positions"))
       .def("add_bucket", &StepPlan::add_bucket, py::arg("positions"), py::arg("params"), py::arg("grads"),
-           py::arg("states"), py::arg("steps"), py::arg("tables"), py::arg("step_table"))
+           py::arg("states"), py::arg("steps"), py::arg("tables"), py::arg("step_table"), py::arg("aligned"))
       .def("check", &StepPlan::check, py::arg("groups"))
       .def("grads", &StepPlan::grads, py::arg("bucket"))
       .def("sgd", &StepPlan::sgd)

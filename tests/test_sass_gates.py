@@ -152,3 +152,26 @@ def test_parsers_on_known_text():
     ops = sass_memory_ops(sass)
     assert ops["_ZN9clr_fused10sgd_kernelIffLi1E"] == collections.Counter({"LDG.E.128": 1, "ST.E.128": 1})
     assert any("generic" in f for f in vector_gate_failures(ops))
+
+
+# ---------------------------------------------------------------- Triton
+def test_triton_aligned_kernels_use_128_bit_global_accesses():
+    """The host checks 16-byte alignment and passes ALIGNED: full blocks then
+    compile to LDG.E.128 / STG.E.128; the scalar variant (ALIGNED=False, the
+    route for unaligned tensors) does not, and the gate tells them apart.
+    (Compiled in a subprocess: this session's Triton kernels are interpreted.)"""
+    import json
+    import sys
+
+    pytest.importorskip("triton")
+    _tools()
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "clr_fused.kernels.triton_aot_check", "--memory-ops"],
+                         capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    ops = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(ops) == {"_sgd_kernel", "_adam_kernel"}
+    for name, variants in ops.items():
+        vec, scalar = variants["aligned"], variants["scalar"]
+        assert vec.get("LDG.E.128", 0) >= 2 and vec.get("STG.E.128", 0) >= 2, (name, vec)
+        assert scalar.get("LDG.E.128", 0) == 0 and scalar.get("STG.E.128", 0) == 0, (name, scalar)

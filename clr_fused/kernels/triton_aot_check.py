@@ -13,22 +13,51 @@ import os
 import sys
 
 
-def _compile_all(arch: int) -> int:
+_PTR_ARGS = {
+    "p_addrs": "*i64", "g_addrs": "*i64", "buf_addrs": "*i64", "m_addrs": "*i64", "v_addrs": "*i64",
+    "vmax_addrs": "*i64", "step_addrs": "*i64", "numels": "*i64", "fresh": "*i8", "chunk_tensor": "*i32",
+    "chunk_start": "*i64", "rows": "*fp64", "counter": "*i64", "plateau_lr": "*fp32", "grad_mul": "*fp32",
+    "skip": "*i1", "ticket": "*i32", "betas": "*fp32",
+}  # fmt: skip
+_SCALAR_ARGS = {"n_rows": "i32", "num_tensors": "i32"}
+
+
+def compile_variant(kernel, constexprs: dict, arch: int):
+    """One kernel variant compiled for ``sm_<arch>`` by the real compiler (no GPU needed)."""
     import triton
-    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        else:
+            signature[name] = _PTR_ARGS.get(name) or _SCALAR_ARGS.get(name) or "fp32"
+    src = ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32))
+
+
+def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
+    """Every constexpr of ``kernel``: the given flags, the rest defaulted."""
     from . import triton_update as tu
 
-    target = GPUTarget("cuda", arch, 32)
-    ptr_args = {
-        "p_addrs": "*i64", "g_addrs": "*i64", "buf_addrs": "*i64", "m_addrs": "*i64", "v_addrs": "*i64",
-        "vmax_addrs": "*i64", "step_addrs": "*i64", "numels": "*i64", "fresh": "*i8", "chunk_tensor": "*i32",
-        "chunk_start": "*i64", "rows": "*fp64", "counter": "*i64", "plateau_lr": "*fp32", "grad_mul": "*fp32",
-        "skip": "*i1", "ticket": "*i32", "betas": "*fp32",
-    }  # fmt: skip
-    scalar_args = {"n_rows": "i32", "num_tensors": "i32"}
+    out = dict(P_DT=p_dt, G_DT=p_dt, S_DT=s_dt, MAXIMIZE=False, HAS_WD=True, HAS_GRAD_MUL=False, HAS_SKIP=False,
+               HAS_PLATEAU=False, ADVANCE=True, ALIGNED=True, CHUNK=tu.CHUNK, BLOCK=tu.BLOCK)  # fmt: skip
+    if kernel is tu._adam_kernel:
+        out.update(CYCLE_MOMENTUM=False, AMSGRAD=False, DECOUPLED=False, HAS_BETAS=False, BLOCK_T=tu.BLOCK_T)
+    else:
+        out.update(USE_MOMENTUM=True, CYCLE_MOMENTUM=False, NESTEROV=False)
+    out.update(flags)
+    out.update(extra)
+    return out
+
+
+def _compile_all(arch: int) -> int:
+    import triton.language as tl
+
+    from . import triton_update as tu
+
     count = 0
     dtypes = [(tl.float32, tl.float32), (tl.bfloat16, tl.bfloat16), (tl.float16, tl.float32)]
     for kernel, flag_names in (
@@ -38,34 +67,50 @@ def _compile_all(arch: int) -> int:
         n = len(flag_names)
         patterns = [(False,) * n, (True,) * n, tuple(i % 2 == 0 for i in range(n)), tuple(i % 2 == 1 for i in range(n))]
         for (p_dt, s_dt), flags in itertools.product(dtypes, patterns):
-            constexprs = dict(zip(flag_names, flags))
-            constexprs.update(
-                P_DT=p_dt, G_DT=p_dt, S_DT=s_dt, MAXIMIZE=flags[0], HAS_WD=True, HAS_GRAD_MUL=flags[-1],
-                HAS_PLATEAU=flags[1], ADVANCE=True, CHUNK=tu.CHUNK, BLOCK=tu.BLOCK,
-            )  # fmt: skip
+            extra = dict(MAXIMIZE=flags[0], HAS_GRAD_MUL=flags[-1], HAS_PLATEAU=flags[1], ALIGNED=flags[0])
             if kernel is tu._adam_kernel:
-                constexprs["BLOCK_T"] = tu.BLOCK_T
-                constexprs["HAS_BETAS"] = flags[2]
-            signature = {}
-            for name in kernel.arg_names:
-                if name in constexprs:
-                    signature[name] = "constexpr"
-                elif name in ptr_args:
-                    signature[name] = ptr_args[name]
-                elif name in scalar_args:
-                    signature[name] = scalar_args[name]
-                else:
-                    signature[name] = "fp32"
-            src = ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-            triton.compile(src, target=target)
+                extra["HAS_BETAS"] = flags[2]
+            compile_variant(kernel, variant_constexprs(kernel, p_dt, s_dt, dict(zip(flag_names, flags)), **extra), arch)
             count += 1
     return count
+
+
+def memory_ops(arch: int = 90) -> dict:
+    """Global memory instructions (cuobjdump -sass) of the fp32 SGD and Adam
+    kernels, with ALIGNED set and not: {kernel: {"aligned"|"scalar": {op: n}}}."""
+    import collections
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    import triton.language as tl
+
+    from . import triton_update as tu
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    out: dict = {}
+    for kernel in (tu._sgd_kernel, tu._adam_kernel):
+        for aligned in (True, False):
+            compiled = compile_variant(kernel, variant_constexprs(kernel, tl.float32, tl.float32, {}, ALIGNED=aligned), arch)
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(compiled.asm["cubin"])
+                f.flush()
+                sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+            ops = collections.Counter(re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*)\b", sass))
+            out.setdefault(kernel.__name__, {})["aligned" if aligned else "scalar"] = dict(ops)
+    return out
 
 
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET to compile the kernels", file=sys.stderr)
         return 2
+    if "--memory-ops" in sys.argv:
+        import json
+
+        print(json.dumps(memory_ops()))
+        return 0
     for arch in (80, 90):
         n = _compile_all(arch)
         print(f"sm_{arch}: compiled {n} kernel variants")

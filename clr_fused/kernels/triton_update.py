@@ -57,6 +57,32 @@ def _ptr(table, t, DT: tl.constexpr):
 
 
 @triton.jit
+def _at(base, offs, VEC: tl.constexpr):
+    """``base + offs``; with VEC the compiler is told what the host checked:
+    ``base`` is 16-byte aligned and ``offs`` runs of BLOCK contiguous elements
+    from a multiple of BLOCK, so loads and stores become 128-bit (the table
+    addresses hide the alignment from it otherwise)."""
+    ptrs = base + offs
+    if VEC:
+        ptrs = tl.multiple_of(ptrs, [16])
+    return ptrs
+
+
+@triton.jit
+def _ld(ptrs, mask):
+    # a full block has no mask (and then may not take `other`)
+    if mask is None:
+        return tl.load(ptrs).to(tl.float32)
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _full_block_offsets(i, BLOCK: tl.constexpr):
+    return tl.max_contiguous(tl.multiple_of(i * BLOCK + tl.arange(0, BLOCK), BLOCK), BLOCK)
+
+
+@triton.jit
 def _draw_ticket(ticket):
     """True in exactly one program: the last to finish (all others have read)."""
     # The scalar atomic is issued once per program; without a barrier a warp
@@ -101,6 +127,31 @@ def _chunk_setup(
 
 
 @triton.jit
+def _sgd_block(
+    p_base, g_base, b_base, offs, mask, is_fresh, gm, lr, mom, one_minus_dampening, weight_decay,
+    P_DT: tl.constexpr, S_DT: tl.constexpr, USE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
+    HAS_WD: tl.constexpr, VEC: tl.constexpr,
+):  # fmt: skip
+    """One BLOCK of an SGD chunk (``mask`` None: a full, aligned block)."""
+    p_ptrs = _at(p_base, offs, VEC)
+    p = _ld(p_ptrs, mask)
+    d = _ld(_at(g_base, offs, VEC), mask) * gm
+    if HAS_WD:
+        d = d + weight_decay * p
+    if USE_MOMENTUM:
+        b_ptrs = _at(b_base, offs, VEC)
+        b = _ld(b_ptrs, mask)
+        # torch starts the buffer at the first gradient, undamped
+        b = tl.where(is_fresh, d, b * mom + one_minus_dampening * d)
+        tl.store(b_ptrs, _to_storage(b, S_DT), mask=mask)
+        if NESTEROV:
+            d = d + b * mom
+        else:
+            d = b
+    tl.store(p_ptrs, _to_storage(p - d * lr, P_DT), mask=mask)
+
+
+@triton.jit
 def _sgd_kernel(
     p_addrs, g_addrs, buf_addrs, numels, fresh, chunk_tensor, chunk_start,
     rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
@@ -108,7 +159,7 @@ def _sgd_kernel(
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, CYCLE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
-    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr,
+    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, end, k, lr, mom, skipped, gm = _chunk_setup(
@@ -116,30 +167,59 @@ def _sgd_kernel(
         CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP, HAS_PLATEAU,
     )  # fmt: skip
     if skipped == 0:
-        p_ptr = _ptr(p_addrs, t, P_DT)
-        g_ptr = _ptr(g_addrs, t, G_DT)
+        # chunk-relative int32 offsets from int64 bases: a tensor may exceed 2**31
+        p_base = _ptr(p_addrs, t, P_DT) + start
+        g_base = _ptr(g_addrs, t, G_DT) + start
+        b_base = p_base
+        if USE_MOMENTUM:
+            b_base = _ptr(buf_addrs, t, S_DT) + start
         is_fresh = tl.load(fresh + t) != 0
-        for off in range(start, end, BLOCK):
-            offs = off + tl.arange(0, BLOCK).to(tl.int64)
-            mask = offs < end
-            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            d = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * gm
-            if HAS_WD:
-                d = d + weight_decay * p
-            if USE_MOMENTUM:
-                b_ptr = _ptr(buf_addrs, t, S_DT)
-                b = tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                # torch starts the buffer at the first gradient, undamped
-                b = tl.where(is_fresh, d, b * mom + one_minus_dampening * d)
-                tl.store(b_ptr + offs, _to_storage(b, S_DT), mask=mask)
-                if NESTEROV:
-                    d = d + b * mom
-                else:
-                    d = b
-            tl.store(p_ptr + offs, _to_storage(p - d * lr, P_DT), mask=mask)
+        n = (end - start).to(tl.int32)
+        n_full = 0
+        if ALIGNED:
+            n_full = n // BLOCK
+            for i in range(0, n_full):
+                _sgd_block(p_base, g_base, b_base, _full_block_offsets(i, BLOCK), None, is_fresh, gm, lr, mom,
+                           one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, True)  # fmt: skip
+        for off in range(n_full * BLOCK, n, BLOCK):
+            offs = off + tl.arange(0, BLOCK)
+            _sgd_block(p_base, g_base, b_base, offs, offs < n, is_fresh, gm, lr, mom,
+                       one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, False)  # fmt: skip
     if ADVANCE:
         if _draw_ticket(ticket):
             tl.store(counter, k + 1 - skipped)
+
+
+@triton.jit
+def _adam_block(
+    p_base, g_base, m_base, v_base, vmax_base, offs, mask, gm, lr, b1, one_minus_b1, beta2, one_minus_beta2, eps,
+    weight_decay, bc2_sqrt, step_size,
+    P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr,
+    VEC: tl.constexpr,
+):  # fmt: skip
+    """One BLOCK of an Adam chunk (``mask`` None: a full, aligned block)."""
+    p_ptrs = _at(p_base, offs, VEC)
+    m_ptrs = _at(m_base, offs, VEC)
+    v_ptrs = _at(v_base, offs, VEC)
+    p = _ld(p_ptrs, mask)
+    g = _ld(_at(g_base, offs, VEC), mask) * gm
+    if HAS_WD:
+        if DECOUPLED:
+            p = p * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+    m = _ld(m_ptrs, mask) * b1 + g * one_minus_b1
+    v = _ld(v_ptrs, mask) * beta2 + one_minus_beta2 * g * g
+    tl.store(m_ptrs, _to_storage(m, S_DT), mask=mask)
+    tl.store(v_ptrs, _to_storage(v, S_DT), mask=mask)
+    if AMSGRAD:
+        vmax_ptrs = _at(vmax_base, offs, VEC)
+        vmax = _ld(vmax_ptrs, mask)
+        # torch.maximum: NaN wins
+        v = tl.where((vmax != vmax) | (vmax > v), vmax, v)
+        tl.store(vmax_ptrs, _to_storage(v, S_DT), mask=mask)
+    denom = tl.sqrt(v) / bc2_sqrt + eps
+    tl.store(p_ptrs, _to_storage(p - m / denom * step_size, P_DT), mask=mask)
 
 
 @triton.jit
@@ -150,7 +230,7 @@ def _adam_kernel(
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
     CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BETAS: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
-    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr,
+    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     t, start, end, k, lr, b1, skipped, gm = _chunk_setup(
@@ -171,32 +251,26 @@ def _adam_kernel(
         bc1 = 1.0 - tl.exp2(step * tl.log2(b1))
         bc2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
         step_size = lr / bc1
-        p_ptr = _ptr(p_addrs, t, P_DT)
-        g_ptr = _ptr(g_addrs, t, G_DT)
-        m_ptr = _ptr(m_addrs, t, S_DT)
-        v_ptr = _ptr(v_addrs, t, S_DT)
-        for off in range(start, end, BLOCK):
-            offs = off + tl.arange(0, BLOCK).to(tl.int64)
-            mask = offs < end
-            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * gm
-            if HAS_WD:
-                if DECOUPLED:
-                    p = p * (1.0 - lr * weight_decay)
-                else:
-                    g = g + weight_decay * p
-            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32) * b1 + g * one_minus_b1
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32) * beta2 + one_minus_beta2 * g * g
-            tl.store(m_ptr + offs, _to_storage(m, S_DT), mask=mask)
-            tl.store(v_ptr + offs, _to_storage(v, S_DT), mask=mask)
-            if AMSGRAD:
-                vmax_ptr = _ptr(vmax_addrs, t, S_DT)
-                vmax = tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                # torch.maximum: NaN wins
-                v = tl.where((vmax != vmax) | (vmax > v), vmax, v)
-                tl.store(vmax_ptr + offs, _to_storage(v, S_DT), mask=mask)
-            denom = tl.sqrt(v) / bc2_sqrt + eps
-            tl.store(p_ptr + offs, _to_storage(p - m / denom * step_size, P_DT), mask=mask)
+        p_base = _ptr(p_addrs, t, P_DT) + start
+        g_base = _ptr(g_addrs, t, G_DT) + start
+        m_base = _ptr(m_addrs, t, S_DT) + start
+        v_base = _ptr(v_addrs, t, S_DT) + start
+        vmax_base = v_base
+        if AMSGRAD:
+            vmax_base = _ptr(vmax_addrs, t, S_DT) + start
+        n = (end - start).to(tl.int32)
+        n_full = 0
+        if ALIGNED:
+            n_full = n // BLOCK
+            for i in range(0, n_full):
+                _adam_block(p_base, g_base, m_base, v_base, vmax_base, _full_block_offsets(i, BLOCK), None, gm, lr, b1,
+                            one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
+                            P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, True)  # fmt: skip
+        for off in range(n_full * BLOCK, n, BLOCK):
+            offs = off + tl.arange(0, BLOCK)
+            _adam_block(p_base, g_base, m_base, v_base, vmax_base, offs, offs < n, gm, lr, b1,
+                        one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
+                        P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, False)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
     if _draw_ticket(ticket):
         if skipped == 0:
@@ -244,15 +318,18 @@ def _common(bucket, sched, grad_mul, skip):
 
 
 def _bucket_tables(bucket, tables_fn):
-    """(tables, grad dtype, dense stand-ins or None) of a plan bucket: the
-    plan's own tables when it keeps them (patched by the C++ check), else
-    tables for this step's lists (TableCache) with dense stand-ins."""
+    """(tables, chunks, step table, grad dtype, every address 16-byte aligned,
+    dense stand-ins or None) of a plan bucket: the plan's own tables when it
+    keeps them (patched by the C++ check, which also keeps them aligned when
+    they were), else tables for this step's lists (TableCache) with dense
+    stand-ins."""
     if bucket.tables is not None:
-        return bucket.tables, bucket.num_chunks, bucket.step_table, bucket.grad_dtype, None
+        return bucket.tables, bucket.num_chunks, bucket.step_table, bucket.grad_dtype, bucket.aligned, None
     grads = bucket.grads()
     dense, tables, step_table = tables_fn(grads)
     flat = [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
-    return flat, tables.num_chunks, step_table, grads[0].dtype, dense
+    aligned = all(t.data_ptr() % 16 == 0 for ts in dense.lists for t in ts)
+    return flat, tables.num_chunks, step_table, grads[0].dtype, aligned, dense
 
 
 def sgd_(
@@ -260,7 +337,7 @@ def sgd_(
 ) -> bool:  # fmt: skip
     device, params = bucket.device, bucket.params
     bufs = bucket.states[0] if use_momentum else []
-    tables, num_chunks, _, g_dtype, dense = _bucket_tables(
+    tables, num_chunks, _, g_dtype, aligned, dense = _bucket_tables(
         bucket, lambda grads: (*sgd_tables(_tables, params, grads, bufs, use_momentum), None)
     )
     fresh = fresh_flags(bucket.fresh if use_momentum and bucket.fresh else [], len(params), device)
@@ -273,7 +350,7 @@ def sgd_(
         one_minus_dampening=1.0 - float(dampening), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
         USE_MOMENTUM=use_momentum, CYCLE_MOMENTUM=sched.cycles_momentum, NESTEROV=nesterov,
-        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
         CHUNK=CHUNK, BLOCK=BLOCK,
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
@@ -286,7 +363,7 @@ def adam_(
     bucket, *, sched, beta1, beta2, betas=None, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     params, states = bucket.params, bucket.states
-    tables, num_chunks, step_table, g_dtype, dense = _bucket_tables(
+    tables, num_chunks, step_table, g_dtype, aligned, dense = _bucket_tables(
         bucket,
         lambda grads: adam_tables(
             _tables, params, grads, states[0], states[1], states[2] if amsgrad else [], bucket.steps, amsgrad
@@ -302,7 +379,7 @@ def adam_(
         eps=float(eps), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[states[0][0].dtype],
         CYCLE_MOMENTUM=sched.cycles_momentum, AMSGRAD=amsgrad, DECOUPLED=decoupled,
-        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
         CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_T=BLOCK_T,
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip

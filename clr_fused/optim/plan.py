@@ -67,6 +67,7 @@ class Bucket:
     step_table: Tensor | None = None
     num_chunks: int = 0
     grad_dtype: torch.dtype | None = None
+    aligned: bool = False  # every address 16-byte aligned (kept so by the C++ check): vector accesses
     native: Any = None  # the _C.StepPlan that checks (and launches) this bucket
     native_index: int = -1
     # The int32 counter the fused kernels' last block draws (zero between
@@ -198,5 +199,6 @@ def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk
     b.num_chunks = tables.num_chunks
     if b.steps:
         b.step_table = build_tables([b.steps], chunk, b.device).addrs[0]
+    b.aligned = all(t.data_ptr() % 16 == 0 for ts in (b.params, grads, *b.states) for t in ts)
     b.native = native
-    b.native_index = native.add_bucket(positions, b.params, grads, b.states, b.steps, b.tables, b.step_table)
+    b.native_index = native.add_bucket(positions, b.params, grads, b.states, b.steps, b.tables, b.step_table, b.aligned)
