@@ -93,7 +93,7 @@ class LaunchPlan:
         self.buckets = buckets
         self.native = native
         if native is None:
-            # the Python check: (param, storage address, has a grad) per parameter
+            # the Python check: (param, storage address, kind of grad) per parameter
             self._expect = [(p, _addr(p), _grad_kind(p)) for g in groups for p in g]
 
     def valid(self, keys: list[tuple]) -> bool:
