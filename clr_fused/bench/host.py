@@ -37,6 +37,7 @@ import clr_fused as cf
 
 from .. import _ext
 from .param_sets import many_small, resnet50, transformer
+from .run import _params as run_params
 from .run import bytes_per_param
 
 BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
@@ -88,15 +89,11 @@ def _ours_provider(algo: str, params) -> Callable[[], None]:
     return opt.step
 
 
-def _params(shapes, dtype=torch.float32, tiny=False, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for s in shapes:
-        shape = (min(16, math.prod(s)),) if tiny else s
-        p = torch.nn.Parameter(torch.randn(shape, generator=gen).to(dtype))
-        p.grad = torch.randn(shape, generator=gen).to(dtype)
-        out.append(p)
-    return out
+def _params(shapes, dtype=torch.float32, tiny=False):
+    """run.py's parameters with gradients; ``tiny``: 1-16 elements each, same count."""
+    if tiny:
+        shapes = [(min(16, math.prod(s)),) for s in shapes]
+    return run_params(shapes, dtype, torch.device("cpu"))
 
 
 def _interleaved(providers: dict[str, tuple[Callable[[], None], Callable[[], contextlib.AbstractContextManager]]],

@@ -43,10 +43,6 @@ def _register_fakes() -> None:
         torch.library.register_fake(f"clr_fused::{name}")(lambda *args, **kwargs: None)
 
 
-def _flat(tables) -> list:
-    return [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
-
-
 def _optional(sched, grad_mul):
     return sched.plateau_lr, None if grad_mul is None else grad_mul.to(torch.float32)
 
@@ -67,7 +63,7 @@ def sgd_(
     bufs = bucket.states[0] if use_momentum else []
     dense, tables = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum)
     ops.sgd_step(
-        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], _flat(tables), fresh, rows,
+        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], tables.flat(), fresh, rows,
         sched.counter, plateau_lr, gm, skip, bucket.ticket, *scalars,
     )  # fmt: skip
     dense.finish()
@@ -91,7 +87,7 @@ def adam_(
     )
     ops.adam_step(
         dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
-        list(bucket.steps), _flat(tables), step_table, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, betas,
+        list(bucket.steps), tables.flat(), step_table, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, betas,
         *scalars,
     )  # fmt: skip
     dense.finish()

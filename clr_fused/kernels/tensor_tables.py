@@ -25,6 +25,10 @@ class TensorTables:
     num_tensors: int
     num_chunks: int
 
+    def flat(self) -> list[Tensor]:
+        """The kernels' ``tables`` argument: [addresses..., numels, chunk_tensor, chunk_start]."""
+        return [*self.addrs, self.numels, self.chunk_tensor, self.chunk_start]
+
 
 def _upload(values: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     host = torch.tensor(values, dtype=dtype)

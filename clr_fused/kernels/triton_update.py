@@ -327,7 +327,7 @@ def _bucket_tables(bucket, tables_fn):
         return bucket.tables, bucket.num_chunks, bucket.step_table, bucket.grad_dtype, bucket.aligned, None
     grads = bucket.grads()
     dense, tables, step_table = tables_fn(grads)
-    flat = [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
+    flat = tables.flat()
     aligned = all(t.data_ptr() % 16 == 0 for ts in dense.lists for t in ts)
     return flat, tables.num_chunks, step_table, grads[0].dtype, aligned, dense
 

@@ -118,7 +118,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._backend_cache: dict[torch.device, str] = {}
         self._rows_tables: dict[tuple[int, torch.device], tuple[list, Tensor]] = {}
         self._plan: plan_mod.LaunchPlan | None = None
-        self._last_skip: Tensor | None = None
         super().__init__(params, defaults)
         if not any(g["params"] for g in self.param_groups):
             raise ValueError("optimizer got an empty parameter list")
@@ -253,12 +252,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Bad input is refused while (re)building the plan, before anything moves.
         plan = self._launch_plan()
         try:
-            advanced = self._run_plan(plan)
+            advanced, skip = self._run_plan(plan)
         finally:
             plan.release()
         # Otherwise advance here; only finite steps count, decided on the device.
         if not advanced:
-            skip = self._last_skip
             if skip is None:
                 self._step_counter.add_(1)
             else:
@@ -278,11 +276,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._plan = plan
         return plan
 
-    def _run_plan(self, plan: plan_mod.LaunchPlan) -> bool:
-        """Launch every bucket; True if a launch advanced the step counter."""
+    def _run_plan(self, plan: plan_mod.LaunchPlan) -> tuple[bool, Tensor | None]:
+        """Launch every bucket: (whether a launch advanced the step counter,
+        this step's device skip flag or None)."""
         grads = [g for b in plan.buckets for g in b.grads(shards=False)] if self.max_grad_norm is not None else []
         skip, grad_mul = self._skip_and_grad_mul(grads)
-        self._last_skip = skip
         # Every launch reads the step counter as it was before this step; the
         # last launch on the counter's device may advance it in-kernel.
         home = self._counter_device
@@ -306,7 +304,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 )
             )
             b.fresh = None  # momentum buffers made for this launch are warm from now on
-        return advanced
+        return advanced, skip
 
     def _plan_key(self, group_index: int, group: dict[str, Any]) -> Any:
         """What else, in a group, changes the plan's buckets (subclasses)."""
@@ -475,7 +473,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         self._plan = None  # derived caches: rebuilt on the next step
         self._spec_cache, self._backend_cache, self._rows_tables = {}, {}, {}
-        self.__dict__.setdefault("_last_skip", None)
         for group in self.param_groups:
             for key, value in self._LEGACY_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)

@@ -195,7 +195,7 @@ def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk
     grads = b.grads()
     b.grad_dtype = grads[0].dtype
     tables = build_tables([b.params, grads, *b.states], chunk, b.device)
-    b.tables = [*tables.addrs, tables.numels, tables.chunk_tensor, tables.chunk_start]
+    b.tables = tables.flat()
     b.num_chunks = tables.num_chunks
     if b.steps:
         b.step_table = build_tables([b.steps], chunk, b.device).addrs[0]
