@@ -21,8 +21,9 @@ class Adam(FusedOptimizer):
     ``foreach=True`` the foreach reference path (``backend="torch"``),
     ``capturable`` changes nothing (every step is capturable),
     ``differentiable=True`` raises NotImplementedError, and
-    ``decoupled_weight_decay=True`` makes it AdamW.  A tensor ``lr`` is read
-    on the device at every step; tensor betas are read once, at construction.
+    ``decoupled_weight_decay=True`` makes it AdamW.  A tensor ``lr`` and
+    tensor betas are read on the device at every step (their values are
+    checked once, at construction).
     """
 
     _momentum_key = "betas"
