@@ -53,7 +53,7 @@ def sgd_(
     ops = _ops()
     device, params = bucket.device, bucket.params
     plateau_lr, gm = _optional(sched, grad_mul)
-    fresh = fresh_flags(bucket.fresh if use_momentum and bucket.fresh else [], len(params), device)
+    fresh = fresh_flags(bucket.fresh or [], len(params), device)  # None: no buffer is new (or no momentum)
     rows = sched.rows_table(device)
     scalars = (0.0 if sched.cycles_momentum else float(momentum), float(dampening), float(weight_decay), use_momentum,
                sched.cycles_momentum, bool(nesterov), bool(maximize), advance)  # fmt: skip

@@ -340,7 +340,7 @@ def sgd_(
     tables, num_chunks, _, g_dtype, aligned, dense = _bucket_tables(
         bucket, lambda grads: (*sgd_tables(_tables, params, grads, bufs, use_momentum), None)
     )
-    fresh = fresh_flags(bucket.fresh if use_momentum and bucket.fresh else [], len(params), device)
+    fresh = fresh_flags(bucket.fresh or [], len(params), device)  # None: no buffer is new (or no momentum)
     s_dtype = bufs[0].dtype if use_momentum else params[0].dtype
     _sgd_kernel[(num_chunks,)](
         tables[0], tables[1], tables[2] if use_momentum else tables[0],
