@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -45,48 +46,63 @@ def single_process(steps: int, world: int):
 def run(rank: int, world: int, init_file: str, mode: str, steps: int, out_path: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        m = model()
-        if mode == "ddp":
-            wrapped = torch.nn.parallel.DistributedDataParallel(m)
-        else:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
-
-            mesh = init_device_mesh("cpu", (world,))
-            for layer in m:
-                if isinstance(layer, torch.nn.Linear):
-                    fully_shard(layer, mesh=mesh)
-            wrapped = fully_shard(m, mesh=mesh)
-        opt = make_opt(wrapped.parameters())
-        for x, y in batches(rank, world, steps):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(wrapped(x), y).backward()
-            opt.step()
-        state = {}
-        for k, v in m.state_dict().items():
-            full = v.full_tensor() if hasattr(v, "full_tensor") else v
-            state[k] = full.detach().clone()
-        if mode == "fsdp2":
-            # checkpoint through torch.distributed.checkpoint, then load back
-            import torch.distributed.checkpoint as dcp
-            from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
-            osd = get_optimizer_state_dict(m, opt)
-            ckpt = os.path.join(os.path.dirname(out_path), "dcp")
-            dcp.save({"optim": osd}, checkpoint_id=ckpt)
-            opt2 = make_opt(wrapped.parameters())
-            m.zero_grad(set_to_none=True)  # lets DCP initialise opt2's state
-            osd2 = get_optimizer_state_dict(m, opt2)
-            dcp.load({"optim": osd2}, checkpoint_id=ckpt)
-            set_optimizer_state_dict(m, opt2, osd2)
-            p0 = next(iter(m.parameters()))
-            st1, st2 = opt.state[p0], opt2.state[p0]
-            same = all(torch.equal(st1[k].to_local() if hasattr(st1[k], "to_local") else st1[k],
-                                   st2[k].to_local() if hasattr(st2[k], "to_local") else st2[k]) for k in st1)
-            same = same and int(opt2.schedule_step) == int(opt.schedule_step) == steps
-            same = same and opt2.get_last_lr() == opt.get_last_lr()
-            state["__dcp_roundtrip_ok"] = torch.tensor(float(same))
-        if rank == 0:
-            torch.save(state, out_path)
+        _train_and_save(rank, world, mode, steps, out_path)
+        # Both ranks leave together: a rank that tears gloo down while its peer is still
+        # inside a collective (DCP's save/load plans) can abort the peer (seen once in CI:
+        # "terminate called without an active exception", SIGABRT).
+        dist.barrier()
     finally:
+        # The FSDP modules, mesh and optimizer hold the process group; drop them and collect
+        # now, so its gloo threads are joined here and not during interpreter teardown.
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
+
+
+def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str):
+    m = model()
+    if mode == "ddp":
+        wrapped = torch.nn.parallel.DistributedDataParallel(m)
+    else:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in m:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
+        wrapped = fully_shard(m, mesh=mesh)
+    opt = make_opt(wrapped.parameters())
+    for x, y in batches(rank, world, steps):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(wrapped(x), y).backward()
+        opt.step()
+    state = {}
+    for k, v in m.state_dict().items():
+        full = v.full_tensor() if hasattr(v, "full_tensor") else v
+        state[k] = full.detach().clone()
+    if mode == "fsdp2":
+        # checkpoint through torch.distributed.checkpoint, then load back
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        osd = get_optimizer_state_dict(m, opt)
+        ckpt = os.path.join(os.path.dirname(out_path), "dcp")
+        dcp.save({"optim": osd}, checkpoint_id=ckpt)
+        opt2 = make_opt(wrapped.parameters())
+        m.zero_grad(set_to_none=True)  # lets DCP initialise opt2's state
+        osd2 = get_optimizer_state_dict(m, opt2)
+        dcp.load({"optim": osd2}, checkpoint_id=ckpt)
+        set_optimizer_state_dict(m, opt2, osd2)
+        p0 = next(iter(m.parameters()))
+        st1, st2 = opt.state[p0], opt2.state[p0]
+        same = all(torch.equal(st1[k].to_local() if hasattr(st1[k], "to_local") else st1[k],
+                               st2[k].to_local() if hasattr(st2[k], "to_local") else st2[k]) for k in st1)
+        same = same and int(opt2.schedule_step) == int(opt.schedule_step) == steps
+        same = same and opt2.get_last_lr() == opt.get_last_lr()
+        state["__dcp_roundtrip_ok"] = torch.tensor(float(same))
+    if rank == 0:
+        torch.save(state, out_path)
