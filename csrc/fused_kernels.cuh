@@ -14,7 +14,7 @@ namespace clr_fused {
 
 struct SgdHyper {
   float momentum, one_minus_dampening, weight_decay;  // complements taken in double on the host
-  bool use_momentum, cycle_momentum, nesterov, maximize;
+  bool use_momentum, nesterov, maximize;
   const int8_t* fresh;  // [T]: momentum buffer created this step
 };
 
@@ -22,7 +22,7 @@ template <typename P, typename S, int NS>
 __global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in, SgdHyper h) {
   const ChunkInfo c = chunk_info(tb, in);
   if (!c.skipped) {
-    const float mom = h.cycle_momentum ? c.mom : h.momentum;
+    const float mom = in.mom != nullptr ? c.mom : h.momentum;
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
     const bool fresh = h.fresh[c.t] != 0;
     const float lr = c.lr;
@@ -40,12 +40,12 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in,
                                  p = p - d * lr;
                                });
   }
-  if (in.advance && last_block(in.ticket) && threadIdx.x == 0) *in.counter = c.k + (c.skipped ? 0 : 1);
+  if (needs_last_block(in) && last_block(in.ticket)) finish_step(in, c);
 }
 
 struct AdamHyper {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;  // complements taken in double
-  bool cycle_momentum, decoupled, maximize, amsgrad;
+  bool decoupled, maximize, amsgrad;
   const int64_t* steps;  // [T] addresses of the float32 per-tensor step counts
   // tensor betas (torch's capturable idiom): {beta1, 1 - beta1, beta2, 1 - beta2}
   // read on the device every launch, complements taken in double there; nullptr: the floats above
@@ -58,8 +58,9 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
   const ChunkInfo c = chunk_info(tb, in);
   const bool dev = h.betas != nullptr;
   const float beta2 = dev ? h.betas[2] : h.beta2, one_minus_beta2 = dev ? h.betas[3] : h.one_minus_beta2;
-  const float b1 = h.cycle_momentum ? c.mom : dev ? h.betas[0] : h.beta1;
-  const float one_minus_b1 = h.cycle_momentum ? 1.f - c.mom : dev ? h.betas[1] : h.one_minus_beta1;
+  const bool cycled = in.mom != nullptr;
+  const float b1 = cycled ? c.mom : dev ? h.betas[0] : h.beta1;
+  const float one_minus_b1 = cycled ? 1.f - c.mom : dev ? h.betas[1] : h.one_minus_beta1;
   const float step = *reinterpret_cast<const float*>(steps[c.t]) + 1.f;
   if (!c.skipped) {
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
         *sp = *sp + 1.f;
       }
     }
-    if (in.advance && threadIdx.x == 0) *in.counter = c.k + (c.skipped ? 0 : 1);
+    finish_step(in, c);
   }
 }
 

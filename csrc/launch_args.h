@@ -26,7 +26,13 @@ inline Tables make_tables(at::TensorList tables) {
 
 inline unsigned num_chunks(at::TensorList tables) { return static_cast<unsigned>(tables.back().numel()); }
 
-inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter, const std::optional<at::Tensor>& plateau_lr,
+inline const float* float_scalar(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() >= 1, name, " must be a float32 device scalar, got ", t.scalar_type());
+  return t.data_ptr<float>();
+}
+
+inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter, const at::Tensor& lr,
+                              const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
                               const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip,
                               const at::Tensor& ticket, bool advance) {
   TORCH_CHECK(rows.scalar_type() == at::kDouble && rows.dim() == 2 && rows.size(1) == kRowWidth, "rows must be float64 [n, 16]");
@@ -36,7 +42,14 @@ inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter,
   in.rows = rows.data_ptr<double>();
   in.n_rows = static_cast<int>(rows.size(0));
   in.counter = counter.data_ptr<int64_t>();
-  in.plateau_lr = plateau_lr.has_value() ? plateau_lr->data_ptr<float>() : nullptr;
+  in.lr = float_scalar(lr, "lr");
+  in.mom = mom.has_value() ? float_scalar(*mom, "mom") : nullptr;
+  if (next.has_value()) {
+    TORCH_CHECK(next->scalar_type() == at::kFloat && next->numel() == 2 && next->is_contiguous(), "next must be float32 [2]");
+    in.next = next->data_ptr<float>();
+  } else {
+    in.next = nullptr;
+  }
   in.grad_mul = grad_mul.has_value() ? grad_mul->data_ptr<float>() : nullptr;
   in.skip = skip.has_value() ? skip->data_ptr<bool>() : nullptr;
   in.ticket = ticket.data_ptr<int32_t>();

@@ -37,10 +37,19 @@ struct Tables {
 };
 
 struct StepInputs {
-  const double* rows;  // schedule rows
+  const double* rows;  // schedule rows, evaluated by the last block only (for `next`)
   int n_rows;
   int64_t* counter;  // schedule step (int64 scalar)
-  const float* plateau_lr;  // nullptr unless ReduceLROnPlateau
+  // The LR (and cycled momentum / beta1) this update uses, read from the device
+  // by every block: the group's live value (what param_groups[g]["lr"] holds,
+  // so torch schedulers and in-place edits act as on torch's optimizers), a
+  // user's tensor lr, or ReduceLROnPlateau's state.
+  const float* lr;
+  const float* mom;  // nullptr: momentum / beta1 is the hyperparameter
+  // nullptr, or [2]: the last block writes {lr, momentum} of the NEXT update,
+  // the schedule at the advanced step (the group's last launch on this device).
+  // It may alias lr / mom: every block has read them before the ticket.
+  float* next;
   const float* grad_mul;  // nullptr: 1 (folds 1/grad_scale and the clip factor)
   const bool* skip;  // nullptr: never skip (found_inf / non-finite norm)
   int32_t* ticket;  // zero between launches
@@ -114,9 +123,8 @@ __device__ __forceinline__ ChunkInfo chunk_info(const Tables& tb, const StepInpu
   const int64_t n = tb.numels[c.t];
   c.end = c.start + kChunk < n ? c.start + kChunk : n;
   c.k = *in.counter;
-  LrMom s = evaluate_rows(in.rows, in.n_rows, c.k, in.plateau_lr);
-  c.lr = s.lr;
-  c.mom = s.mom;
+  c.lr = *in.lr;  // one float per block: the schedule itself is evaluated once per step (finish_step)
+  c.mom = in.mom != nullptr ? *in.mom : 0.f;
   c.grad_mul = in.grad_mul != nullptr ? *in.grad_mul : 1.f;
   c.skipped = in.skip != nullptr && *in.skip;
   return c;
@@ -202,6 +210,23 @@ __device__ __forceinline__ bool last_block(int32_t* ticket) {
   __syncthreads();
   if (is_last) __threadfence();
   return is_last;
+}
+
+// Whether the launch's blocks draw the ticket: someone must run finish_step.
+__device__ __forceinline__ bool needs_last_block(const StepInputs& in) { return in.advance || in.next != nullptr; }
+
+// In the last block (thread 0): the schedule at the step the next update will
+// see -- written to `next` -- and the counter advanced to it.  A skipped
+// (non-finite) step moves neither.
+__device__ __forceinline__ void finish_step(const StepInputs& in, const ChunkInfo& c) {
+  if (threadIdx.x != 0) return;
+  const int64_t k_next = c.k + (c.skipped ? 0 : 1);
+  if (in.next != nullptr) {
+    const LrMom s = evaluate_rows(in.rows, in.n_rows, k_next, nullptr);
+    in.next[0] = s.lr;
+    in.next[1] = s.mom;
+  }
+  if (in.advance) *in.counter = k_next;
 }
 
 template <typename P>

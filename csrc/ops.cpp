@@ -31,11 +31,16 @@ void prepare_mutation(at::TensorList ts) {
 
 void prepare_mutation(const at::Tensor& t) { prepare_mutation(at::TensorList(t)); }
 
+void prepare_mutation(const std::optional<at::Tensor>& t) {
+  if (t.has_value()) prepare_mutation(*t);
+}
+
 void sgd_step_autograd(CLR_FUSED_SGD_PARAMS) {
   prepare_mutation(params);
   prepare_mutation(momentum_buffers);
   prepare_mutation(counter);
   prepare_mutation(ticket);
+  prepare_mutation(next);
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::sgd_step", "").typed<void(CLR_FUSED_SGD_PARAMS)>();
   at::AutoDispatchBelowADInplaceOrView below;
   op.call(CLR_FUSED_SGD_NAMES);
@@ -49,6 +54,7 @@ void adam_step_autograd(CLR_FUSED_ADAM_PARAMS) {
   prepare_mutation(steps);
   prepare_mutation(counter);
   prepare_mutation(ticket);
+  prepare_mutation(next);
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::adam_step", "").typed<void(CLR_FUSED_ADAM_PARAMS)>();
   at::AutoDispatchBelowADInplaceOrView below;
   op.call(CLR_FUSED_ADAM_NAMES);

@@ -16,9 +16,9 @@ void sgd_step_impl(CLR_FUSED_SGD_PARAMS) {
   TORCH_CHECK(fresh.scalar_type() == at::kChar && fresh.numel() == static_cast<int64_t>(params.size()), "sgd_step: fresh must be int8 [T]");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables);
-  const StepInputs in = make_inputs(rows, counter, plateau_lr, grad_mul, skip, ticket, advance);
+  const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
   const SgdHyper h{static_cast<float>(momentum), static_cast<float>(1.0 - dampening), static_cast<float>(weight_decay),
-                   use_momentum, cycle_momentum, nesterov, maximize, fresh.data_ptr<int8_t>()};
+                   use_momentum, nesterov, maximize, fresh.data_ptr<int8_t>()};
   const at::ScalarType state = use_momentum ? momentum_buffers[0].scalar_type() : params[0].scalar_type();
   dispatch_types<Launch>(params[0].scalar_type(), state, num_chunks(tables), tb, in, h);
 }
@@ -31,10 +31,10 @@ void adam_step_impl(CLR_FUSED_ADAM_PARAMS) {
   TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == n, "adam_step: one max_exp_avg_sq per parameter with amsgrad");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables);
-  const StepInputs in = make_inputs(rows, counter, plateau_lr, grad_mul, skip, ticket, advance);
+  const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
   AdamHyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
-                    static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
-                    cycle_momentum, decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>(), nullptr};
+              static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
+              decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>(), nullptr};
   if (betas.has_value()) {
     TORCH_CHECK(betas->scalar_type() == at::kFloat && betas->numel() == 4, "adam_step: betas must be float32 [4]");
     h.betas = betas->data_ptr<float>();

@@ -192,29 +192,30 @@ class __attribute__((visibility("hidden"))) StepPlan {
   // The gradients check() found, for the fused clip norm.
   std::vector<at::Tensor> grads(int64_t bucket) { return get(bucket).grads; }
 
-  void sgd(int64_t bucket, const at::Tensor& fresh, const at::Tensor& rows, const at::Tensor& counter,
-           const std::optional<at::Tensor>& plateau_lr, const std::optional<at::Tensor>& grad_mul,
-           const std::optional<at::Tensor>& skip, const at::Tensor& ticket, double momentum, double dampening,
-           double weight_decay, bool use_momentum, bool cycle_momentum, bool nesterov, bool maximize, bool advance) {
+  void sgd(int64_t bucket, const at::Tensor& fresh, const at::Tensor& rows, const at::Tensor& counter, const at::Tensor& lr,
+           const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
+           const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
+           double momentum, double dampening, double weight_decay, bool use_momentum, bool nesterov, bool maximize,
+           bool advance) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::sgd_step", "").typed<void(CLR_FUSED_SGD_PARAMS)>();
     Bucket& b = get(bucket);
     const std::vector<at::Tensor> none;
-    op.call(b.params, b.grads, use_momentum ? b.states.at(0) : none, b.tables, fresh, rows, counter, plateau_lr,
-            grad_mul, skip, ticket, momentum, dampening, weight_decay, use_momentum, cycle_momentum, nesterov, maximize,
-            advance);
+    op.call(b.params, b.grads, use_momentum ? b.states.at(0) : none, b.tables, fresh, rows, counter, lr, mom, next,
+            grad_mul, skip, ticket, momentum, dampening, weight_decay, use_momentum, nesterov, maximize, advance);
     release(b);
   }
 
-  void adam(int64_t bucket, const at::Tensor& rows, const at::Tensor& counter, const std::optional<at::Tensor>& plateau_lr,
+  void adam(int64_t bucket, const at::Tensor& rows, const at::Tensor& counter, const at::Tensor& lr,
+            const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
             const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
-            const std::optional<at::Tensor>& betas, double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool cycle_momentum, bool decoupled,
-            bool maximize, bool advance) {
+            const std::optional<at::Tensor>& betas, double beta1, double beta2, double eps, double weight_decay,
+            bool amsgrad, bool decoupled, bool maximize, bool advance) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::adam_step", "").typed<void(CLR_FUSED_ADAM_PARAMS)>();
     Bucket& b = get(bucket);
     TORCH_CHECK(b.states.size() == (amsgrad ? 3u : 2u) && b.step_table.has_value(), "StepPlan.adam: not an Adam bucket");
     const std::vector<at::Tensor> none;
     op.call(b.params, b.grads, b.states[0], b.states[1], amsgrad ? b.states[2] : none, b.steps, b.tables, *b.step_table,
-            rows, counter, plateau_lr, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad, cycle_momentum,
+            rows, counter, lr, mom, next, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad,
             decoupled, maximize, advance);
     release(b);
   }

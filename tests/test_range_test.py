@@ -48,7 +48,7 @@ def test_state_restored_bit_identically_after_a_run(digits):
     result = cf.range_test(model, torch.nn.functional.cross_entropy, digits.batches(64, 1), opt, num_steps=30, progress=False)
     assert len(result.lrs) == 30
     _assert_restored(model, opt, snap)
-    assert opt.schedule_step.item() == 7 and isinstance(opt.param_groups[0]["lr"], cf.CyclicLR)
+    assert opt.schedule_step.item() == 7 and isinstance(opt.param_groups[0]["schedule"], cf.CyclicLR)
 
 
 def test_state_restored_after_a_run_that_raises(digits):

@@ -128,7 +128,7 @@ def test_torch_checkpoint_keeps_our_schedule():
     spec = cf.ExponentialLR(0.01, 0.9)
     opt = cf.Adam(m.parameters(), lr=spec, backend="torch")
     opt.load_state_dict(t.state_dict())
-    assert opt.param_groups[0]["lr"] is spec
+    assert opt.param_groups[0]["schedule"] is spec
     assert opt.get_last_lr() == pytest.approx([0.01], rel=1e-6)
     assert opt.state[next(m.parameters())]["step"].item() == 2
 

@@ -207,7 +207,7 @@ def test_the_six_hooks():
 
     def load_post(o):
         # the load is complete: the schedule is back, no clr_fused_* keys remain
-        assert isinstance(o.param_groups[0]["lr"], cf.OneCycleLR)
+        assert isinstance(o.param_groups[0]["schedule"], cf.OneCycleLR)
         assert not any(k.startswith("clr_fused") for k in o.param_groups[0])
         assert o.schedule_step.item() == 1
         seen.append("load_post")

@@ -43,8 +43,8 @@ def _register_fakes() -> None:
         torch.library.register_fake(f"clr_fused::{name}")(lambda *args, **kwargs: None)
 
 
-def _optional(sched, grad_mul):
-    return sched.plateau_lr, None if grad_mul is None else grad_mul.to(torch.float32)
+def _grad_mul(grad_mul):
+    return None if grad_mul is None else grad_mul.to(torch.float32)
 
 
 def sgd_(
@@ -52,19 +52,18 @@ def sgd_(
 ) -> bool:  # fmt: skip
     ops = _ops()
     device, params = bucket.device, bucket.params
-    plateau_lr, gm = _optional(sched, grad_mul)
+    gm = _grad_mul(grad_mul)
     fresh = fresh_flags(bucket.fresh or [], len(params), device)  # None: no buffer is new (or no momentum)
-    rows = sched.rows_table(device)
-    scalars = (0.0 if sched.cycles_momentum else float(momentum), float(dampening), float(weight_decay), use_momentum,
-               sched.cycles_momentum, bool(nesterov), bool(maximize), advance)  # fmt: skip
+    live = (sched.rows_device, sched.counter, sched.lr, sched.mom, sched.next)
+    scalars = (float(momentum), float(dampening), float(weight_decay), use_momentum, bool(nesterov), bool(maximize), advance)
     if bucket.native_index >= 0:
-        bucket.native.sgd(bucket.native_index, fresh, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, *scalars)
+        bucket.native.sgd(bucket.native_index, fresh, *live, gm, skip, bucket.ticket, *scalars)
         return advance
     bufs = bucket.states[0] if use_momentum else []
     dense, tables = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum)
     ops.sgd_step(
-        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], tables.flat(), fresh, rows,
-        sched.counter, plateau_lr, gm, skip, bucket.ticket, *scalars,
+        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], tables.flat(), fresh, *live,
+        gm, skip, bucket.ticket, *scalars,
     )  # fmt: skip
     dense.finish()
     return advance
@@ -74,12 +73,11 @@ def adam_(
     bucket, *, sched, beta1, beta2, betas=None, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
 ) -> bool:  # fmt: skip
     ops = _ops()
-    plateau_lr, gm = _optional(sched, grad_mul)
-    rows = sched.rows_table(bucket.device)
-    scalars = (0.0 if sched.cycles_momentum else float(beta1), float(beta2), float(eps), float(weight_decay), amsgrad,
-               sched.cycles_momentum, decoupled, bool(maximize), advance)  # fmt: skip
+    gm = _grad_mul(grad_mul)
+    live = (sched.rows_device, sched.counter, sched.lr, sched.mom, sched.next)
+    scalars = (float(beta1), float(beta2), float(eps), float(weight_decay), amsgrad, decoupled, bool(maximize), advance)
     if bucket.native_index >= 0:
-        bucket.native.adam(bucket.native_index, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, betas, *scalars)
+        bucket.native.adam(bucket.native_index, *live, gm, skip, bucket.ticket, betas, *scalars)
         return advance
     st = bucket.states
     dense, tables, step_table = adam_tables(
@@ -87,8 +85,7 @@ def adam_(
     )
     ops.adam_step(
         dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
-        list(bucket.steps), tables.flat(), step_table, rows, sched.counter, plateau_lr, gm, skip, bucket.ticket, betas,
-        *scalars,
+        list(bucket.steps), tables.flat(), step_table, *live, gm, skip, bucket.ticket, betas, *scalars,
     )  # fmt: skip
     dense.finish()
     return advance

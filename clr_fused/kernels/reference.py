@@ -3,7 +3,9 @@
 This is the reference the Triton and CUDA kernels are tested against, so it
 follows the kernel rules: math in float32 (float64 for float64 params), one
 rounding to the storage dtype at the end, and the hyperparameters that the
-schedule moves (``lr``, cycled momentum / beta1) arrive as device tensors.
+schedule moves (``lr``, cycled momentum / beta1) arrive as device tensors
+(the group's live values); a launch that owns them writes the next update's
+values after its own (``sched.write_next``), as the kernels' last block does.
 
 Every function takes ONE (device, dtype) bucket of the launch plan
 (``optim/plan.py``) and updates its tensors in place.  ``grad_mul`` (device scalar or ``None``) folds GradScaler's
@@ -68,7 +70,7 @@ def sgd_(
     params, grads = bucket.params, bucket.grads()
     momentum_buffers = bucket.states[0] if use_momentum else []
     new_buffer = bucket.fresh or [False] * len(params)
-    lr, cycled = sched.evaluate()
+    lr, cycled = sched.lr, sched.mom
     if cycled is not None:
         momentum = cycled
     dt = math_dtype(params[0].dtype)
@@ -88,6 +90,7 @@ def sgd_(
             d_p = new_bufs
         _commit(momentum_buffers, new_bufs, skip)  # type: ignore[arg-type]
     _commit(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt))), skip)
+    sched.write_next(skip)
     return False
 
 
@@ -113,7 +116,7 @@ def adam_(
     params, grads, steps = bucket.params, bucket.grads(), bucket.steps
     exp_avgs, exp_avg_sqs = bucket.states[0], bucket.states[1]
     max_exp_avg_sqs = bucket.states[2] if amsgrad else []
-    lr, cycled = sched.evaluate()
+    lr, cycled = sched.lr, sched.mom
     one_minus_beta1, one_minus_beta2 = None, 1.0 - beta2
     if betas is not None:  # tensor betas, read on the device: [b1, 1 - b1, b2, 1 - b2]
         beta1, one_minus_beta1, beta2, one_minus_beta2 = betas[0], betas[1], betas[2], betas[3]
@@ -164,6 +167,7 @@ def adam_(
     if amsgrad:
         _commit(max_exp_avg_sqs, v_max, skip)
     _commit(steps, new_steps, skip)
+    sched.write_next(skip)
     return False
 
 

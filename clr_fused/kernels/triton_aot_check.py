@@ -16,8 +16,8 @@ import sys
 _PTR_ARGS = {
     "p_addrs": "*i64", "g_addrs": "*i64", "buf_addrs": "*i64", "m_addrs": "*i64", "v_addrs": "*i64",
     "vmax_addrs": "*i64", "step_addrs": "*i64", "numels": "*i64", "fresh": "*i8", "chunk_tensor": "*i32",
-    "chunk_start": "*i64", "rows": "*fp64", "counter": "*i64", "plateau_lr": "*fp32", "grad_mul": "*fp32",
-    "skip": "*i1", "ticket": "*i32", "betas": "*fp32",
+    "chunk_start": "*i64", "rows": "*fp64", "counter": "*i64", "lr_ptr": "*fp32", "mom_ptr": "*fp32",
+    "next_lr": "*fp32", "grad_mul": "*fp32", "skip": "*i1", "ticket": "*i32", "betas": "*fp32",
 }  # fmt: skip
 _SCALAR_ARGS = {"n_rows": "i32", "num_tensors": "i32"}
 
@@ -43,7 +43,7 @@ def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
     from . import triton_update as tu
 
     out = dict(P_DT=p_dt, G_DT=p_dt, S_DT=s_dt, MAXIMIZE=False, HAS_WD=True, HAS_GRAD_MUL=False, HAS_SKIP=False,
-               HAS_PLATEAU=False, ADVANCE=True, ALIGNED=True, CHUNK=tu.CHUNK, BLOCK=tu.BLOCK)  # fmt: skip
+               NEXT=True, ADVANCE=True, ALIGNED=True, CHUNK=tu.CHUNK, BLOCK=tu.BLOCK)  # fmt: skip
     if kernel is tu._adam_kernel:
         out.update(CYCLE_MOMENTUM=False, AMSGRAD=False, DECOUPLED=False, HAS_BETAS=False, BLOCK_T=tu.BLOCK_T)
     else:
@@ -67,7 +67,7 @@ def _compile_all(arch: int) -> int:
         n = len(flag_names)
         patterns = [(False,) * n, (True,) * n, tuple(i % 2 == 0 for i in range(n)), tuple(i % 2 == 1 for i in range(n))]
         for (p_dt, s_dt), flags in itertools.product(dtypes, patterns):
-            extra = dict(MAXIMIZE=flags[0], HAS_GRAD_MUL=flags[-1], HAS_PLATEAU=flags[1], ALIGNED=flags[0])
+            extra = dict(MAXIMIZE=flags[0], HAS_GRAD_MUL=flags[-1], NEXT=flags[1], ALIGNED=flags[0])
             if kernel is tu._adam_kernel:
                 extra["HAS_BETAS"] = flags[2]
             compile_variant(kernel, variant_constexprs(kernel, p_dt, s_dt, dict(zip(flag_names, flags)), **extra), arch)

@@ -2,16 +2,18 @@
 
 One launch updates every tensor of a (param group, device, dtype) bucket.
 Each program takes one chunk of one tensor (device tables, see
-``tensor_tables.py``), evaluates the LR (and cycled momentum / beta1) from
-the device step counter and the schedule rows (``triton_schedule.py``),
-reads ``grad_scale`` / clip (folded into ``grad_mul``) and ``skip`` from
-device memory, and updates in float32 with one rounding to the storage
-dtype.  Nothing is written on a skipped step.
+``tensor_tables.py``), reads the LR (and cycled momentum / beta1) this
+update uses from device scalars (the group's live values, which
+``param_groups[g]["lr"]`` holds), ``grad_scale`` / clip (folded into
+``grad_mul``) and ``skip``, and updates in float32 with one rounding to the
+storage dtype.  Nothing is written on a skipped step.
 
-Advancing counters without a race: every program reads the schedule step and
-the tensors' Adam steps first; at its end it takes a ticket with an acq_rel
-atomic.  The program that draws the last ticket knows all others have read,
-and only it advances the counters (then resets the ticket).  The update path
+Advancing counters without a race: every program reads the schedule step,
+the live LR and the tensors' Adam steps first; at its end it takes a ticket
+with an acq_rel atomic.  The program that draws the last ticket knows all
+others have read, and only it advances the counters, evaluates the schedule
+at the advanced step (``triton_schedule.py``) into the live LR / momentum
+for the next update (``NEXT``), then resets the ticket.  The update path
 itself has no atomics, so results are bit-for-bit reproducible.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``.
@@ -98,23 +100,37 @@ def _draw_ticket(ticket):
 
 
 @triton.jit
+def _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE: tl.constexpr, NEXT: tl.constexpr):
+    """In the program that drew the last ticket: the schedule at the step the
+    next update sees, into the live LR / momentum, and the counter advanced."""
+    k_next = k + 1 - skipped
+    if NEXT:
+        lr, mom = evaluate_rows(rows, n_rows, k_next, next_lr, False)
+        tl.store(next_lr, lr)
+        tl.store(next_lr + 1, mom)
+    if ADVANCE:
+        tl.store(counter, k_next)
+
+
+@triton.jit
 def _chunk_setup(
-    chunk_tensor, chunk_start, numels, rows, n_rows, counter, plateau_lr, grad_mul, skip, static_momentum,
+    chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, static_momentum,
     CHUNK: tl.constexpr, CYCLE_MOMENTUM: tl.constexpr, MAXIMIZE: tl.constexpr,
-    HAS_GRAD_MUL: tl.constexpr, HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr,
+    HAS_GRAD_MUL: tl.constexpr, HAS_SKIP: tl.constexpr,
 ):  # fmt: skip
     """What every program needs first: its chunk [start, end) of tensor t, the
-    schedule step k, the LR and momentum/beta1 at k, whether the step is
-    skipped, and the gradient multiplier (1/scale * clip, negated to maximize)."""
+    schedule step k, the LR and momentum/beta1 of this update, whether the
+    step is skipped, and the gradient multiplier (1/scale * clip, negated to
+    maximize)."""
     pid = tl.program_id(0).to(tl.int64)
     t = tl.load(chunk_tensor + pid).to(tl.int64)
     start = tl.load(chunk_start + pid)
     end = tl.minimum(start + CHUNK, tl.load(numels + t))
     k = tl.load(counter)
-    lr, cyc_mom = evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU)
+    lr = tl.load(lr_ptr)
     mom = static_momentum
     if CYCLE_MOMENTUM:
-        mom = cyc_mom
+        mom = tl.load(mom_ptr)
     skipped = 0
     if HAS_SKIP:
         skipped = tl.load(skip).to(tl.int32)
@@ -154,17 +170,17 @@ def _sgd_block(
 @triton.jit
 def _sgd_kernel(
     p_addrs, g_addrs, buf_addrs, numels, fresh, chunk_tensor, chunk_start,
-    rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket,
+    rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket,
     momentum, one_minus_dampening, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
     USE_MOMENTUM: tl.constexpr, CYCLE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
-    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr, ALIGNED: tl.constexpr,
+    HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     t, start, end, k, lr, mom, skipped, gm = _chunk_setup(
-        chunk_tensor, chunk_start, numels, rows, n_rows, counter, plateau_lr, grad_mul, skip, momentum,
-        CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP, HAS_PLATEAU,
+        chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, momentum,
+        CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP,
     )  # fmt: skip
     if skipped == 0:
         # chunk-relative int32 offsets from int64 bases: a tensor may exceed 2**31
@@ -185,9 +201,9 @@ def _sgd_kernel(
             offs = off + tl.arange(0, BLOCK)
             _sgd_block(p_base, g_base, b_base, offs, offs < n, is_fresh, gm, lr, mom,
                        one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, False)  # fmt: skip
-    if ADVANCE:
+    if ADVANCE or NEXT:
         if _draw_ticket(ticket):
-            tl.store(counter, k + 1 - skipped)
+            _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE, NEXT)
 
 
 @triton.jit
@@ -225,17 +241,17 @@ def _adam_block(
 @triton.jit
 def _adam_kernel(
     p_addrs, g_addrs, m_addrs, v_addrs, vmax_addrs, step_addrs, numels, chunk_tensor, chunk_start, num_tensors,
-    rows, n_rows, counter, plateau_lr, grad_mul, skip, ticket, betas,
+    rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket, betas,
     beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
     CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BETAS: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
-    HAS_SKIP: tl.constexpr, HAS_PLATEAU: tl.constexpr, ADVANCE: tl.constexpr, ALIGNED: tl.constexpr,
+    HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     t, start, end, k, lr, b1, skipped, gm = _chunk_setup(
-        chunk_tensor, chunk_start, numels, rows, n_rows, counter, plateau_lr, grad_mul, skip, beta1,
-        CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP, HAS_PLATEAU,
+        chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, beta1,
+        CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP,
     )  # fmt: skip
     one_minus_b1 = one_minus_beta1
     if HAS_BETAS:  # tensor betas, read on the device: [b1, 1 - b1, b2, 1 - b2]
@@ -272,7 +288,8 @@ def _adam_kernel(
                         one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
                         P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, False)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
-    if _draw_ticket(ticket):
+    last = _draw_ticket(ticket)
+    if last:
         if skipped == 0:
             for t0 in range(0, num_tensors, BLOCK_T):
                 idx = t0 + tl.arange(0, BLOCK_T)
@@ -280,8 +297,7 @@ def _adam_kernel(
                 addr = tl.load(step_addrs + idx, mask=tmask, other=0)
                 s_ptr = addr.to(tl.pointer_type(tl.float32))
                 tl.store(s_ptr, tl.load(s_ptr, mask=tmask, other=0.0) + 1.0, mask=tmask)
-        if ADVANCE:
-            tl.store(counter, k + 1 - skipped)
+        _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE, NEXT)
 
 
 # ----------------------------------------------------------------- host side
@@ -301,19 +317,22 @@ def _tl_dtype(t: Tensor):
 
 def _common(bucket, sched, grad_mul, skip):
     device = bucket.device
-    rows = sched.rows_table(device)
-    plateau = sched.plateau_lr
+    rows = sched.rows_device
+    f32 = _dummy(device, torch.float32)
     return dict(
         rows=rows,
         n_rows=rows.shape[0],
         counter=sched.counter,
-        plateau_lr=plateau if plateau is not None else _dummy(device, torch.float32),
-        grad_mul=grad_mul.to(torch.float32) if grad_mul is not None else _dummy(device, torch.float32),
+        lr_ptr=sched.lr,
+        mom_ptr=sched.mom if sched.mom is not None else f32,
+        next_lr=sched.next if sched.next is not None else f32,
+        grad_mul=grad_mul.to(torch.float32) if grad_mul is not None else f32,
         skip=skip if skip is not None else _dummy(device, torch.bool),
         ticket=bucket.ticket,
+        CYCLE_MOMENTUM=sched.mom is not None,
         HAS_GRAD_MUL=grad_mul is not None,
         HAS_SKIP=skip is not None,
-        HAS_PLATEAU=plateau is not None,
+        NEXT=sched.next is not None,
     )
 
 
@@ -345,11 +364,11 @@ def sgd_(
     _sgd_kernel[(num_chunks,)](
         tables[0], tables[1], tables[2] if use_momentum else tables[0],
         tables[-3], fresh, tables[-2], tables[-1],
-        momentum=float(momentum) if not sched.cycles_momentum else 0.0,
+        momentum=float(momentum),
         # complements in float64 on the host, then rounded: as the torch backend
         one_minus_dampening=1.0 - float(dampening), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
-        USE_MOMENTUM=use_momentum, CYCLE_MOMENTUM=sched.cycles_momentum, NESTEROV=nesterov,
+        USE_MOMENTUM=use_momentum, NESTEROV=nesterov,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
         CHUNK=CHUNK, BLOCK=BLOCK,
         **_common(bucket, sched, grad_mul, skip),
@@ -374,11 +393,11 @@ def adam_(
         tables[4] if amsgrad else tables[3], step_table,
         tables[-3], tables[-2], tables[-1], len(params),
         betas=betas if betas is not None else _dummy(bucket.device, torch.float32), HAS_BETAS=betas is not None,
-        beta1=float(beta1) if not sched.cycles_momentum else 0.0,
+        beta1=float(beta1),
         one_minus_beta1=1.0 - float(beta1), beta2=float(beta2), one_minus_beta2=1.0 - float(beta2),
         eps=float(eps), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[states[0][0].dtype],
-        CYCLE_MOMENTUM=sched.cycles_momentum, AMSGRAD=amsgrad, DECOUPLED=decoupled,
+        AMSGRAD=amsgrad, DECOUPLED=decoupled,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
         CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_T=BLOCK_T,
         **_common(bucket, sched, grad_mul, skip),

@@ -103,6 +103,8 @@ class Adam(FusedOptimizer):
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
         group = self.param_groups[bucket.group_index]
         beta1, beta2 = group["betas"]
+        if sched.mom is not None:
+            beta1 = 0.0  # cycled: the kernels read sched.mom (live[1], which betas[0] holds)
         return kernels_for(bucket.backend).adam_(
             bucket,
             sched=sched,

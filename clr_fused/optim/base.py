@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -21,6 +20,7 @@ from .. import backends
 from .. import schedule_math as sm
 from ..kernels import reference
 from ..kernels.registry import kernels_for
+from . import live_lr
 from . import plan as plan_mod
 from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
 from ..schedules import Constant, ReduceLROnPlateau, Schedule, schedule_from_dict
@@ -77,10 +77,6 @@ class TensorLR(Schedule):
             return lr.to(step.device, torch.float32).expand(step.shape).clone(), None
         return float(lr), None
 
-    def live_lr(self, device: torch.device) -> Tensor:
-        # a float32 tensor on `device` is used as it is: the kernels read the user's tensor
-        return self.tensor.detach().reshape(()).to(device, torch.float32, non_blocking=True)
-
 
 class FusedOptimizer(torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose LR schedule runs on the device."""
@@ -114,9 +110,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.last_grad_norm: Tensor | None = None
         self._step_counter: Tensor | None = None
         self._plateau: dict[int, dict[str, Tensor]] = {}
-        self._spec_cache: dict[int, tuple[Any, Schedule, list[list[float]]]] = {}
+        self._lr_recs: dict[int, live_lr.GroupLR] = {}
+        self._orphans: list[live_lr.GroupLR] = []
         self._backend_cache: dict[torch.device, str] = {}
-        self._rows_tables: dict[tuple[int, torch.device], tuple[list, Tensor]] = {}
         self._plan: plan_mod.LaunchPlan | None = None
         super().__init__(params, defaults)
         if not any(g["params"] for g in self.param_groups):
@@ -124,6 +120,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         # One schedule step counter per optimizer, on the first parameter's device.
         self._counter_device = next(p for g in self.param_groups for p in g["params"]).device
         self._step_counter = torch.zeros((), dtype=torch.int64, device=self._counter_device)
+        for gi in range(len(self.param_groups)):
+            self._group_lr(gi)  # group["lr"] reads as the live value from here on
 
     # ------------------------------------------------------------ param groups
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -131,28 +129,115 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------ schedules
     def schedule(self, group_index: int = 0) -> Schedule:
-        """The schedule spec that drives param group ``group_index``."""
-        return self._schedule_and_rows(group_index)[0]
-
-    def _schedule_and_rows(self, group_index: int) -> tuple[Schedule, list[list[float]]]:
-        # Cached on the identity of group["lr"]: re-assigning it (a new float
-        # or spec) takes effect at the next step.
+        """The schedule spec that drives param group ``group_index`` (a
+        ``Constant`` for a number ``lr``, a ``TensorLR`` for a tensor)."""
+        rec = self._group_lr(group_index)
+        if rec.spec is not None:
+            return rec.spec
         lr = self.param_groups[group_index]["lr"]
-        cached = self._spec_cache.get(group_index)
-        if cached is not None and cached[0] is lr:
-            return cached[1], cached[2]
-        _check_lr_value(lr)
-        spec = lr if isinstance(lr, Schedule) else TensorLR(lr) if isinstance(lr, Tensor) else Constant(float(lr))
-        if isinstance(spec, ReduceLROnPlateau):
-            self._plateau_state(group_index, spec)
-        rows = spec.rows()
-        self._spec_cache[group_index] = (lr, spec, rows)
-        return spec, rows
+        return TensorLR(lr) if isinstance(lr, Tensor) else Constant(float(lr))
+
+    def _live_device(self) -> torch.device:
+        # meta parameters (no update ever runs): the live values stay readable on the CPU
+        return torch.device("cpu") if self._counter_device.type == "meta" else self._counter_device
+
+    def _host_counter(self) -> Tensor:
+        """The counter where live values are computed (meta: step 0 on the CPU)."""
+        if self._counter_device.type == "meta":
+            return torch.zeros((), dtype=torch.int64)
+        return self._step_counter
+
+    def _momentum_value(self, group: dict[str, Any]) -> Any:
+        return group["betas"][0] if self._momentum_key == "betas" else group.get("momentum")
+
+    def _set_momentum_value(self, group: dict[str, Any], value: Any) -> None:
+        if self._momentum_key == "betas":
+            group["betas"] = (value, *tuple(group["betas"])[1:])
+        else:
+            group["momentum"] = value
+
+    def _group_lr(self, group_index: int) -> live_lr.GroupLR:
+        """The group's live LR record; an identity check per call, rebuilt
+        when ``lr``, ``schedule`` or the momentum value was re-assigned."""
+        group = self.param_groups[group_index]
+        rec = self._lr_recs.get(group_index)
+        if rec is not None:
+            seen = rec.seen
+            if seen[0] is group["lr"] and seen[1] is group.get("schedule") and seen[2] is self._momentum_value(group):
+                return rec
+        rec = self._build_group_lr(group_index, group, rec)
+        self._lr_recs[group_index] = rec
+        return rec
+
+    def _build_group_lr(self, gi: int, group: dict[str, Any], old: live_lr.GroupLR | None) -> live_lr.GroupLR:
+        lr, spec = group["lr"], group.get("schedule")
+        prev = None if old is None else old.detached
+        if prev is not None and spec is None and lr is prev.lr:
+            return self._reattach(group, prev)
+        if isinstance(lr, Schedule):
+            spec = lr  # lr=spec: in the constructor, a param-group dict, or assigned later
+        elif old is not None and old.spec is not None and lr is not old.seen[0] and spec is old.spec:
+            spec = None  # a number or tensor assigned to group["lr"] replaces the schedule, as in torch
+        if spec is not None and not isinstance(spec, Schedule):
+            raise ValueError(f"param group 'schedule' must be a clr_fused schedule spec, got {type(spec).__name__}")
+        if spec is None:
+            _check_lr_value(lr)
+        dev = self._live_device()
+        kept_live = old is not None and old.spec is spec and spec is not None and old.live is not None and lr is old.seen[0]
+        user_lr = None
+        live = None
+        if spec is None:
+            group.pop("schedule", None)
+            rows = Constant(0.0).rows()
+            if isinstance(lr, Tensor):
+                user_lr, lr_t = lr, lr.detach().reshape(()).to(dev, torch.float32)
+            else:
+                lr_t = torch.tensor(float(lr), dtype=torch.float32, device=dev)
+        else:
+            group["schedule"] = spec
+            rows = spec.rows()
+            if isinstance(spec, ReduceLROnPlateau):
+                # torch's ReduceLROnPlateau keeps its LR in group["lr"] too; report() updates it on the device
+                lr_t = self._plateau_state(gi, spec)["lr"]
+            else:
+                if kept_live:
+                    live = old.live
+                else:
+                    live = torch.zeros(2, dtype=torch.float32, device=dev)
+                    live_lr.write_schedule(live, rows, self._host_counter().to(dev))
+                lr_t = live[0]
+            group["lr"] = lr_t
+        # Momentum: a cycled one is live[1], unless the user assigned their own value since.
+        mom = None
+        if live is not None and spec.cycles_momentum:
+            overridden = kept_live and old.mom is not None and self._momentum_value(group) is not old.mom
+            if not overridden:
+                mom = live[1]
+                self._set_momentum_value(group, mom)
+        mom_value = self._momentum_value(group)
+        if mom is None and self._momentum_key == "momentum" and isinstance(mom_value, Tensor):
+            mom = mom_value.detach().reshape(()).to(dev, torch.float32)  # SGD: a tensor momentum is read on the device
+        seen = (group["lr"], group.get("schedule"), mom_value)
+        detached = None
+        if spec is None and old is not None:
+            detached = old if old.spec is not None else old.detached
+        return live_lr.GroupLR(spec, rows, live_lr.rows_tensor(rows, dev), lr_t, mom, live, user_lr, seen, detached)
+
+    def _reattach(self, group: dict[str, Any], rec: live_lr.GroupLR) -> live_lr.GroupLR:
+        """The group's own live LR tensor was put back into group["lr"]: its
+        schedule drives the group again, from the current step."""
+        group["schedule"] = rec.spec
+        if rec.live is not None and self._counter_device.type != "meta":
+            live_lr.write_schedule(rec.live, rec.rows, self._step_counter)
+        if rec.mom is not None and rec.live is not None:
+            self._set_momentum_value(group, rec.mom)
+        rec.seen = (group["lr"], group["schedule"], self._momentum_value(group))
+        return rec
 
     def _plateau_state(self, group_index: int, spec: ReduceLROnPlateau) -> dict[str, Tensor]:
         st = self._plateau.get(group_index)
         if st is None:
-            dev = self._counter_device
+            dev = self._live_device()
             st = {
                 "lr": torch.tensor(spec.base_lr, dtype=torch.float32, device=dev),
                 "best": torch.tensor(math.inf if spec.mode == "min" else -math.inf, dtype=torch.float32, device=dev),
@@ -161,17 +246,6 @@ class FusedOptimizer(torch.optim.Optimizer):
             }
             self._plateau[group_index] = st
         return st
-
-    def _lr_and_momentum(self, group_index: int) -> tuple[Any, Any]:
-        """The group's next LR and cycled momentum/beta1: device scalars
-        (float32), or host floats where nothing can be read (meta tensors:
-        no update has run, the values at step 0)."""
-        if self._counter_device.type == "meta":
-            spec = self.schedule(group_index)
-            return spec(0), spec.momentum(0)
-        sched = self._group_schedule(group_index, self._counter_device, self._step_counter)
-        lr, mom = sched.evaluate()
-        return torch.as_tensor(lr, dtype=torch.float32, device=self._counter_device), mom
 
     @torch.no_grad()
     def report(self, metric: float | Tensor) -> None:
@@ -189,30 +263,26 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"metric must be a number or a scalar tensor, got {type(metric).__name__}")
             cur = torch.tensor(float(metric), dtype=torch.float32, device=self._counter_device)
         for gi in range(len(self.param_groups)):
-            spec = self.schedule(gi)
+            spec = self._group_lr(gi).spec
             if isinstance(spec, ReduceLROnPlateau):
                 _plateau_update(self._plateau_state(gi, spec), spec, cur)
 
     def get_last_lr(self) -> list[float]:
-        """The LR the next update of each group will use (reads the device;
-        a constant float LR comes back exactly as given)."""
+        """The LR the next update of each group will use: ``float(group["lr"])``
+        (reads the device for a schedule; a number LR comes back exactly as given)."""
         out = []
         for gi, group in enumerate(self.param_groups):
-            lr = group["lr"]
-            exact = not isinstance(lr, (Schedule, Tensor))
-            out.append(float(lr) if exact else float(self._lr_and_momentum(gi)[0]))
+            self._group_lr(gi)  # a spec assigned to group["lr"] since: installed (group["lr"] is then live)
+            out.append(float(group["lr"]))
         return out
 
     def get_last_momentum(self) -> list[float]:
         """The momentum/beta1 the next update of each group will use."""
         out = []
         for gi, group in enumerate(self.param_groups):
-            mom = self._lr_and_momentum(gi)[1]
-            out.append(float(mom) if mom is not None else float(self._static_momentum(group)))
+            rec = self._group_lr(gi)
+            out.append(float(rec.mom if rec.mom is not None else self._momentum_value(group)))
         return out
-
-    def _static_momentum(self, group: dict[str, Any]) -> float:
-        return group["betas"][0] if self._momentum_key == "betas" else group["momentum"]
 
     def as_lr_scheduler(self) -> "ScheduleView":
         """A ``torch.optim.lr_scheduler.LRScheduler`` view for trainers that
@@ -261,6 +331,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._step_counter.add_(1)
             else:
                 self._step_counter.add_((~skip).to(torch.int64))
+        for rec in self._orphans:
+            live_lr.write_schedule(rec.live, rec.rows, self._step_counter)
         return loss
 
     def _launch_plan(self) -> plan_mod.LaunchPlan:
@@ -281,29 +353,50 @@ class FusedOptimizer(torch.optim.Optimizer):
         this step's device skip flag or None)."""
         grads = [g for b in plan.buckets for g in b.grads(shards=False)] if self.max_grad_norm is not None else []
         skip, grad_mul = self._skip_and_grad_mul(grads)
-        # Every launch reads the step counter as it was before this step; the
-        # last launch on the counter's device may advance it in-kernel.
+        # Every launch reads the step counter and the live LRs as they were
+        # before this step (launches on other devices: copies taken first);
+        # the last launch on the counter's device may advance it in-kernel,
+        # the last launch of a group there writes the group's next LR.
         home = self._counter_device
         counters = {home: self._step_counter}
         last_home = -1
+        writer: dict[int, int] = {}  # group -> its last bucket on the home device
         for i, b in enumerate(plan.buckets):
             if b.device == home:
                 last_home = i
+                writer[b.group_index] = i
             elif b.device not in counters:
                 counters[b.device] = self._step_counter.to(b.device, non_blocking=True)
+        recs = [self._group_lr(gi) for gi in range(len(self.param_groups))]
+        views: dict[tuple[int, torch.device], tuple[Tensor, Tensor | None]] = {}
+        for b in plan.buckets:
+            key = (b.group_index, b.device)
+            if key not in views:
+                rec = recs[b.group_index]
+                mom = rec.mom if rec.mom is None or rec.mom.device == b.device else rec.mom.to(b.device, non_blocking=True)
+                views[key] = (rec.lr_on(b.device), mom)
+        rows_on: dict[tuple[int, torch.device], Tensor] = {}
         advanced = False
         for i, b in enumerate(plan.buckets):
-            dev = b.device
+            dev, rec = b.device, recs[b.group_index]
+            rows = rec.rows_device if dev == rec.rows_device.device else rows_on.setdefault(
+                (b.group_index, dev), live_lr.rows_tensor(rec.rows, dev))  # fmt: skip
+            lr, mom = views[(b.group_index, dev)]
+            sched = live_lr.LaunchLR(rec.rows, rows, counters[dev], lr, mom,
+                                     rec.live if writer.get(b.group_index) == i else None)  # fmt: skip
             advanced |= bool(
                 self._launch(
                     b,
-                    sched=self._group_schedule(b.group_index, dev, counters[dev]),
+                    sched=sched,
                     grad_mul=grad_mul if grad_mul is None or dev == home else grad_mul.to(dev, non_blocking=True),
                     skip=skip if skip is None or dev == home else skip.to(dev, non_blocking=True),
                     advance=i == last_home,
                 )
             )
             b.fresh = None  # momentum buffers made for this launch are warm from now on
+        # A scheduled group with no launch on the home device this step (no
+        # gradients there): its next LR from device ops, as the kernels would.
+        self._orphans = [rec for gi, rec in enumerate(recs) if rec.live is not None and gi not in writer]
         return advanced, skip
 
     def _plan_key(self, group_index: int, group: dict[str, Any]) -> Any:
@@ -324,26 +417,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._validate_group({**self.defaults, **param_group})
         super().add_param_group(param_group)
         self._plan = None
-
-    def _group_schedule(self, group_index: int, device: torch.device, counter: Tensor) -> "GroupSchedule":
-        spec, rows = self._schedule_and_rows(group_index)
-        if isinstance(spec, TensorLR):
-            live = spec.live_lr(device)
-        else:
-            plateau = self._plateau.get(group_index) if isinstance(spec, ReduceLROnPlateau) else None
-            live = None if plateau is None else plateau["lr"].to(device, non_blocking=True)
-        key = (group_index, device)
-        cached = self._rows_tables.get(key)
-        if cached is None or cached[0] is not rows:
-            table = torch.tensor(rows, dtype=torch.float64)
-            cached = self._rows_tables[key] = (rows, table.to(device, non_blocking=True))
-        return GroupSchedule(
-            rows=rows,
-            rows_device=cached[1],
-            counter=counter,
-            plateau_lr=live,
-            cycles_momentum=spec.cycles_momentum,
-        )
+        if self._step_counter is not None:  # (the constructor does its groups once the counter exists)
+            self._group_lr(len(self.param_groups) - 1)
 
     def _skip_and_grad_mul(self, grads: list[Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """Device scalars: ``skip`` (non-finite step) and the grad multiplier.
@@ -376,14 +451,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> dict[str, Any]:
         """torch's format: torch's state keys, ``lr`` / momentum as the current
-        values (a float ``lr`` exactly as given, a tensor ``lr`` as the
-        tensor); each param group also carries its schedule spec, the step
-        counter and any plateau state as plain data (``clr_fused_*`` keys),
-        which torch ignores and torch.distributed.checkpoint keeps.  Reads the
-        device (the current values), as ``get_last_lr()`` does.  Post hooks
-        see the finished dict."""
+        values (floats where a schedule moves them, a number ``lr`` exactly as
+        given, a user's tensor ``lr`` as the tensor); each param group also
+        carries its schedule spec, the step counter and any plateau state as
+        plain data (``clr_fused_*`` keys), which torch ignores and
+        torch.distributed.checkpoint keeps.  Reads the device (the current
+        values), as ``get_last_lr()`` does.  Post hooks see the finished dict."""
         post = self._optimizer_state_dict_post_hooks
         self._optimizer_state_dict_post_hooks = OrderedDict()  # held back: they run on the finished dict
+        recs = [self._group_lr(gi) for gi in range(len(self.param_groups))]
         try:
             sd = super().state_dict()
         finally:
@@ -391,16 +467,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         meta = self._counter_device.type == "meta"
         step = 0 if meta else int(self._step_counter)
         for gi, packed in enumerate(sd["param_groups"]):
-            user_lr = self.param_groups[gi]["lr"]
-            lr, mom = self._lr_and_momentum(gi)
-            if isinstance(user_lr, Schedule):
-                packed["lr"] = float(lr)
-            if mom is not None:
-                if self._momentum_key == "betas":
-                    packed["betas"] = (float(mom), *packed["betas"][1:])
-                else:
-                    packed["momentum"] = float(mom)
-            packed[_KEY_SCHEDULE] = user_lr.to_dict() if isinstance(user_lr, Schedule) else None
+            rec = recs[gi]
+            packed.pop("schedule", None)
+            if rec.spec is not None:
+                packed["lr"] = float(rec.lr)
+            if rec.mom is not None and self._momentum_value(packed) is rec.mom:  # a cycled momentum: its value
+                self._set_momentum_value(packed, float(rec.mom))
+            packed[_KEY_SCHEDULE] = rec.spec.to_dict() if rec.spec is not None else None
             packed[_KEY_STEP] = step
             plateau = self._plateau.get(gi)
             packed[_KEY_PLATEAU] = None if plateau is None or meta else {k: v.item() for k, v in plateau.items()}
@@ -417,7 +490,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         the dict), then the checks (shape mismatches raise before anything
         changes), the load, the schedules and counter restored, and only then
         the post hooks.  A torch checkpoint keeps this optimizer's schedule
-        specs and counter; one of ours restores them; an older one lacking
+        specs and counter; one of ours restores them (also one written
+        before the ``schedule`` group key existed); an older one lacking
         newer group keys gets torch's defaults for them.
         """
         pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
@@ -428,7 +502,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 state_dict = out
         self._check_shapes(state_dict)
         saved_groups = state_dict["param_groups"]
-        specs_before = [g["lr"] for g in self.param_groups]
+        for g in saved_groups:
+            if isinstance(g.get("schedule"), Schedule) or isinstance(g.get("lr"), Schedule):
+                raise ValueError("a saved param group holds a schedule object; save with optimizer.state_dict()")
+        specs_before = [self._group_lr(gi).spec for gi in range(len(self.param_groups))]
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
         try:
             super().load_state_dict(state_dict)
@@ -440,20 +517,22 @@ class FusedOptimizer(torch.optim.Optimizer):
             for key in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU):
                 group.pop(key, None)
             if saved.get(_KEY_SCHEDULE) is not None:
-                group["lr"] = schedule_from_dict(saved[_KEY_SCHEDULE])
-            elif not ours and isinstance(specs_before[gi], Schedule):
-                group["lr"] = specs_before[gi]
+                group["schedule"] = schedule_from_dict(saved[_KEY_SCHEDULE])
+            elif not ours and specs_before[gi] is not None:
+                group["schedule"] = specs_before[gi]
             if saved.get(_KEY_PLATEAU) is not None:
                 plateau[gi] = {
-                    k: torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float32, device=self._counter_device)
+                    k: torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float32, device=self._live_device())
                     for k, v in saved[_KEY_PLATEAU].items()
                 }
-        self._spec_cache.clear()
         self._plan = None
         if ours:
             self._step_counter.fill_(int(saved_groups[0][_KEY_STEP]))
             self._plateau = plateau
         self._after_load()
+        self._lr_recs.clear()
+        for gi in range(len(self.param_groups)):
+            self._group_lr(gi)  # the live values at the restored step
         for hook in post.values():
             hook(self)
 
@@ -472,10 +551,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Also what torch's load_state_dict calls, with state and param_groups only.
         super().__setstate__(state)
         self._plan = None  # derived caches: rebuilt on the next step
-        self._spec_cache, self._backend_cache, self._rows_tables = {}, {}, {}
+        self._backend_cache, self._lr_recs, self._orphans = {}, {}, []
         for group in self.param_groups:
             for key, value in self._LEGACY_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)
+        if "_step_counter" in state and self._step_counter is not None:
+            # a copy or an unpickled optimizer: its groups' live values are rebuilt from the specs
+            for gi in range(len(self.param_groups)):
+                self._group_lr(gi)
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
         saved_groups = state_dict.get("param_groups", [])
@@ -541,25 +624,6 @@ class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
-
-
-@dataclass
-class GroupSchedule:
-    """One param group's schedule as a launch on ``counter``'s device sees it."""
-
-    rows: list[list[float]]  # the flat encoding (schedule_math)
-    rows_device: Tensor  # the same rows, float64 [n_rows, ROW_WIDTH] on the device
-    counter: Tensor  # int64 step counter (or this step's copy of it) on the device
-    plateau_lr: Tensor | None  # ReduceLROnPlateau's live LR on the device
-    cycles_momentum: bool
-
-    def evaluate(self) -> tuple[Tensor, Tensor | None]:
-        """Device scalars (float32): the LR and the cycled momentum / beta1."""
-        lr, mom = sm.evaluate_rows(self.rows, self.counter, sm.TORCH_OPS, plateau_lr=self.plateau_lr)
-        return lr, mom if self.cycles_momentum else None
-
-    def rows_table(self, device: torch.device) -> Tensor:
-        return self.rows_device
 
 
 def _chunk_for(backend: str) -> int | None:

@@ -72,7 +72,8 @@ class SGD(FusedOptimizer):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
     def _uses_momentum(self, group_index: int, group) -> bool:
-        return self._schedule_and_rows(group_index)[0].cycles_momentum or group["momentum"] != 0
+        m = group["momentum"]
+        return self._group_lr(group_index).mom is not None or isinstance(m, torch.Tensor) or m != 0
 
     def _plan_key(self, group_index: int, group) -> bool:
         return self._uses_momentum(group_index, group)
@@ -99,7 +100,7 @@ class SGD(FusedOptimizer):
         return kernels_for(bucket.backend).sgd_(
             bucket,
             sched=sched,
-            momentum=group["momentum"],
+            momentum=0.0 if sched.mom is not None else group["momentum"],  # cycled / tensor: read on the device
             use_momentum=bool(bucket.states),
             dampening=group["dampening"],
             weight_decay=group["weight_decay"],

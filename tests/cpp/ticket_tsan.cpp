@@ -4,7 +4,8 @@
 // (cpu_launch.h), but with std::thread instead of at::parallel_for (TSan
 // does not see through libgomp's barriers) and without torch.  Many chunks
 // spread over several threads, hundreds of steps: every block reads the
-// schedule counter and Adam's per-tensor steps, the last block advances them.
+// schedule counter, the live LR / beta1 and Adam's per-tensor steps; the last
+// block advances them and writes the next LR / beta1 into the same floats.
 // Checks the counters exactly and the parameters bit for bit against a
 // one-thread run; any data race is TSan's to report (tests/test_cpu_backend.py
 // builds this with -fsanitize=thread and fails on a report).
@@ -21,11 +22,15 @@ using namespace clr_fused;
 
 namespace {
 
+// CyclicLR(0.001, 0.01, step_size_up=3), triangular, cycled beta1 0.85..0.95
+constexpr double kRows[kRowWidth] = {0, kCyclic, 0.001, 0.01, 3, 3, 0, 1.0, 1, 0.85, 0.95};
+
 struct Problem {
   std::vector<std::vector<float>> p, g, m, v;
   std::vector<float> step;
   int64_t counter = 0;
   int32_t ticket = 0;
+  float live[2] = {0.001f, 0.95f};  // {lr, beta1} at step 0
 };
 
 Problem make(const std::vector<int64_t>& sizes) {
@@ -68,8 +73,6 @@ void run(Problem& pr, int threads, int steps) {
       chunk_start.push_back(s);
     }
   }
-  // CyclicLR(0.001, 0.01, step_size_up=3), triangular, cycled beta1 0.85..0.95
-  double rows[kRowWidth] = {0, kCyclic, 0.001, 0.01, 3, 3, 0, 1.0, 1, 0.85, 0.95};
   Tables tb{};
   tb.addrs[0] = pa.data();
   tb.addrs[1] = ga.data();
@@ -80,12 +83,15 @@ void run(Problem& pr, int threads, int steps) {
   tb.chunk_start = chunk_start.data();
   tb.num_tensors = T;
   StepInputs in{};
-  in.rows = rows;
+  in.rows = kRows;
   in.n_rows = 1;
   in.counter = &pr.counter;
+  in.lr = &pr.live[0];
+  in.mom = &pr.live[1];
+  in.next = pr.live;
   in.ticket = &pr.ticket;
   in.advance = true;
-  AdamHyper h{0.9f, 0.1f, 0.999f, 0.001f, 1e-8f, 0.f, true, false, false, false, sa.data()};
+  AdamHyper h{0.9f, 0.1f, 0.999f, 0.001f, 1e-8f, 0.f, false, false, false, sa.data()};
   const unsigned grid = static_cast<unsigned>(chunk_tensor.size());
   auto parallel_for = [threads](int64_t n, const auto& body) {
     std::vector<std::thread> pool;
@@ -116,6 +122,11 @@ int main() {
   if (threaded.counter != steps || serial.counter != steps) {
     std::printf("schedule counter %lld (threads) %lld (serial), expected %d\n", (long long)threaded.counter,
                 (long long)serial.counter, steps);
+    ++bad;
+  }
+  const LrMom want = evaluate_rows(kRows, 1, steps, nullptr);
+  if (threaded.live[0] != want.lr || threaded.live[1] != want.mom) {
+    std::printf("live lr/beta1 %g/%g, expected %g/%g\n", threaded.live[0], threaded.live[1], want.lr, want.mom);
     ++bad;
   }
   if (threaded.ticket != 0) {

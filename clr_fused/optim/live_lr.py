@@ -1,0 +1,94 @@
+"""Each param group's LR (and cycled momentum / beta1) as live device values.
+
+``param_groups[g]["lr"]`` of a group driven by a schedule is a float32
+0-dim device tensor holding the LR of the NEXT update, as torch's own
+optimizers hold a tensor ``lr``: code that reads it (``float(g["lr"])``,
+f-strings, Lightning's LearningRateMonitor, HF Trainer's logging) sees the
+true value, and code that writes it in place (``g["lr"] *= 0.5``, torch's
+LRSchedulers, which ``fill_`` a tensor ``lr``) changes the next update, as
+with a torch optimizer and a torch scheduler.  The spec lives under
+``g["schedule"]``.
+
+The kernels read the LR from that tensor and never compute it for their own
+update; the last block of the group's last launch on its device evaluates
+the schedule at the advanced step and writes it there (``next``).  So
+``step()`` stays one launch per bucket and never syncs.  A cycled momentum
+is the tensor's sibling (``live[1]``) in ``g["momentum"]`` (SGD) or
+``g["betas"][0]`` (Adam).
+
+Assigning a new object to ``g["lr"]`` takes effect at the next step: a
+number or tensor replaces the schedule (the group becomes constant, as in
+torch), a spec installs that schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import schedule_math as sm
+from ..schedules import Schedule
+
+
+@dataclass(eq=False)
+class GroupLR:
+    """How one param group's LR reaches the kernels (rebuilt when the group's
+    ``lr`` / ``schedule`` / momentum objects change: an identity check per step)."""
+
+    spec: Schedule | None  # the schedule that moves the LR; None: the user's number or tensor
+    rows: list[list[float]]  # the flat encoding of spec (a constant row without one)
+    rows_device: Tensor  # the same, float64 on the group's live device
+    lr: Tensor  # float32 scalar the kernels read: live[0], ReduceLROnPlateau's state, or a constant
+    mom: Tensor | None  # float32 scalar: the momentum / beta1 read on the device (live[1] when cycled)
+    live: Tensor | None  # float32 [2] {lr, momentum} a launch rewrites each step (schedule groups)
+    user_lr: Tensor | None  # a tensor lr given by the user (re-read every step: it may live elsewhere)
+    seen: tuple  # (group["lr"], group.get("schedule"), the momentum value): identities at build time
+    # The schedule record a number / tensor assigned to group["lr"] replaced:
+    # putting its live tensor back re-attaches it (code that saves and restores
+    # group["lr"] around a step, as torch.distributed.checkpoint does).
+    detached: GroupLR | None = None
+
+    def lr_on(self, device: torch.device) -> Tensor:
+        if self.user_lr is not None:
+            return self.user_lr.detach().reshape(()).to(device, torch.float32, non_blocking=True)
+        return self.lr if self.lr.device == device else self.lr.to(device, non_blocking=True)
+
+
+@dataclass
+class LaunchLR:
+    """What one launch reads and writes of its group's schedule (the ``sched``
+    argument of every backend's ``sgd_`` / ``adam_``)."""
+
+    rows: list[list[float]]
+    rows_device: Tensor  # float64 [n_rows, ROW_WIDTH] on the launch's device
+    counter: Tensor  # int64 step counter (or this step's copy) on the launch's device
+    lr: Tensor  # float32 scalar: the LR of this update
+    mom: Tensor | None  # float32 scalar: momentum / beta1 of this update, None: the hyperparameter
+    next: Tensor | None  # float32 [2]: where the next update's {lr, momentum} go (one launch per group)
+
+    def write_next(self, skip: Tensor | None) -> None:
+        """The torch backend's version of the kernels' last-block epilogue."""
+        if self.next is None:
+            return
+        # the step the next update sees (the caller advances the counter after the launches)
+        step = self.counter + 1 if skip is None else self.counter + (~skip).to(torch.int64)
+        write_schedule(self.next, self.rows, step)
+
+
+def write_schedule(live: Tensor, rows: list[list[float]], step: Tensor) -> None:
+    """live <- {lr, momentum} of the schedule at ``step`` (device ops, no sync)."""
+    lr, mom = sm.evaluate_rows(rows, step, sm.TORCH_OPS)
+    if mom is None or not isinstance(mom, Tensor):
+        mom = torch.zeros_like(lr) if mom is None else torch.full_like(lr, float(mom))
+    live.copy_(torch.stack([lr.to(torch.float32), mom.to(torch.float32)]))
+
+
+def rows_tensor(rows: list[list[float]], device: torch.device) -> Tensor:
+    return torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
+
+
+def is_schedule(x: Any) -> bool:
+    return isinstance(x, Schedule)
