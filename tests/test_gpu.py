@@ -107,6 +107,31 @@ def test_whole_training_step_in_one_graph(backend):
 
 
 @cuda
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_group_lr_written_between_replays(backend):
+    """The capturable idiom on param_groups: writing g["lr"] in place between
+    replays sets the next update's LR; the schedule takes over after it."""
+    spec = cf.CyclicLR(0.01, 0.05, 4, cycle_momentum=False)
+    p = torch.nn.Parameter(torch.zeros(1000, device="cuda"))
+    p.grad = torch.ones_like(p)
+    opt = cf.SGD([p], lr=spec, backend=backend)
+    opt.step()  # builds the plan
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        opt.step()
+    lr = opt.param_groups[0]["lr"]
+    g.replay()  # step 1 (the capture itself did not run the kernels)
+    before = p.detach().clone()
+    lr.fill_(0.0)  # as a torch LRScheduler writes a tensor lr
+    g.replay()
+    torch.testing.assert_close(p, before)  # that update used lr = 0
+    assert opt.get_last_lr()[0] == pytest.approx(spec(3), rel=1e-5)
+    g.replay()
+    torch.testing.assert_close(before - p.detach(), torch.full_like(p, spec(3)), rtol=1e-5, atol=1e-7)
+
+
+@cuda
 def test_report_inside_a_captured_graph():
     p = torch.nn.Parameter(torch.zeros(1000, device="cuda"))
     p.grad = torch.ones_like(p)

@@ -13,7 +13,13 @@ state):
   generic 128-bit LD/ST (the addresses come from tables; csrc/multi_tensor.cuh
   tells nvcc they are global);
 - 16-bit kernels: 64-bit global vector stores;
-and a scalar-only build (CLR_FUSED_SCALAR_ONLY) must fail the vector gate.
+- no float64 and no integer division inside an element loop (a loop that
+  stores to global memory): the schedule is evaluated once per step, by the
+  last block, and every block only reads the live LR
+  (clr_fused/kernels/sass_loops.py; Triton's kernels too);
+and a scalar-only build (CLR_FUSED_SCALAR_ONLY) must fail the vector gate,
+a kernel that evaluates a schedule per element (tests/cpp/loop_probe.cu)
+the loop gate.
 The gates skip only where the compiler or cuobjdump is missing; CI has both.
 """
 
@@ -26,6 +32,8 @@ import shutil
 import subprocess
 
 import pytest
+
+from clr_fused.kernels import sass_loops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_REGISTERS = 64
@@ -95,7 +103,7 @@ def _compile(tmp_path, *defines):
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stderr[-3000:]
     sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True, timeout=300).stdout
-    return ptxas_resources(built.stdout + built.stderr), sass_memory_ops(sass)
+    return ptxas_resources(built.stdout + built.stderr), sass_memory_ops(sass), sass
 
 
 def vector_gate_failures(ops: dict[str, collections.Counter]) -> list[str]:
@@ -120,7 +128,7 @@ def compiled(tmp_path_factory):
 
 
 def test_every_kernel_variant_is_compiled(compiled):
-    resources, ops = compiled
+    resources, ops, _ = compiled
     assert set(resources) == set(ops)
     kernels = {re.sub(r"Li\d.*", "", n) for n in ops}
     # SGD and Adam, for every (param, state) type pair
@@ -128,19 +136,40 @@ def test_every_kernel_variant_is_compiled(compiled):
 
 
 def test_no_spills_no_stack_and_registers_for_two_blocks_per_sm(compiled):
-    resources, _ = compiled
+    resources, _, _ = compiled
     for name, r in resources.items():
         assert r["stack"] == 0 and r["spill_stores"] == 0 and r["spill_loads"] == 0, (name, r)
         assert r["registers"] <= MAX_REGISTERS, (name, r)
 
 
 def test_vector_global_accesses(compiled):
-    _, ops = compiled
+    _, ops, _ = compiled
     assert vector_gate_failures(ops) == []
 
 
+def test_no_float64_or_integer_division_in_element_loops(compiled):
+    _, ops, sass = compiled
+    fns = sass_loops.functions(sass)
+    assert len(fns) == len(ops)
+    # every kernel has element loops (they store), and the schedule's loops are still there (epilogue)
+    for name, body in fns.items():
+        assert any(any(t.startswith("STG") or " STG" in t for t in loop) for loop in sass_loops.loops(body)), name
+    assert sass_loops.element_loop_violations(sass) == []
+    assert sass_loops.FP64.search(sass), "the schedule (float64) should still be in the kernels, outside the loops"
+
+
+def test_the_loop_gate_rejects_a_schedule_evaluated_per_element(tmp_path):
+    nvcc, cuobjdump = _tools()
+    cubin = tmp_path / "probe.cubin"
+    cmd = [nvcc, "-O3", "-arch=sm_90", "-cubin", "-o", str(cubin), os.path.join(ROOT, "tests", "cpp", "loop_probe.cu")]
+    subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
+    sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True, timeout=300).stdout
+    bad = sass_loops.element_loop_violations(sass)
+    assert any(sass_loops.FP64.search(b) for b in bad) and any(sass_loops.INT_DIV.search(b) for b in bad), bad
+
+
 def test_the_gate_rejects_a_scalarised_build(tmp_path):
-    _, ops = _compile(tmp_path, "-DCLR_FUSED_SCALAR_ONLY")
+    _, ops, _ = _compile(tmp_path, "-DCLR_FUSED_SCALAR_ONLY")
     failures = vector_gate_failures(ops)
     assert len([f for f in failures if "no 128-bit" in f]) == 4, failures  # every fp32 kernel
 
@@ -170,6 +199,7 @@ def test_triton_aligned_kernels_use_128_bit_global_accesses():
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     ops = json.loads(run.stdout.strip().splitlines()[-1])
+    assert ops.pop("loop_violations") == []  # no float64 / integer division in any element loop
     assert set(ops) == {"_sgd_kernel", "_adam_kernel"}
     for name, variants in ops.items():
         vec, scalar = variants["aligned"], variants["scalar"]

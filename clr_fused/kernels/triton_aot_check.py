@@ -77,7 +77,8 @@ def _compile_all(arch: int) -> int:
 
 def memory_ops(arch: int = 90) -> dict:
     """Global memory instructions (cuobjdump -sass) of the fp32 SGD and Adam
-    kernels, with ALIGNED set and not: {kernel: {"aligned"|"scalar": {op: n}}}."""
+    kernels, with ALIGNED set and not: {kernel: {"aligned"|"scalar": {op: n}}},
+    and "loop_violations": float64 / integer division in their element loops."""
     import collections
     import re
     import subprocess
@@ -88,8 +89,10 @@ def memory_ops(arch: int = 90) -> dict:
 
     from . import triton_update as tu
 
+    from .sass_loops import element_loop_violations
+
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    out: dict = {}
+    out: dict = {"loop_violations": []}
     for kernel in (tu._sgd_kernel, tu._adam_kernel):
         for aligned in (True, False):
             compiled = compile_variant(kernel, variant_constexprs(kernel, tl.float32, tl.float32, {}, ALIGNED=aligned), arch)
@@ -98,6 +101,7 @@ def memory_ops(arch: int = 90) -> dict:
                 f.flush()
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
             ops = collections.Counter(re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*)\b", sass))
+            out["loop_violations"] += element_loop_violations(sass)
             out.setdefault(kernel.__name__, {})["aligned" if aligned else "scalar"] = dict(ops)
     return out
 

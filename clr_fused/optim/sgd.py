@@ -17,6 +17,11 @@ class SGD(FusedOptimizer):
     OneCycleLR do, even when the optimizer was built with ``momentum=0``
     (torch turns momentum on in that case as well).
 
+    Once built, ``param_groups[g]["lr"]`` (and a cycled ``"momentum"``)
+    holds the value the next update uses, a float32 device scalar that the
+    kernels read and rewrite; the spec is ``param_groups[g]["schedule"]``
+    (see ``optim/live_lr.py`` for what writing them does).
+
     torch's ``foreach`` / ``fused`` / ``differentiable`` are accepted:
     ``fused=True`` selects the fused kernels, ``foreach=True`` the foreach
     reference path (``backend="torch"``), ``differentiable=True`` raises

@@ -1,0 +1,54 @@
+"""Loops in ``cuobjdump -sass`` text, and what their bodies may not hold.
+
+The element loop of an optimizer kernel must be plain memory-bound work:
+no float64 arithmetic and no integer division (both belong to the schedule
+and the chunk set-up, once per block or program; see csrc/multi_tensor.cuh).
+A loop is a backward branch; its body is everything from the target to the
+branch.  A loop that stores to global memory is an element loop (the
+schedule's own loops only read its rows).  Used by tests/test_sass_gates.py
+on the CUDA and Triton kernels; no GPU needed.
+"""
+
+from __future__ import annotations
+
+import re
+
+_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_BRA = re.compile(r"\bBRA(?:\.\w+)*\s+0x([0-9a-f]+)")
+_STG = re.compile(r"^(?:@!?U?P\w+\s+)?STG\b")
+FP64 = re.compile(r"\b(?:D(?:ADD|MUL|FMA|SETP|MNMX|SET)\b|[FI]2[FI]\S*\.F64\b|MUFU\.\w+64H\b)")
+INT_DIV = re.compile(r"\bI2F(?:\.U32|\.U64)?\.RP\b|\bCALL\.REL")  # the reciprocal idiom, or a division subroutine
+
+
+def functions(sass: str) -> dict[str, str]:
+    """Function name -> its SASS text."""
+    out = {}
+    for block in re.split(r"\n\s*Function : ", sass)[1:]:
+        name, body = block.split("\n", 1)
+        out[name.strip()] = body
+    return out
+
+
+def loops(body: str) -> list[list[str]]:
+    """Each loop's instructions, from the branch target to the backward branch."""
+    insns = [(int(a, 16), text) for a, text in _INSN.findall(body)]
+    out = []
+    for addr, text in insns:
+        m = _BRA.search(text)
+        if m and int(m.group(1), 16) < addr:
+            target = int(m.group(1), 16)
+            out.append([t for a, t in insns if target <= a <= addr])
+    return out
+
+
+def element_loop_violations(sass: str) -> list[str]:
+    """Per function: float64 or integer-division instructions inside a loop that stores to global memory."""
+    bad = []
+    for name, body in functions(sass).items():
+        for loop in loops(body):
+            if not any(_STG.match(t) for t in loop):
+                continue
+            for t in loop:
+                if FP64.search(t) or INT_DIV.search(t):
+                    bad.append(f"{name}: {t}")
+    return bad
