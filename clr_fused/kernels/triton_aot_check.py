@@ -34,7 +34,12 @@ def compile_variant(kernel, constexprs: dict, arch: int):
             signature[name] = "constexpr"
         else:
             signature[name] = _PTR_ARGS.get(name) or _SCALAR_ARGS.get(name) or "fp32"
-    src = ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
+    # As the JIT specialises a launch: every pointer argument 16-byte aligned
+    # (torch's allocations are).  The element pointers come from the address
+    # tables, so this says nothing about them: ALIGNED does.
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if signature[name].startswith("*")}
+    src = ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
+                    attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", arch, 32))
 
 
