@@ -15,6 +15,9 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <ATen/Parallel.h>
+
+#include <atomic>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -75,7 +78,6 @@ struct Bucket {
   std::vector<at::Tensor> tables;  // [addrs (params, grads, states...), numels, chunk_tensor, chunk_start]
   std::optional<at::Tensor> step_table;
   std::vector<int64_t> grad_addrs;  // host copy of tables[1]
-  bool dirty = false;
   bool aligned = false;  // the Triton kernels were told every address is 16-byte aligned
 };
 
@@ -140,37 +142,26 @@ class __attribute__((visibility("hidden"))) StepPlan {
   // "params" list); patches moved gradients into the grad tables.
   bool check(const py::list& groups) {
     if (static_cast<size_t>(py::len(groups)) != groups_.size()) return false;
+    dirty_.assign(buckets_.size(), 0);
     for (size_t gi = 0; gi < groups_.size(); ++gi) {
       PyObject* list = PyList_Check(groups[gi].ptr()) ? groups[gi].ptr() : nullptr;
       const std::vector<Param>& ps = groups_[gi];
       if (list == nullptr || static_cast<size_t>(PyList_GET_SIZE(list)) != ps.size()) return false;
-      for (size_t i = 0; i < ps.size(); ++i) {
-        prefetch(ps, i);
-        const Param& p = ps[i];
-        if (PyList_GET_ITEM(list, i) != p.obj.ptr()) return false;
-        const c10::TensorImpl* impl = p.tensor.unsafeGetTensorImpl();
-        if (impl->dtype() != p.dtype || address(p.tensor) != p.data) return false;
-        // TensorImpl::grad(), not Tensor::grad(): no non-leaf warning check.
-        // torch itself keeps a .grad's dtype, device and sizes equal to the
-        // parameter's; its strides and its address are ours to check.
-        const at::Tensor& g = impl->grad();
-        if (p.bucket == -1) {
-          if (g.defined()) return false;
-          continue;
-        }
-        if (!g.defined() || g.layout() != at::kStrided) return false;  // sparse: the rebuild refuses it
-        if (p.bucket == kUnchecked) continue;
-        Bucket& b = buckets_[p.bucket];
-        const void* ga = address(g);
-        if (ga == nullptr || !g.strides().equals(p.tensor.strides())) return false;
-        const int64_t addr = reinterpret_cast<int64_t>(ga);
-        if (b.aligned && addr % 16 != 0) return false;  // a moved grad that breaks the vector path: rebuild
-        if (addr != b.grad_addrs[p.slot]) {
-          b.grad_addrs[p.slot] = addr;
-          b.dirty = true;
-        }
-        b.grads[p.slot] = g;
+      PyObject* const* items = reinterpret_cast<PyListObject*>(list)->ob_item;
+      const int64_t n = static_cast<int64_t>(ps.size());
+      if (n < kParallelCheck || at::get_num_threads() < 2) {
+        if (!check_range(ps, items, 0, n)) return false;
+        continue;
       }
+      // Thousands of parameters: the walk is bound by memory latency (a few
+      // dependent loads per tensor), so threads overlap it.  Each writes only
+      // its own slots; the shared flags are atomic.  The GIL stays with this
+      // thread, which holds the list; the others only read its item array.
+      std::atomic<bool> ok{true};
+      at::parallel_for(0, n, kParallelCheck / 4, [&](int64_t begin, int64_t end) {
+        if (ok.load(std::memory_order_relaxed) && !check_range(ps, items, begin, end)) ok.store(false, std::memory_order_relaxed);
+      });
+      if (!ok.load()) return false;
     }
     for (const Bucket& b : buckets_) {
       size_t k = 0;
@@ -183,8 +174,8 @@ class __attribute__((visibility("hidden"))) StepPlan {
         if (address(t) != b.state_data[k++]) return false;
       }
     }
-    for (Bucket& b : buckets_) {
-      if (b.dirty) upload_grad_table(b);
+    for (size_t i = 0; i < buckets_.size(); ++i) {
+      if (dirty_[i]) upload_grad_table(buckets_[i]);
     }
     return true;
   }
@@ -227,6 +218,41 @@ class __attribute__((visibility("hidden"))) StepPlan {
   }
 
  private:
+  // Groups with at least this many parameters are checked on several threads.
+  static constexpr int64_t kParallelCheck = 4096;
+
+  // Parameters [begin, end) of one group: true while nothing the plan depends on changed.
+  bool check_range(const std::vector<Param>& ps, PyObject* const* items, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      prefetch(ps, static_cast<size_t>(i));
+      const Param& p = ps[i];
+      if (items[i] != p.obj.ptr()) return false;
+      const c10::TensorImpl* impl = p.tensor.unsafeGetTensorImpl();
+      if (impl->dtype() != p.dtype || address(p.tensor) != p.data) return false;
+      // TensorImpl::grad(), not Tensor::grad(): no non-leaf warning check.
+      // torch itself keeps a .grad's dtype, device and sizes equal to the
+      // parameter's; its strides and its address are ours to check.
+      const at::Tensor& g = impl->grad();
+      if (p.bucket == -1) {
+        if (g.defined()) return false;
+        continue;
+      }
+      if (!g.defined() || g.layout() != at::kStrided) return false;  // sparse: the rebuild refuses it
+      if (p.bucket == kUnchecked) continue;
+      Bucket& b = buckets_[p.bucket];
+      const void* ga = address(g);
+      if (ga == nullptr || !g.strides().equals(p.tensor.strides())) return false;
+      const int64_t addr = reinterpret_cast<int64_t>(ga);
+      if (b.aligned && addr % 16 != 0) return false;  // a moved grad that breaks the vector path: rebuild
+      if (addr != b.grad_addrs[p.slot]) {
+        b.grad_addrs[p.slot] = addr;
+        __atomic_store_n(&dirty_[p.bucket], static_cast<char>(1), __ATOMIC_RELAXED);
+      }
+      b.grads[p.slot] = g;
+    }
+    return true;
+  }
+
   Param& at(int64_t g, int64_t i) {
     TORCH_CHECK(g >= 0 && g < static_cast<int64_t>(groups_.size()) && i >= 0 && i < static_cast<int64_t>(groups_[g].size()),
                 "StepPlan: no parameter ", i, " in group ", g);
@@ -255,11 +281,11 @@ class __attribute__((visibility("hidden"))) StepPlan {
       std::memcpy(host.data_ptr(), b.grad_addrs.data(), bytes);
       table.copy_(host, /*non_blocking=*/true);
     }
-    b.dirty = false;
   }
 
   std::vector<std::vector<Param>> groups_;
   std::vector<Bucket> buckets_;
+  std::vector<char> dirty_;  // per bucket: a gradient moved this step (its table needs the upload)
 };
 
 void bind_step_plan(py::module& m) {

@@ -210,3 +210,29 @@ def test_version_counters_bumped_by_the_op():
     _step(a, b, oa, ob)
     assert all(p._version > v for p, v in zip(a, v0))
     assert all(oa.state[p]["exp_avg"]._version > v for p, v in zip(a, m0))
+
+
+def test_thousands_of_parameters_checked_on_several_threads(builds):
+    """A group past the C++ check's parallel threshold (4,096): moved grads are
+    patched, a replaced parameter or a lost grad anywhere is still caught."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        a = [torch.nn.Parameter(torch.randn(1 + i % 5)) for i in range(6000)]
+        b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+        oa = cf.SGD(a, lr=cf.CyclicLR(1e-3, 1e-2, 3), momentum=0.9, backend="cpu")
+        ob = cf.SGD(b, lr=cf.CyclicLR(1e-3, 1e-2, 3), momentum=0.9, backend="torch")
+        for _ in range(3):
+            _step(a, b, oa, ob)  # new grad tensors each step: patched, no rebuild
+        assert len(builds) == 2
+        assert oa._plan.buckets[0].tables[1].tolist() == [p.grad.data_ptr() for p in a]
+        new = torch.randn(a[5003].shape)
+        a[5003].data, b[5003].data = new.clone(), new.clone()
+        _step(a, b, oa, ob)
+        assert len(builds) == 4
+        _step(a, b, oa, ob, skip={4500})
+        assert len(builds) == 6
+        _same(a, b, oa, ob)
+    finally:
+        torch.set_num_threads(threads)
