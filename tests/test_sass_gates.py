@@ -205,3 +205,12 @@ def test_triton_aligned_kernels_use_128_bit_global_accesses():
         vec, scalar = variants["aligned"], variants["scalar"]
         assert vec.get("LDG.E.128", 0) >= 2 and vec.get("STG.E.128", 0) >= 2, (name, vec)
         assert scalar.get("LDG.E.128", 0) == 0 and scalar.get("STG.E.128", 0) == 0, (name, scalar)
+        amp = variants["aligned-bf16-fp32state"]
+        # bf16 params and grads as 64-bit vectors, fp32 state as 128-bit ones
+        assert amp.get("STG.E.64", 0) >= 2 and amp.get("STG.E.128", 0) >= 1, (name, amp)
+        for ops_ in variants.values():
+            # no layout conversion through shared memory (a mismatch of vector
+            # widths between lists): only the ticket's flag broadcast (one STS /
+            # LDS) and its barriers
+            assert not any(k.startswith(("STS.", "LDS.")) for k in ops_), (name, ops_)
+            assert ops_.get("BAR.SYNC", 0) <= 2, (name, ops_)

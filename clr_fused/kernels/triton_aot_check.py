@@ -45,6 +45,9 @@ def compile_variant(kernel, constexprs: dict, arch: int):
 
 def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
     """Every constexpr of ``kernel``: the given flags, the rest defaulted."""
+    import torch
+    import triton.language as tl
+
     from . import triton_update as tu
 
     out = dict(P_DT=p_dt, G_DT=p_dt, S_DT=s_dt, MAXIMIZE=False, HAS_WD=True, HAS_GRAD_MUL=False, HAS_SKIP=False,
@@ -55,6 +58,9 @@ def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
         out.update(USE_MOMENTUM=True, CYCLE_MOMENTUM=False, NESTEROV=False)
     out.update(flags)
     out.update(extra)
+    out.setdefault("TAIL", tu.TAIL_ALIGNED if out["ALIGNED"] else tu.BLOCK)
+    torch_dt = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float16: torch.float16}
+    out.setdefault("VEC", tu.vec_elems(*(torch_dt[out[k]] for k in ("P_DT", "G_DT", "S_DT"))))
     return out
 
 
@@ -82,7 +88,9 @@ def _compile_all(arch: int) -> int:
 
 def memory_ops(arch: int = 90) -> dict:
     """Global memory instructions (cuobjdump -sass) of the fp32 SGD and Adam
-    kernels, with ALIGNED set and not: {kernel: {"aligned"|"scalar": {op: n}}},
+    kernels and their bf16-parameter / fp32-state (AMP) variants (and
+    shared-memory accesses, barriers), with ALIGNED set and not:
+    {kernel: {"aligned"|"scalar"[-bf16-fp32state]: {op: n}}},
     and "loop_violations": float64 / integer division in their element loops."""
     import collections
     import re
@@ -99,15 +107,17 @@ def memory_ops(arch: int = 90) -> dict:
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     out: dict = {"loop_violations": []}
     for kernel in (tu._sgd_kernel, tu._adam_kernel):
-        for aligned in (True, False):
-            compiled = compile_variant(kernel, variant_constexprs(kernel, tl.float32, tl.float32, {}, ALIGNED=aligned), arch)
+        for (p_dt, s_dt, suffix), aligned in itertools.product(
+            [(tl.float32, tl.float32, ""), (tl.bfloat16, tl.float32, "-bf16-fp32state")], (True, False)
+        ):
+            compiled = compile_variant(kernel, variant_constexprs(kernel, p_dt, s_dt, {}, ALIGNED=aligned), arch)
             with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
                 f.write(compiled.asm["cubin"])
                 f.flush()
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-            ops = collections.Counter(re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*)\b", sass))
+            ops = collections.Counter(re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*|(?:STS|LDS)(?:\.\w+)*|BAR\.SYNC)\b", sass))
             out["loop_violations"] += element_loop_violations(sass)
-            out.setdefault(kernel.__name__, {})["aligned" if aligned else "scalar"] = dict(ops)
+            out.setdefault(kernel.__name__, {})[("aligned" if aligned else "scalar") + suffix] = dict(ops)
     return out
 
 

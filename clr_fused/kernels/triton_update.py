@@ -31,7 +31,25 @@ from .triton_schedule import evaluate_rows
 
 CHUNK = 16384  # elements per program
 BLOCK = 1024  # elements per inner iteration
-BLOCK_T = 1024  # tensors per iteration of the step-counter epilogue
+# Tensors per iteration of Adam's step-counter epilogue, and elements per
+# iteration of the masked loop when ALIGNED (then only the remainder after the
+# full blocks; without ALIGNED it is the whole chunk, BLOCK at a time).  One
+# element per thread (4 warps): with 1,024 the compiler gave these tensors a
+# different register layout than the element loop's and converted between
+# them through shared memory, with barriers (sm_90: 14-20 BAR.SYNC, STS.128 /
+# LDS.128, 64 registers; now 2 BAR.SYNC, the ticket's, and 56 registers;
+# tests/test_sass_gates.py holds it).
+BLOCK_T = 128
+TAIL_ALIGNED = 128
+
+
+def vec_elems(*dtypes: torch.dtype) -> int:
+    """Elements per vector access of the ALIGNED loop: 16 bytes of the widest
+    type, the same count for every list (bf16 params with fp32 state: 4, as
+    64-bit and 128-bit accesses), so all share one register layout (8 bf16
+    beside 4 fp32 per thread made the compiler convert through shared memory
+    inside the loop)."""
+    return 16 // max(dt.itemsize for dt in dtypes)
 
 _tables = TableCache(CHUNK)
 _dummies: dict[tuple, Tensor] = {}  # placeholders for absent optional pointers
@@ -60,13 +78,14 @@ def _ptr(table, t, DT: tl.constexpr):
 
 @triton.jit
 def _at(base, offs, VEC: tl.constexpr):
-    """``base + offs``; with VEC the compiler is told what the host checked:
-    ``base`` is 16-byte aligned and ``offs`` runs of BLOCK contiguous elements
-    from a multiple of BLOCK, so loads and stores become 128-bit (the table
-    addresses hide the alignment from it otherwise)."""
+    """``base + offs``; with VEC (elements per vector, 0: none) the compiler is
+    told what the host checked: ``base`` is aligned to VEC elements (the host
+    checked 16 bytes) and ``offs`` runs of BLOCK contiguous elements from a
+    multiple of BLOCK, so loads and stores become vectors (the table addresses
+    hide the alignment from it otherwise)."""
     ptrs = base + offs
-    if VEC:
-        ptrs = tl.multiple_of(ptrs, [16])
+    if VEC > 0:
+        ptrs = tl.multiple_of(ptrs, [VEC * base.dtype.element_ty.primitive_bitwidth // 8])
     return ptrs
 
 
@@ -176,7 +195,7 @@ def _sgd_kernel(
     USE_MOMENTUM: tl.constexpr, CYCLE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
     t, start, end, k, lr, mom, skipped, gm = _chunk_setup(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, momentum,
@@ -196,11 +215,11 @@ def _sgd_kernel(
             n_full = n // BLOCK
             for i in range(0, n_full):
                 _sgd_block(p_base, g_base, b_base, _full_block_offsets(i, BLOCK), None, is_fresh, gm, lr, mom,
-                           one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, True)  # fmt: skip
-        for off in range(n_full * BLOCK, n, BLOCK):
-            offs = off + tl.arange(0, BLOCK)
+                           one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, VEC)  # fmt: skip
+        for off in range(n_full * BLOCK, n, TAIL):
+            offs = off + tl.arange(0, TAIL)
             _sgd_block(p_base, g_base, b_base, offs, offs < n, is_fresh, gm, lr, mom,
-                       one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, False)  # fmt: skip
+                       one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0)  # fmt: skip
     if ADVANCE or NEXT:
         if _draw_ticket(ticket):
             _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE, NEXT)
@@ -247,7 +266,7 @@ def _adam_kernel(
     CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BETAS: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, VEC: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     t, start, end, k, lr, b1, skipped, gm = _chunk_setup(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, beta1,
@@ -281,12 +300,12 @@ def _adam_kernel(
             for i in range(0, n_full):
                 _adam_block(p_base, g_base, m_base, v_base, vmax_base, _full_block_offsets(i, BLOCK), None, gm, lr, b1,
                             one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
-                            P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, True)  # fmt: skip
-        for off in range(n_full * BLOCK, n, BLOCK):
-            offs = off + tl.arange(0, BLOCK)
+                            P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, VEC)  # fmt: skip
+        for off in range(n_full * BLOCK, n, TAIL):
+            offs = off + tl.arange(0, TAIL)
             _adam_block(p_base, g_base, m_base, v_base, vmax_base, offs, offs < n, gm, lr, b1,
                         one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
-                        P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, False)  # fmt: skip
+                        P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
     last = _draw_ticket(ticket)
     if last:
@@ -370,7 +389,7 @@ def sgd_(
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
         USE_MOMENTUM=use_momentum, NESTEROV=nesterov,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
-        CHUNK=CHUNK, BLOCK=BLOCK,
+        CHUNK=CHUNK, BLOCK=BLOCK, TAIL=TAIL_ALIGNED if aligned else BLOCK, VEC=vec_elems(params[0].dtype, g_dtype, s_dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
     if dense is not None:
@@ -399,7 +418,8 @@ def adam_(
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[states[0][0].dtype],
         AMSGRAD=amsgrad, DECOUPLED=decoupled,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
-        CHUNK=CHUNK, BLOCK=BLOCK, BLOCK_T=BLOCK_T,
+        CHUNK=CHUNK, BLOCK=BLOCK, TAIL=TAIL_ALIGNED if aligned else BLOCK, BLOCK_T=BLOCK_T,
+        VEC=vec_elems(params[0].dtype, g_dtype, states[0][0].dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
     if dense is not None:
