@@ -83,6 +83,12 @@ def test_roofline_model_counts():
     assert abs(r["ours_ms"] - expected) < 1e-12
     small = model.predict("many-small-5000", many_small(5000), "adam", torch.float32)
     assert small["torch_launches"] == 139 and small["ratio"] < 0.1
+    # partial blocks and the tail bound (greedy in-order placement on the slots)
+    assert model.block_sizes([16385, 0, 7]) == [16384, 1, 0, 7]
+    assert model.tail_bound([10, 10, 10, 10], 2) == 0.0
+    assert model.tail_bound([10, 10, 20], 2) == 0.5  # the 20 starts when a 10 ends: 30 against a balanced 20
+    assert r["partial_blocks"] == sum(1 for b in model.block_sizes([__import__("math").prod(s) for s in resnet50()]) if b < 16384)
+    assert 0.0 <= r["tail_bound"] < 0.05
 
 
 def test_bench_model_writes_a_labelled_table(tmp_path):
