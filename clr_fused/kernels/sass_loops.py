@@ -1,8 +1,9 @@
 """Loops in ``cuobjdump -sass`` text, and what their bodies may not hold.
 
 The element loop of an optimizer kernel must be plain memory-bound work:
-no float64 arithmetic and no integer division (both belong to the schedule
-and the chunk set-up, once per block or program; see csrc/multi_tensor.cuh).
+no float64 arithmetic and no integer division (both belong to the schedule,
+evaluated once per step by the last block, and to the chunk set-up, once
+per block or program; see csrc/multi_tensor.cuh).
 A loop is a backward branch; its body is everything from the target to the
 branch.  A loop that stores to global memory is an element loop (the
 schedule's own loops only read its rows).  Used by tests/test_sass_gates.py
