@@ -26,7 +26,7 @@ def _info(_args) -> int:
     ext_err = _ext.error()
     if ext_err is None:
         kinds = "CPU and CUDA kernels" if _ext.load().HAS_CUDA_KERNELS else "CPU kernels only (built without CUDA)"
-        print(f"extension loaded: {kinds}")
+        print(f"extension loaded: {kinds}; the CPU kernels run as {_ext.load().cpu_isa()}")
     else:
         print(f"extension absent: {ext_err}")
     devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if cuda else [])

@@ -8,6 +8,7 @@
 
 namespace clr_fused {
 void bind_step_plan(py::module& m);
+const char* cpu_isa();
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -21,5 +22,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_kernels_stubbed", &clr_fused::set_kernels_stubbed, py::arg("on"),
         "benchmarks only: pack arguments but run no kernel (host-cost timing)");
   m.def("kernels_stubbed", &clr_fused::kernels_stubbed);
+  m.def("cpu_isa", &clr_fused::cpu_isa, "the instruction set the CPU kernels run with here: avx2 or baseline (x86-64 SSE2)");
   clr_fused::bind_step_plan(m);
 }

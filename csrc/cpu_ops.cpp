@@ -16,6 +16,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "cpu_launch.h"
 // (the kernel headers come after cpu_launch.h)
 #include "step_entry.h"
@@ -43,26 +46,73 @@ void run_cpu_grid(unsigned grid, int64_t grain, const Kernel& kernel) {
       grid, [grain](int64_t n, const auto& body) { at::parallel_for(0, n, grain, body); }, kernel);
 }
 
+// Run-time ISA dispatch.  The extension is built for the x86-64 baseline
+// (SSE2) so that it loads anywhere; on a CPU with AVX2 each block runs a copy
+// of the same kernel compiled for AVX2 (`flatten` inlines the whole kernel
+// into the AVX2 function, so its element loop is vectorised 8-wide).  No FMA:
+// without contraction the AVX2 copy computes exactly what the baseline one
+// does, bit for bit (tests/test_cpu_backend.py compares them).
+// CLR_FUSED_CPU_ISA=baseline (read once) forces the baseline copy.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CLR_FUSED_AVX2_DISPATCH 1
+bool use_avx2() {
+  static const bool on = [] {
+    const char* isa = std::getenv("CLR_FUSED_CPU_ISA");
+    return __builtin_cpu_supports("avx2") && !(isa != nullptr && std::string(isa) == "baseline");
+  }();
+  return on;
+}
+
+template <typename P, typename S, int NS>
+__attribute__((target("avx2"), flatten)) void sgd_block_avx2(const Tables& tb, const StepInputs& in, const SgdHyper& h) {
+  sgd_kernel<P, S, NS>(tb, in, h);
+}
+
+template <typename P, typename S, int NS>
+__attribute__((target("avx2"), flatten)) void adam_block_avx2(const Tables& tb, const StepInputs& in, const AdamHyper& h) {
+  adam_kernel<P, S, NS>(tb, in, h);
+}
+#else
+#define CLR_FUSED_AVX2_DISPATCH 0
+bool use_avx2() { return false; }
+#endif
+
 template <typename P, typename S>
 struct CpuSgd {
+  template <int NS>
+  static void run_ns(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
+#if CLR_FUSED_AVX2_DISPATCH
+    if (use_avx2()) return run_cpu_grid(grid, grain, [&] { sgd_block_avx2<P, S, NS>(tb, in, h); });
+#endif
+    run_cpu_grid(grid, grain, [&] { sgd_kernel<P, S, NS>(tb, in, h); });
+  }
+
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
     const int64_t grain = grain_for(tb, grid);
     if (h.use_momentum) {
-      run_cpu_grid(grid, grain, [&] { sgd_kernel<P, S, 1>(tb, in, h); });
+      run_ns<1>(grid, grain, tb, in, h);
     } else {
-      run_cpu_grid(grid, grain, [&] { sgd_kernel<P, S, 0>(tb, in, h); });
+      run_ns<0>(grid, grain, tb, in, h);
     }
   }
 };
 
 template <typename P, typename S>
 struct CpuAdam {
+  template <int NS>
+  static void run_ns(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
+#if CLR_FUSED_AVX2_DISPATCH
+    if (use_avx2()) return run_cpu_grid(grid, grain, [&] { adam_block_avx2<P, S, NS>(tb, in, h); });
+#endif
+    run_cpu_grid(grid, grain, [&] { adam_kernel<P, S, NS>(tb, in, h); });
+  }
+
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
     const int64_t grain = grain_for(tb, grid);
     if (h.amsgrad) {
-      run_cpu_grid(grid, grain, [&] { adam_kernel<P, S, 3>(tb, in, h); });
+      run_ns<3>(grid, grain, tb, in, h);
     } else {
-      run_cpu_grid(grid, grain, [&] { adam_kernel<P, S, 2>(tb, in, h); });
+      run_ns<2>(grid, grain, tb, in, h);
     }
   }
 };
@@ -78,6 +128,9 @@ void adam_step_cpu(CLR_FUSED_ADAM_PARAMS) {
 }
 
 }  // namespace
+
+// What the CPU kernels run as here ("avx2" or "baseline"), for `clr-fused info` and the tests.
+const char* cpu_isa() { return use_avx2() ? "avx2" : "baseline"; }
 
 }  // namespace clr_fused
 

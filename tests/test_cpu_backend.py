@@ -260,3 +260,42 @@ def test_bf16_rounding_is_bit_identical_to_torch():
     # vectorised copy keeps other NaN payload bits, so NaN bits are not compared)
     assert torch.equal(out[0][~nan].view(torch.int16), out[1][~nan].view(torch.int16))
     assert out[0][nan].view(torch.int16).item() == 0x7FC0
+
+
+_ISA_SCRIPT = r"""
+import sys, torch, clr_fused as cf
+torch.manual_seed(0)
+out = {}
+for dtype, state_dtype in ((torch.float32, None), (torch.bfloat16, None), (torch.bfloat16, torch.float32), (torch.float16, torch.float32)):
+    for cls, kw in (("SGD", dict(momentum=0.9, nesterov=True, weight_decay=1e-3)), ("Adam", dict(amsgrad=True, weight_decay=1e-2)), ("AdamW", {})):
+        ps = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in (1, 7, 100, 16385, 40000)]
+        opt = getattr(cf, cls)(ps, lr=cf.CyclicLR(1e-3, 1e-2, 3), backend="cpu", state_dtype=state_dtype, **kw)
+        for _ in range(5):
+            for p in ps:
+                p.grad = torch.randn(p.shape).to(dtype)
+            opt.step()
+        out[f"{cls}-{dtype}-{state_dtype}"] = [p.detach().clone() for p in ps]
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_avx2_copy_is_bit_identical_to_the_baseline_build(tmp_path):
+    """The run-time ISA dispatch (cpu_ops.cpp) changes speed, never a bit: the
+    AVX2 copy of every kernel computes what the baseline (SSE2) one does."""
+    import subprocess
+    import sys
+
+    if _ext.load().cpu_isa() != "avx2":
+        pytest.skip("this CPU has no AVX2: both runs would take the baseline copy")
+    results = {}
+    for isa in ("baseline", "auto"):
+        env = {**os.environ, "CLR_FUSED_CPU_ISA": isa}
+        out = tmp_path / f"{isa}.pt"
+        run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-2000:]
+        results[isa] = torch.load(out)
+    assert results["baseline"].keys() == results["auto"].keys() and len(results["auto"]) == 12
+    for key, ps in results["baseline"].items():
+        for a, b in zip(ps, results["auto"][key]):
+            assert torch.equal(a.view(torch.int16) if a.element_size() == 2 else a.view(torch.int32),
+                               b.view(torch.int16) if b.element_size() == 2 else b.view(torch.int32)), key  # fmt: skip
