@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from clr_fused.bench.param_sets import many_small, numel, resnet50, transformer
 from clr_fused.bench.run import bytes_per_param
 
@@ -18,7 +20,6 @@ def test_param_sets_have_the_real_shapes():
 
 
 def test_bytes_per_param():
-    import torch
 
     assert bytes_per_param("adam", torch.float32) == 28
     assert bytes_per_param("sgd", torch.float32) == 20
@@ -68,7 +69,6 @@ def test_bench_host_quick_smoke(tmp_path):
 def test_roofline_model_counts():
     """The H100 model (`clr-fused bench --model h100`): bytes, launches and the
     arithmetic of its prediction, on cases counted by hand."""
-    import torch
 
     from clr_fused.bench import model
 
@@ -89,6 +89,20 @@ def test_roofline_model_counts():
     assert model.tail_bound([10, 10, 20], 2) == 0.5  # the 20 starts when a 10 ends: 30 against a balanced 20
     assert r["partial_blocks"] == sum(1 for b in model.block_sizes([__import__("math").prod(s) for s in resnet50()]) if b < 16384)
     assert 0.0 <= r["tail_bound"] < 0.05
+
+
+def test_gpu_rows_carry_the_model_prediction():
+    """On a GPU each fused provider's row shows the model's time beside the measured one."""
+    from clr_fused.bench import model, run
+    from clr_fused.bench.param_sets import resnet50
+
+    r = model.predict("resnet50", resnet50(), "sgd-momentum", torch.bfloat16)
+    assert run.predicted_ms("torch-fused+CyclicLR", "resnet50", resnet50(), "sgd", torch.bfloat16) == r["torch_fused_ms"]
+    assert run.predicted_ms("cf-cuda-graph", "resnet50", resnet50(), "sgd", torch.bfloat16) == r["ours_ms"]
+    assert run.predicted_ms("torch-foreach+CyclicLR", "resnet50", resnet50(), "sgd", torch.bfloat16) is None
+    row = run.Row("resnet50", "sgd", "bfloat16", "cf-cuda", 0.2, 0.01, 1000.0, 50.0, 10.0, 1, 1, r["ours_ms"])
+    text = run.markdown("GPU", 2000.0, [row])
+    assert "not a measurement" in text and f"{r['ours_ms']:.3f} (model)" in text
 
 
 def test_bench_model_writes_a_labelled_table(tmp_path):

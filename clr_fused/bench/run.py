@@ -47,6 +47,7 @@ class Row:
     peak_mib: float | None
     n_params: int
     n_tensors: int
+    model_ms: float | None = None  # on a GPU: the H100 roofline MODEL's prediction for this provider (bench/model.py)
 
 
 def _sync(device):
@@ -228,13 +229,27 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
                         continue
                     gbps = n * bytes_per_param(algo, dtype) / (ms * 1e-3) / 1e9
                     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-                    rows.append(Row(set_name, algo, str(dtype).replace("torch.", ""), name, ms, host_ms, gbps, 100 * gbps / copy_bw, peak, n, len(shapes)))
+                    rows.append(Row(set_name, algo, str(dtype).replace("torch.", ""), name, ms, host_ms, gbps, 100 * gbps / copy_bw, peak, n,
+                                    len(shapes), predicted_ms(name, set_name, shapes, algo, dtype) if cuda else None))  # fmt: skip
                     del step
             del params
             if cuda:
                 torch.cuda.empty_cache()
     bar.close()
     return copy_bw, rows
+
+
+def predicted_ms(provider: str, set_name: str, shapes, algo: str, dtype: torch.dtype) -> float | None:
+    """The roofline MODEL's H100 time for the device work of a provider that it
+    models (torch fused; our fused kernels, eager or graph), else None."""
+    from .model import predict
+
+    r = predict(set_name, shapes, "adam" if algo.startswith("adam") else "sgd-momentum", dtype)
+    if provider.startswith("torch-fused"):
+        return r["torch_fused_ms"]
+    if provider.startswith(("cf-cuda", "cf-triton")):
+        return r["ours_ms"]
+    return None
 
 
 def _commit() -> str:
@@ -258,17 +273,20 @@ def markdown(device_name: str, copy_bw: float, rows: list[Row]) -> str:
     ratios = _ratios(rows)
     lines = [
         f"Device: {device_name}; measured copy bandwidth {copy_bw:.0f} GB/s; torch {torch.__version__}; "
-        f"CyclicLR stepped on the host for torch providers.",
+        f"CyclicLR stepped on the host for torch providers."
+        + (" 'H100 model ms' is the roofline MODEL's prediction (`clr-fused bench --model h100`), not a measurement."
+           if any(r.model_ms is not None for r in rows) else ""),
         "",
-        "| set | algo | dtype | provider | ms/step | host ms/call | GB/s | % copy BW | vs torch-fused+CyclicLR | peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| set | algo | dtype | provider | ms/step | host ms/call | GB/s | % copy BW | vs torch-fused+CyclicLR | peak MiB | H100 model ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         rel = ratios[((r.param_set, r.algo, r.dtype), r.provider)]
         vs = rel.get("vs torch-fused+CyclicLR", rel.get("vs amp:torch-fused+clip+CyclicLR"))
         lines.append(
             f"| {r.param_set} | {r.algo} | {r.dtype} | {r.provider} | {r.ms:.3f} | {r.host_ms:.3f} | {r.gbps:.0f} | "
-            f"{r.pct_copy_bw:.0f}% | {'' if vs is None else f'{vs:.2f}x'} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} |"
+            f"{r.pct_copy_bw:.0f}% | {'' if vs is None else f'{vs:.2f}x'} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} | "
+            f"{'' if r.model_ms is None else f'{r.model_ms:.3f} (model)'} |"
         )
     return "\n".join(lines) + "\n"
 
