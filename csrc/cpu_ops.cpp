@@ -47,42 +47,69 @@ void run_cpu_grid(unsigned grid, int64_t grain, const Kernel& kernel) {
 }
 
 // Run-time ISA dispatch.  The extension is built for the x86-64 baseline
-// (SSE2) so that it loads anywhere; on a CPU with AVX2 each block runs a copy
-// of the same kernel compiled for AVX2 (`flatten` inlines the whole kernel
-// into the AVX2 function, so its element loop is vectorised 8-wide).  No FMA:
-// without contraction the AVX2 copy computes exactly what the baseline one
-// does, bit for bit (tests/test_cpu_backend.py compares them).
-// CLR_FUSED_CPU_ISA=baseline (read once) forces the baseline copy.
+// (SSE2) so that it loads anywhere; on a CPU with AVX2 (or AVX-512) each block
+// runs a copy of the same kernel compiled for it (`flatten` inlines the whole
+// kernel into the ISA-specific function, so its element loop is vectorised 8-
+// or 16-wide).  Contraction is off (-ffp-contract=off, _build_flags.py: the
+// AVX-512 target has FMA), so every copy computes exactly what the baseline
+// one does, bit for bit (tests/test_cpu_backend.py compares them).
+// CLR_FUSED_CPU_ISA=baseline|avx2|avx512 (read once) caps the choice.
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+
 #if defined(__x86_64__) && defined(__GNUC__)
-#define CLR_FUSED_AVX2_DISPATCH 1
-bool use_avx2() {
-  static const bool on = [] {
-    const char* isa = std::getenv("CLR_FUSED_CPU_ISA");
-    return __builtin_cpu_supports("avx2") && !(isa != nullptr && std::string(isa) == "baseline");
+#define CLR_FUSED_ISA_DISPATCH 1
+#define CLR_FUSED_AVX2 __attribute__((target("avx2"), flatten))
+#define CLR_FUSED_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,prefer-vector-width=512"), flatten))
+
+Isa cpu_isa_choice() {
+  static const Isa isa = [] {
+    Isa best = Isa::kBaseline;
+    if (__builtin_cpu_supports("avx2")) best = Isa::kAvx2;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+      best = Isa::kAvx512;
+    }
+    const char* cap = std::getenv("CLR_FUSED_CPU_ISA");
+    const std::string want = cap == nullptr ? "" : cap;
+    const Isa limit = want == "baseline" ? Isa::kBaseline : want == "avx2" ? Isa::kAvx2 : Isa::kAvx512;
+    return best < limit ? best : limit;
   }();
-  return on;
+  return isa;
 }
 
 template <typename P, typename S, int NS>
-__attribute__((target("avx2"), flatten)) void sgd_block_avx2(const Tables& tb, const StepInputs& in, const SgdHyper& h) {
+CLR_FUSED_AVX2 void sgd_block_avx2(const Tables& tb, const StepInputs& in, const SgdHyper& h) {
   sgd_kernel<P, S, NS>(tb, in, h);
 }
-
 template <typename P, typename S, int NS>
-__attribute__((target("avx2"), flatten)) void adam_block_avx2(const Tables& tb, const StepInputs& in, const AdamHyper& h) {
+CLR_FUSED_AVX512 void sgd_block_avx512(const Tables& tb, const StepInputs& in, const SgdHyper& h) {
+  sgd_kernel<P, S, NS>(tb, in, h);
+}
+template <typename P, typename S, int NS>
+CLR_FUSED_AVX2 void adam_block_avx2(const Tables& tb, const StepInputs& in, const AdamHyper& h) {
+  adam_kernel<P, S, NS>(tb, in, h);
+}
+template <typename P, typename S, int NS>
+CLR_FUSED_AVX512 void adam_block_avx512(const Tables& tb, const StepInputs& in, const AdamHyper& h) {
   adam_kernel<P, S, NS>(tb, in, h);
 }
 #else
-#define CLR_FUSED_AVX2_DISPATCH 0
-bool use_avx2() { return false; }
+#define CLR_FUSED_ISA_DISPATCH 0
+Isa cpu_isa_choice() { return Isa::kBaseline; }
 #endif
 
 template <typename P, typename S>
 struct CpuSgd {
   template <int NS>
   static void run_ns(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-#if CLR_FUSED_AVX2_DISPATCH
-    if (use_avx2()) return run_cpu_grid(grid, grain, [&] { sgd_block_avx2<P, S, NS>(tb, in, h); });
+#if CLR_FUSED_ISA_DISPATCH
+    switch (cpu_isa_choice()) {
+      case Isa::kAvx512:
+        return run_cpu_grid(grid, grain, [&] { sgd_block_avx512<P, S, NS>(tb, in, h); });
+      case Isa::kAvx2:
+        return run_cpu_grid(grid, grain, [&] { sgd_block_avx2<P, S, NS>(tb, in, h); });
+      case Isa::kBaseline:
+        break;
+    }
 #endif
     run_cpu_grid(grid, grain, [&] { sgd_kernel<P, S, NS>(tb, in, h); });
   }
@@ -101,8 +128,15 @@ template <typename P, typename S>
 struct CpuAdam {
   template <int NS>
   static void run_ns(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-#if CLR_FUSED_AVX2_DISPATCH
-    if (use_avx2()) return run_cpu_grid(grid, grain, [&] { adam_block_avx2<P, S, NS>(tb, in, h); });
+#if CLR_FUSED_ISA_DISPATCH
+    switch (cpu_isa_choice()) {
+      case Isa::kAvx512:
+        return run_cpu_grid(grid, grain, [&] { adam_block_avx512<P, S, NS>(tb, in, h); });
+      case Isa::kAvx2:
+        return run_cpu_grid(grid, grain, [&] { adam_block_avx2<P, S, NS>(tb, in, h); });
+      case Isa::kBaseline:
+        break;
+    }
 #endif
     run_cpu_grid(grid, grain, [&] { adam_kernel<P, S, NS>(tb, in, h); });
   }
@@ -129,8 +163,17 @@ void adam_step_cpu(CLR_FUSED_ADAM_PARAMS) {
 
 }  // namespace
 
-// What the CPU kernels run as here ("avx2" or "baseline"), for `clr-fused info` and the tests.
-const char* cpu_isa() { return use_avx2() ? "avx2" : "baseline"; }
+// What the CPU kernels run as here ("avx512", "avx2" or "baseline"), for `clr-fused info` and the tests.
+const char* cpu_isa() {
+  switch (cpu_isa_choice()) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "baseline";
+  }
+}
 
 }  // namespace clr_fused
 

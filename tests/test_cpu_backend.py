@@ -279,23 +279,27 @@ torch.save(out, sys.argv[1])
 """
 
 
-def test_avx2_copy_is_bit_identical_to_the_baseline_build(tmp_path):
+def test_isa_copies_are_bit_identical_to_the_baseline_build(tmp_path):
     """The run-time ISA dispatch (cpu_ops.cpp) changes speed, never a bit: the
-    AVX2 copy of every kernel computes what the baseline (SSE2) one does."""
+    AVX2 and AVX-512 copies of every kernel compute what the baseline (SSE2)
+    one does."""
     import subprocess
     import sys
 
-    if _ext.load().cpu_isa() != "avx2":
-        pytest.skip("this CPU has no AVX2: both runs would take the baseline copy")
+    best = _ext.load().cpu_isa()
+    isas = {"baseline": ["baseline"], "avx2": ["baseline", "avx2"], "avx512": ["baseline", "avx2", "avx512"]}[best]
+    if len(isas) == 1:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512: only the baseline copy runs")
     results = {}
-    for isa in ("baseline", "auto"):
+    for isa in isas:
         env = {**os.environ, "CLR_FUSED_CPU_ISA": isa}
         out = tmp_path / f"{isa}.pt"
         run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-2000:]
         results[isa] = torch.load(out)
-    assert results["baseline"].keys() == results["auto"].keys() and len(results["auto"]) == 12
-    for key, ps in results["baseline"].items():
-        for a, b in zip(ps, results["auto"][key]):
-            assert torch.equal(a.view(torch.int16) if a.element_size() == 2 else a.view(torch.int32),
-                               b.view(torch.int16) if b.element_size() == 2 else b.view(torch.int32)), key  # fmt: skip
+    bits = lambda t: t.view(torch.int16) if t.element_size() == 2 else t.view(torch.int32)  # noqa: E731
+    for isa in isas[1:]:
+        assert results["baseline"].keys() == results[isa].keys() and len(results[isa]) == 12
+        for key, ps in results["baseline"].items():
+            for a, b in zip(ps, results[isa][key]):
+                assert torch.equal(bits(a), bits(b)), (isa, key)
