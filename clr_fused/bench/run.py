@@ -271,22 +271,24 @@ def _ratios(rows: list[Row]) -> dict[tuple, dict[str, float]]:
 
 def markdown(device_name: str, copy_bw: float, rows: list[Row]) -> str:
     ratios = _ratios(rows)
+    modelled = any(r.model_ms is not None for r in rows)  # on a GPU: the model's column
     lines = [
         f"Device: {device_name}; measured copy bandwidth {copy_bw:.0f} GB/s; torch {torch.__version__}; "
         f"CyclicLR stepped on the host for torch providers."
         + (" 'H100 model ms' is the roofline MODEL's prediction (`clr-fused bench --model h100`), not a measurement."
-           if any(r.model_ms is not None for r in rows) else ""),
+           if modelled else ""),
         "",
-        "| set | algo | dtype | provider | ms/step | host ms/call | GB/s | % copy BW | vs torch-fused+CyclicLR | peak MiB | H100 model ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| set | algo | dtype | provider | ms/step | host ms/call | GB/s | % copy BW | vs torch-fused+CyclicLR | peak MiB |"
+        + (" H100 model ms |" if modelled else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if modelled else ""),
+    ]  # fmt: skip
     for r in rows:
         rel = ratios[((r.param_set, r.algo, r.dtype), r.provider)]
         vs = rel.get("vs torch-fused+CyclicLR", rel.get("vs amp:torch-fused+clip+CyclicLR"))
         lines.append(
             f"| {r.param_set} | {r.algo} | {r.dtype} | {r.provider} | {r.ms:.3f} | {r.host_ms:.3f} | {r.gbps:.0f} | "
-            f"{r.pct_copy_bw:.0f}% | {'' if vs is None else f'{vs:.2f}x'} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} | "
-            f"{'' if r.model_ms is None else f'{r.model_ms:.3f} (model)'} |"
+            f"{r.pct_copy_bw:.0f}% | {'' if vs is None else f'{vs:.2f}x'} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} |"
+            + ("" if not modelled else f" {'' if r.model_ms is None else f'{r.model_ms:.3f} (model)'} |")
         )
     return "\n".join(lines) + "\n"
 
