@@ -76,77 +76,56 @@ Isa cpu_isa_choice() {
   return isa;
 }
 
-template <typename P, typename S, int NS>
-CLR_FUSED_AVX2 void sgd_block_avx2(const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-  sgd_kernel<P, S, NS>(tb, in, h);
+// The kernel, compiled for the ISA (flatten: everything it calls is inlined into it).
+template <typename Hyper, void (*Kernel)(Tables, StepInputs, Hyper)>
+CLR_FUSED_AVX2 void block_avx2(Tables tb, StepInputs in, Hyper h) {
+  Kernel(tb, in, h);
 }
-template <typename P, typename S, int NS>
-CLR_FUSED_AVX512 void sgd_block_avx512(const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-  sgd_kernel<P, S, NS>(tb, in, h);
-}
-template <typename P, typename S, int NS>
-CLR_FUSED_AVX2 void adam_block_avx2(const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-  adam_kernel<P, S, NS>(tb, in, h);
-}
-template <typename P, typename S, int NS>
-CLR_FUSED_AVX512 void adam_block_avx512(const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-  adam_kernel<P, S, NS>(tb, in, h);
+template <typename Hyper, void (*Kernel)(Tables, StepInputs, Hyper)>
+CLR_FUSED_AVX512 void block_avx512(Tables tb, StepInputs in, Hyper h) {
+  Kernel(tb, in, h);
 }
 #else
 #define CLR_FUSED_ISA_DISPATCH 0
 Isa cpu_isa_choice() { return Isa::kBaseline; }
 #endif
 
+// Runs every block of the grid with the copy of Kernel for this CPU's ISA.
+template <typename Hyper, void (*Kernel)(Tables, StepInputs, Hyper)>
+void run_kernel(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const Hyper& h) {
+#if CLR_FUSED_ISA_DISPATCH
+  switch (cpu_isa_choice()) {
+    case Isa::kAvx512:
+      return run_cpu_grid(grid, grain, [&] { block_avx512<Hyper, Kernel>(tb, in, h); });
+    case Isa::kAvx2:
+      return run_cpu_grid(grid, grain, [&] { block_avx2<Hyper, Kernel>(tb, in, h); });
+    case Isa::kBaseline:
+      break;
+  }
+#endif
+  run_cpu_grid(grid, grain, [&] { Kernel(tb, in, h); });
+}
+
 template <typename P, typename S>
 struct CpuSgd {
-  template <int NS>
-  static void run_ns(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-#if CLR_FUSED_ISA_DISPATCH
-    switch (cpu_isa_choice()) {
-      case Isa::kAvx512:
-        return run_cpu_grid(grid, grain, [&] { sgd_block_avx512<P, S, NS>(tb, in, h); });
-      case Isa::kAvx2:
-        return run_cpu_grid(grid, grain, [&] { sgd_block_avx2<P, S, NS>(tb, in, h); });
-      case Isa::kBaseline:
-        break;
-    }
-#endif
-    run_cpu_grid(grid, grain, [&] { sgd_kernel<P, S, NS>(tb, in, h); });
-  }
-
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
     const int64_t grain = grain_for(tb, grid);
     if (h.use_momentum) {
-      run_ns<1>(grid, grain, tb, in, h);
+      run_kernel<SgdHyper, sgd_kernel<P, S, 1>>(grid, grain, tb, in, h);
     } else {
-      run_ns<0>(grid, grain, tb, in, h);
+      run_kernel<SgdHyper, sgd_kernel<P, S, 0>>(grid, grain, tb, in, h);
     }
   }
 };
 
 template <typename P, typename S>
 struct CpuAdam {
-  template <int NS>
-  static void run_ns(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-#if CLR_FUSED_ISA_DISPATCH
-    switch (cpu_isa_choice()) {
-      case Isa::kAvx512:
-        return run_cpu_grid(grid, grain, [&] { adam_block_avx512<P, S, NS>(tb, in, h); });
-      case Isa::kAvx2:
-        return run_cpu_grid(grid, grain, [&] { adam_block_avx2<P, S, NS>(tb, in, h); });
-      case Isa::kBaseline:
-        break;
-    }
-#endif
-    run_cpu_grid(grid, grain, [&] { adam_kernel<P, S, NS>(tb, in, h); });
-  }
-
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
     const int64_t grain = grain_for(tb, grid);
     if (h.amsgrad) {
-      run_ns<3>(grid, grain, tb, in, h);
+      run_kernel<AdamHyper, adam_kernel<P, S, 3>>(grid, grain, tb, in, h);
     } else {
-      run_ns<2>(grid, grain, tb, in, h);
+      run_kernel<AdamHyper, adam_kernel<P, S, 2>>(grid, grain, tb, in, h);
     }
   }
 };
