@@ -190,7 +190,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             group.pop("schedule", None)
             rows = Constant(0.0).rows()
             if isinstance(lr, Tensor):
-                user_lr, lr_t = lr, lr.detach().reshape(()).to(dev, torch.float32)
+                user_lr, lr_t = lr, live_lr.scalar_on(lr, dev)
             else:
                 lr_t = torch.tensor(float(lr), dtype=torch.float32, device=dev)
         else:
@@ -216,7 +216,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 self._set_momentum_value(group, mom)
         mom_value = self._momentum_value(group)
         if mom is None and self._momentum_key == "momentum" and isinstance(mom_value, Tensor):
-            mom = mom_value.detach().reshape(()).to(dev, torch.float32)  # SGD: a tensor momentum is read on the device
+            mom = live_lr.scalar_on(mom_value, dev)  # SGD: a tensor momentum is read on the device
         seen = (group["lr"], group.get("schedule"), mom_value)
         detached = None
         if spec is None and old is not None:
@@ -368,22 +368,17 @@ class FusedOptimizer(torch.optim.Optimizer):
             elif b.device not in counters:
                 counters[b.device] = self._step_counter.to(b.device, non_blocking=True)
         recs = [self._group_lr(gi) for gi in range(len(self.param_groups))]
-        views: dict[tuple[int, torch.device], tuple[Tensor, Tensor | None]] = {}
-        for b in plan.buckets:
+        inputs: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor | None]] = {}
+        for b in plan.buckets:  # all before the first launch: a group's last launch rewrites its live values
             key = (b.group_index, b.device)
-            if key not in views:
-                rec = recs[b.group_index]
-                mom = rec.mom if rec.mom is None or rec.mom.device == b.device else rec.mom.to(b.device, non_blocking=True)
-                views[key] = (rec.lr_on(b.device), mom)
-        rows_on: dict[tuple[int, torch.device], Tensor] = {}
+            if key not in inputs:
+                inputs[key] = recs[b.group_index].launch_inputs(b.device)
         advanced = False
         for i, b in enumerate(plan.buckets):
             dev, rec = b.device, recs[b.group_index]
-            rows = rec.rows_device if dev == rec.rows_device.device else rows_on.setdefault(
-                (b.group_index, dev), live_lr.rows_tensor(rec.rows, dev))  # fmt: skip
-            lr, mom = views[(b.group_index, dev)]
-            sched = live_lr.LaunchLR(rec.rows, rows, counters[dev], lr, mom,
-                                     rec.live if writer.get(b.group_index) == i else None)  # fmt: skip
+            rows, lr, mom = inputs[(b.group_index, dev)]
+            next_ = rec.live if writer.get(b.group_index) == i else None
+            sched = live_lr.LaunchLR(rec.rows, rows, counters[dev], lr, mom, next_)
             advanced |= bool(
                 self._launch(
                     b,

@@ -23,8 +23,7 @@ torch), a spec installs that schedule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -50,11 +49,28 @@ class GroupLR:
     # putting its live tensor back re-attaches it (code that saves and restores
     # group["lr"] around a step, as torch.distributed.checkpoint does).
     detached: GroupLR | None = None
+    rows_on: dict[torch.device, Tensor] = field(default_factory=dict)  # rows uploaded to the group's other devices
 
-    def lr_on(self, device: torch.device) -> Tensor:
-        if self.user_lr is not None:
-            return self.user_lr.detach().reshape(()).to(device, torch.float32, non_blocking=True)
-        return self.lr if self.lr.device == device else self.lr.to(device, non_blocking=True)
+    def launch_inputs(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(rows, lr, mom) as a launch on ``device`` reads them: the group's own
+        tensors on its device, this step's copies on another one (taken before
+        any launch, since the group's last launch rewrites the live values)."""
+        if device == self.rows_device.device:
+            rows = self.rows_device
+        else:
+            rows = self.rows_on.get(device)
+            if rows is None:
+                rows = self.rows_on[device] = rows_tensor(self.rows, device)
+        lr = self.user_lr if self.user_lr is not None else self.lr  # a user's tensor is re-read: it may live elsewhere
+        return rows, scalar_on(lr, device), None if self.mom is None else scalar_on(self.mom, device)
+
+
+def scalar_on(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` as a float32 0-dim tensor on ``device``: ``t`` itself where it
+    already is one (the kernels then read the very tensor), else a copy."""
+    if t.device == device and t.dtype == torch.float32 and t.dim() == 0 and not t.requires_grad:
+        return t
+    return t.detach().reshape(()).to(device, torch.float32, non_blocking=True)
 
 
 @dataclass
@@ -88,7 +104,3 @@ def write_schedule(live: Tensor, rows: list[list[float]], step: Tensor) -> None:
 
 def rows_tensor(rows: list[list[float]], device: torch.device) -> Tensor:
     return torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
-
-
-def is_schedule(x: Any) -> bool:
-    return isinstance(x, Schedule)
