@@ -30,6 +30,12 @@ class TensorTables:
         return [*self.addrs, self.numels, self.chunk_tensor, self.chunk_start]
 
 
+def aligned_16(lists) -> bool:
+    """Every tensor of every list starts on a 16-byte boundary: the kernels'
+    vector path may then be taken (the Triton ALIGNED variant)."""
+    return all(t.data_ptr() % 16 == 0 for ts in lists for t in ts)
+
+
 def _upload(values: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     host = torch.tensor(values, dtype=dtype)
     if device.type == "cuda":

@@ -51,16 +51,16 @@ def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
     from . import triton_update as tu
 
     out = dict(P_DT=p_dt, G_DT=p_dt, S_DT=s_dt, MAXIMIZE=False, HAS_WD=True, HAS_GRAD_MUL=False, HAS_SKIP=False,
-               NEXT=True, ADVANCE=True, ALIGNED=True, CHUNK=tu.CHUNK, BLOCK=tu.BLOCK)  # fmt: skip
+               NEXT=True, ADVANCE=True)  # fmt: skip
     if kernel is tu._adam_kernel:
         out.update(CYCLE_MOMENTUM=False, AMSGRAD=False, DECOUPLED=False, HAS_BETAS=False, BLOCK_T=tu.BLOCK_T)
     else:
         out.update(USE_MOMENTUM=True, CYCLE_MOMENTUM=False, NESTEROV=False)
     out.update(flags)
     out.update(extra)
-    out.setdefault("TAIL", tu.TAIL_ALIGNED if out["ALIGNED"] else tu.BLOCK)
+    # the element loops' shape, exactly as a launch derives it
     torch_dt = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float16: torch.float16}
-    out.setdefault("VEC", tu.vec_elems(*(torch_dt[out[k]] for k in ("P_DT", "G_DT", "S_DT"))))
+    out.update(tu.loop_constexprs(out.get("ALIGNED", True), *(torch_dt[out[k]] for k in ("P_DT", "G_DT", "S_DT"))))
     return out
 
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .tensor_tables import TableCache, adam_tables, fresh_flags, sgd_tables
+from .tensor_tables import TableCache, adam_tables, aligned_16, fresh_flags, sgd_tables
 from .triton_schedule import evaluate_rows
 
 CHUNK = 16384  # elements per program
@@ -43,13 +43,16 @@ BLOCK_T = 128
 TAIL_ALIGNED = 128
 
 
-def vec_elems(*dtypes: torch.dtype) -> int:
-    """Elements per vector access of the ALIGNED loop: 16 bytes of the widest
-    type, the same count for every list (bf16 params with fp32 state: 4, as
-    64-bit and 128-bit accesses), so all share one register layout (8 bf16
-    beside 4 fp32 per thread made the compiler convert through shared memory
-    inside the loop)."""
-    return 16 // max(dt.itemsize for dt in dtypes)
+def loop_constexprs(aligned: bool, *dtypes: torch.dtype) -> dict:
+    """The element loops' shape for a bucket (the launches and
+    triton_aot_check): ALIGNED, the block sizes, and VEC, the elements per
+    vector access of the ALIGNED loop: 16 bytes of the widest type, the same
+    count for every list (bf16 params with fp32 state: 4, as 64-bit and
+    128-bit accesses), so all share one register layout (8 bf16 beside 4 fp32
+    per thread made the compiler convert through shared memory inside the
+    loop)."""
+    return dict(ALIGNED=aligned, CHUNK=CHUNK, BLOCK=BLOCK, TAIL=TAIL_ALIGNED if aligned else BLOCK,
+                VEC=16 // max(dt.itemsize for dt in dtypes))  # fmt: skip
 
 _tables = TableCache(CHUNK)
 _dummies: dict[tuple, Tensor] = {}  # placeholders for absent optional pointers
@@ -307,8 +310,7 @@ def _adam_kernel(
                         one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
                         P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
-    last = _draw_ticket(ticket)
-    if last:
+    if _draw_ticket(ticket):
         if skipped == 0:
             for t0 in range(0, num_tensors, BLOCK_T):
                 idx = t0 + tl.arange(0, BLOCK_T)
@@ -366,7 +368,7 @@ def _bucket_tables(bucket, tables_fn):
     grads = bucket.grads()
     dense, tables, step_table = tables_fn(grads)
     flat = tables.flat()
-    aligned = all(t.data_ptr() % 16 == 0 for ts in dense.lists for t in ts)
+    aligned = aligned_16(dense.lists)
     return flat, tables.num_chunks, step_table, grads[0].dtype, aligned, dense
 
 
@@ -388,8 +390,8 @@ def sgd_(
         one_minus_dampening=1.0 - float(dampening), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
         USE_MOMENTUM=use_momentum, NESTEROV=nesterov,
-        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
-        CHUNK=CHUNK, BLOCK=BLOCK, TAIL=TAIL_ALIGNED if aligned else BLOCK, VEC=vec_elems(params[0].dtype, g_dtype, s_dtype),
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
+        **loop_constexprs(aligned, params[0].dtype, g_dtype, s_dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
     if dense is not None:
@@ -417,9 +419,8 @@ def adam_(
         eps=float(eps), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[states[0][0].dtype],
         AMSGRAD=amsgrad, DECOUPLED=decoupled,
-        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, ALIGNED=aligned,
-        CHUNK=CHUNK, BLOCK=BLOCK, TAIL=TAIL_ALIGNED if aligned else BLOCK, BLOCK_T=BLOCK_T,
-        VEC=vec_elems(params[0].dtype, g_dtype, states[0][0].dtype),
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, BLOCK_T=BLOCK_T,
+        **loop_constexprs(aligned, params[0].dtype, g_dtype, states[0][0].dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
     if dense is not None:

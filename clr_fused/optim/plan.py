@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from ..kernels.tensor_tables import build_tables, same_dense_layout
+from ..kernels.tensor_tables import aligned_16, build_tables, same_dense_layout
 
 
 def local(t: Tensor | None) -> Tensor | None:
@@ -199,6 +199,6 @@ def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk
     b.num_chunks = tables.num_chunks
     if b.steps:
         b.step_table = build_tables([b.steps], chunk, b.device).addrs[0]
-    b.aligned = all(t.data_ptr() % 16 == 0 for ts in (b.params, grads, *b.states) for t in ts)
+    b.aligned = aligned_16([b.params, grads, *b.states])
     b.native = native
     b.native_index = native.add_bucket(positions, b.params, grads, b.states, b.steps, b.tables, b.step_table, b.aligned)
