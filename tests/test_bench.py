@@ -97,9 +97,11 @@ def test_gpu_rows_carry_the_model_prediction():
     from clr_fused.bench.param_sets import resnet50
 
     r = model.predict("resnet50", resnet50(), "sgd-momentum", torch.bfloat16)
-    assert run.predicted_ms("torch-fused+CyclicLR", "resnet50", resnet50(), "sgd", torch.bfloat16) == r["torch_fused_ms"]
-    assert run.predicted_ms("cf-cuda-graph", "resnet50", resnet50(), "sgd", torch.bfloat16) == r["ours_ms"]
-    assert run.predicted_ms("torch-foreach+CyclicLR", "resnet50", resnet50(), "sgd", torch.bfloat16) is None
+    case = run.model_prediction("resnet50", resnet50(), "sgd", torch.bfloat16)
+    assert case == r
+    assert run.predicted_ms("torch-fused+CyclicLR", case) == r["torch_fused_ms"]
+    assert run.predicted_ms("cf-cuda-graph", case) == r["ours_ms"]
+    assert run.predicted_ms("torch-foreach+CyclicLR", case) is None
     row = run.Row("resnet50", "sgd", "bfloat16", "cf-cuda", 0.2, 0.01, 1000.0, 50.0, 10.0, 1, 1, r["ours_ms"])
     text = run.markdown("GPU", 2000.0, [row])
     assert "not a measurement" in text and f"{r['ours_ms']:.3f} (model)" in text

@@ -218,6 +218,7 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
             for algo in algos:
                 bar.set_postfix_str(f"{set_name} {algo} {str(dtype).replace('torch.', '')}")
                 bar.update(1)
+                model = model_prediction(set_name, shapes, algo, dtype) if cuda else None
                 for name, build in providers(algo, params, device, include_amp=dtype == torch.float32).items():
                     if cuda:
                         torch.cuda.reset_peak_memory_stats(device)
@@ -230,7 +231,7 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
                     gbps = n * bytes_per_param(algo, dtype) / (ms * 1e-3) / 1e9
                     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
                     rows.append(Row(set_name, algo, str(dtype).replace("torch.", ""), name, ms, host_ms, gbps, 100 * gbps / copy_bw, peak, n,
-                                    len(shapes), predicted_ms(name, set_name, shapes, algo, dtype) if cuda else None))  # fmt: skip
+                                    len(shapes), None if model is None else predicted_ms(name, model)))  # fmt: skip
                     del step
             del params
             if cuda:
@@ -239,16 +240,20 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
     return copy_bw, rows
 
 
-def predicted_ms(provider: str, set_name: str, shapes, algo: str, dtype: torch.dtype) -> float | None:
-    """The roofline MODEL's H100 time for the device work of a provider that it
-    models (torch fused; our fused kernels, eager or graph), else None."""
+def model_prediction(set_name: str, shapes, algo: str, dtype: torch.dtype) -> dict:
+    """The roofline MODEL's H100 row for one case (bench/model.py), once per case."""
     from .model import predict
 
-    r = predict(set_name, shapes, "adam" if algo.startswith("adam") else "sgd-momentum", dtype)
+    return predict(set_name, shapes, "adam" if algo.startswith("adam") else "sgd-momentum", dtype)
+
+
+def predicted_ms(provider: str, model: dict) -> float | None:
+    """The model's time for the device work of a provider that it models
+    (torch fused; our fused kernels, eager or graph), else None."""
     if provider.startswith("torch-fused"):
-        return r["torch_fused_ms"]
+        return model["torch_fused_ms"]
     if provider.startswith(("cf-cuda", "cf-triton")):
-        return r["ours_ms"]
+        return model["ours_ms"]
     return None
 
 
