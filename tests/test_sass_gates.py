@@ -79,11 +79,8 @@ def ptxas_resources(text: str) -> dict[str, dict[str, int]]:
 def sass_memory_ops(text: str) -> dict[str, collections.Counter]:
     """Per kernel from ``cuobjdump -sass``: memory instructions with their
     modifiers (LDG.E.128, ST.E, ...)."""
-    out = {}
-    for block in re.split(r"\n\s*Function : ", text)[1:]:
-        name = block.split("\n", 1)[0].strip()
-        out[name] = collections.Counter(re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*)\b", block))
-    return out
+    return {name: collections.Counter(re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*)\b", body))
+            for name, body in sass_loops.functions(text).items()}  # fmt: skip
 
 
 def _compile(tmp_path, *defines):
