@@ -86,3 +86,26 @@ def resolve(backend: str, device: torch.device) -> str:
     if reason is not None:
         raise BackendUnavailable(f"backend={backend!r} is unavailable on {device}: {reason}")
     return backend
+
+
+#: Parameter dtypes the fused kernels update (complex ones through their real
+#: views); anything else (float64) takes the torch backend.
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.complex64)
+
+
+def resolve_for(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend for parameters of ``dtype`` on ``device``:
+    ``"auto"`` sends float64 (and complex128) to ``"torch"``; a fused
+    backend asked for by name refuses them with a ValueError."""
+    name = resolve(backend, device)
+    if name == "torch" or dtype in FUSED_DTYPES:
+        return name
+    requested = backend
+    if backend == "auto":
+        requested = check_name(os.environ.get("CLR_FUSED_BACKEND", "").strip() or "auto")
+    if requested == "auto":
+        return "torch"
+    raise ValueError(
+        f"backend={name!r} updates float32, bfloat16 and float16 parameters, got a {dtype} parameter; "
+        "use backend='auto' (which sends it to the torch backend) or backend='torch'"
+    )

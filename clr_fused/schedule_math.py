@@ -8,8 +8,15 @@ momentum)``; it is written once against a tiny math namespace so the same
 lines serve:
 
 * Python ints  -> Python floats (float64 math), via :data:`PY_OPS`;
-* int64 tensors -> float32 tensors on the step's device, via :data:`TORCH_OPS`
+* int64 tensors -> float64 tensors on the step's device, via :data:`TORCH_OPS`
   (tensor ops only: no ``.item()``, no host sync).
+
+Every path evaluates in float64 (the parameters in the rows are float64
+too: ``gamma`` never goes through float32) and rounds once, at the end, to
+the float32 LR / momentum an update applies; so ``gamma**k`` does not drift
+at 1e7 steps and the paths agree to within one float32 ulp (in practice bit
+for bit: they differ only where libm's last float64 bit decides a float32
+rounding).
 
 The Triton and CUDA kernels read the same rows from device memory and mirror
 these functions line by line; the tests check all paths against
@@ -17,7 +24,10 @@ these functions line by line; the tests check all paths against
 
 Integer arithmetic (which cycle, position inside it, milestones passed) stays
 in int64 so steps far past 2**24 land in the right place; only the fraction
-inside a cycle goes through floating point.
+inside a cycle goes through floating point.  Every integer (lengths,
+milestones, ``T_mult``, the step) is at most ``MAX_INT = 2**53`` (exact in
+float64; validated by the specs and the optimizers), so no int64 product or
+sum below can overflow and no loop runs more than 64 times.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ ROW_WIDTH = 16  # start_step, kind, then NUM_PARAMS parameters
 NUM_PARAMS = ROW_WIDTH - 2
 MAX_SEGMENTS = 8  # rows per schedule (SequentialLR pieces after flattening)
 MAX_MILESTONES = NUM_PARAMS - 3  # MultiStepLR: base_lr, gamma, count, milestones...
+MAX_INT = 2**53  # largest length, milestone, T_mult or step counter accepted
 
 # Kind codes.  Kernels switch on these numbers: never renumber, only append.
 KIND_CONSTANT = 0  # [lr]
@@ -79,16 +90,15 @@ class _PyOps:
         return max(a, b)
 
     @staticmethod
-    def int_log_floor(x: int, base: int) -> int:
-        """Largest n with base**n <= x (x >= 1, base >= 2), exactly."""
-        n = 0
-        while base ** (n + 1) <= x:
-            n += 1
-        return n
+    def restart_cycle(k: int, t_0: int, t_mult: int):
+        """(position inside the SGDR cycle holding step k, that cycle's length)."""
+        starts, lengths = restart_table(t_0, t_mult)
+        n = sum(1 for s in starts if s <= k) - 1
+        return k - starts[n], lengths[n]
 
 
 class _TorchOps:
-    """int64 / float32 tensors on the step's device; no host sync."""
+    """int64 / float64 tensors on the step's device; no host sync."""
 
     pi = math.pi
 
@@ -98,7 +108,7 @@ class _TorchOps:
 
     @staticmethod
     def to_float(x):
-        return x.to(torch.float32) if isinstance(x, torch.Tensor) else float(x)
+        return x.to(torch.float64) if isinstance(x, torch.Tensor) else float(x)
 
     @staticmethod
     def cos(x):
@@ -106,10 +116,9 @@ class _TorchOps:
 
     @staticmethod
     def pow(base: float, exponent):
-        # exp2(e * log2(base)) is what the kernels compute as well.
         if base <= 0.0:
-            return torch.zeros_like(exponent, dtype=torch.float32)
-        return torch.exp2(exponent.to(torch.float32) * math.log2(base))
+            return torch.zeros_like(exponent, dtype=torch.float64)
+        return torch.pow(base, exponent.to(torch.float64))
 
     @staticmethod
     def minimum(a, b):
@@ -120,17 +129,37 @@ class _TorchOps:
         return torch.clamp(a, min=b) if not isinstance(b, torch.Tensor) else torch.maximum(a, b)
 
     @staticmethod
-    def int_log_floor(x, base: int):
-        # Float estimate, then one exact int64 correction each way.
-        n = torch.floor(torch.log2(x.to(torch.float32)) / math.log2(base)).to(torch.int64)
-        n = torch.clamp(n, min=0)
-        n = torch.where(torch.pow(base, n) > x, n - 1, n)
-        n = torch.where(torch.pow(base, n + 1) <= x, n + 1, n)
-        return n
+    def restart_cycle(k, t_0: int, t_mult: int):
+        starts, lengths = _restart_tensors(t_0, t_mult, k.device)
+        n = torch.bucketize(k, starts, right=True) - 1  # the last start <= k
+        return k - starts[n], lengths[n]
 
 
 PY_OPS = _PyOps()
 TORCH_OPS = _TorchOps()
+
+
+def restart_table(t_0: int, t_mult: int) -> tuple[list[int], list[float]]:
+    """SGDR's cycle starts ``T_0 * (T_mult**n - 1) / (T_mult - 1)`` up to
+    ``MAX_INT`` and their lengths (exact Python ints; at most 54 cycles)."""
+    starts, lengths = [0], [t_0]
+    while starts[-1] + lengths[-1] <= MAX_INT:
+        starts.append(starts[-1] + lengths[-1])
+        lengths.append(lengths[-1] * t_mult)
+    return starts, [float(n) for n in lengths]
+
+
+_RESTART_TENSORS: dict[tuple, tuple] = {}
+
+
+def _restart_tensors(t_0: int, t_mult: int, device: torch.device):
+    key = (t_0, t_mult, device)
+    out = _RESTART_TENSORS.get(key)
+    if out is None:
+        starts, lengths = restart_table(t_0, t_mult)
+        out = (torch.tensor(starts, dtype=torch.int64, device=device), torch.tensor(lengths, dtype=torch.float64, device=device))
+        _RESTART_TENSORS[key] = out
+    return out
 
 
 def _cyclic(p, k, ops):
@@ -208,9 +237,7 @@ def _warm_restarts(p, k, ops):
         t_cur, t_i = k % t_0, t_0
     else:
         # Cycle n starts at T_0 * (T_mult**n - 1) / (T_mult - 1) and lasts T_0 * T_mult**n.
-        n = ops.int_log_floor((k // t_0) * (t_mult - 1) + 1, t_mult)
-        t_i = t_0 * t_mult**n
-        t_cur = k - t_0 * (t_mult**n - 1) // (t_mult - 1)
+        t_cur, t_i = ops.restart_cycle(k, t_0, t_mult)
     return eta_min + (base_lr - eta_min) * _cos_weight(ops.to_float(t_cur) / ops.to_float(t_i), ops)
 
 

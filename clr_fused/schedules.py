@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
 import torch
 
 from . import schedule_math as sm
@@ -43,8 +45,15 @@ __all__ = [
 
 
 # ---------------------------------------------------------------- validation
+# The checks return the value normalised (numpy scalars -> Python numbers);
+# each spec stores what they return (``_norm``), so its rows, its dict form
+# and its evaluation see plain ints and floats.
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 
 def _check_lr(name: str, v) -> float:
@@ -59,10 +68,16 @@ def _check_positive(name: str, v) -> float:
     return float(v)
 
 
+def _check_int(name: str, v, low: int, what: str) -> int:
+    """An integer in [low, sm.MAX_INT]: the rows hold integers as float64 and
+    the step arithmetic is int64, so larger values are refused, not wrapped."""
+    if not _is_int(v) or not low <= int(v) <= sm.MAX_INT:
+        raise ValueError(f"{name} must be {what} <= 2**53, got {v!r}")
+    return int(v)
+
+
 def _check_length(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"{name} must be a positive integer number of steps, got {v!r}")
-    return v
+    return _check_int(name, v, 1, "a positive integer number of steps")
 
 
 def _check_unit(name: str, v, *, low_open=True, high_open=True) -> float:
@@ -76,9 +91,24 @@ def _check_unit(name: str, v, *, low_open=True, high_open=True) -> float:
 
 
 def _check_choice(name: str, v, choices: Sequence[str]) -> str:
-    if v not in choices:
+    if not isinstance(v, str) or v not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {v!r}")
     return v
+
+
+def _check_int_list(name: str, v, low: int) -> tuple[int, ...]:
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        raise ValueError(f"{name} must be a sequence of integers, got {v!r}")
+    out = tuple(v)
+    for m in out:
+        if not _is_int(m) or not low <= int(m) <= sm.MAX_INT:
+            raise ValueError(f"{name} must hold integers in [{low}, 2**53], got {list(out)}")
+    return tuple(int(m) for m in out)
+
+
+def _norm(spec, name: str, check, *args, **kwargs) -> None:
+    """Validate field ``name`` of a frozen spec and store the normalised value."""
+    object.__setattr__(spec, name, check(name, getattr(spec, name), *args, **kwargs))
 
 
 # ---------------------------------------------------------------- base class
@@ -103,12 +133,14 @@ class Schedule:
         if isinstance(step, torch.Tensor):
             if step.dtype.is_floating_point or step.dtype.is_complex or step.dtype == torch.bool:
                 raise TypeError(f"step must be an integer tensor, got dtype {step.dtype}")
-            return sm.evaluate_rows(self.rows(), step.to(torch.int64), sm.TORCH_OPS)
-        if isinstance(step, bool) or not isinstance(step, int):
+            # float64 math, rounded once to the float32 value the kernels apply
+            lr, mom = sm.evaluate_rows(self.rows(), step.to(torch.int64), sm.TORCH_OPS)
+            return lr.to(torch.float32), None if mom is None else mom.to(torch.float32)
+        if not _is_int(step):
             raise TypeError(f"step must be an int or an integer tensor, got {type(step).__name__}")
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        return sm.evaluate_rows(self.rows(), step, sm.PY_OPS)
+        if not 0 <= int(step) <= sm.MAX_INT:
+            raise ValueError(f"step must be in [0, 2**53], got {step}")
+        return sm.evaluate_rows(self.rows(), int(step), sm.PY_OPS)
 
     def __call__(self, step):
         """The LR that the ``step``-th update (0-based) applies."""
@@ -146,7 +178,7 @@ class Constant(Schedule):
     lr: float
 
     def __post_init__(self):
-        _check_lr("lr", self.lr)
+        _norm(self, "lr", _check_lr)
 
     def _row(self):
         return _row(sm.KIND_CONSTANT, self.lr)
@@ -189,25 +221,25 @@ class CyclicLR(Schedule):
     max_momentum: float = 0.9
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_lr("max_lr", self.max_lr)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "max_lr", _check_lr)
         if self.max_lr < self.base_lr:
             raise ValueError(f"max_lr must be >= base_lr ({self.base_lr}), got {self.max_lr}")
-        _check_length("step_size_up", self.step_size_up)
+        _norm(self, "step_size_up", _check_length)
         if self.step_size_down is not None:
-            _check_length("step_size_down", self.step_size_down)
+            _norm(self, "step_size_down", _check_length)
         if callable(self.mode):
             raise ValueError(
                 "a custom scale_fn is not supported (it cannot run on the device); "
                 "mode must be one of ['triangular', 'triangular2', 'exp_range']"
             )
-        _check_choice("mode", self.mode, list(_CYCLIC_MODES))
-        _check_positive("gamma", self.gamma)
+        _norm(self, "mode", _check_choice, list(_CYCLIC_MODES))
+        _norm(self, "gamma", _check_positive)
         if self.scale_mode is not None:
-            _check_choice("scale_mode", self.scale_mode, ["cycle", "iterations"])
+            _norm(self, "scale_mode", _check_choice, ["cycle", "iterations"])
         if self.cycle_momentum:
-            _check_unit("base_momentum", self.base_momentum, low_open=False)
-            _check_unit("max_momentum", self.max_momentum, low_open=False)
+            _norm(self, "base_momentum", _check_unit, low_open=False)
+            _norm(self, "max_momentum", _check_unit, low_open=False)
             if self.max_momentum < self.base_momentum:
                 raise ValueError(f"max_momentum must be >= base_momentum ({self.base_momentum}), got {self.max_momentum}")
 
@@ -269,15 +301,15 @@ class OneCycleLR(Schedule):
     three_phase: bool = False
 
     def __post_init__(self):
-        _check_lr("max_lr", self.max_lr)
-        _check_length("total_steps", self.total_steps)
-        _check_unit("pct_start", self.pct_start)
-        _check_choice("anneal_strategy", self.anneal_strategy, ["cos", "linear"])
-        _check_positive("div_factor", self.div_factor)
-        _check_positive("final_div_factor", self.final_div_factor)
+        _norm(self, "max_lr", _check_lr)
+        _norm(self, "total_steps", _check_length)
+        _norm(self, "pct_start", _check_unit)
+        _norm(self, "anneal_strategy", _check_choice, ["cos", "linear"])
+        _norm(self, "div_factor", _check_positive)
+        _norm(self, "final_div_factor", _check_positive)
         if self.cycle_momentum:
-            _check_unit("base_momentum", self.base_momentum, low_open=False)
-            _check_unit("max_momentum", self.max_momentum, low_open=False)
+            _norm(self, "base_momentum", _check_unit, low_open=False)
+            _norm(self, "max_momentum", _check_unit, low_open=False)
         end1, end2 = self._ends()
         last = self.total_steps - 1
         if not 0 < end1 < last or (self.three_phase and not end1 < end2 < last):
@@ -327,9 +359,9 @@ class CosineAnnealingLR(Schedule):
     eta_min: float = 0.0
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_length("T_max", self.T_max)
-        _check_lr("eta_min", self.eta_min)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "T_max", _check_length)
+        _norm(self, "eta_min", _check_lr)
 
     def _row(self):
         return _row(sm.KIND_COSINE, self.base_lr, self.T_max, self.eta_min)
@@ -345,11 +377,10 @@ class CosineAnnealingWarmRestarts(Schedule):
     eta_min: float = 0.0
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_length("T_0", self.T_0)
-        if isinstance(self.T_mult, bool) or not isinstance(self.T_mult, int) or self.T_mult < 1:
-            raise ValueError(f"T_mult must be an integer >= 1, got {self.T_mult!r}")
-        _check_lr("eta_min", self.eta_min)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "T_0", _check_length)
+        _norm(self, "T_mult", _check_int, 1, "an integer >= 1")
+        _norm(self, "eta_min", _check_lr)
 
     def _row(self):
         return _row(sm.KIND_WARM_RESTARTS, self.base_lr, self.T_0, self.T_mult, self.eta_min)
@@ -363,8 +394,8 @@ class ExponentialLR(Schedule):
     gamma: float
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_positive("gamma", self.gamma)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "gamma", _check_positive)
 
     def _row(self):
         return _row(sm.KIND_EXPONENTIAL, self.base_lr, self.gamma)
@@ -379,9 +410,9 @@ class StepLR(Schedule):
     gamma: float = 0.1
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_length("step_size", self.step_size)
-        _check_positive("gamma", self.gamma)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "step_size", _check_length)
+        _norm(self, "gamma", _check_positive)
 
     def _row(self):
         return _row(sm.KIND_STEP, self.base_lr, self.step_size, self.gamma)
@@ -396,17 +427,14 @@ class MultiStepLR(Schedule):
     gamma: float = 0.1
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        ms = tuple(self.milestones)
-        object.__setattr__(self, "milestones", ms)
-        for m in ms:
-            if isinstance(m, bool) or not isinstance(m, int) or m < 0:
-                raise ValueError(f"milestones must be integers >= 0, got {list(ms)}")
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "milestones", _check_int_list, 0)
+        ms = self.milestones
         if list(ms) != sorted(ms):
             raise ValueError(f"milestones must be sorted in increasing order, got {list(ms)}")
         if len(ms) > sm.MAX_MILESTONES:
             raise ValueError(f"milestones may hold at most {sm.MAX_MILESTONES} entries, got {len(ms)}")
-        _check_positive("gamma", self.gamma)
+        _norm(self, "gamma", _check_positive)
 
     def _row(self):
         return _row(sm.KIND_MULTI_STEP, self.base_lr, self.gamma, len(self.milestones), *self.milestones)
@@ -421,9 +449,9 @@ class PolynomialLR(Schedule):
     power: float = 1.0
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_length("total_iters", self.total_iters)
-        _check_lr("power", self.power)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "total_iters", _check_length)
+        _norm(self, "power", _check_lr)
 
     def _row(self):
         return _row(sm.KIND_POLYNOMIAL, self.base_lr, self.total_iters, self.power)
@@ -439,10 +467,10 @@ class LinearLR(Schedule):
     total_iters: int = 5
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_unit("start_factor", self.start_factor, high_open=False)
-        _check_unit("end_factor", self.end_factor, low_open=False, high_open=False)
-        _check_length("total_iters", self.total_iters)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "start_factor", _check_unit, high_open=False)
+        _norm(self, "end_factor", _check_unit, low_open=False, high_open=False)
+        _norm(self, "total_iters", _check_length)
 
     def _row(self):
         return _row(sm.KIND_LINEAR, self.base_lr, self.start_factor, self.end_factor, self.total_iters)
@@ -457,9 +485,9 @@ class ConstantLR(Schedule):
     total_iters: int = 5
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_unit("factor", self.factor, low_open=False, high_open=False)
-        _check_length("total_iters", self.total_iters)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "factor", _check_unit, low_open=False, high_open=False)
+        _norm(self, "total_iters", _check_length)
 
     def _row(self):
         return _row(sm.KIND_CONSTANT_FACTOR, self.base_lr, self.factor, self.total_iters)
@@ -475,16 +503,13 @@ class SequentialLR(Schedule):
 
     def __post_init__(self):
         scheds = tuple(self.schedules)
-        ms = tuple(self.milestones)
         object.__setattr__(self, "schedules", scheds)
-        object.__setattr__(self, "milestones", ms)
+        _norm(self, "milestones", _check_int_list, 1)
+        ms = self.milestones
         if not scheds or not all(isinstance(s, Schedule) for s in scheds):
             raise ValueError("schedules must be a non-empty sequence of clr_fused schedule specs")
         if len(ms) != len(scheds) - 1:
             raise ValueError(f"milestones must have len(schedules) - 1 = {len(scheds) - 1} entries, got {len(ms)}")
-        for m in ms:
-            if isinstance(m, bool) or not isinstance(m, int) or m <= 0:
-                raise ValueError(f"milestones must be positive integers, got {list(ms)}")
         if any(b <= a for a, b in zip(ms, ms[1:])):
             raise ValueError(f"milestones must be strictly increasing, got {list(ms)}")
         for s in scheds:
@@ -532,17 +557,15 @@ class ReduceLROnPlateau(Schedule):
     eps: float = 1e-8
 
     def __post_init__(self):
-        _check_lr("base_lr", self.base_lr)
-        _check_choice("mode", self.mode, ["min", "max"])
-        _check_unit("factor", self.factor, low_open=False)
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "mode", _check_choice, ["min", "max"])
+        _norm(self, "factor", _check_unit, low_open=False)
         for name in ("patience", "cooldown"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        _check_lr("threshold", self.threshold)
-        _check_choice("threshold_mode", self.threshold_mode, ["rel", "abs"])
-        _check_lr("min_lr", self.min_lr)
-        _check_lr("eps", self.eps)
+            _norm(self, name, _check_int, 0, "an integer >= 0")
+        _norm(self, "threshold", _check_lr)
+        _norm(self, "threshold_mode", _check_choice, ["rel", "abs"])
+        _norm(self, "min_lr", _check_lr)
+        _norm(self, "eps", _check_lr)
 
     def _row(self):
         return _row(sm.KIND_PLATEAU, self.base_lr)

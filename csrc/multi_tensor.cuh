@@ -223,8 +223,8 @@ __device__ __forceinline__ void finish_step(const StepInputs& in, const ChunkInf
   const int64_t k_next = c.k + (c.skipped ? 0 : 1);
   if (in.next != nullptr) {
     const LrMom s = evaluate_rows(in.rows, in.n_rows, k_next, nullptr);
-    in.next[0] = s.lr;
-    in.next[1] = s.mom;
+    in.next[0] = static_cast<float>(s.lr);  // the one rounding of the float64 schedule
+    in.next[1] = static_cast<float>(s.mom);
   }
   if (in.advance) *in.counter = k_next;
 }

@@ -3,10 +3,12 @@
 // Python builds the plan once (buckets, state lists, device address tables:
 // clr_fused/optim/plan.py) and hands it here.  Each step, one check() call
 // walks every parameter of every param group in C++ and confirms that nothing
-// the plan depends on changed: the same parameter objects in the same groups,
-// the same parameter storage and dtype, a gradient exactly where there was
-// one (dense, same dtype and strides as its parameter) and the same state
-// storage.  A gradient that only moved (zero_grad(set_to_none=True) and a new
+// the kernels rely on changed: the same parameter objects in the same groups;
+// for every parameter its address, dtype, sizes and strides (so `p.data =
+// p.data[:10]`, `set_`, `resize_` are caught: the tables hold the old element
+// counts); a gradient exactly where there was one, dense, with the
+// parameter's dtype, sizes and strides; and every state tensor's address,
+// dtype, sizes and strides.  A gradient that only moved (zero_grad(set_to_none=True) and a new
 // backward) is the one change handled here: its address is patched into the
 // bucket's grad table.  Anything else returns false and Python rebuilds the
 // plan.  Then sgd()/adam() call the registered op through the dispatcher
@@ -38,11 +40,26 @@ inline const void* address(const at::Tensor& t) {
 struct Param;
 void prefetch(const std::vector<Param>& ps, size_t i);
 
+// What the kernels rely on of one tensor, besides its storage address.
+struct Geometry {
+  caffe2::TypeMeta dtype;
+  std::vector<int64_t> sizes, strides;
+
+  static Geometry of(const at::Tensor& t) {
+    const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+    return {impl->dtype(), impl->sizes().vec(), impl->strides().vec()};
+  }
+  // sizes() / strides() live inside the TensorImpl: no extra dependent load.
+  bool same(const c10::TensorImpl* impl) const {
+    return impl->dtype() == dtype && impl->sizes().equals(sizes) && impl->strides().equals(strides);
+  }
+};
+
 struct Param {
   py::object obj;  // the object in param_groups[g]["params"] (identity check)
   at::Tensor tensor;  // the same tensor, for data_ptr() and grad()
   const void* data = nullptr;
-  caffe2::TypeMeta dtype;
+  Geometry geometry;
   int bucket = -1;  // -1: no grad expected; kUnchecked: grad expected, gathered by Python
   int64_t slot = 0;
 };
@@ -75,6 +92,7 @@ struct Bucket {
   std::vector<at::Tensor> params, grads, steps;
   std::vector<std::vector<at::Tensor>> states;  // momentum_buffers, or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]
   std::vector<const void*> state_data;  // flattened, for the check
+  std::vector<Geometry> state_geometry;  // the same order
   std::vector<at::Tensor> tables;  // [addrs (params, grads, states...), numels, chunk_tensor, chunk_start]
   std::optional<at::Tensor> step_table;
   std::vector<int64_t> grad_addrs;  // host copy of tables[1]
@@ -94,7 +112,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
         p.obj = obj;
         p.tensor = obj.cast<at::Tensor>();
         p.data = address(p.tensor);
-        p.dtype = p.tensor.dtype();
+        p.geometry = Geometry::of(p.tensor);
         ps.push_back(std::move(p));
       }
       groups_.push_back(std::move(ps));
@@ -124,9 +142,15 @@ class __attribute__((visibility("hidden"))) StepPlan {
       b.grad_addrs.push_back(reinterpret_cast<int64_t>(address(grads[s])));
     }
     for (const auto& list : states) {
-      for (const auto& t : list) b.state_data.push_back(address(t));
+      for (const auto& t : list) {
+        b.state_data.push_back(address(t));
+        b.state_geometry.push_back(Geometry::of(t));
+      }
     }
-    for (const auto& t : steps) b.state_data.push_back(address(t));
+    for (const auto& t : steps) {
+      b.state_data.push_back(address(t));
+      b.state_geometry.push_back(Geometry::of(t));
+    }
     b.params = std::move(params);
     b.grads = grads;  // for the launch that follows the build (check() refills them)
     b.states = std::move(states);
@@ -167,11 +191,11 @@ class __attribute__((visibility("hidden"))) StepPlan {
       size_t k = 0;
       for (const auto& list : b.states) {
         for (const auto& t : list) {
-          if (address(t) != b.state_data[k++]) return false;
+          if (!same_state(b, k++, t)) return false;
         }
       }
       for (const auto& t : b.steps) {
-        if (address(t) != b.state_data[k++]) return false;
+        if (!same_state(b, k++, t)) return false;
       }
     }
     for (size_t i = 0; i < buckets_.size(); ++i) {
@@ -221,6 +245,10 @@ class __attribute__((visibility("hidden"))) StepPlan {
   // Groups with at least this many parameters are checked on several threads.
   static constexpr int64_t kParallelCheck = 4096;
 
+  static bool same_state(const Bucket& b, size_t k, const at::Tensor& t) {
+    return address(t) == b.state_data[k] && b.state_geometry[k].same(t.unsafeGetTensorImpl());
+  }
+
   // Parameters [begin, end) of one group: true while nothing the plan depends on changed.
   bool check_range(const std::vector<Param>& ps, PyObject* const* items, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -228,20 +256,26 @@ class __attribute__((visibility("hidden"))) StepPlan {
       const Param& p = ps[i];
       if (items[i] != p.obj.ptr()) return false;
       const c10::TensorImpl* impl = p.tensor.unsafeGetTensorImpl();
-      if (impl->dtype() != p.dtype || address(p.tensor) != p.data) return false;
+      if (address(p.tensor) != p.data || !p.geometry.same(impl)) return false;
       // TensorImpl::grad(), not Tensor::grad(): no non-leaf warning check.
-      // torch itself keeps a .grad's dtype, device and sizes equal to the
-      // parameter's; its strides and its address are ours to check.
+      // torch checks a .grad against its parameter only when it is assigned;
+      // `p.data = ...` changes the parameter behind it, so its dtype, sizes
+      // and strides are checked here too.
       const at::Tensor& g = impl->grad();
       if (p.bucket == -1) {
         if (g.defined()) return false;
         continue;
       }
       if (!g.defined() || g.layout() != at::kStrided) return false;  // sparse: the rebuild refuses it
-      if (p.bucket == kUnchecked) continue;
+      if (p.bucket == kUnchecked) {
+        // gathered by Python each step; its dtype and sizes must still be the parameter's
+        const c10::TensorImpl* gi = g.unsafeGetTensorImpl();
+        if (gi->dtype() != impl->dtype() || !gi->sizes().equals(impl->sizes())) return false;
+        continue;
+      }
       Bucket& b = buckets_[p.bucket];
       const void* ga = address(g);
-      if (ga == nullptr || !g.strides().equals(p.tensor.strides())) return false;
+      if (ga == nullptr || !p.geometry.same(g.unsafeGetTensorImpl())) return false;
       const int64_t addr = reinterpret_cast<int64_t>(ga);
       if (b.aligned && addr % 16 != 0) return false;  // a moved grad that breaks the vector path: rebuild
       if (addr != b.grad_addrs[p.slot]) {

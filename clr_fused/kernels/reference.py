@@ -70,10 +70,10 @@ def sgd_(
     params, grads = bucket.params, bucket.grads()
     momentum_buffers = bucket.states[0] if use_momentum else []
     new_buffer = bucket.fresh or [False] * len(params)
-    lr, cycled = sched.lr, sched.mom
+    dt = math_dtype(params[0].dtype)
+    lr, cycled = sched.in_float64() if dt == torch.float64 else (sched.lr, sched.mom)
     if cycled is not None:
         momentum = cycled
-    dt = math_dtype(params[0].dtype)
     p = _upcast(params, dt)
     d_p = _scaled_grads(grads, dt, grad_mul, maximize)
     if weight_decay != 0:
@@ -89,7 +89,7 @@ def sgd_(
         else:
             d_p = new_bufs
         _commit(momentum_buffers, new_bufs, skip)  # type: ignore[arg-type]
-    _commit(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt))), skip)
+    _commit(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt) if isinstance(lr, Tensor) else lr)), skip)
     sched.write_next(skip)
     return False
 
@@ -116,14 +116,14 @@ def adam_(
     params, grads, steps = bucket.params, bucket.grads(), bucket.steps
     exp_avgs, exp_avg_sqs = bucket.states[0], bucket.states[1]
     max_exp_avg_sqs = bucket.states[2] if amsgrad else []
-    lr, cycled = sched.lr, sched.mom
+    dt = math_dtype(params[0].dtype)
+    lr, cycled = sched.in_float64() if dt == torch.float64 else (sched.lr, sched.mom)
     one_minus_beta1, one_minus_beta2 = None, 1.0 - beta2
     if betas is not None:  # tensor betas, read on the device: [b1, 1 - b1, b2, 1 - b2]
         beta1, one_minus_beta1, beta2, one_minus_beta2 = betas[0], betas[1], betas[2], betas[3]
     if cycled is not None:
         beta1, one_minus_beta1 = cycled, None
-    dt = math_dtype(params[0].dtype)
-    lr = lr.to(dt)
+    lr = lr.to(dt) if isinstance(lr, Tensor) else torch.tensor(lr, dtype=dt, device=params[0].device)
     p = _upcast(params, dt)
     g = _scaled_grads(grads, dt, grad_mul, maximize)
     if weight_decay != 0:

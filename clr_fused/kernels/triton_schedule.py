@@ -2,7 +2,9 @@
 
 Each function mirrors its namesake there line by line; the rows come from a
 float64 device table (``[n_segments, ROW_WIDTH]``) and the step from the
-device counter (int64).  Integer parts stay int64, the fraction is float32.
+device counter (int64).  Integer parts stay int64, the rest is float64 (the
+program that evaluates it runs once per step); the caller rounds once to the
+float32 value it stores.
 Every kind is evaluated branch-free and selected with ``tl.where``, which
 keeps the code uniform and costs a few hundred scalar flops per program.
 """
@@ -20,8 +22,8 @@ assert sm.ROW_WIDTH == 16, "evaluate_rows strides rows by 16"
 
 
 @triton.jit
-def _f32(ptr, i):
-    return tl.load(ptr + i).to(tl.float32)
+def _f64(ptr, i):
+    return tl.load(ptr + i).to(tl.float64)
 
 
 @triton.jit
@@ -50,21 +52,21 @@ def _anneal(start, end, pct, linear):
 
 @triton.jit
 def _cyclic(p, k):
-    base_lr = _f32(p, 0)
-    max_lr = _f32(p, 1)
+    base_lr = _f64(p, 0)
+    max_lr = _f64(p, 1)
     up = tl.maximum(_i64(p, 2), 1)
     down = tl.maximum(_i64(p, 3), 1)
     mode = _i64(p, 4)
-    gamma = _f32(p, 5)
-    base_m = _f32(p, 6)
-    max_m = _f32(p, 7)
+    gamma = _f64(p, 5)
+    base_m = _f64(p, 6)
+    max_m = _f64(p, 7)
     total = up + down
     cycle = k // total + 1
     pos = k % total
-    posf = pos.to(tl.float32)
-    scale = tl.where(pos <= up, posf / up.to(tl.float32), (total.to(tl.float32) - posf) / down.to(tl.float32))
-    amp = tl.where(mode == 1, tl.exp2(-(cycle - 1).to(tl.float32)), 1.0)  # 0.5**(cycle-1)
-    amp = tl.where(mode == 2, _pow(gamma, k.to(tl.float32)), amp)
+    posf = pos.to(tl.float64)
+    scale = tl.where(pos <= up, posf / up.to(tl.float64), (total.to(tl.float64) - posf) / down.to(tl.float64))
+    amp = tl.where(mode == 1, tl.exp2(-(cycle - 1).to(tl.float64)), 1.0)  # 0.5**(cycle-1)
+    amp = tl.where(mode == 2, _pow(gamma, k.to(tl.float64)), amp)
     lr = base_lr + (max_lr - base_lr) * scale * amp
     mom = max_m - (max_m - base_m) * scale * amp
     return lr, mom
@@ -72,18 +74,18 @@ def _cyclic(p, k):
 
 @triton.jit
 def _one_cycle(p, k):
-    initial_lr = _f32(p, 0)
-    max_lr = _f32(p, 1)
-    min_lr = _f32(p, 2)
-    end1 = _f32(p, 3)
-    end2 = _f32(p, 4)
-    three_phase = _f32(p, 5) != 0.0
-    linear = _f32(p, 6) != 0.0
-    base_m = _f32(p, 7)
-    max_m = _f32(p, 8)
+    initial_lr = _f64(p, 0)
+    max_lr = _f64(p, 1)
+    min_lr = _f64(p, 2)
+    end1 = _f64(p, 3)
+    end2 = _f64(p, 4)
+    three_phase = _f64(p, 5) != 0.0
+    linear = _f64(p, 6) != 0.0
+    base_m = _f64(p, 7)
+    max_m = _f64(p, 8)
     total = tl.maximum(_i64(p, 9), 2)
-    kf = tl.minimum(k, total - 1).to(tl.float32)
-    last = (total - 1).to(tl.float32)
+    kf = tl.minimum(k, total - 1).to(tl.float64)
+    last = (total - 1).to(tl.float64)
     pct1 = kf / tl.where(end1 != 0.0, end1, 1.0)
     # two phases: [0, end1] up, then down to the last step
     two_pct2 = (kf - end1) / (last - end1)
@@ -107,58 +109,66 @@ def _one_cycle(p, k):
 
 @triton.jit
 def _cosine(p, k):
-    base_lr = _f32(p, 0)
+    base_lr = _f64(p, 0)
     t_max = tl.maximum(_i64(p, 1), 1)
-    eta_min = _f32(p, 2)
+    eta_min = _f64(p, 2)
     pos = k % (2 * t_max)
-    return eta_min + (base_lr - eta_min) * _cos_weight(pos.to(tl.float32) / t_max.to(tl.float32))
+    return eta_min + (base_lr - eta_min) * _cos_weight(pos.to(tl.float64) / t_max.to(tl.float64))
 
 
 @triton.jit
 def _warm_restarts(p, k):
-    base_lr = _f32(p, 0)
+    base_lr = _f64(p, 0)
     t_0 = tl.maximum(_i64(p, 1), 1)
     t_mult = tl.maximum(_i64(p, 2), 1)
-    eta_min = _f32(p, 3)
-    # Exact int64: cycle n starts at T_0 * (T_mult**n - 1) / (T_mult - 1).
-    x = (k // t_0) * (t_mult - 1) + 1
-    power = k * 0 + 1  # T_mult**n, int64
-    while (t_mult > 1) & (power * t_mult <= x):
-        power = power * t_mult
-    t_i = t_0 * power
-    t_cur = tl.where(t_mult == 1, k % t_0, k - t_0 * ((power - 1) // tl.maximum(t_mult - 1, 1)))
-    return eta_min + (base_lr - eta_min) * _cos_weight(t_cur.to(tl.float32) / t_i.to(tl.float32))
+    eta_min = _f64(p, 3)
+    # Walk the cycles as schedule_math.restart_table / schedule.cuh do: exact
+    # int64, no overflow (every integer <= 2**53), at most 64 iterations.
+    start = k * 0
+    length = t_0 + k * 0
+    t_i = length.to(tl.float64)
+    last = t_mult == 1
+    while (last == 0) & (start + length <= k):
+        start = start + length
+        big = length > 9007199254740992 // t_mult  # 2**53: the next cycle would start past any step
+        last = big
+        grown = length * tl.where(big, 1, t_mult)  # (no int64 overflow in the discarded branch)
+        t_i = tl.where(big, length.to(tl.float64) * t_mult.to(tl.float64), grown.to(tl.float64))
+        length = grown
+    t_cur = tl.where(t_mult == 1, k % t_0, k - start)
+    t_i = tl.where(t_mult == 1, t_0.to(tl.float64), t_i)
+    return eta_min + (base_lr - eta_min) * _cos_weight(t_cur.to(tl.float64) / t_i)
 
 
 @triton.jit
 def _multi_step(p, k):
-    base_lr = _f32(p, 0)
-    gamma = _f32(p, 1)
+    base_lr = _f64(p, 0)
+    gamma = _f64(p, 1)
     count = _i64(p, 2)
     passed = k * 0
     for i in range(0, count):
         passed += tl.where(k >= _i64(p, 3 + i), 1, 0)
-    return base_lr * _pow(gamma, passed.to(tl.float32))
+    return base_lr * _pow(gamma, passed.to(tl.float64))
 
 
 @triton.jit
 def _lr_only(kind, p, k):
-    b0 = _f32(p, 0)
+    b0 = _f64(p, 0)
     # ExponentialLR: [base_lr, gamma]
-    exponential = b0 * _pow(_f32(p, 1), k.to(tl.float32))
+    exponential = b0 * _pow(_f64(p, 1), k.to(tl.float64))
     # StepLR: [base_lr, step_size, gamma]
-    step = b0 * _pow(_f32(p, 2), (k // tl.maximum(_i64(p, 1), 1)).to(tl.float32))
+    step = b0 * _pow(_f64(p, 2), (k // tl.maximum(_i64(p, 1), 1)).to(tl.float64))
     # PolynomialLR: [base_lr, total_iters, power]
     total_iters = tl.maximum(_i64(p, 1), 1)
-    frac = 1.0 - tl.minimum(k, total_iters).to(tl.float32) / total_iters.to(tl.float32)
-    power = _f32(p, 2)
+    frac = 1.0 - tl.minimum(k, total_iters).to(tl.float64) / total_iters.to(tl.float64)
+    power = _f64(p, 2)
     poly = b0 * tl.where(frac > 0.0, _pow(frac, power), tl.where(power == 0.0, 1.0, 0.0))
     # LinearLR: [base_lr, start_factor, end_factor, total_iters]
     lin_total = tl.maximum(_i64(p, 3), 1)
-    lin_frac = tl.minimum(k, lin_total).to(tl.float32) / lin_total.to(tl.float32)
-    linear = b0 * (_f32(p, 1) + (_f32(p, 2) - _f32(p, 1)) * lin_frac)
+    lin_frac = tl.minimum(k, lin_total).to(tl.float64) / lin_total.to(tl.float64)
+    linear = b0 * (_f64(p, 1) + (_f64(p, 2) - _f64(p, 1)) * lin_frac)
     # ConstantLR: [base_lr, factor, total_iters]
-    constant_factor = b0 * tl.where(k < _i64(p, 2), _f32(p, 1), 1.0)
+    constant_factor = b0 * tl.where(k < _i64(p, 2), _f64(p, 1), 1.0)
 
     lr = b0  # KIND_CONSTANT and KIND_PLATEAU's static value
     lr = tl.where(kind == 3, _cosine(p, k), lr)
@@ -185,7 +195,7 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
     lr = tl.where(kind == 1, cyc_lr, lr)
     lr = tl.where(kind == 2, one_lr, lr)
     if HAS_PLATEAU:
-        lr = tl.where(kind == 11, tl.load(plateau_lr), lr)
+        lr = tl.where(kind == 11, tl.load(plateau_lr).to(tl.float64), lr)
     mom = tl.where(kind == 1, cyc_mom, one_mom)
     return lr, mom
 

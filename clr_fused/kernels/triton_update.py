@@ -128,8 +128,8 @@ def _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE: tl.constex
     k_next = k + 1 - skipped
     if NEXT:
         lr, mom = evaluate_rows(rows, n_rows, k_next, next_lr, False)
-        tl.store(next_lr, lr)
-        tl.store(next_lr + 1, mom)
+        tl.store(next_lr, lr.to(tl.float32))  # the one rounding of the float64 schedule
+        tl.store(next_lr + 1, mom.to(tl.float32))
     if ADVANCE:
         tl.store(counter, k_next)
 

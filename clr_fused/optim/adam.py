@@ -30,6 +30,7 @@ class Adam(FusedOptimizer):
     """
 
     _momentum_key = "betas"
+    _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
     # what torch.optim.Adam.__setstate__ fills in for checkpoints that predate a key
     _LEGACY_GROUP_DEFAULTS = dict(

@@ -298,12 +298,33 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self._step_counter
 
     # ------------------------------------------------------------ the step
-    def _backend_for(self, device: torch.device) -> str:
-        name = self._backend_cache.get(device)
+    def _backend_for(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+        """The backend of a bucket: "auto" sends float64 to "torch" (backends.resolve_for)."""
+        name = self._backend_cache.get((device, dtype))
         if name is None:
-            name = backends.resolve(self.backend, device)
-            self._backend_cache[device] = name
+            name = backends.resolve_for(self.backend, device, dtype)
+            self._backend_cache[(device, dtype)] = name
         return name
+
+    #: The state keys holding a tensor shaped like the parameter (subclasses).
+    _STATE_KEYS: tuple[str, ...] = ()
+
+    def _check_state(self, p: Tensor, backend: str, group_index: int, index: int) -> None:
+        """Refuse (before any launch) a state tensor the kernels could not use:
+        a state made for a parameter that has since changed shape, device or
+        dtype (``p.data = ...``), or a loaded one of the wrong kind.  torch's
+        own step fails on these too, with a size or dtype mismatch."""
+        st = self.state.get(p)
+        if not st:
+            return
+        where = f"param group {group_index}, parameter {index}"
+        for key in self._STATE_KEYS:
+            t = st.get(key)
+            if t is None:
+                continue
+            _check_state_tensor(t, p, key, where, fused=backend != "torch")
+        if "step" in st:
+            _check_step_value(st["step"], where)
 
     def step(self, closure: Callable[[], Any] | None = None):
         """One fused update of every param group; the schedule advances on the device."""
@@ -344,7 +365,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         plan = self._plan
         if plan is None or not plan.valid(keys):
             self._plan = None
-            plan = plan_mod.build(self.param_groups, keys, self._backend_for, self._make_states, _chunk_for)
+            plan = plan_mod.build(self.param_groups, keys, self._backend_for, self._check_state, self._make_states, _chunk_for)
             self._plan = plan
         return plan
 
@@ -378,7 +399,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             dev, rec = b.device, recs[b.group_index]
             rows, lr, mom = inputs[(b.group_index, dev)]
             next_ = rec.live if writer.get(b.group_index) == i else None
-            sched = live_lr.LaunchLR(rec.rows, rows, counters[dev], lr, mom, next_)
+            sched = live_lr.LaunchLR(rec.rows, rows, counters[dev], lr, mom, next_, rec.exact_source(self.param_groups[b.group_index]))
             advanced |= bool(
                 self._launch(
                     b,
@@ -407,13 +428,25 @@ class FusedOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, all-or-nothing: a group that is refused leaves the optimizer as it was."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
         lr = param_group.get("lr", self.defaults["lr"])
         _check_lr_value(lr)
+        spec = param_group.get("schedule")
+        if spec is not None and not isinstance(spec, Schedule):
+            raise ValueError(f"param group 'schedule' must be a clr_fused schedule spec, got {type(spec).__name__}")
         self._validate_group({**self.defaults, **param_group})
-        super().add_param_group(param_group)
-        self._plan = None
-        if self._step_counter is not None:  # (the constructor does its groups once the counter exists)
-            self._group_lr(len(self.param_groups) - 1)
+        n = len(self.param_groups)
+        try:
+            super().add_param_group(param_group)
+            self._plan = None
+            if self._step_counter is not None:  # (the constructor does its groups once the counter exists)
+                self._group_lr(n)
+        except BaseException:
+            del self.param_groups[n:]
+            self._lr_recs.pop(n, None)
+            raise
 
     def _skip_and_grad_mul(self, grads: list[Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """Device scalars: ``skip`` (non-finite step) and the grad multiplier.
@@ -495,11 +528,19 @@ class FusedOptimizer(torch.optim.Optimizer):
             out = hook(self, state_dict)
             if out is not None:
                 state_dict = out
-        self._check_shapes(state_dict)
+        specs = self._check_state_dict(state_dict)  # every refusal happens here, before anything changes
         saved_groups = state_dict["param_groups"]
-        for g in saved_groups:
-            if isinstance(g.get("schedule"), Schedule) or isinstance(g.get("lr"), Schedule):
-                raise ValueError("a saved param group holds a schedule object; save with optimizer.state_dict()")
+        snapshot = self._snapshot()
+        try:
+            self._load(state_dict, saved_groups, specs)
+        except BaseException:
+            self._restore(snapshot)  # all-or-nothing, whatever failed
+            raise
+        for hook in post.values():
+            hook(self)
+
+    def _load(self, state_dict: dict[str, Any], saved_groups: list[dict[str, Any]], specs: list[Schedule | None]) -> None:
+        pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         specs_before = [self._group_lr(gi).spec for gi in range(len(self.param_groups))]
         self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
         try:
@@ -511,13 +552,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             for key in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU):
                 group.pop(key, None)
-            if saved.get(_KEY_SCHEDULE) is not None:
-                group["schedule"] = schedule_from_dict(saved[_KEY_SCHEDULE])
+            if specs[gi] is not None:
+                group["schedule"] = specs[gi]
             elif not ours and specs_before[gi] is not None:
                 group["schedule"] = specs_before[gi]
+            if "lr" not in group:  # a checkpoint without one: the schedule's (or the default) value
+                group["lr"] = group.get("schedule", self.defaults["lr"])
             if saved.get(_KEY_PLATEAU) is not None:
                 plateau[gi] = {
-                    k: torch.tensor(v, dtype=torch.int64 if isinstance(v, int) else torch.float32, device=self._live_device())
+                    k: torch.tensor(v, dtype=torch.int64 if k in _PLATEAU_COUNTS else torch.float32, device=self._live_device())
                     for k, v in saved[_KEY_PLATEAU].items()
                 }
         self._plan = None
@@ -526,10 +569,68 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._plateau = plateau
         self._after_load()
         self._lr_recs.clear()
-        for gi in range(len(self.param_groups)):
-            self._group_lr(gi)  # the live values at the restored step
-        for hook in post.values():
-            hook(self)
+        for gi, saved in enumerate(saved_groups):
+            rec = self._group_lr(gi)  # the live values at the restored step
+            if ours and rec.live is not None:
+                # The saved values are what the kernels wrote (float32, exact
+                # as Python floats): a resume continues bit for bit, and an
+                # edited saved lr acts as it does on torch's optimizers.
+                lr, mom = saved.get("lr"), self._momentum_value(saved) if rec.mom is not None else None
+                if isinstance(lr, float):
+                    rec.live[0].fill_(lr)
+                if isinstance(mom, float) and rec.mom is rec.live[1]:
+                    rec.live[1].fill_(mom)
+
+    _SNAPSHOT = ("state", "param_groups", "_plan", "_plateau", "_lr_recs", "_orphans", "_backend_cache")
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The objects a load replaces, and the counter's value (a device copy: no sync)."""
+        snap = {name: self.__dict__.get(name) for name in self._SNAPSHOT}
+        snap["_lr_recs"] = dict(self._lr_recs)
+        snap["counter"] = self._step_counter.clone()
+        return snap
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        counter = snap.pop("counter")
+        self.__dict__.update(snap)
+        self._step_counter.copy_(counter)
+
+    def _check_state_dict(self, state_dict: dict[str, Any]) -> list[Schedule | None]:
+        """Refuse a state dict this optimizer cannot load, naming what is wrong;
+        returns each group's saved schedule spec (None: none saved)."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("a state dict must be a dict with 'state' and 'param_groups' (from optimizer.state_dict())")
+        self._check_shapes(state_dict)
+        specs: list[Schedule | None] = []
+        for gi, saved in enumerate(state_dict["param_groups"]):
+            where = f"loaded param group {gi}"
+            if isinstance(saved.get("schedule"), Schedule) or isinstance(saved.get("lr"), Schedule):
+                raise ValueError("a saved param group holds a schedule object; save with optimizer.state_dict()")
+            try:
+                _check_lr_value(saved.get("lr", self.defaults["lr"]))
+                self._validate_group({**self.defaults, **{k: v for k, v in saved.items() if k != "params"}})
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            spec = None
+            if saved.get(_KEY_SCHEDULE) is not None:
+                try:
+                    spec = schedule_from_dict(saved[_KEY_SCHEDULE])
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    raise ValueError(f"{where}: {_KEY_SCHEDULE!r} is not a clr_fused schedule: {exc}") from None
+            specs.append(spec)
+            if _KEY_STEP in saved:
+                step = saved[_KEY_STEP]
+                if not _is_whole(step) or not 0 <= step <= sm.MAX_INT:
+                    raise ValueError(f"{where}: {_KEY_STEP!r} must be a whole number of steps in [0, 2**53], got {step!r}")
+            plateau = saved.get(_KEY_PLATEAU)
+            if plateau is not None:
+                if not isinstance(plateau, dict) or set(plateau) != {"lr", "best", *_PLATEAU_COUNTS}:
+                    raise ValueError(f"{where}: {_KEY_PLATEAU!r} must be a dict of lr, best, num_bad_epochs, cooldown_counter")
+                for k, v in plateau.items():
+                    ok = _is_whole(v) and v >= 0 if k in _PLATEAU_COUNTS else isinstance(v, (int, float)) and not isinstance(v, bool)
+                    if not ok or (k == "lr" and not (math.isfinite(v) and v >= 0)):
+                        raise ValueError(f"{where}: {_KEY_PLATEAU!r}[{k!r}] is invalid: {v!r}")
+        return specs
 
     # ------------------------------------------------------------ pickling, copies, old checkpoints
     #: Group keys torch's own optimizers fill in when a checkpoint predates them (subclasses).
@@ -540,6 +641,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def __getstate__(self) -> dict[str, Any]:
         st = super().__getstate__()
         st.update({name: self.__dict__[name] for name in self._PICKLED if name in self.__dict__})
+        # the live values as the kernels wrote them: a copy continues bit for bit
+        recs = self.__dict__.get("_lr_recs", {})
+        st["_live_values"] = {gi: rec.live.detach().clone() for gi, rec in recs.items() if rec.live is not None}
         return st
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -550,10 +654,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self._LEGACY_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)
+        live_values = self.__dict__.pop("_live_values", None) or {}
         if "_step_counter" in state and self._step_counter is not None:
-            # a copy or an unpickled optimizer: its groups' live values are rebuilt from the specs
+            # a copy or an unpickled optimizer: its groups' live values are rebuilt from the specs,
+            # then set to the original's values
             for gi in range(len(self.param_groups)):
-                self._group_lr(gi)
+                rec = self._group_lr(gi)
+                if rec.live is not None and gi in live_values:
+                    rec.live.copy_(live_values[gi])
 
     def _check_shapes(self, state_dict: dict[str, Any]) -> None:
         saved_groups = state_dict.get("param_groups", [])
@@ -570,8 +678,21 @@ class FusedOptimizer(torch.optim.Optimizer):
             p = params.get(idx)
             if p is None:
                 continue
+            if not isinstance(st, dict):
+                raise ValueError(f"state of parameter {idx} must be a dict, got {type(st).__name__}")
             for key, value in st.items():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
+                if key == "step":
+                    _check_loaded_step(value, idx)
+                elif key in self._STATE_KEYS:
+                    if value is None and key == "momentum_buffer":
+                        continue  # torch saves it as None before the first momentum step
+                    # 0-dim included: a 0-dim state of a non-0-dim parameter is refused
+                    if not isinstance(value, Tensor) or value.shape != p.shape or not (value.is_floating_point() or value.is_complex()):
+                        what = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+                        raise ValueError(
+                            f"state {key!r} of parameter {idx} has {what}, the parameter has shape {tuple(p.shape)}"
+                        )
+                elif isinstance(value, Tensor) and value.dim() > 0 and value.shape != p.shape:
                     raise ValueError(
                         f"state {key!r} of parameter {idx} has shape {tuple(value.shape)}, "
                         f"the parameter has shape {tuple(p.shape)}"
@@ -619,6 +740,52 @@ class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         pass
+
+
+def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool) -> None:
+    if not isinstance(t, Tensor):
+        raise RuntimeError(f"{where}: state {key!r} must be a tensor, got {type(t).__name__}")
+    if t.shape != p.shape or t.device != p.device:
+        raise RuntimeError(
+            f"{where}: state {key!r} has shape {tuple(t.shape)} on {t.device}, the parameter {tuple(p.shape)} on "
+            f"{p.device}: the parameter changed (through .data, set_() or resize_()) since the state was made, "
+            "or a checkpoint of another model was loaded"
+        )
+    if t.layout != torch.strided or not (t.is_floating_point() or t.is_complex()):
+        raise RuntimeError(f"{where}: state {key!r} must be a dense floating tensor, got {t.layout} {t.dtype}")
+    allowed = (p.dtype,) if p.is_complex() else (p.dtype, torch.float32)
+    if fused and t.dtype not in allowed:
+        raise RuntimeError(
+            f"{where}: state {key!r} is {t.dtype}, the parameter {p.dtype}; the fused kernels keep states in the "
+            "parameter's dtype or float32 (did the parameter's dtype change after its state was made?)"
+        )
+
+
+def _check_step_value(step: Any, where: str) -> None:
+    """An Adam ``step``: one finite number in [0, 2**53]."""
+    if isinstance(step, Tensor):
+        if step.numel() != 1 or step.is_complex():
+            raise RuntimeError(f"{where}: state 'step' must hold one number, got shape {tuple(step.shape)}")
+        return  # its value lives on the device: checked at load, never read per step
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 <= step <= sm.MAX_INT or step != int(step):
+        raise RuntimeError(f"{where}: state 'step' must be a whole number in [0, 2**53], got {step!r}")
+
+
+_PLATEAU_COUNTS = ("num_bad_epochs", "cooldown_counter")
+
+
+def _is_whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_loaded_step(value: Any, idx: Any) -> None:
+    """A loaded Adam ``step``: one finite whole number in [0, 2**53] (read once, at load)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"state 'step' of parameter {idx} must hold one number, got shape {tuple(value.shape)}")
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= sm.MAX_INT or value != int(value):
+        raise ValueError(f"state 'step' of parameter {idx} must be a whole number in [0, 2**53], got {value!r}")
 
 
 def _chunk_for(backend: str) -> int | None:

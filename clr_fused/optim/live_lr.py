@@ -51,6 +51,15 @@ class GroupLR:
     detached: GroupLR | None = None
     rows_on: dict[torch.device, Tensor] = field(default_factory=dict)  # rows uploaded to the group's other devices
 
+    def exact_source(self, group: dict) -> float | bool | None:
+        """What a float64 update reads instead of the float32 live value: the
+        group's number ``lr`` itself, True for a schedule (evaluated in
+        float64 at the launch's step), None for a tensor or plateau LR."""
+        if self.spec is None:
+            lr = group["lr"]
+            return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+        return True if self.live is not None else None
+
     def launch_inputs(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
         """(rows, lr, mom) as a launch on ``device`` reads them: the group's own
         tensors on its device, this step's copies on another one (taken before
@@ -84,6 +93,24 @@ class LaunchLR:
     lr: Tensor  # float32 scalar: the LR of this update
     mom: Tensor | None  # float32 scalar: momentum / beta1 of this update, None: the hyperparameter
     next: Tensor | None  # float32 [2]: where the next update's {lr, momentum} go (one launch per group)
+    exact: float | bool | None = None  # GroupLR.exact_source: float64 parameters' LR
+
+    def in_float64(self) -> tuple[Tensor | float, Tensor | None]:
+        """(lr, momentum) for float64 parameters (the torch backend): the
+        schedule's float64 values themselves, or the group's number LR; a live
+        value edited in place since it was written (``g["lr"] *= 0.5``, a torch
+        LRScheduler) wins, as it does for the other dtypes."""
+        if isinstance(self.exact, float):
+            return self.exact, None if self.mom is None else self.mom.to(torch.float64)
+        if self.exact is not True:
+            return self.lr.to(torch.float64), None if self.mom is None else self.mom.to(torch.float64)
+        lr, mom = sm.evaluate_rows(self.rows, self.counter, sm.TORCH_OPS)
+        lr = torch.where(lr.to(torch.float32) == self.lr, lr, self.lr.to(torch.float64))
+        if self.mom is not None and isinstance(mom, Tensor):
+            mom = torch.where(mom.to(torch.float32) == self.mom, mom, self.mom.to(torch.float64))
+        elif self.mom is not None:
+            mom = self.mom.to(torch.float64)
+        return lr, mom
 
     def write_next(self, skip: Tensor | None) -> None:
         """The torch backend's version of the kernels' last-block epilogue."""

@@ -93,15 +93,15 @@ class LaunchPlan:
         self.buckets = buckets
         self.native = native
         if native is None:
-            # the Python check: (param, storage address, kind of grad) per parameter
-            self._expect = [(p, _addr(p), _grad_kind(p)) for g in groups for p in g]
+            # the Python check: (param, its geometry, kind of grad) per parameter
+            self._expect = [(p, _geometry(p), _grad_kind(p)) for g in groups for p in g]
 
     def valid(self, keys: list[tuple]) -> bool:
         if keys != self.keys:
             return False
         if self.native is not None:
             return self.native.check(self.groups)
-        return all(_addr(p) == addr and _grad_kind(p) == kind for p, addr, kind in self._expect)
+        return all(_geometry(p) == geo and _grad_kind(p) == kind for p, geo, kind in self._expect)
 
     def release(self) -> None:
         """Drop the gradient references the check took (kept only for a launch)."""
@@ -109,19 +109,56 @@ class LaunchPlan:
             self.native.release_all()
 
 
-def _addr(p: Tensor) -> int:
-    return -1 if hasattr(p, "to_local") else p.data_ptr()
+def _geometry(p: Tensor) -> tuple:
+    """What the kernels rely on of a parameter (the C++ check's Python twin)."""
+    t = local(p)
+    return (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
 
 
-def _grad_kind(p: Tensor) -> int:
-    """0: no gradient, 1: a strided one, 2: sparse or other (refused at build)."""
-    return 0 if p.grad is None else 1 if p.grad.layout == torch.strided else 2
+def _grad_kind(p: Tensor) -> tuple:
+    """Whether there is a gradient, its layout, dtype and shape (the rebuild
+    refuses a sparse one or one that does not match its parameter)."""
+    g = p.grad
+    return () if g is None else (g.layout, g.dtype, tuple(g.shape))
+
+
+def validate(
+    param_groups: list[dict[str, Any]],
+    backend_for: Callable[[torch.device, torch.dtype], str],
+    check_state: Callable[[Tensor, str, int, int], None],
+) -> None:
+    """Everything a launch relies on, checked before anything is created or
+    written: each gradient against its parameter (layout, shape, device,
+    dtype), the backend for the parameter's dtype, and its existing state
+    (``check_state(param, backend, group_index, index)``).  Raises with the
+    group, the parameter's index and what changed."""
+    for gi, group in enumerate(param_groups):
+        for i, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            where = f"param group {gi}, parameter {i}"
+            if g.is_sparse or g.layout != torch.strided:
+                raise RuntimeError("clr_fused optimizers do not support sparse gradients; use torch.optim.SparseAdam")
+            if g.shape != p.shape or g.device != p.device:
+                raise RuntimeError(
+                    f"{where}: its gradient has shape {tuple(g.shape)} on {g.device}, the parameter {tuple(p.shape)} "
+                    f"on {p.device} (was the parameter replaced through .data / set_() / resize_() after backward?)"
+                )
+            backend = backend_for(p.device, p.dtype)
+            if backend != "torch" and g.dtype != p.dtype:
+                raise RuntimeError(
+                    f"{where}: its gradient is {g.dtype}, the parameter {p.dtype}; the fused kernels need one dtype "
+                    "(backend='torch' takes mixed dtypes)"
+                )
+            check_state(p, backend, gi, i)
 
 
 def build(
     param_groups: list[dict[str, Any]],
     keys: list[tuple],
-    backend_for: Callable[[torch.device], str],
+    backend_for: Callable[[torch.device, torch.dtype], str],
+    check_state: Callable[[Tensor, str, int, int], None],
     make_states: Callable[[int, dict[str, Any], list[Tensor]], tuple[list[list[Tensor]], list[Tensor], list[bool] | None]],
     chunk_for: Callable[[str], int | None],
 ) -> LaunchPlan:
@@ -133,10 +170,7 @@ def build(
     lists rather than address tables.
     """
     # Refuse bad input before anything (state included) is created.
-    for group in param_groups:
-        for p in group["params"]:
-            if p.grad is not None and p.grad.is_sparse:
-                raise RuntimeError("clr_fused optimizers do not support sparse gradients; use torch.optim.SparseAdam")
+    validate(param_groups, backend_for, check_state)
     mod = _ext.load()
     groups = [group["params"] for group in param_groups]
     native = mod.StepPlan(groups) if mod is not None else None
@@ -146,9 +180,9 @@ def build(
         for i, p in enumerate(group["params"]):
             if p.grad is not None:
                 by_key.setdefault((p.device, p.dtype), []).append(i)
-        for (device, _dtype), idx in by_key.items():
+        for (device, dtype), idx in by_key.items():
             owners = [group["params"][i] for i in idx]
-            backend = backend_for(device)
+            backend = backend_for(device, dtype)
             states, steps, fresh = make_states(gi, group, owners)
             whole = Bucket(gi, device, backend, owners, [kernel_view(p) for p in owners],
                            [[kernel_view(s) for s in ss] for ss in states], steps, fresh)  # fmt: skip

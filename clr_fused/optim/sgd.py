@@ -33,6 +33,7 @@ class SGD(FusedOptimizer):
     """
 
     _momentum_key = "momentum"
+    _STATE_KEYS = ("momentum_buffer",)
     # what torch.optim.SGD.__setstate__ fills in for checkpoints that predate a key
     _LEGACY_GROUP_DEFAULTS = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=None)
 

@@ -125,8 +125,8 @@ int main() {
     ++bad;
   }
   const LrMom want = evaluate_rows(kRows, 1, steps, nullptr);
-  if (threaded.live[0] != want.lr || threaded.live[1] != want.mom) {
-    std::printf("live lr/beta1 %g/%g, expected %g/%g\n", threaded.live[0], threaded.live[1], want.lr, want.mom);
+  if (threaded.live[0] != static_cast<float>(want.lr) || threaded.live[1] != static_cast<float>(want.mom)) {
+    std::printf("live lr/beta1 %g/%g, expected %g/%g\n", threaded.live[0], threaded.live[1], static_cast<float>(want.lr), static_cast<float>(want.mom));
     ++bad;
   }
   if (threaded.ticket != 0) {
