@@ -100,6 +100,9 @@ class Adam(FusedOptimizer):
                 st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
             if amsgrad and "max_exp_avg_sq" not in st:
                 st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"], memory_format=torch.preserve_format)
+            for key in self._STATE_KEYS:
+                if key in st:
+                    self._kernel_state(p, st, key)
             states.append(st)
         keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
         return [[st[k] for st in states] for k in keys], [st["step"] for st in states], None

@@ -309,6 +309,16 @@ class FusedOptimizer(torch.optim.Optimizer):
     #: The state keys holding a tensor shaped like the parameter (subclasses).
     _STATE_KEYS: tuple[str, ...] = ()
 
+    def _kernel_state(self, p: Tensor, st: dict[str, Any], key: str) -> Tensor:
+        """``st[key]`` in a dtype the fused kernels take (the parameter's, or
+        float32): a state left in another dtype by a parameter whose dtype
+        changed (``p.data = p.data.float()``) is converted to float32 once,
+        which is lossless from bf16/fp16 (torch keeps such states as they are)."""
+        t = st[key]
+        if t.dtype not in (p.dtype, torch.float32) and not p.is_complex() and self._backend_for(p.device, p.dtype) != "torch":
+            t = st[key] = t.to(torch.float32)
+        return t
+
     def _check_state(self, p: Tensor, backend: str, group_index: int, index: int) -> None:
         """Refuse (before any launch) a state tensor the kernels could not use:
         a state made for a parameter that has since changed shape, device or
@@ -753,7 +763,7 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
         )
     if t.layout != torch.strided or not (t.is_floating_point() or t.is_complex()):
         raise RuntimeError(f"{where}: state {key!r} must be a dense floating tensor, got {t.layout} {t.dtype}")
-    allowed = (p.dtype,) if p.is_complex() else (p.dtype, torch.float32)
+    allowed = (p.dtype,) if p.is_complex() else (p.dtype, torch.float32, torch.bfloat16, torch.float16, torch.float64)
     if fused and t.dtype not in allowed:
         raise RuntimeError(
             f"{where}: state {key!r} is {t.dtype}, the parameter {p.dtype}; the fused kernels keep states in the "

@@ -98,6 +98,8 @@ class SGD(FusedOptimizer):
             if buf is None:
                 buf = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
                 st["momentum_buffer"] = buf
+            else:
+                buf = self._kernel_state(p, st, "momentum_buffer")
             bufs.append(buf)
         return [bufs], [], fresh if any(fresh) else None
 
