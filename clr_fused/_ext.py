@@ -1,7 +1,8 @@
 """The one place that loads the compiled extension (CPU kernels, CUDA kernels
 when built with CUDA, the ``torch.ops.clr_fused`` ops and the C++ step plan).
 
-Order: the prebuilt ``clr_fused._C`` from ``pip install``; else, on a machine
+Order: ``CLR_FUSED_EXT_PATH`` (a .so of the same sources built otherwise, e.g.
+with sanitizers); the prebuilt ``clr_fused._C`` from ``pip install``; else, on a machine
 with a CUDA device, a JIT build of csrc/ with ``torch.utils.cpp_extension.load``
 (cached on disk under TORCH_EXTENSIONS_DIR).  The failure is kept, not
 raised: ``backend="auto"`` falls back silently, and only an explicit
@@ -47,15 +48,32 @@ def _jit_build():
     )
 
 
+def _load_from(path: str):
+    import importlib.machinery
+    import importlib.util
+
+    name = os.path.basename(path).split(".")[0]
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
 def load():
     """The extension module, or ``None``; the failure is kept for :func:`error`."""
     global _module, _error, _tried
     if not _tried:
         _tried = True
         try:
-            from . import _C  # type: ignore[attr-defined]  # built by setup.py
+            path = os.environ.get("CLR_FUSED_EXT_PATH")
+            if path:
+                # another build of the same sources (tests/test_sanitizers.py: ASan + UBSan)
+                _module = _load_from(path)
+            else:
+                from . import _C  # type: ignore[attr-defined]  # built by setup.py
 
-            _module = _C
+                _module = _C
         except ImportError as prebuilt_error:
             if os.environ.get("CLR_FUSED_NO_JIT", "0") == "1":
                 _error = prebuilt_error
