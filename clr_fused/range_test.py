@@ -111,9 +111,17 @@ class RangeTestResult:
         ax.set_xscale("log")
         # The diverged tail would flatten the curve: scale to the loss before
         # it, raw loss included (its noise stays inside the axes).
-        body = [v for v in self.smoothed_losses[:-1] + self.losses[:-1] if math.isfinite(v)] or [1.0]
+        # The y-axis stops at a few times the best smoothed loss: a loss that
+        # diverged early would otherwise flatten the useful part into a line.
+        finite = [v for v in self.smoothed_losses if math.isfinite(v)]
+        best = min(finite) if finite else 1.0
+        body = [v for v in self.smoothed_losses + self.losses if math.isfinite(v) and v <= 4.0 * abs(best) + 1e-12] or [best]
         lo, hi = min(body), max(body)
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo) + 1e-12)
+        if self.stopped_early and self.lrs:
+            ax.axvline(self.lrs[-1], color="tab:red", linestyle=":", alpha=0.6)
+            ax.text(self.lrs[-1], 0.02, f" stopped: diverged at lr {self.lrs[-1]:.2g}", transform=ax.get_xaxis_transform(),
+                    color="tab:red", fontsize=8, ha="right", va="bottom")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss", color="tab:blue")
         handles, labels = ax.get_legend_handles_labels()
@@ -216,7 +224,7 @@ def range_test(
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # every submodule's own flag (a frozen m[1].eval() stays so)
     saved_model = copy.deepcopy(model.state_dict())
     saved_opt = copy.deepcopy(optimizer.state_dict())
     ramp = _ramp(float(start_lr), float(end_lr), num_steps, mode)
@@ -270,7 +278,8 @@ def range_test(
         bar.close()
     finally:
         model.load_state_dict(saved_model)
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
         optimizer.load_state_dict(saved_opt)  # ours: schedules and step counter too
     # Keep the run up to (and including) the first diverged step.
     cut = next((i + 1 for i, s in enumerate(smoothed) if not math.isfinite(s) or s > diverge_threshold * min(smoothed[: i + 1])), done)

@@ -142,6 +142,17 @@ class Schedule:
             raise ValueError(f"step must be in [0, 2**53], got {step}")
         return sm.evaluate_rows(self.rows(), int(step), sm.PY_OPS)
 
+    # torch.optim's optimizers compare and convert their lr (``0.0 <= lr``,
+    # ``float(lr)``): a spec handed to one gets an error that says where it goes.
+    def _not_for_torch(self, *_):
+        raise TypeError(
+            f"{type(self).__name__} is a clr_fused schedule spec: pass it as the lr of clr_fused.SGD, "
+            "clr_fused.Adam or clr_fused.AdamW (e.g. clr_fused.SGD(params, lr=spec, momentum=0.9)), "
+            "not to a torch.optim optimizer, which takes a number"
+        )
+
+    __lt__ = __le__ = __gt__ = __ge__ = __float__ = _not_for_torch
+
     def __call__(self, step):
         """The LR that the ``step``-th update (0-based) applies."""
         return self._evaluate(step)[0]

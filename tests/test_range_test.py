@@ -179,3 +179,13 @@ def test_no_host_sync_per_step_on_cuda(digits):
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     # state save/restore and one read per CHECK_EVERY steps, never one per step
     assert len(syncs) <= 30 // 10 + 10, [str(w.message) for w in syncs]
+
+
+def test_every_submodules_training_flag_is_restored(digits):
+    """A frozen submodule (m[1].eval()) comes back frozen, whatever the model's top-level mode."""
+    model, opt = _trained_a_bit(digits)
+    model.train()
+    model[1].eval()
+    cf.range_test(model, torch.nn.functional.cross_entropy, digits.batches(64, 1), opt, num_steps=8, progress=False)
+    assert model.training and not model[1].training
+    assert all(m.training for i, m in enumerate(model) if i != 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer, backend_from_torch_flags
+from .base import FusedOptimizer, _check_lr_value, _is_real, backend_from_torch_flags
 
 
 class Adam(FusedOptimizer):
@@ -57,6 +57,7 @@ class Adam(FusedOptimizer):
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
+        _check_lr_value(lr)  # torch's order: hyperparameters before the parameters are read
         backend = backend_from_torch_flags(
             backend, type(self).__name__, foreach=foreach, fused=fused, differentiable=differentiable
         )
@@ -69,21 +70,24 @@ class Adam(FusedOptimizer):
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
 
     def _validate_group(self, group) -> None:
+        """torch.optim.Adam's checks and messages (numpy scalars accepted, as there)."""
         betas = group["betas"]
-        if len(betas) != 2:
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+            raise ValueError("betas must be either both floats or both Tensors")
         for i, b in enumerate(betas):
             if isinstance(b, torch.Tensor):
                 # a tensor beta is read on the device every step; its value is checked once, here, as torch does
                 if b.numel() != 1 or not b.is_floating_point():
-                    raise ValueError(f"Invalid beta parameter at index {i}: a tensor beta must be a 1-element float tensor")
+                    raise ValueError("Tensor betas[{}] must be 1-element".format(i) if b.numel() != 1 else f"Invalid beta parameter at index {i}: a tensor beta must be a floating tensor")
                 b = float(b)
-            if not isinstance(b, (int, float)) or isinstance(b, bool) or not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {b!r} (must be in [0, 1))")
-        for name in ("eps", "weight_decay"):
+            if not _is_real(b) or not 0.0 <= b < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {b!r}")
+        for name, what in (("eps", "epsilon value"), ("weight_decay", "weight_decay value")):
             v = group[name]
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0.0:
-                raise ValueError(f"Invalid {name} value: {v!r} (must be >= 0)")
+            if not _is_real(v) or not v >= 0.0:
+                raise ValueError(f"Invalid {what}: {v!r}")
 
     def _plan_key(self, group_index: int, group) -> bool:
         return bool(group["amsgrad"])

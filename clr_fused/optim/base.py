@@ -10,9 +10,11 @@ An algorithm subclass supplies ``_validate_group``, ``_plan_key``,
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,16 +31,29 @@ from ..schedules import Constant, ReduceLROnPlateau, Schedule, schedule_from_dic
 _KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU = "clr_fused_schedule", "clr_fused_step", "clr_fused_plateau"
 
 
+def _is_real(v: Any) -> bool:
+    """A Python or numpy real number (not a bool), as torch accepts."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+
 def _check_lr_value(lr: Any) -> None:
+    """torch's checks and messages for an ``lr``, plus our schedule specs."""
     if isinstance(lr, Schedule):
         return
     if isinstance(lr, Tensor):
-        # torch's capturable idiom; its value is read on the device, never here
-        if lr.numel() != 1 or not lr.is_floating_point():
-            raise ValueError(f"a tensor lr must be a 1-element floating tensor, got shape {tuple(lr.shape)} {lr.dtype}")
+        # torch's capturable idiom; its value is read on the device every step, checked once here as torch does
+        if lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if not lr.is_floating_point():
+            raise ValueError(f"a tensor lr must be a floating tensor, got {lr.dtype}")
+        lr_value = float(lr.detach()) if lr.device.type != "meta" else 0.0
+        if not lr_value >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr_value}")
         return
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+    if not _is_real(lr):
         raise ValueError(f"lr must be a finite float >= 0 or a clr_fused schedule spec, got {lr!r}")
+    if not 0.0 <= lr or not math.isfinite(lr):
+        raise ValueError(f"Invalid learning rate: {lr}")
 
 
 def backend_from_torch_flags(backend: str, cls_name: str, *, foreach=None, fused=None, differentiable=False) -> str:
@@ -97,9 +112,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         state_dtype: torch.dtype | None = None,
     ) -> None:
         backends.check_name(backend)
-        if max_grad_norm is not None and (
-            isinstance(max_grad_norm, bool) or not isinstance(max_grad_norm, (int, float)) or not max_grad_norm > 0 or not math.isfinite(max_grad_norm)
-        ):
+        if max_grad_norm is not None and (not _is_real(max_grad_norm) or not max_grad_norm > 0 or not math.isfinite(max_grad_norm)):
             raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
         if state_dtype is not None and state_dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
             raise ValueError(f"state_dtype must be None or a floating dtype (torch.float32, ...), got {state_dtype!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer, backend_from_torch_flags
+from .base import FusedOptimizer, _check_lr_value, _is_real, backend_from_torch_flags
 
 
 class SGD(FusedOptimizer):
@@ -54,6 +54,7 @@ class SGD(FusedOptimizer):
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
+        _check_lr_value(lr)  # torch's order: hyperparameters before the parameters are read
         backend = backend_from_torch_flags(backend, "SGD", foreach=foreach, fused=fused, differentiable=differentiable)
         defaults = dict(
             lr=lr,
@@ -70,10 +71,12 @@ class SGD(FusedOptimizer):
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
 
     def _validate_group(self, group) -> None:
-        for name in ("momentum", "weight_decay"):
+        for name in ("momentum", "weight_decay", "dampening"):
             v = group[name]
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0.0:
-                raise ValueError(f"Invalid {name} value: {v!r} (must be >= 0)")
+            if isinstance(v, torch.Tensor) and v.numel() == 1 and name == "momentum":
+                v = float(v)
+            if not _is_real(v) or not v >= 0.0:
+                raise ValueError(f"Invalid {name} value: {v!r}")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
