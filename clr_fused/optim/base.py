@@ -48,12 +48,12 @@ def _check_lr_value(lr: Any) -> None:
             raise ValueError(f"a tensor lr must be a floating tensor, got {lr.dtype}")
         lr_value = float(lr.detach()) if lr.device.type != "meta" else 0.0
         if not lr_value >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr_value}")
+            raise ValueError(f"Invalid learning rate: {lr_value} (lr must be >= 0)")
         return
     if not _is_real(lr):
         raise ValueError(f"lr must be a finite float >= 0 or a clr_fused schedule spec, got {lr!r}")
     if not 0.0 <= lr or not math.isfinite(lr):
-        raise ValueError(f"Invalid learning rate: {lr}")
+        raise ValueError(f"Invalid learning rate: {lr} (lr must be a finite number >= 0)")
 
 
 def backend_from_torch_flags(backend: str, cls_name: str, *, foreach=None, fused=None, differentiable=False) -> str:

@@ -106,11 +106,11 @@ class LaunchLR:
             return self.lr.to(torch.float64), None if self.mom is None else self.mom.to(torch.float64)
         lr, mom = sm.evaluate_rows(self.rows, self.counter, sm.TORCH_OPS)
         lr = torch.where(lr.to(torch.float32) == self.lr, lr, self.lr.to(torch.float64))
-        if self.mom is not None and isinstance(mom, Tensor):
-            mom = torch.where(mom.to(torch.float32) == self.mom, mom, self.mom.to(torch.float64))
-        elif self.mom is not None:
-            mom = self.mom.to(torch.float64)
-        return lr, mom
+        if self.mom is None:  # not cycled (the rows may still hold a momentum): the hyperparameter
+            return lr, None
+        if isinstance(mom, Tensor):
+            return lr, torch.where(mom.to(torch.float32) == self.mom, mom, self.mom.to(torch.float64))
+        return lr, self.mom.to(torch.float64)
 
     def write_next(self, skip: Tensor | None) -> None:
         """The torch backend's version of the kernels' last-block epilogue."""
