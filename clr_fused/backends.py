@@ -69,13 +69,16 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
 
 
+def _requested(backend: str) -> str:
+    """The backend asked for: ``CLR_FUSED_BACKEND`` overrides ``"auto"``."""
+    check_name(backend)
+    env = os.environ.get("CLR_FUSED_BACKEND", "").strip() if backend == "auto" else ""
+    return check_name(env) if env else backend
+
+
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend for tensors on ``device``."""
-    check_name(backend)
-    if backend == "auto":
-        env = os.environ.get("CLR_FUSED_BACKEND", "").strip()
-        if env:
-            backend = check_name(env)
+    backend = _requested(backend)
     if backend == "auto":
         candidates = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}.get(device.type, ())
         for name in candidates:
@@ -100,10 +103,7 @@ def resolve_for(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     name = resolve(backend, device)
     if name == "torch" or dtype in FUSED_DTYPES:
         return name
-    requested = backend
-    if backend == "auto":
-        requested = check_name(os.environ.get("CLR_FUSED_BACKEND", "").strip() or "auto")
-    if requested == "auto":
+    if _requested(backend) == "auto":
         return "torch"
     raise ValueError(
         f"backend={name!r} updates float32, bfloat16 and float16 parameters, got a {dtype} parameter; "

@@ -10,11 +10,9 @@ An algorithm subclass supplies ``_validate_group``, ``_plan_key``,
 from __future__ import annotations
 
 import math
-import numbers
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,18 +24,16 @@ from . import live_lr
 from . import plan as plan_mod
 from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
 from ..schedules import Constant, ReduceLROnPlateau, Schedule, schedule_from_dict
+from ..schedules import _is_number as _is_real  # numpy scalars accepted, bools not (as torch)
 
 # Plain-data keys in each saved param group (see FusedOptimizer.state_dict).
 _KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU = "clr_fused_schedule", "clr_fused_step", "clr_fused_plateau"
 
 
-def _is_real(v: Any) -> bool:
-    """A Python or numpy real number (not a bool), as torch accepts."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
-
-
-def _check_lr_value(lr: Any) -> None:
-    """torch's checks and messages for an ``lr``, plus our schedule specs."""
+def _check_lr_value(lr: Any, *, read_tensor: bool = True) -> None:
+    """torch's checks and messages for an ``lr``, plus our schedule specs.
+    ``read_tensor=False``: a tensor's value is not read (a tensor assigned to
+    ``group["lr"]`` between steps must not cost a device sync)."""
     if isinstance(lr, Schedule):
         return
     if isinstance(lr, Tensor):
@@ -46,7 +42,9 @@ def _check_lr_value(lr: Any) -> None:
             raise ValueError("Tensor lr must be 1-element")
         if not lr.is_floating_point():
             raise ValueError(f"a tensor lr must be a floating tensor, got {lr.dtype}")
-        lr_value = float(lr.detach()) if lr.device.type != "meta" else 0.0
+        if not read_tensor or lr.device.type == "meta":
+            return
+        lr_value = float(lr.detach())
         if not lr_value >= 0.0:
             raise ValueError(f"Invalid learning rate: {lr_value} (lr must be >= 0)")
         return
@@ -194,7 +192,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if spec is not None and not isinstance(spec, Schedule):
             raise ValueError(f"param group 'schedule' must be a clr_fused schedule spec, got {type(spec).__name__}")
         if spec is None:
-            _check_lr_value(lr)
+            _check_lr_value(lr, read_tensor=False)
         dev = self._live_device()
         kept_live = old is not None and old.spec is spec and spec is not None and old.live is not None and lr is old.seen[0]
         user_lr = None
@@ -347,7 +345,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 continue
             _check_state_tensor(t, p, key, where, fused=backend != "torch")
         if "step" in st:
-            _check_step_value(st["step"], where)
+            _check_step(st["step"], where, RuntimeError, read_tensor=False)
 
     def step(self, closure: Callable[[], Any] | None = None):
         """One fused update of every param group; the schedule advances on the device."""
@@ -650,7 +648,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if not isinstance(plateau, dict) or set(plateau) != {"lr", "best", *_PLATEAU_COUNTS}:
                     raise ValueError(f"{where}: {_KEY_PLATEAU!r} must be a dict of lr, best, num_bad_epochs, cooldown_counter")
                 for k, v in plateau.items():
-                    ok = _is_whole(v) and v >= 0 if k in _PLATEAU_COUNTS else isinstance(v, (int, float)) and not isinstance(v, bool)
+                    ok = _is_whole(v) and v >= 0 if k in _PLATEAU_COUNTS else _is_real(v)
                     if not ok or (k == "lr" and not (math.isfinite(v) and v >= 0)):
                         raise ValueError(f"{where}: {_KEY_PLATEAU!r}[{k!r}] is invalid: {v!r}")
         return specs
@@ -705,7 +703,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"state of parameter {idx} must be a dict, got {type(st).__name__}")
             for key, value in st.items():
                 if key == "step":
-                    _check_loaded_step(value, idx)
+                    _check_step(value, f"parameter {idx}", ValueError, read_tensor=True)
                 elif key in self._STATE_KEYS:
                     if value is None and key == "momentum_buffer":
                         continue  # torch saves it as None before the first momentum step
@@ -776,39 +774,35 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
         )
     if t.layout != torch.strided or not (t.is_floating_point() or t.is_complex()):
         raise RuntimeError(f"{where}: state {key!r} must be a dense floating tensor, got {t.layout} {t.dtype}")
-    allowed = (p.dtype,) if p.is_complex() else (p.dtype, torch.float32, torch.bfloat16, torch.float16, torch.float64)
-    if fused and t.dtype not in allowed:
+    # A real parameter's floating state of another dtype is converted once by
+    # _kernel_state; a complex one is updated through real views of both, so
+    # they must agree.
+    if fused and p.is_complex() and t.dtype != p.dtype:
         raise RuntimeError(
-            f"{where}: state {key!r} is {t.dtype}, the parameter {p.dtype}; the fused kernels keep states in the "
-            "parameter's dtype or float32 (did the parameter's dtype change after its state was made?)"
+            f"{where}: state {key!r} is {t.dtype}, the complex parameter {p.dtype}; the fused kernels need them equal "
+            "(did the parameter's dtype change after its state was made?)"
         )
 
 
-def _check_step_value(step: Any, where: str) -> None:
-    """An Adam ``step``: one finite number in [0, 2**53]."""
+def _check_step(step: Any, where: str, error: type[Exception], *, read_tensor: bool) -> None:
+    """An Adam ``step``: one whole number in [0, 2**53].  A tensor's value is
+    read only at load (``read_tensor``), never on the step path."""
     if isinstance(step, Tensor):
         if step.numel() != 1 or step.is_complex():
-            raise RuntimeError(f"{where}: state 'step' must hold one number, got shape {tuple(step.shape)}")
-        return  # its value lives on the device: checked at load, never read per step
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 <= step <= sm.MAX_INT or step != int(step):
-        raise RuntimeError(f"{where}: state 'step' must be a whole number in [0, 2**53], got {step!r}")
+            raise error(f"{where}: state 'step' must hold one number, got shape {tuple(step.shape)}")
+        if not read_tensor:
+            return
+        step = float(step)
+    if not _is_real(step) or not 0 <= step <= sm.MAX_INT or step != int(step):
+        raise error(f"{where}: state 'step' must be a whole number in [0, 2**53], got {step!r}")
 
 
 _PLATEAU_COUNTS = ("num_bad_epochs", "cooldown_counter")
 
 
 def _is_whole(v: Any) -> bool:
+    """A Python int (what state_dict() writes for the counters), not a bool."""
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _check_loaded_step(value: Any, idx: Any) -> None:
-    """A loaded Adam ``step``: one finite whole number in [0, 2**53] (read once, at load)."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_complex():
-            raise ValueError(f"state 'step' of parameter {idx} must hold one number, got shape {tuple(value.shape)}")
-        value = float(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= sm.MAX_INT or value != int(value):
-        raise ValueError(f"state 'step' of parameter {idx} must be a whole number in [0, 2**53], got {value!r}")
 
 
 def _chunk_for(backend: str) -> int | None:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import schedule_math as sm
-from ..schedules import Schedule
+from ..schedules import Schedule, _is_number
 
 
 @dataclass(eq=False)
@@ -57,7 +57,7 @@ class GroupLR:
         float64 at the launch's step), None for a tensor or plateau LR."""
         if self.spec is None:
             lr = group["lr"]
-            return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+            return float(lr) if _is_number(lr) else None
         return True if self.live is not None else None
 
     def launch_inputs(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
