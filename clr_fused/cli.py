@@ -8,6 +8,17 @@ import platform
 import sys
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)", except where the help already says what
+    the default is, or there is none to show (a flag, a default of None)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def _accuracy(text: str) -> float:
     v = float(text)
     if not 0.0 < v <= 1.0:
@@ -178,7 +189,7 @@ def _timestamped(stem: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from . import __version__
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     parser = argparse.ArgumentParser(prog="clr-fused", description=__doc__, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"clr-fused {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)

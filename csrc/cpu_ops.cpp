@@ -8,9 +8,9 @@
 // fp32 SGD (with and without momentum) and Adam/AdamW kernels, with runtime
 // alias checks (versioned loop).  -fno-math-errno lets sqrtf vectorise
 // (sqrtps) without changing any result; no -ffast-math: float32 IEEE math
-// with one rounding to the storage type, as on the GPU (but no FMA
-// contraction at this ISA level, so results can differ from the GPU's in the
-// last bit).  The 16-bit kernels convert through c10's scalar
+// with one rounding to the storage type; fused multiply-adds only where the
+// kernels ask for them (madd<true>, in the AVX2 / AVX-512 copies, as torch's
+// own kernels at those capabilities).  The 16-bit kernels convert through c10's scalar
 // BFloat16/Half round-to-nearest-even and stay scalar.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -50,16 +50,19 @@ void run_cpu_grid(unsigned grid, int64_t grain, const Kernel& kernel) {
 // (SSE2) so that it loads anywhere; on a CPU with AVX2 (or AVX-512) each block
 // runs a copy of the same kernel compiled for it (`flatten` inlines the whole
 // kernel into the ISA-specific function, so its element loop is vectorised 8-
-// or 16-wide).  Contraction is off (-ffp-contract=off, _build_flags.py: the
-// AVX-512 target has FMA), so every copy computes exactly what the baseline
-// one does, bit for bit (tests/test_cpu_backend.py compares them).
+// or 16-wide).  Contraction is off (-ffp-contract=off, _build_flags.py), so
+// the only fused multiply-adds are the kernels' explicit madd<true>: the AVX2
+// and AVX-512 copies run the kFma instantiation and the baseline copy the
+// other, which is how torch's own CPU kernels round at those capabilities
+// (tests/test_cpu_backend.py compares each copy with torch at the same
+// ATEN_CPU_CAPABILITY, bit for bit).
 // CLR_FUSED_CPU_ISA=baseline|avx2|avx512 (read once) caps the choice.
 enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define CLR_FUSED_ISA_DISPATCH 1
-#define CLR_FUSED_AVX2 __attribute__((target("avx2"), flatten))
-#define CLR_FUSED_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,prefer-vector-width=512"), flatten))
+#define CLR_FUSED_AVX2 __attribute__((target("avx2,fma"), flatten))
+#define CLR_FUSED_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,prefer-vector-width=512"), flatten))
 
 Isa cpu_isa_choice() {
   static const Isa isa = [] {
@@ -85,25 +88,27 @@ template <typename Hyper, void (*Kernel)(Tables, StepInputs, Hyper)>
 CLR_FUSED_AVX512 void block_avx512(Tables tb, StepInputs in, Hyper h) {
   Kernel(tb, in, h);
 }
+
 #else
 #define CLR_FUSED_ISA_DISPATCH 0
 Isa cpu_isa_choice() { return Isa::kBaseline; }
 #endif
 
-// Runs every block of the grid with the copy of Kernel for this CPU's ISA.
-template <typename Hyper, void (*Kernel)(Tables, StepInputs, Hyper)>
+// Runs every block of the grid with the copy of the kernel for this CPU's ISA:
+// Plain (two roundings per multiply-add) on the baseline, Fused on AVX2 / AVX-512.
+template <typename Hyper, void (*Plain)(Tables, StepInputs, Hyper), void (*Fused)(Tables, StepInputs, Hyper)>
 void run_kernel(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const Hyper& h) {
 #if CLR_FUSED_ISA_DISPATCH
   switch (cpu_isa_choice()) {
     case Isa::kAvx512:
-      return run_cpu_grid(grid, grain, [&] { block_avx512<Hyper, Kernel>(tb, in, h); });
+      return run_cpu_grid(grid, grain, [&] { block_avx512<Hyper, Fused>(tb, in, h); });
     case Isa::kAvx2:
-      return run_cpu_grid(grid, grain, [&] { block_avx2<Hyper, Kernel>(tb, in, h); });
+      return run_cpu_grid(grid, grain, [&] { block_avx2<Hyper, Fused>(tb, in, h); });
     case Isa::kBaseline:
       break;
   }
 #endif
-  run_cpu_grid(grid, grain, [&] { Kernel(tb, in, h); });
+  run_cpu_grid(grid, grain, [&] { Plain(tb, in, h); });
 }
 
 template <typename P, typename S>
@@ -111,9 +116,9 @@ struct CpuSgd {
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
     const int64_t grain = grain_for(tb, grid);
     if (h.use_momentum) {
-      run_kernel<SgdHyper, sgd_kernel<P, S, 1>>(grid, grain, tb, in, h);
+      run_kernel<SgdHyper, sgd_kernel<P, S, 1, false>, sgd_kernel<P, S, 1, true>>(grid, grain, tb, in, h);
     } else {
-      run_kernel<SgdHyper, sgd_kernel<P, S, 0>>(grid, grain, tb, in, h);
+      run_kernel<SgdHyper, sgd_kernel<P, S, 0, false>, sgd_kernel<P, S, 0, true>>(grid, grain, tb, in, h);
     }
   }
 };
@@ -123,9 +128,9 @@ struct CpuAdam {
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
     const int64_t grain = grain_for(tb, grid);
     if (h.amsgrad) {
-      run_kernel<AdamHyper, adam_kernel<P, S, 3>>(grid, grain, tb, in, h);
+      run_kernel<AdamHyper, adam_kernel<P, S, 3, false>, adam_kernel<P, S, 3, true>>(grid, grain, tb, in, h);
     } else {
-      run_kernel<AdamHyper, adam_kernel<P, S, 2>>(grid, grain, tb, in, h);
+      run_kernel<AdamHyper, adam_kernel<P, S, 2, false>, adam_kernel<P, S, 2, true>>(grid, grain, tb, in, h);
     }
   }
 };

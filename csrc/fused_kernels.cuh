@@ -12,39 +12,96 @@
 
 namespace clr_fused {
 
+// torch's own CPU kernels round a * b + c once (a fused multiply-add) in their
+// AVX2 / AVX-512 builds -- Vectorized::fmadd in lerp_, addcmul_ and
+// add(..., alpha) -- and twice in their DEFAULT build; nvcc fuses too.  kFma
+// says which a copy of a kernel does, so that each copy rounds as torch's
+// for-loop step does at the same CPU capability (cpu_ops.cpp picks it per
+// ISA; tests/test_cpu_backend.py compares each with torch, bit for bit).
+#ifdef __CUDACC__
+constexpr bool kDeviceFma = true;
+#else
+constexpr bool kDeviceFma = false;
+#endif
+
+template <bool kFma>
+__device__ __forceinline__ float madd(float a, float b, float c) {
+  if constexpr (kFma) {
+#ifdef __CUDACC__
+    return __fmaf_rn(a, b, c);
+#else
+    return __builtin_fmaf(a, b, c);  // vfmadd in the copies built for FMA (cpu_ops.cpp)
+#endif
+  } else {
+    return a * b + c;  // two roundings: built with -ffp-contract=off
+  }
+}
+
+// f(std::true_type{}) or f(std::false_type{}): a flag that is uniform over a
+// block becomes a compile-time constant of the element loop.
+template <typename F>
+__device__ __forceinline__ void with_flag(bool on, const F& f) {
+  if (on) {
+    f(std::true_type{});
+  } else {
+    f(std::false_type{});
+  }
+}
+
 struct SgdHyper {
   float momentum, one_minus_dampening, weight_decay;  // complements taken in double on the host
   bool use_momentum, nesterov, maximize;
   const int8_t* fresh;  // [T]: momentum buffer created this step
 };
 
-template <typename P, typename S, int NS>
+// torch.optim.SGD's for-loop step, op for op: grad.add(param, alpha=wd),
+// buf.mul_(momentum).add_(grad, alpha=1 - dampening), grad.add(buf,
+// alpha=momentum) (nesterov), param.add_(grad, alpha=-lr).
+template <typename P, typename S, int NS, bool kFma = kDeviceFma>
 __global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in, SgdHyper h) {
   const ChunkInfo c = chunk_info(tb, in);
   if (!c.skipped) {
     const float mom = in.mom != nullptr ? c.mom : h.momentum;
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
     const bool fresh = h.fresh[c.t] != 0;
-    const float lr = c.lr;
+    const float neg_lr = -c.lr;
     S* s[NS > 0 ? NS : 1] = {NS > 0 ? addr<S>(tb.addrs[2], c.t) : nullptr};
-    for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
-                               [&](float& p, float g, float* st) {
-                                 float d = g * gm;
-                                 if (h.weight_decay != 0.f) d += h.weight_decay * p;
-                                 if constexpr (NS > 0) {
-                                   // torch starts the buffer at the first gradient, undamped
-                                   float b = fresh ? d : st[0] * mom + h.one_minus_dampening * d;
-                                   st[0] = b;
-                                   d = h.nesterov ? d + b * mom : b;
-                                 }
-                                 p = p - d * lr;
-                               });
+    // Weight decay, Nesterov and a fresh buffer are fixed for the block: one
+    // loop per combination, so the element loop has no branch (a conditional
+    // fused multiply-add keeps GCC from if-converting, hence vectorising, it).
+    const auto update = [&](auto with_wd, auto nesterov, auto warm) {
+      for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+                                 [&](float& p, float g, float* st) {
+                                   float d = g * gm;
+                                   if constexpr (decltype(with_wd)::value) d = madd<kFma>(p, h.weight_decay, d);
+                                   if constexpr (NS > 0) {
+                                     // torch starts the buffer at the first gradient, undamped
+                                     float b = d;
+                                     if constexpr (decltype(warm)::value) b = madd<kFma>(d, h.one_minus_dampening, st[0] * mom);
+                                     st[0] = b;
+                                     if constexpr (decltype(nesterov)::value) {
+                                       d = madd<kFma>(b, mom, d);
+                                     } else {
+                                       d = b;
+                                     }
+                                   }
+                                   p = madd<kFma>(d, neg_lr, p);
+                                 });
+    };
+    with_flag(h.weight_decay != 0.f, [&](auto with_wd) {
+      if constexpr (NS == 0) {
+        update(with_wd, std::false_type{}, std::false_type{});
+      } else {
+        with_flag(h.nesterov, [&](auto nesterov) { with_flag(!fresh, [&](auto warm) { update(with_wd, nesterov, warm); }); });
+      }
+    });
   }
   if (needs_last_block(in) && last_block(in.ticket)) finish_step(in, c);
 }
 
 struct AdamHyper {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;  // complements taken in double
+  double beta1_exact, beta2_exact, weight_decay_exact;  // as given: torch's scalar math is float64
   bool decoupled, maximize, amsgrad;
   const int64_t* steps;  // [T] addresses of the float32 per-tensor step counts
   // tensor betas (torch's capturable idiom): {beta1, 1 - beta1, beta2, 1 - beta2}
@@ -52,7 +109,14 @@ struct AdamHyper {
   const float* betas;
 };
 
-template <typename P, typename S, int NS>  // NS = 2 (m, v) or 3 (with max_v: amsgrad)
+// torch.optim.Adam / AdamW's for-loop step, op for op: param.mul_(1 - lr *
+// wd) or grad.add(param, alpha=wd); exp_avg.lerp_(grad, 1 - beta1);
+// exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2); the bias
+// corrections, step size and sqrt(bias_correction2) in float64;
+// denom = sqrt(v) / bc2_sqrt + eps; param.addcdiv_(exp_avg, denom,
+// value=-step_size).  (torch's CPU sqrt is MKL's, not always correctly
+// rounded: the one op not matched; see the README.)
+template <typename P, typename S, int NS, bool kFma = kDeviceFma>  // NS = 2 (m, v) or 3 (with max_v: amsgrad)
 __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in, AdamHyper h) {
   const int64_t* steps = h.steps;
   const ChunkInfo c = chunk_info(tb, in);
@@ -60,14 +124,23 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
   const float beta2 = dev ? h.betas[2] : h.beta2, one_minus_beta2 = dev ? h.betas[3] : h.one_minus_beta2;
   const bool cycled = in.mom != nullptr;
   const float b1 = cycled ? c.mom : dev ? h.betas[0] : h.beta1;
-  const float one_minus_b1 = cycled ? 1.f - c.mom : dev ? h.betas[1] : h.one_minus_beta1;
+  const float one_minus_b1 = cycled ? static_cast<float>(1.0 - static_cast<double>(c.mom)) : dev ? h.betas[1] : h.one_minus_beta1;
   const float step = *reinterpret_cast<const float*>(steps[c.t]) + 1.f;
   if (!c.skipped) {
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
-    const float lr = c.lr;
-    const float bc1 = 1.f - exp2f(step * log2f(b1));
-    const float bc2_sqrt = sqrtf(1.f - exp2f(step * log2f(beta2)));
-    const float step_size = lr / bc1;
+    // Once per block, in float64 as torch's Python scalars: then one rounding each.
+    const double b1d = cycled || dev ? static_cast<double>(b1) : h.beta1_exact;
+    const double b2d = dev ? static_cast<double>(beta2) : h.beta2_exact;
+    const double lr = static_cast<double>(c.lr);
+    const double bc1 = 1.0 - pow(b1d, static_cast<double>(step));
+    const float bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(b2d, static_cast<double>(step))));
+    const float neg_step_size = static_cast<float>(-(lr / bc1));
+    const float decay = static_cast<float>(1.0 - lr * h.weight_decay_exact);
+    // lerp_'s two forms, chosen by the weight (uniform over the launch): one
+    // multiply-add from a base, so the loop has a select, not a branch.
+    const float w = one_minus_b1;
+    const bool small_w = fabsf(w) < 0.5f;
+    const float coeff = small_w ? w : w - 1.f;
     S* s[NS];
     s[0] = addr<S>(tb.addrs[2], c.t);
     s[1] = addr<S>(tb.addrs[3], c.t);
@@ -79,10 +152,10 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
       for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
                                  [&](float& p, float g, float* st) {
                                    g = g * gm;
-                                   if constexpr (kMode == 1) p = p * (1.f - lr * h.weight_decay);
-                                   if constexpr (kMode == 2) g = g + h.weight_decay * p;
-                                   const float m = st[0] * b1 + g * one_minus_b1;
-                                   float v = st[1] * beta2 + one_minus_beta2 * g * g;
+                                   if constexpr (kMode == 1) p = p * decay;
+                                   if constexpr (kMode == 2) g = madd<kFma>(p, h.weight_decay, g);
+                                   const float m = madd<kFma>(coeff, g - st[0], small_w ? st[0] : g);
+                                   float v = madd<kFma>(one_minus_beta2 * g, g, st[1] * beta2);
                                    st[0] = m;
                                    st[1] = v;
                                    if constexpr (NS == 3) {
@@ -93,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
                                      st[NS - 1] = v;
                                    }
                                    const float denom = sqrtf(v) / bc2_sqrt + h.eps;
-                                   p = p - m / denom * step_size;
+                                   p = p + (neg_step_size * m) / denom;
                                  });
     };
     if (h.weight_decay == 0.f) {

@@ -34,7 +34,7 @@ void adam_step_impl(CLR_FUSED_ADAM_PARAMS) {
   const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
   AdamHyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
               static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
-              decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>(), nullptr};
+              beta1, beta2, weight_decay, decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>(), nullptr};
   if (betas.has_value()) {
     TORCH_CHECK(betas->scalar_type() == at::kFloat && betas->numel() == 4, "adam_step: betas must be float32 [4]");
     h.betas = betas->data_ptr<float>();

@@ -128,13 +128,15 @@ def adam_(
     g = _scaled_grads(grads, dt, grad_mul, maximize)
     if weight_decay != 0:
         if decoupled:
-            p = torch._foreach_mul(p, 1.0 - lr * weight_decay)
+            p = torch._foreach_mul(p, (1.0 - lr.double() * weight_decay).to(dt))
         else:
             g = torch._foreach_add(g, p, alpha=weight_decay)
     b1 = beta1.to(dt) if isinstance(beta1, Tensor) else beta1
 
-    m = torch._foreach_mul(_upcast(exp_avgs, dt), b1)
-    torch._foreach_add_(m, torch._foreach_mul(g, 1.0 - b1 if one_minus_beta1 is None else one_minus_beta1.to(dt)))
+    # exp_avg.lerp_(grad, 1 - beta1), in the kernels' form (fused_kernels.cuh)
+    if one_minus_beta1 is None:
+        one_minus_beta1 = (1.0 - beta1.double()).to(dt) if isinstance(beta1, Tensor) else 1.0 - beta1
+    m = _lerp(_upcast(exp_avgs, dt), g, one_minus_beta1.to(dt) if isinstance(one_minus_beta1, Tensor) else one_minus_beta1)
     if isinstance(beta2, Tensor):
         beta2 = beta2.to(dt)
         v = torch._foreach_mul(_upcast(exp_avg_sqs, dt), beta2)
@@ -146,22 +148,23 @@ def adam_(
         v_max = torch._foreach_maximum(_upcast(max_exp_avg_sqs, dt), v)
 
     new_steps = torch._foreach_add(steps, 1.0)
-    # Bias corrections per tensor, as one small vector (steps differ per tensor).
-    step_vec = torch.stack(new_steps).to(dt)
-    if isinstance(b1, Tensor):
-        bc1 = 1.0 - torch.exp(step_vec * torch.log(b1))
-    else:
-        bc1 = 1.0 - torch.pow(b1, step_vec)
-    bc2_sqrt = torch.sqrt(1.0 - torch.pow(beta2, step_vec))
-    step_size = (lr / bc1).unbind()
+    # Bias corrections per tensor, as one small vector (steps differ per tensor),
+    # in float64 as torch's Python scalars, then one rounding each.
+    step_vec = torch.stack(new_steps).to(torch.float64)
+    b1_64 = b1.double() if isinstance(b1, Tensor) else b1
+    b2_64 = beta2.double() if isinstance(beta2, Tensor) else beta2
+    bc1 = 1.0 - torch.pow(b1_64, step_vec)
+    bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2_64, step_vec)).to(dt)
+    neg_step_size = (-(lr.double() / bc1)).to(dt).unbind()
 
+    # param.addcdiv_(exp_avg, denom, value=-step_size): p + (-step_size * m) / denom
     denom = torch._foreach_sqrt(v_max if amsgrad else v)
     torch._foreach_div_(denom, list(bc2_sqrt.unbind()))
     torch._foreach_add_(denom, eps)
-    upd = torch._foreach_div(m, denom)
-    torch._foreach_mul_(upd, list(step_size))
+    upd = torch._foreach_mul(m, list(neg_step_size))
+    torch._foreach_div_(upd, denom)
 
-    _commit(params, torch._foreach_sub(p, upd), skip)
+    _commit(params, torch._foreach_add(p, upd), skip)
     _commit(exp_avgs, m, skip)
     _commit(exp_avg_sqs, v, skip)
     if amsgrad:
@@ -169,6 +172,20 @@ def adam_(
     _commit(steps, new_steps, skip)
     sched.write_next(skip)
     return False
+
+
+def _lerp(start: list[Tensor], end: list[Tensor], weight) -> list[Tensor]:
+    """torch's lerp (two roundings): ``start + w * (end - start)`` for |w| < 0.5,
+    else ``end - (end - start) * (1 - w)``, as one form: ``base + coeff * diff``."""
+    diff = torch._foreach_sub(end, start)
+    if isinstance(weight, Tensor):  # read on the device: both forms, selected there
+        small = weight.abs() < 0.5
+        coeff = torch.where(small, weight, weight - 1.0)
+        base = [torch.where(small, s, e) for s, e in zip(start, end)]
+    else:
+        small = abs(weight) < 0.5
+        coeff, base = (weight, start) if small else (weight - 1.0, end)
+    return torch._foreach_add(base, torch._foreach_mul(diff, coeff))
 
 
 def global_grad_norm(grads: list[Tensor], device: torch.device) -> Tensor:

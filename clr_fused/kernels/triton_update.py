@@ -170,23 +170,25 @@ def _sgd_block(
     P_DT: tl.constexpr, S_DT: tl.constexpr, USE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
     HAS_WD: tl.constexpr, VEC: tl.constexpr,
 ):  # fmt: skip
-    """One BLOCK of an SGD chunk (``mask`` None: a full, aligned block)."""
+    """One BLOCK of an SGD chunk (``mask`` None: a full, aligned block).
+    torch's for-loop ops in fused_kernels.cuh's order: each ``a * b + c`` is
+    one fused multiply-add on the GPU (the compiler contracts it), as there."""
     p_ptrs = _at(p_base, offs, VEC)
     p = _ld(p_ptrs, mask)
     d = _ld(_at(g_base, offs, VEC), mask) * gm
     if HAS_WD:
-        d = d + weight_decay * p
+        d = p * weight_decay + d
     if USE_MOMENTUM:
         b_ptrs = _at(b_base, offs, VEC)
         b = _ld(b_ptrs, mask)
         # torch starts the buffer at the first gradient, undamped
-        b = tl.where(is_fresh, d, b * mom + one_minus_dampening * d)
+        b = tl.where(is_fresh, d, d * one_minus_dampening + b * mom)
         tl.store(b_ptrs, _to_storage(b, S_DT), mask=mask)
         if NESTEROV:
-            d = d + b * mom
+            d = b * mom + d
         else:
             d = b
-    tl.store(p_ptrs, _to_storage(p - d * lr, P_DT), mask=mask)
+    tl.store(p_ptrs, _to_storage(d * -lr + p, P_DT), mask=mask)
 
 
 @triton.jit
@@ -230,12 +232,14 @@ def _sgd_kernel(
 
 @triton.jit
 def _adam_block(
-    p_base, g_base, m_base, v_base, vmax_base, offs, mask, gm, lr, b1, one_minus_b1, beta2, one_minus_beta2, eps,
-    weight_decay, bc2_sqrt, step_size,
+    p_base, g_base, m_base, v_base, vmax_base, offs, mask, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps,
+    weight_decay, bc2_sqrt, neg_step_size,
     P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr,
     VEC: tl.constexpr,
 ):  # fmt: skip
-    """One BLOCK of an Adam chunk (``mask`` None: a full, aligned block)."""
+    """One BLOCK of an Adam chunk (``mask`` None: a full, aligned block):
+    torch's for-loop ops in fused_kernels.cuh's order (lerp_ as one
+    multiply-add from its base, addcmul_, addcdiv_)."""
     p_ptrs = _at(p_base, offs, VEC)
     m_ptrs = _at(m_base, offs, VEC)
     v_ptrs = _at(v_base, offs, VEC)
@@ -243,11 +247,12 @@ def _adam_block(
     g = _ld(_at(g_base, offs, VEC), mask) * gm
     if HAS_WD:
         if DECOUPLED:
-            p = p * (1.0 - lr * weight_decay)
+            p = p * decay
         else:
-            g = g + weight_decay * p
-    m = _ld(m_ptrs, mask) * b1 + g * one_minus_b1
-    v = _ld(v_ptrs, mask) * beta2 + one_minus_beta2 * g * g
+            g = p * weight_decay + g
+    m_old = _ld(m_ptrs, mask)
+    m = coeff * (g - m_old) + tl.where(small_w, m_old, g)
+    v = (one_minus_beta2 * g) * g + _ld(v_ptrs, mask) * beta2
     tl.store(m_ptrs, _to_storage(m, S_DT), mask=mask)
     tl.store(v_ptrs, _to_storage(v, S_DT), mask=mask)
     if AMSGRAD:
@@ -257,7 +262,7 @@ def _adam_block(
         v = tl.where((vmax != vmax) | (vmax > v), vmax, v)
         tl.store(vmax_ptrs, _to_storage(v, S_DT), mask=mask)
     denom = tl.sqrt(v) / bc2_sqrt + eps
-    tl.store(p_ptrs, _to_storage(p - m / denom * step_size, P_DT), mask=mask)
+    tl.store(p_ptrs, _to_storage(p + (neg_step_size * m) / denom, P_DT), mask=mask)
 
 
 @triton.jit
@@ -283,12 +288,18 @@ def _adam_kernel(
         beta2 = tl.load(betas + 2)
         one_minus_beta2 = tl.load(betas + 3)
     if CYCLE_MOMENTUM:
-        one_minus_b1 = 1.0 - b1
+        one_minus_b1 = (1.0 - tl.cast(b1, tl.float64)).to(tl.float32)
     step = tl.load(_ptr(step_addrs, t, tl.float32)) + 1.0
     if skipped == 0:
-        bc1 = 1.0 - tl.exp2(step * tl.log2(b1))
-        bc2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
-        step_size = lr / bc1
+        # once per program, in float64 as torch's Python scalars, then one rounding each
+        step64 = step.to(tl.float64)
+        bc1 = 1.0 - tl.exp2(step64 * tl.log2(tl.cast(b1, tl.float64)))
+        bc2_sqrt = tl.sqrt(1.0 - tl.exp2(step64 * tl.log2(tl.cast(beta2, tl.float64)))).to(tl.float32)
+        neg_step_size = (-(tl.cast(lr, tl.float64) / bc1)).to(tl.float32)
+        decay = (1.0 - tl.cast(lr, tl.float64) * tl.cast(weight_decay, tl.float64)).to(tl.float32)
+        # lerp_'s two forms, by the weight (uniform): a multiply-add from a base
+        small_w = tl.abs(one_minus_b1) < 0.5
+        coeff = tl.where(small_w, one_minus_b1, one_minus_b1 - 1.0)
         p_base = _ptr(p_addrs, t, P_DT) + start
         g_base = _ptr(g_addrs, t, G_DT) + start
         m_base = _ptr(m_addrs, t, S_DT) + start
@@ -301,13 +312,13 @@ def _adam_kernel(
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                _adam_block(p_base, g_base, m_base, v_base, vmax_base, _full_block_offsets(i, BLOCK), None, gm, lr, b1,
-                            one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
+                _adam_block(p_base, g_base, m_base, v_base, vmax_base, _full_block_offsets(i, BLOCK), None, gm, decay, coeff,
+                            small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, neg_step_size,
                             P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, VEC)  # fmt: skip
         for off in range(n_full * BLOCK, n, TAIL):
             offs = off + tl.arange(0, TAIL)
-            _adam_block(p_base, g_base, m_base, v_base, vmax_base, offs, offs < n, gm, lr, b1,
-                        one_minus_b1, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, step_size,
+            _adam_block(p_base, g_base, m_base, v_base, vmax_base, offs, offs < n, gm, decay, coeff,
+                        small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, neg_step_size,
                         P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
     if _draw_ticket(ticket):

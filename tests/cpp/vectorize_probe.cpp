@@ -1,19 +1,25 @@
 // The kernels of fused_kernels.cuh as the CPU backend compiles them,
 // instantiated as out-of-line symbols so their machine code can be read
 // (tests/test_cpu_backend.py counts packed SSE arithmetic in each: the
-// element loop was vectorised).  Nothing runs this file.
+// element loop was vectorised).  Nothing runs this file.  CLR_FUSED_PROBE_FMA
+// picks the instantiation: false (the baseline copy), or true (the AVX2 /
+// AVX-512 copies' fused multiply-adds; compiled with -mavx2 -mfma).
 #include "cpu_launch.h"
 // kernel headers after cpu_launch.h, then the CPU conversions (as cpu_ops.cpp)
 #include "fused_kernels.cuh"
 #include "cpu_storage.h"
 
+#ifndef CLR_FUSED_PROBE_FMA
+#define CLR_FUSED_PROBE_FMA false
+#endif
+
 namespace clr_fused {
-template void sgd_kernel<float, float, 0>(Tables, StepInputs, SgdHyper);
-template void sgd_kernel<float, float, 1>(Tables, StepInputs, SgdHyper);
-template void adam_kernel<float, float, 2>(Tables, StepInputs, AdamHyper);
-template void adam_kernel<float, float, 3>(Tables, StepInputs, AdamHyper);
-template void sgd_kernel<c10::BFloat16, c10::BFloat16, 1>(Tables, StepInputs, SgdHyper);
-template void sgd_kernel<c10::BFloat16, float, 1>(Tables, StepInputs, SgdHyper);
-template void adam_kernel<c10::BFloat16, c10::BFloat16, 2>(Tables, StepInputs, AdamHyper);
-template void adam_kernel<c10::BFloat16, float, 2>(Tables, StepInputs, AdamHyper);
+template void sgd_kernel<float, float, 0, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, SgdHyper);
+template void sgd_kernel<float, float, 1, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, SgdHyper);
+template void adam_kernel<float, float, 2, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, AdamHyper);
+template void adam_kernel<float, float, 3, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, AdamHyper);
+template void sgd_kernel<c10::BFloat16, c10::BFloat16, 1, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, SgdHyper);
+template void sgd_kernel<c10::BFloat16, float, 1, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, SgdHyper);
+template void adam_kernel<c10::BFloat16, c10::BFloat16, 2, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, AdamHyper);
+template void adam_kernel<c10::BFloat16, float, 2, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, AdamHyper);
 }  // namespace clr_fused
