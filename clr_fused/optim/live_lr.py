@@ -19,17 +19,25 @@ is the tensor's sibling (``live[1]``) in ``g["momentum"]`` (SGD) or
 Assigning a new object to ``g["lr"]`` takes effect at the next step: a
 number or tensor replaces the schedule (the group becomes constant, as in
 torch), a spec installs that schedule.
+
+This module holds the records (``GroupLR``), what one launch reads of them
+(``LaunchLR``), the optimizers' side of them (the ``LiveLR`` mixin: building,
+re-attaching, ReduceLROnPlateau's device state, the readers), and the
+``ScheduleView`` trainers may ask for.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import schedule_math as sm
-from ..schedules import Schedule, _is_number
+from ..schedules import Constant, ReduceLROnPlateau, Schedule, _is_number
+from .hyper import _check_lr_value
 
 
 @dataclass(eq=False)
@@ -131,3 +139,253 @@ def write_schedule(live: Tensor, rows: list[list[float]], step: Tensor) -> None:
 
 def rows_tensor(rows: list[list[float]], device: torch.device) -> Tensor:
     return torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
+
+
+class TensorLR(Schedule):
+    """A tensor ``lr`` (torch's capturable idiom): the kernels read its value
+    on the device at every step (the same live-LR row a ReduceLROnPlateau
+    uses), so writing to it between CUDA-graph replays takes effect."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+    def rows(self) -> list[list[float]]:
+        return [[0.0, float(sm.KIND_PLATEAU)] + [0.0] * sm.NUM_PARAMS]
+
+    def _evaluate(self, step):
+        lr = self.tensor.detach().reshape(())
+        if isinstance(step, Tensor):
+            return lr.to(step.device, torch.float32).expand(step.shape).clone(), None
+        return float(lr), None
+
+
+class LiveLR:
+    """The optimizers' side of the live values: each param group's record
+    (built on first use, rebuilt when ``lr`` / ``schedule`` / the momentum
+    object is re-assigned), re-attaching a detached schedule,
+    ReduceLROnPlateau's device state, and the readers (``get_last_lr``, ...).
+    A mixin of FusedOptimizer (optim/base.py)."""
+
+    # ------------------------------------------------------------ schedules
+    def schedule(self, group_index: int = 0) -> Schedule:
+        """The schedule spec that drives param group ``group_index`` (a
+        ``Constant`` for a number ``lr``, a ``TensorLR`` for a tensor)."""
+        rec = self._group_lr(group_index)
+        if rec.spec is not None:
+            return rec.spec
+        lr = self.param_groups[group_index]["lr"]
+        return TensorLR(lr) if isinstance(lr, Tensor) else Constant(float(lr))
+
+    def _live_device(self) -> torch.device:
+        # meta parameters (no update ever runs): the live values stay readable on the CPU
+        return torch.device("cpu") if self._counter_device.type == "meta" else self._counter_device
+
+    def _host_counter(self) -> Tensor:
+        """The counter where live values are computed (meta: step 0 on the CPU)."""
+        if self._counter_device.type == "meta":
+            return torch.zeros((), dtype=torch.int64)
+        return self._step_counter
+
+    def _momentum_value(self, group: dict[str, Any]) -> Any:
+        return group["betas"][0] if self._momentum_key == "betas" else group.get("momentum")
+
+    def _set_momentum_value(self, group: dict[str, Any], value: Any) -> None:
+        if self._momentum_key == "betas":
+            group["betas"] = (value, *tuple(group["betas"])[1:])
+        else:
+            group["momentum"] = value
+
+    def _group_lr(self, group_index: int) -> GroupLR:
+        """The group's live LR record; an identity check per call, rebuilt
+        when ``lr``, ``schedule`` or the momentum value was re-assigned."""
+        group = self.param_groups[group_index]
+        rec = self._lr_recs.get(group_index)
+        if rec is not None:
+            seen = rec.seen
+            if seen[0] is group["lr"] and seen[1] is group.get("schedule") and seen[2] is self._momentum_value(group):
+                return rec
+        rec = self._build_group_lr(group_index, group, rec)
+        self._lr_recs[group_index] = rec
+        return rec
+
+    def _build_group_lr(self, gi: int, group: dict[str, Any], old: GroupLR | None) -> GroupLR:
+        lr, spec = group["lr"], group.get("schedule")
+        prev = None if old is None else old.detached
+        if prev is not None and spec is None and lr is prev.lr:
+            return self._reattach(group, prev)
+        if isinstance(lr, Schedule):
+            spec = lr  # lr=spec: in the constructor, a param-group dict, or assigned later
+        elif old is not None and old.spec is not None and lr is not old.seen[0] and spec is old.spec:
+            spec = None  # a number or tensor assigned to group["lr"] replaces the schedule, as in torch
+        if spec is not None and not isinstance(spec, Schedule):
+            raise ValueError(f"param group 'schedule' must be a clr_fused schedule spec, got {type(spec).__name__}")
+        if spec is None:
+            _check_lr_value(lr, read_tensor=False)
+        dev = self._live_device()
+        kept_live = old is not None and old.spec is spec and spec is not None and old.live is not None and lr is old.seen[0]
+        user_lr = None
+        live = None
+        if spec is None:
+            group.pop("schedule", None)
+            rows = Constant(0.0).rows()
+            if isinstance(lr, Tensor):
+                user_lr, lr_t = lr, scalar_on(lr, dev)
+            else:
+                lr_t = torch.tensor(float(lr), dtype=torch.float32, device=dev)
+        else:
+            group["schedule"] = spec
+            rows = spec.rows()
+            if isinstance(spec, ReduceLROnPlateau):
+                # torch's ReduceLROnPlateau keeps its LR in group["lr"] too; report() updates it on the device
+                lr_t = self._plateau_state(gi, spec)["lr"]
+            else:
+                if kept_live:
+                    live = old.live
+                else:
+                    live = torch.zeros(2, dtype=torch.float32, device=dev)
+                    write_schedule(live, rows, self._host_counter().to(dev))
+                lr_t = live[0]
+            group["lr"] = lr_t
+        # Momentum: a cycled one is live[1], unless the user assigned their own value since.
+        mom = None
+        if live is not None and spec.cycles_momentum:
+            overridden = kept_live and old.mom is not None and self._momentum_value(group) is not old.mom
+            if not overridden:
+                mom = live[1]
+                self._set_momentum_value(group, mom)
+        mom_value = self._momentum_value(group)
+        if mom is None and self._momentum_key == "momentum" and isinstance(mom_value, Tensor):
+            mom = scalar_on(mom_value, dev)  # SGD: a tensor momentum is read on the device
+        seen = (group["lr"], group.get("schedule"), mom_value)
+        detached = None
+        if spec is None and old is not None:
+            detached = old if old.spec is not None else old.detached
+        return GroupLR(spec, rows, rows_tensor(rows, dev), lr_t, mom, live, user_lr, seen, detached)
+
+    def _reattach(self, group: dict[str, Any], rec: GroupLR) -> GroupLR:
+        """The group's own live LR tensor was put back into group["lr"]: its
+        schedule drives the group again, from the current step."""
+        group["schedule"] = rec.spec
+        if rec.live is not None and self._counter_device.type != "meta":
+            write_schedule(rec.live, rec.rows, self._step_counter)
+        if rec.mom is not None and rec.live is not None:
+            self._set_momentum_value(group, rec.mom)
+        rec.seen = (group["lr"], group["schedule"], self._momentum_value(group))
+        return rec
+
+    def _plateau_state(self, group_index: int, spec: ReduceLROnPlateau) -> dict[str, Tensor]:
+        st = self._plateau.get(group_index)
+        if st is None:
+            dev = self._live_device()
+            st = {
+                "lr": torch.tensor(spec.base_lr, dtype=torch.float32, device=dev),
+                "best": torch.tensor(math.inf if spec.mode == "min" else -math.inf, dtype=torch.float32, device=dev),
+                "num_bad_epochs": torch.zeros((), dtype=torch.int64, device=dev),
+                "cooldown_counter": torch.zeros((), dtype=torch.int64, device=dev),
+            }
+            self._plateau[group_index] = st
+        return st
+
+    @torch.no_grad()
+    def report(self, metric: float | Tensor) -> None:
+        """Feed a metric to every ReduceLROnPlateau group, on the device.
+
+        Mirrors ``torch.optim.lr_scheduler.ReduceLROnPlateau.step(metric)``.
+        A tensor metric is never read by the host.
+        """
+        if isinstance(metric, Tensor):
+            if metric.numel() != 1:
+                raise ValueError(f"metric must be a scalar, got a tensor of shape {tuple(metric.shape)}")
+            cur = metric.detach().reshape(()).to(self._counter_device, torch.float32, non_blocking=True)
+        else:
+            if isinstance(metric, bool) or not isinstance(metric, (int, float)):
+                raise ValueError(f"metric must be a number or a scalar tensor, got {type(metric).__name__}")
+            cur = torch.tensor(float(metric), dtype=torch.float32, device=self._counter_device)
+        for gi in range(len(self.param_groups)):
+            spec = self._group_lr(gi).spec
+            if isinstance(spec, ReduceLROnPlateau):
+                _plateau_update(self._plateau_state(gi, spec), spec, cur)
+
+    def get_last_lr(self) -> list[float]:
+        """The LR the next update of each group will use: ``float(group["lr"])``
+        (reads the device for a schedule; a number LR comes back exactly as given)."""
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            self._group_lr(gi)  # a spec assigned to group["lr"] since: installed (group["lr"] is then live)
+            out.append(float(group["lr"]))
+        return out
+
+    def get_last_momentum(self) -> list[float]:
+        """The momentum/beta1 the next update of each group will use."""
+        out = []
+        for gi, group in enumerate(self.param_groups):
+            rec = self._group_lr(gi)
+            out.append(float(rec.mom if rec.mom is not None else self._momentum_value(group)))
+        return out
+
+    def as_lr_scheduler(self) -> "ScheduleView":
+        """A ``torch.optim.lr_scheduler.LRScheduler`` view for trainers that
+        insist on a scheduler object: ``step()`` is a no-op (the schedule
+        advances inside ``optimizer.step()``), ``get_last_lr()`` reads the
+        device, and its state dict is empty (the optimizer's carries the
+        schedule)."""
+        return ScheduleView(self)
+
+    @property
+    def schedule_step(self) -> Tensor:
+        """The device step counter: how many updates the schedule has advanced."""
+        return self._step_counter
+
+
+class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
+    """See :meth:`FusedOptimizer.as_lr_scheduler`."""
+
+    def __init__(self, optimizer) -> None:
+        # No super().__init__: there is nothing to wrap, patch or step.
+        self.optimizer = optimizer
+        self.base_lrs = [optimizer.schedule(gi).initial_lr for gi in range(len(optimizer.param_groups))]
+        self._last_lr = None
+
+    @property
+    def last_epoch(self) -> int:  # type: ignore[override]
+        """Updates applied so far (reads the device counter)."""
+        return int(self.optimizer.schedule_step)
+
+    @last_epoch.setter
+    def last_epoch(self, value) -> None:
+        pass  # the device counter is the only step count
+
+    def step(self, epoch=None) -> None:  # noqa: ARG002 - the signature trainers call
+        """No-op: the schedule already advanced inside ``optimizer.step()``."""
+
+    def get_last_lr(self) -> list[float]:
+        return self.optimizer.get_last_lr()
+
+    def get_lr(self) -> list[float]:
+        return self.optimizer.get_last_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+def _plateau_update(st: dict[str, Tensor], spec: ReduceLROnPlateau, cur: Tensor) -> None:
+    """torch's ReduceLROnPlateau.step, as device tensor ops."""
+    best = st["best"]
+    if spec.mode == "min":
+        better = cur < (best * (1.0 - spec.threshold) if spec.threshold_mode == "rel" else best - spec.threshold)
+    else:
+        better = cur > (best * (1.0 + spec.threshold) if spec.threshold_mode == "rel" else best + spec.threshold)
+    st["best"].copy_(torch.where(better, cur, best))
+    bad = torch.where(better, torch.zeros_like(st["num_bad_epochs"]), st["num_bad_epochs"] + 1)
+    in_cooldown = st["cooldown_counter"] > 0
+    cooldown = torch.where(in_cooldown, st["cooldown_counter"] - 1, st["cooldown_counter"])
+    bad = torch.where(in_cooldown, torch.zeros_like(bad), bad)
+    reduce = bad > spec.patience
+    old_lr = st["lr"]
+    new_lr = torch.clamp(old_lr * spec.factor, min=spec.min_lr)
+    st["lr"].copy_(torch.where(reduce & (old_lr - new_lr > spec.eps), new_lr, old_lr))
+    st["cooldown_counter"].copy_(torch.where(reduce, torch.full_like(cooldown, spec.cooldown), cooldown))
+    st["num_bad_epochs"].copy_(torch.where(reduce, torch.zeros_like(bad), bad))

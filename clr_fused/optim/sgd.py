@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..kernels.registry import kernels_for
-from .base import FusedOptimizer, _check_lr_value, _is_real, backend_from_torch_flags
+from .base import FusedOptimizer
+from .hyper import _check_lr_value, _is_real, backend_from_torch_flags
 
 
 class SGD(FusedOptimizer):
