@@ -37,17 +37,6 @@ __device__ __forceinline__ float madd(float a, float b, float c) {
   }
 }
 
-// f(std::true_type{}) or f(std::false_type{}): a flag that is uniform over a
-// block becomes a compile-time constant of the element loop.
-template <typename F>
-__device__ __forceinline__ void with_flag(bool on, const F& f) {
-  if (on) {
-    f(std::true_type{});
-  } else {
-    f(std::false_type{});
-  }
-}
-
 struct SgdHyper {
   float momentum, one_minus_dampening, weight_decay;  // complements taken in double on the host
   bool use_momentum, nesterov, maximize;
@@ -56,45 +45,67 @@ struct SgdHyper {
 
 // torch.optim.SGD's for-loop step, op for op: grad.add(param, alpha=wd),
 // buf.mul_(momentum).add_(grad, alpha=1 - dampening), grad.add(buf,
-// alpha=momentum) (nesterov), param.add_(grad, alpha=-lr).
+// alpha=momentum) (nesterov), param.add_(grad, alpha=-lr).  Weight decay,
+// Nesterov and a warm (not fresh) buffer are fixed for a block: one element
+// loop per combination, so the loop has no branch (a conditional fused
+// multiply-add keeps GCC from if-converting, hence vectorising, it).
+// __forceinline__ functions, not lambdas: the CPU build's ISA copies
+// (`flatten`) must inline every one of them.
+template <typename P, typename S, int NS, bool kFma, bool kWd, bool kNesterov, bool kWarm>
+__device__ __forceinline__ void sgd_chunk(const Tables& tb, const ChunkInfo& c, const SgdHyper& h, S* const (&s)[NS > 0 ? NS : 1],
+                                          float mom, float gm, float neg_lr) {
+  for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+                             [&](float& p, float g, float* st) {
+                               float d = g * gm;
+                               if constexpr (kWd) d = madd<kFma>(p, h.weight_decay, d);
+                               if constexpr (NS > 0) {
+                                 // torch starts the buffer at the first gradient, undamped
+                                 float b = d;
+                                 if constexpr (kWarm) b = madd<kFma>(d, h.one_minus_dampening, st[0] * mom);
+                                 st[0] = b;
+                                 if constexpr (kNesterov) {
+                                   d = madd<kFma>(b, mom, d);
+                                 } else {
+                                   d = b;
+                                 }
+                               }
+                               p = madd<kFma>(d, neg_lr, p);
+                             });
+}
+
+template <typename P, typename S, int NS, bool kFma, bool kWd>
+__device__ __forceinline__ void sgd_chunk_momentum(bool nesterov, bool warm, const Tables& tb, const ChunkInfo& c,
+                                                   const SgdHyper& h, S* const (&s)[NS > 0 ? NS : 1], float mom, float gm,
+                                                   float neg_lr) {
+  if constexpr (NS == 0) {
+    sgd_chunk<P, S, NS, kFma, kWd, false, false>(tb, c, h, s, mom, gm, neg_lr);
+  } else if (nesterov) {
+    if (warm) {
+      sgd_chunk<P, S, NS, kFma, kWd, true, true>(tb, c, h, s, mom, gm, neg_lr);
+    } else {
+      sgd_chunk<P, S, NS, kFma, kWd, true, false>(tb, c, h, s, mom, gm, neg_lr);
+    }
+  } else if (warm) {
+    sgd_chunk<P, S, NS, kFma, kWd, false, true>(tb, c, h, s, mom, gm, neg_lr);
+  } else {
+    sgd_chunk<P, S, NS, kFma, kWd, false, false>(tb, c, h, s, mom, gm, neg_lr);
+  }
+}
+
 template <typename P, typename S, int NS, bool kFma = kDeviceFma>
 __global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in, SgdHyper h) {
   const ChunkInfo c = chunk_info(tb, in);
   if (!c.skipped) {
     const float mom = in.mom != nullptr ? c.mom : h.momentum;
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
-    const bool fresh = h.fresh[c.t] != 0;
+    const bool warm = h.fresh[c.t] == 0;
     const float neg_lr = -c.lr;
     S* s[NS > 0 ? NS : 1] = {NS > 0 ? addr<S>(tb.addrs[2], c.t) : nullptr};
-    // Weight decay, Nesterov and a fresh buffer are fixed for the block: one
-    // loop per combination, so the element loop has no branch (a conditional
-    // fused multiply-add keeps GCC from if-converting, hence vectorising, it).
-    const auto update = [&](auto with_wd, auto nesterov, auto warm) {
-      for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
-                                 [&](float& p, float g, float* st) {
-                                   float d = g * gm;
-                                   if constexpr (decltype(with_wd)::value) d = madd<kFma>(p, h.weight_decay, d);
-                                   if constexpr (NS > 0) {
-                                     // torch starts the buffer at the first gradient, undamped
-                                     float b = d;
-                                     if constexpr (decltype(warm)::value) b = madd<kFma>(d, h.one_minus_dampening, st[0] * mom);
-                                     st[0] = b;
-                                     if constexpr (decltype(nesterov)::value) {
-                                       d = madd<kFma>(b, mom, d);
-                                     } else {
-                                       d = b;
-                                     }
-                                   }
-                                   p = madd<kFma>(d, neg_lr, p);
-                                 });
-    };
-    with_flag(h.weight_decay != 0.f, [&](auto with_wd) {
-      if constexpr (NS == 0) {
-        update(with_wd, std::false_type{}, std::false_type{});
-      } else {
-        with_flag(h.nesterov, [&](auto nesterov) { with_flag(!fresh, [&](auto warm) { update(with_wd, nesterov, warm); }); });
-      }
-    });
+    if (h.weight_decay != 0.f) {
+      sgd_chunk_momentum<P, S, NS, kFma, true>(h.nesterov, warm, tb, c, h, s, mom, gm, neg_lr);
+    } else {
+      sgd_chunk_momentum<P, S, NS, kFma, false>(h.nesterov, warm, tb, c, h, s, mom, gm, neg_lr);
+    }
   }
   if (needs_last_block(in) && last_block(in.ticket)) finish_step(in, c);
 }

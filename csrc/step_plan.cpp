@@ -18,6 +18,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <ATen/Parallel.h>
+#include <c10/util/SmallVector.h>
 
 #include <atomic>
 #include <cstring>
@@ -43,11 +44,17 @@ void prefetch(const std::vector<Param>& ps, size_t i);
 // What the kernels rely on of one tensor, besides its storage address.
 struct Geometry {
   caffe2::TypeMeta dtype;
-  std::vector<int64_t> sizes, strides;
+  // Inline storage up to 5 dimensions: the check walks thousands of these
+  // each step, and a heap vector would add a dependent load per tensor.
+  c10::SmallVector<int64_t, 5> sizes, strides;
 
   static Geometry of(const at::Tensor& t) {
     const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-    return {impl->dtype(), impl->sizes().vec(), impl->strides().vec()};
+    Geometry g;
+    g.dtype = impl->dtype();
+    g.sizes.assign(impl->sizes().begin(), impl->sizes().end());
+    g.strides.assign(impl->strides().begin(), impl->strides().end());
+    return g;
   }
   // sizes() / strides() live inside the TensorImpl: no extra dependent load.
   bool same(const c10::TensorImpl* impl) const {
