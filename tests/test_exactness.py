@@ -10,7 +10,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torch.optim import lr_scheduler as L
 
 import clr_fused as cf
 from clr_fused import _ext
