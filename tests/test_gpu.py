@@ -41,6 +41,35 @@ def test_hundred_steps_without_host_sync(cls, backend):
 
 @cuda
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", ["SGD", "Adam", "AdamW"])
+def test_number_writes_without_host_sync(cls, backend):
+    """nanoGPT's loop: a float written to group["lr"] (and momentum / betas) every iteration."""
+    m = _model()
+    kw = dict(momentum=0.9) if cls == "SGD" else {}
+    opt = getattr(cf, cls)(m.parameters(), lr=1e-3, backend=backend, **kw)
+    x, y = torch.randn(32, 64, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+    torch.nn.functional.cross_entropy(m(x), y).backward()
+    opt.step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for it in range(50):
+            for group in opt.param_groups:
+                group["lr"] = 1e-3 * (1 + it % 7)
+                if cls == "SGD":
+                    group["momentum"] = 0.9 - 0.01 * (it % 3)
+                else:
+                    group["betas"] = (0.9 - 0.01 * (it % 3), 0.999)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert opt.get_last_lr() == [1e-3 * (1 + 49 % 7)]
+
+
+@cuda
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("cls", ["SGD", "Adam"])
 def test_graph_replay_equals_eager_with_moving_lr(cls, backend):
     kw = dict(momentum=0.9) if cls == "SGD" else dict(amsgrad=True)

@@ -89,6 +89,31 @@ def _ours_provider(algo: str, params) -> Callable[[], None]:
     return opt.step
 
 
+def _write_then_step(opt) -> Callable[[], None]:
+    """nanoGPT's loop: a new float written to every group's lr, then step()."""
+    it = [0]
+
+    def step():
+        it[0] += 1
+        lr = BASE_LR * (1.0 + (it[0] % 1000) / 1000.0)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+
+    return step
+
+
+def _write_providers(algo: str, shapes) -> dict:
+    """torch fused with a float lr written each step (its kernels stubbed) against ours."""
+    cls, kw = ALGOS[algo]
+    torch_opt = getattr(torch.optim, cls)(_params(shapes, tiny=True), lr=BASE_LR, fused=True, **kw)
+    ours = getattr(cf, cls)(_params(shapes, tiny=True), lr=BASE_LR, backend="cpu", **kw)
+    return {
+        "torch fused + float lr write, kernels stubbed": (_write_then_step(torch_opt), _torch_fused_stubbed),
+        "clr_fused cpu + float lr write, kernels stubbed": (_write_then_step(ours), _ours_stubbed),
+    }
+
+
 def _params(shapes, dtype=torch.float32, tiny=False):
     """run.py's parameters with gradients; ``tiny``: 1-16 elements each, same count."""
     if tiny:
@@ -131,11 +156,15 @@ def host_cost(sets: dict[str, list], rounds: int, progress) -> list[dict]:
             )
             providers["clr_fused cpu"] = (_ours_provider(algo, _params(shapes, tiny=True)), contextlib.nullcontext)
             providers["clr_fused cpu, kernels stubbed"] = (_ours_provider(algo, _params(shapes, tiny=True)), _ours_stubbed)
+            providers.update(_write_providers(algo, shapes))
             med = _interleaved(providers, steps, rounds)
             ref = med["torch fused + CyclicLR, kernels stubbed"]
+            ref_write = med["torch fused + float lr write, kernels stubbed"]
             for name, ms in med.items():
+                # the write-then-step loops against torch's write-then-step loop
+                base = ref_write if "float lr write" in name else ref
                 rows.append(dict(set=set_name, tensors=len(shapes), algo=algo, provider=name, us_per_step=ms * 1e3,
-                                 ratio_to_torch_fused_host=ms / ref))  # fmt: skip
+                                 ratio_to_torch_fused_host=ms / base))  # fmt: skip
             progress.update(1)
     return rows
 
@@ -213,7 +242,7 @@ def main(out_dir: str, quick: bool = False) -> int:
 
 def _markdown(meta, host_rows, size_rows) -> str:
     lines = [f"# Host cost and CPU backend, {meta['date']}, {meta['device']}, {meta['threads']} threads, torch {meta['torch']}", ""]
-    lines += ["## Host cost per step (tensors of 1-16 elements, real tensor counts; median us, ratio to torch fused + CyclicLR with its kernels stubbed)", ""]
+    lines += ["## Host cost per step (tensors of 1-16 elements, real tensor counts; median us, ratio to torch fused + CyclicLR with its kernels stubbed; the float lr write rows: a new float written to group[lr] before every step, ratio to torch fused doing the same)", ""]
     lines += ["| set | tensors | algo | provider | us/step | ratio |", "|---|---|---|---|---|---|"]
     for r in host_rows:
         lines.append(f"| {r['set']} | {r['tensors']} | {r['algo']} | {r['provider']} | {r['us_per_step']:.1f} | {r['ratio_to_torch_fused_host']:.3f} |")

@@ -145,7 +145,12 @@ def _device_betas(beta1, beta2, device) -> torch.Tensor | None:
     is a tensor (complements in float64 there, no host read), else None."""
     if not isinstance(beta1, torch.Tensor) and not isinstance(beta2, torch.Tensor):
         return None
-    b = torch.stack([torch.as_tensor(x, dtype=torch.float64).reshape(()).to(device, non_blocking=True) for x in (beta1, beta2)])
+    # a number beside the tensor: a device fill (no host-to-device copy, no sync)
+    b = torch.stack([
+        x.detach().reshape(()).to(device, torch.float64, non_blocking=True) if isinstance(x, torch.Tensor)
+        else torch.full((), float(x), dtype=torch.float64, device=device)
+        for x in (beta1, beta2)
+    ])  # fmt: skip
     return torch.stack([b[0], 1.0 - b[0], b[1], 1.0 - b[1]]).to(torch.float32)
 
 

@@ -141,6 +141,19 @@ def rows_tensor(rows: list[list[float]], device: torch.device) -> Tensor:
     return torch.tensor(rows, dtype=torch.float64).to(device, non_blocking=True)
 
 
+_CONSTANT_ROWS: dict[torch.device, Tensor] = {}
+
+
+def _constant_rows(device: torch.device) -> Tensor:
+    """The rows of a group without a schedule (never written, never read for
+    its LR, which is the group's tensor): one per device, so replacing a
+    schedule by a number uploads nothing."""
+    t = _CONSTANT_ROWS.get(device)
+    if t is None:
+        t = _CONSTANT_ROWS[device] = rows_tensor(Constant(0.0).rows(), device)
+    return t
+
+
 class TensorLR(Schedule):
     """A tensor ``lr`` (torch's capturable idiom): the kernels read its value
     on the device at every step (the same live-LR row a ReduceLROnPlateau
@@ -202,11 +215,35 @@ class LiveLR:
         rec = self._lr_recs.get(group_index)
         if rec is not None:
             seen = rec.seen
-            if seen[0] is group["lr"] and seen[1] is group.get("schedule") and seen[2] is self._momentum_value(group):
+            lr, mom_value = group["lr"], self._momentum_value(group)
+            if seen[0] is lr and seen[1] is group.get("schedule") and seen[2] is mom_value:
+                return rec
+            if self._number_write(rec, lr, mom_value, group):
                 return rec
         rec = self._build_group_lr(group_index, group, rec)
         self._lr_recs[group_index] = rec
         return rec
+
+    def _number_write(self, rec: GroupLR, lr: Any, mom_value: Any, group: dict[str, Any]) -> bool:
+        """A number written to a constant group's ``lr`` (or to a momentum /
+        beta1 the kernels take as an argument) since the last step, as trainers
+        and nanoGPT-style loops do every iteration: fill the group's existing
+        LR tensor on the device (the value travels as a kernel argument: no
+        new tensor, no host-to-device copy, no sync) and keep the record.
+        False: anything else changed; the record is rebuilt."""
+        seen = rec.seen
+        if seen[1] is not group.get("schedule"):
+            return False
+        if seen[2] is not mom_value and not (rec.mom is None and _is_number(mom_value)):
+            return False  # a cycled / tensor momentum replaced: rebuilt (once)
+        fill = seen[0] is not lr
+        if fill:
+            if rec.spec is not None or rec.user_lr is not None or not _is_number(lr):
+                return False  # a schedule or tensor LR replaced by a number: rebuilt once, filled from then on
+            _check_lr_value(lr)
+            rec.lr.fill_(float(lr))
+        rec.seen = (lr, seen[1], mom_value)
+        return True
 
     def _build_group_lr(self, gi: int, group: dict[str, Any], old: GroupLR | None) -> GroupLR:
         lr, spec = group["lr"], group.get("schedule")
@@ -230,6 +267,11 @@ class LiveLR:
             rows = Constant(0.0).rows()
             if isinstance(lr, Tensor):
                 user_lr, lr_t = lr, scalar_on(lr, dev)
+            elif old is not None and old.live is not None and old.live.device == dev:
+                # a number replacing a schedule: the schedule's live tensor (kept by
+                # `detached` for a re-attach, which rewrites it) holds it, filled on the device
+                lr_t = old.live[0]
+                lr_t.fill_(float(lr))
             else:
                 lr_t = torch.tensor(float(lr), dtype=torch.float32, device=dev)
         else:
@@ -260,7 +302,8 @@ class LiveLR:
         detached = None
         if spec is None and old is not None:
             detached = old if old.spec is not None else old.detached
-        return GroupLR(spec, rows, rows_tensor(rows, dev), lr_t, mom, live, user_lr, seen, detached)
+        rows_dev = _constant_rows(dev) if spec is None else rows_tensor(rows, dev)
+        return GroupLR(spec, rows, rows_dev, lr_t, mom, live, user_lr, seen, detached)
 
     def _reattach(self, group: dict[str, Any], rec: GroupLR) -> GroupLR:
         """The group's own live LR tensor was put back into group["lr"]: its
