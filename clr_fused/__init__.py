@@ -2,6 +2,7 @@
 
 from . import schedules
 from .backends import BackendUnavailable
+from .hf_schedules import get_schedule
 from .optim import SGD, Adam, AdamW, FusedOptimizer
 from .range_test import RangeTestResult, Suggestion, range_test
 from .schedules import (
@@ -10,6 +11,7 @@ from .schedules import (
     CosineAnnealingWarmRestarts,
     CyclicLR,
     ExponentialLR,
+    LambdaLR,
     LinearLR,
     MultiStepLR,
     OneCycleLR,
@@ -18,6 +20,7 @@ from .schedules import (
     Schedule,
     SequentialLR,
     StepLR,
+    WarmupStableDecay,
 )
 
 __version__ = "0.1.0"
@@ -43,6 +46,9 @@ __all__ = [
     "PolynomialLR",
     "LinearLR",
     "ConstantLR",
+    "LambdaLR",
+    "WarmupStableDecay",
+    "get_schedule",
     "SequentialLR",
     "ReduceLROnPlateau",
 ]

@@ -55,6 +55,11 @@ KIND_POLYNOMIAL = 8  # [base_lr, total_iters, power]
 KIND_LINEAR = 9  # [base_lr, start_factor, end_factor, total_iters]
 KIND_CONSTANT_FACTOR = 10  # [base_lr, factor, total_iters]
 KIND_PLATEAU = 11  # [base_lr]; the live LR is device state, passed as plateau_lr
+KIND_TABLE = 12  # [base_lr, n, offset]: base_lr * table[min(k, n - 1)], the table `offset` floats after this row
+KIND_TABLE_DATA = 13  # ends the segment rows; the tables' float64 values follow it, ROW_WIDTH per row
+
+# A table (LambdaLR) holds at most this many steps: 2**24 float64 = 128 MiB.
+MAX_TABLE = 2**24
 
 CYCLIC_TRIANGULAR, CYCLIC_TRIANGULAR2, CYCLIC_EXP_RANGE = 0, 1, 2
 
@@ -290,12 +295,50 @@ _LR_ONLY = {
 }
 
 
-def evaluate_row(row, k, ops, plateau_lr=None):
+def pack(segments: list[tuple[list[float], list[float] | tuple[float, ...] | None]]) -> list[list[float]]:
+    """Rows of a schedule from its segments ``(row, table or None)``: the
+    segment rows, then, if any segment is a table, a ``KIND_TABLE_DATA`` row
+    and the tables' values, ``ROW_WIDTH`` per row (zero padded).  Each table
+    row's ``offset`` (its parameter 2) is where its values start, counted in
+    floats from the table row itself, so a kernel reads ``row[offset + j]``."""
+    rows = [list(row) for row, _ in segments]
+    tables = [(i, t) for i, (_, t) in enumerate(segments) if t is not None]
+    if not tables:
+        return rows
+    rows.append([float(MAX_INT), float(KIND_TABLE_DATA)] + [0.0] * NUM_PARAMS)
+    flat: list[float] = []
+    base = len(rows) * ROW_WIDTH
+    for i, table in tables:
+        rows[i][4] = float(base + len(flat) - i * ROW_WIDTH)
+        flat.extend(table)
+    flat.extend([0.0] * (-len(flat) % ROW_WIDTH))
+    rows.extend(flat[j : j + ROW_WIDTH] for j in range(0, len(flat), ROW_WIDTH))
+    return rows
+
+
+def segment_count(rows) -> int:
+    """How many of ``rows`` are segments (the rest: a table's terminator and values)."""
+    for i, row in enumerate(rows):
+        if int(row[1]) == KIND_TABLE_DATA:
+            return i
+    return len(rows)
+
+
+def _table(p, k, ops, fetch):
+    # [base_lr, n, offset]; past the table: its last value
+    j = ops.minimum(k, int(p[1]) - 1)
+    return p[0] * fetch(int(p[2]), j)
+
+
+def evaluate_row(row, k, ops, plateau_lr=None, fetch=None):
     """``(lr, momentum)`` of one segment at local step ``k >= 0``.
 
-    ``momentum`` is ``None`` for kinds that do not cycle it.
+    ``momentum`` is ``None`` for kinds that do not cycle it.  ``fetch(offset,
+    j)``: a table's ``j``-th value, ``offset`` floats after this row.
     """
     kind, p = int(row[1]), row[2:]
+    if kind == KIND_TABLE:
+        return _table(p, k, ops, fetch), None
     if kind == KIND_CYCLIC:
         return _cyclic(p, k, ops)
     if kind == KIND_ONE_CYCLE:
@@ -308,18 +351,40 @@ def evaluate_row(row, k, ops, plateau_lr=None):
     return _LR_ONLY[kind](p, k, ops), None
 
 
-def evaluate_rows(rows, k, ops, plateau_lr=None):
+def _fetcher(rows, s: int, ops, table):
+    """fetch(offset, j) for segment ``s``: flat element ``s * ROW_WIDTH + offset + j``
+    of the rows (``table``: the same rows as a float64 tensor on the step's device)."""
+    if ops is PY_OPS:
+        def fetch(offset, j):
+            i = s * ROW_WIDTH + offset + j
+            return rows[i // ROW_WIDTH][i % ROW_WIDTH]
+
+        return fetch
+
+    def fetch_t(offset, j):
+        # (only table segments call this: other schedules never upload their rows here)
+        flat = (torch.tensor(rows, dtype=torch.float64) if table is None else table).reshape(-1).to(j.device)
+        return flat[j + (s * ROW_WIDTH + offset)]
+
+    return fetch_t
+
+
+def evaluate_rows(rows, k, ops, plateau_lr=None, table=None):
     """``(lr, momentum)`` of a schedule (its segment rows) at global step ``k``.
 
     The segment with the largest ``start_step <= k`` applies, at local step
     ``k - start_step``.  Every segment is evaluated and selected branch-free,
-    which is what the kernels do too.
+    which is what the kernels do too.  ``table``: the rows as a float64 tensor
+    on the step's device, where the torch ops read a table's values (a
+    ``LambdaLR``); without it they are uploaded for the call.
     """
-    lr, mom = evaluate_row(rows[0], k, ops, plateau_lr)
-    for row in rows[1:]:
+    n = segment_count(rows)
+    lr, mom = evaluate_row(rows[0], k, ops, plateau_lr, _fetcher(rows, 0, ops, table))
+    for s in range(1, n):
+        row = rows[s]
         start = int(row[0])
         local = ops.maximum(k - start, 0)
-        seg_lr, seg_mom = evaluate_row(row, local, ops, plateau_lr)
+        seg_lr, seg_mom = evaluate_row(row, local, ops, plateau_lr, _fetcher(rows, s, ops, table))
         lr = ops.where(k >= start, seg_lr, lr)
         if mom is not None and seg_mom is not None:
             mom = ops.where(k >= start, seg_mom, mom)

@@ -119,8 +119,13 @@ class Schedule:
     cycles_momentum: ClassVar[bool] = False
 
     def rows(self) -> list[list[float]]:
-        """The flat encoding: a list of ``ROW_WIDTH``-long rows (segments)."""
-        return [self._row()]
+        """The flat encoding: a list of ``ROW_WIDTH``-long rows (segments; then
+        a table's values, see ``schedule_math.pack``)."""
+        return sm.pack(self.segments())
+
+    def segments(self) -> list[tuple[list[float], tuple[float, ...] | None]]:
+        """``(row, table or None)`` per segment."""
+        return [(self._row(), None)]
 
     def _row(self) -> list[float]:
         raise NotImplementedError
@@ -531,19 +536,19 @@ class SequentialLR(Schedule):
                     f"schedules may not cycle momentum inside SequentialLR ({type(s).__name__}); "
                     "build it with cycle_momentum=False"
                 )
-        if len(self.rows()) > sm.MAX_SEGMENTS:
+        if len(self.segments()) > sm.MAX_SEGMENTS:
             raise ValueError(f"schedules flatten to more than {sm.MAX_SEGMENTS} pieces")
 
-    def rows(self):
+    def segments(self):
         starts = (0, *self.milestones)
         ends = (*self.milestones, None)
         out = []
         for sched, start, end in zip(self.schedules, starts, ends):
-            for row in sched.rows():
+            for row, table in sched.segments():
                 seg_start = start + int(row[0])
                 if end is not None and seg_start >= end:
                     continue  # a nested piece that the next milestone cuts off
-                out.append([float(seg_start), *row[1:]])
+                out.append(([float(seg_start), *row[1:]], table))
         return out
 
 
@@ -582,6 +587,142 @@ class ReduceLROnPlateau(Schedule):
         return _row(sm.KIND_PLATEAU, self.base_lr)
 
 
+# ---------------------------------------------------------------- sampled
+def _sample(name: str, fn, n: int) -> tuple[float, ...]:
+    out = []
+    for k in range(n):
+        v = fn(k)
+        if not _is_number(v) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name}({k}) must be a finite number >= 0, got {v!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+@dataclass(frozen=True, repr=False)
+class LambdaLR(Schedule):
+    """``torch.optim.lr_scheduler.LambdaLR``: ``base_lr * lr_lambda(k)``.
+
+    ``lr_lambda`` (any deterministic function of the step, or the sequence of
+    its values) is sampled once, here, in float64 for ``k = 0 .. total_steps-1``
+    into a table the kernels read one entry of per step; past ``total_steps``
+    the LR holds the last value.  The spec keeps the sampled values (so it
+    round-trips through state dicts and copies, and equal tables compare equal).
+    """
+
+    base_lr: float
+    lr_lambda: Any
+    total_steps: int
+
+    def __post_init__(self):
+        _norm(self, "base_lr", _check_lr)
+        n = _check_int("total_steps", self.total_steps, 1, f"an integer number of steps <= {sm.MAX_TABLE}")
+        if n > sm.MAX_TABLE:
+            raise ValueError(f"total_steps must be at most 2**24 (the table's size), got {n}")
+        object.__setattr__(self, "total_steps", n)
+        f = self.lr_lambda
+        if callable(f):
+            values = _sample("lr_lambda", f, n)
+        elif isinstance(f, (str, bytes)) or not hasattr(f, "__len__"):
+            raise ValueError(f"lr_lambda must be a function of the step or a sequence of factors, got {f!r}")
+        elif len(f) != n:
+            raise ValueError(f"lr_lambda: a sequence of factors must hold total_steps = {n} values, got {len(f)}")
+        else:
+            values = _sample("lr_lambda", lambda k: f[k], n)
+        object.__setattr__(self, "lr_lambda", values)
+
+    def __repr__(self):
+        v = self.lr_lambda
+        return f"LambdaLR(base_lr={self.base_lr}, lr_lambda=<{len(v)} factors {v[0]:.6g} .. {v[-1]:.6g}>, total_steps={self.total_steps})"
+
+    def segments(self):
+        return [(_row(sm.KIND_TABLE, self.base_lr, self.total_steps, 0), self.lr_lambda)]
+
+    def rows(self):
+        cached = self.__dict__.get("_rows")
+        if cached is None:  # a table's rows are large: built once
+            cached = sm.pack(self.segments())
+            object.__setattr__(self, "_rows", cached)
+        return cached
+
+
+_WSD_SHAPES = ("linear", "cosine", "1-sqrt")
+
+
+def _wsd_factor(k: int, w: int, s: int, d: int, warmup_type: str, decay_type: str, min_lr_ratio: float, num_cycles: float) -> float:
+    """transformers' WSD factor at step k (its float64 operations, in its order)."""
+    if k < w:
+        progress = float(k) / float(max(1, w))
+        if warmup_type == "linear":
+            factor = progress
+        elif warmup_type == "cosine":
+            factor = 0.5 * (1.0 - math.cos(math.pi * progress))
+        else:
+            factor = 1.0 - math.sqrt(1.0 - progress)
+        return max(0.0, factor * (1.0 - min_lr_ratio) + min_lr_ratio)
+    if k < w + s:
+        return 1.0
+    if k < w + s + d:
+        progress = float(k - w - s) / float(max(1, d))
+        if decay_type == "linear":
+            factor = 1.0 - progress
+        elif decay_type == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress))
+        else:
+            factor = 1.0 - math.sqrt(progress)
+        return max(0.0, factor * (1.0 - min_lr_ratio) + min_lr_ratio)
+    return min_lr_ratio
+
+
+@dataclass(frozen=True)
+class WarmupStableDecay(Schedule):
+    """Warm-up, stable, decay (``transformers.get_wsd_schedule``, same argument
+    names and values); holds ``min_lr_ratio * base_lr`` after the decay.
+
+    Evaluated as transformers' own float64 operations, sampled into a table
+    (the ``LambdaLR`` kind) over the ``num_warmup_steps + num_stable_steps +
+    num_decay_steps`` steps; past them the table's last value is exactly what
+    transformers returns there.
+    """
+
+    base_lr: float
+    num_warmup_steps: int
+    num_stable_steps: int
+    num_decay_steps: int
+    warmup_type: str = "linear"
+    decay_type: str = "cosine"
+    min_lr_ratio: float = 0.0
+    num_cycles: float = 0.5
+
+    def __post_init__(self):
+        _norm(self, "base_lr", _check_lr)
+        for name in ("num_warmup_steps", "num_stable_steps", "num_decay_steps"):
+            _norm(self, name, _check_int, 0, "an integer number of steps >= 0")
+        _norm(self, "warmup_type", _check_choice, _WSD_SHAPES)
+        _norm(self, "decay_type", _check_choice, _WSD_SHAPES)
+        _norm(self, "min_lr_ratio", _check_unit, low_open=False, high_open=False)
+        _norm(self, "num_cycles", _check_positive)
+        if self._total() > sm.MAX_TABLE - 1:
+            raise ValueError(f"num_warmup_steps + num_stable_steps + num_decay_steps must be below 2**24, got {self._total()}")
+
+    def _total(self) -> int:
+        return self.num_warmup_steps + self.num_stable_steps + self.num_decay_steps
+
+    def _table(self) -> LambdaLR:
+        cached = self.__dict__.get("_lambda")
+        if cached is None:
+            args = (self.num_warmup_steps, self.num_stable_steps, self.num_decay_steps, self.warmup_type,
+                    self.decay_type, self.min_lr_ratio, self.num_cycles)  # fmt: skip
+            cached = LambdaLR(self.base_lr, lambda k: _wsd_factor(k, *args), self._total() + 1)
+            object.__setattr__(self, "_lambda", cached)
+        return cached
+
+    def segments(self):
+        return self._table().segments()
+
+    def rows(self):
+        return self._table().rows()
+
+
 _SPECS = {
     cls.__name__: cls
     for cls in (
@@ -598,6 +739,8 @@ _SPECS = {
         ConstantLR,
         SequentialLR,
         ReduceLROnPlateau,
+        LambdaLR,
+        WarmupStableDecay,
     )
 }
 
@@ -610,7 +753,7 @@ def schedule_from_dict(d: dict[str, Any]) -> Schedule:
         raise ValueError(f"unknown schedule type in {d!r}; known: {sorted(_SPECS)}")
     if cls is SequentialLR:
         d["schedules"] = [schedule_from_dict(s) for s in d["schedules"]]
-    for key in ("milestones", "schedules"):
+    for key in ("milestones", "schedules", "lr_lambda"):
         if key in d:
             d[key] = tuple(d[key])
     return cls(**d)

@@ -24,6 +24,8 @@ enum Kind : int {
   kLinear = 9,
   kConstantFactor = 10,
   kPlateau = 11,
+  kTable = 12,      // [base_lr, n, offset]: base_lr * row[offset + min(k, n - 1)] (LambdaLR)
+  kTableData = 13,  // ends the segment rows; the tables' values follow
 };
 
 // Everything below is float64, rounded once to float32 by the caller
@@ -130,7 +132,7 @@ __device__ inline double warm_restarts(const double* p, int64_t k) {
   return eta_min + (base_lr - eta_min) * cos_weight(static_cast<double>(t_cur) / t_i);
 }
 
-__device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* plateau_lr) {
+__device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* plateau_lr, int64_t avail) {
   const int kind = static_cast<int>(row[1]);
   const double* p = row + 2;
   const double b0 = f64(p, 0);
@@ -168,6 +170,13 @@ __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* 
       return {b0 * (k < i64(p, 2) ? f64(p, 1) : 1.0), 0.0};
     case kPlateau:
       return {plateau_lr != nullptr ? static_cast<double>(*plateau_lr) : b0, 0.0};
+    case kTable: {
+      // `avail`: floats from this row to the end of the rows (a table outside them reads nothing)
+      const int64_t n = i64(p, 1), offset = i64(p, 2);
+      const int64_t j = k < n - 1 ? k : n - 1;
+      const bool inside = n >= 1 && offset >= kRowWidth && j >= 0 && offset + j < avail;
+      return {inside ? b0 * row[inside ? offset + j : 0] : 0.0, 0.0};
+    }
     default:  // kConstant
       return {b0, 0.0};
   }
@@ -176,11 +185,13 @@ __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* 
 // (lr, momentum) at global step k: the segment with the largest start <= k
 // applies at local step k - start (SequentialLR).
 __device__ inline LrMom evaluate_rows(const double* rows, int n_rows, int64_t k, const float* plateau_lr) {
-  LrMom out = evaluate_row(rows, k, plateau_lr);
+  const int64_t total = static_cast<int64_t>(n_rows) * kRowWidth;
+  LrMom out = evaluate_row(rows, k, plateau_lr, total);
   for (int s = 1; s < n_rows; ++s) {
     const double* row = rows + s * kRowWidth;
+    if (static_cast<int>(row[1]) == kTableData) break;  // the rest are table values
     int64_t start = static_cast<int64_t>(row[0]);
-    if (k >= start) out.lr = evaluate_row(row, k - start, plateau_lr).lr;
+    if (k >= start) out.lr = evaluate_row(row, k - start, plateau_lr, total - static_cast<int64_t>(s) * kRowWidth).lr;
   }
   return out;
 }

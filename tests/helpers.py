@@ -111,4 +111,32 @@ def schedule_pairs():
             cf.SequentialLR([cf.ConstantLR(0.1, 0.5, 20), cf.ExponentialLR(0.1, 0.98), cf.StepLR(0.1, 10)], [30, 100]),
             lambda o: L.SequentialLR(o, [L.ConstantLR(o, 0.5, 20), L.ExponentialLR(o, 0.98), L.StepLR(o, 10)], [30, 100]),
         ),
+        # a table: sampled for 250 steps, held after (this lambda is constant from step 227 on)
+        ("lambda-table", cf.LambdaLR(0.1, _warmup_linear, 250), lambda o: L.LambdaLR(o, _warmup_linear)),
+        (
+            "sequential-warmup-table",
+            cf.SequentialLR([cf.LinearLR(0.1, 0.1, 1.0, 20), cf.LambdaLR(0.1, _warmup_linear, 250)], [25]),
+            lambda o: L.SequentialLR(o, [L.LinearLR(o, 0.1, 1.0, 20), L.LambdaLR(o, _warmup_linear)], [25]),
+        ),
+        (
+            "wsd-cosine",
+            cf.WarmupStableDecay(0.1, 17, 100, 123, min_lr_ratio=0.1),
+            lambda o: _transformers().get_wsd_schedule(o, 17, 123, num_stable_steps=100, min_lr_ratio=0.1),
+        ),
+        (
+            "wsd-1sqrt",
+            cf.WarmupStableDecay(0.1, 9, 31, 77, warmup_type="cosine", decay_type="1-sqrt"),
+            lambda o: _transformers().get_wsd_schedule(o, 9, 77, num_stable_steps=31, warmup_type="cosine", decay_type="1-sqrt"),
+        ),
     ]
+
+
+def _warmup_linear(k: int) -> float:
+    """torchtitan's shape: linear warm-up, then linear decay to a floor."""
+    return (k + 1) / 10 if k < 10 else max(0.1, 1.0 - (k - 10) / 240)
+
+
+def _transformers():
+    import transformers
+
+    return transformers

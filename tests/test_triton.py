@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 import clr_fused as cf
+from clr_fused import schedule_math as sm
 from clr_fused.kernels.triton_schedule import evaluate_rows
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -38,6 +39,9 @@ SCHEDULES = [
     cf.ConstantLR(0.01, 0.25, 3),
     cf.SequentialLR([cf.LinearLR(0.01, 0.5, 1.0, 2), cf.CosineAnnealingLR(0.01, 4), cf.StepLR(0.005, 1)], [3, 6]),
     cf.ReduceLROnPlateau(0.01, patience=0, factor=0.5),
+    cf.LambdaLR(0.01, [1.0, 0.5, 0.75, 0.25, 0.125], 5),
+    cf.SequentialLR([cf.LambdaLR(0.01, [0.5, 1.0], 2), cf.CosineAnnealingLR(0.01, 3), cf.LambdaLR(0.005, [1.0, 0.3, 0.1], 3)], [2, 4]),
+    cf.WarmupStableDecay(0.01, 2, 2, 3, decay_type="linear", min_lr_ratio=0.2),
 ]
 SCHED_IDS = [type(s).__name__ if not isinstance(s, float) else "float" for s in SCHEDULES]
 
@@ -261,7 +265,7 @@ def test_kernel_schedule_equals_python_closed_form(spec):
     plateau = torch.tensor(spec.initial_lr if not isinstance(spec, cf.ReduceLROnPlateau) else 0.0042, device=DEVICE)
     out_lr = torch.empty(len(ks), device=DEVICE)
     out_mom = torch.empty(len(ks), device=DEVICE)
-    _schedule_probe[(1,)](rows, rows.shape[0], steps, plateau, out_lr, out_mom, N=len(ks))
+    _schedule_probe[(1,)](rows, sm.segment_count(spec.rows()), steps, plateau, out_lr, out_mom, N=len(ks))
     for i, k in enumerate(ks):
         want = 0.0042 if isinstance(spec, cf.ReduceLROnPlateau) else spec(k)
         assert out_lr[i].item() == pytest.approx(want, rel=2e-5, abs=1e-9), k

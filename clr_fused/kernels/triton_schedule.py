@@ -190,6 +190,9 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
         lr = _warm_restarts(p, k)
     if kind == 7:
         lr = _multi_step(p, k)
+    if kind == 12:  # LambdaLR table [base_lr, n, offset]: row[offset + min(k, n - 1)]
+        j = tl.minimum(k, _i64(p, 1) - 1)
+        lr = _f64(p, 0) * tl.load(row + _i64(p, 2) + j)
     cyc_lr, cyc_mom = _cyclic(p, k)
     one_lr, one_mom = _one_cycle(p, k)
     lr = tl.where(kind == 1, cyc_lr, lr)
@@ -202,7 +205,8 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
 
 @triton.jit
 def evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
-    """``(lr, momentum)`` at step ``k`` (int64), as ``schedule_math.evaluate_rows``."""
+    """``(lr, momentum)`` at step ``k`` (int64), as ``schedule_math.evaluate_rows``
+    (``n_rows``: the segment rows; a table's values follow them)."""
     lr, mom = evaluate_row(rows, k, plateau_lr, HAS_PLATEAU)
     for s in range(1, n_rows):
         row = rows + s * 16  # ROW_WIDTH

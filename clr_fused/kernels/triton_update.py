@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .. import schedule_math as sm
 from .tensor_tables import TableCache, adam_tables, aligned_16, fresh_flags, sgd_tables
 from .triton_schedule import evaluate_rows
 
@@ -353,7 +354,7 @@ def _common(bucket, sched, grad_mul, skip):
     f32 = _dummy(device, torch.float32)
     return dict(
         rows=rows,
-        n_rows=rows.shape[0],
+        n_rows=sm.segment_count(sched.rows),  # (a LambdaLR table's values follow the segments)
         counter=sched.counter,
         lr_ptr=sched.lr,
         mom_ptr=sched.mom if sched.mom is not None else f32,

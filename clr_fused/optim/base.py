@@ -143,7 +143,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             else:
                 self._step_counter.add_((~skip).to(torch.int64))
         for rec in self._orphans:
-            live_lr.write_schedule(rec.live, rec.rows, self._step_counter)
+            live_lr.write_schedule(rec.live, rec.rows, self._step_counter, rec.rows_device)
         return loss
 
     def _launch_plan(self) -> plan_mod.LaunchPlan:

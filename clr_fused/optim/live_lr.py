@@ -112,7 +112,7 @@ class LaunchLR:
             return self.exact, None if self.mom is None else self.mom.to(torch.float64)
         if self.exact is not True:
             return self.lr.to(torch.float64), None if self.mom is None else self.mom.to(torch.float64)
-        lr, mom = sm.evaluate_rows(self.rows, self.counter, sm.TORCH_OPS)
+        lr, mom = sm.evaluate_rows(self.rows, self.counter, sm.TORCH_OPS, table=self.rows_device)
         lr = torch.where(lr.to(torch.float32) == self.lr, lr, self.lr.to(torch.float64))
         if self.mom is None:  # not cycled (the rows may still hold a momentum): the hyperparameter
             return lr, None
@@ -126,12 +126,13 @@ class LaunchLR:
             return
         # the step the next update sees (the caller advances the counter after the launches)
         step = self.counter + 1 if skip is None else self.counter + (~skip).to(torch.int64)
-        write_schedule(self.next, self.rows, step)
+        write_schedule(self.next, self.rows, step, self.rows_device)
 
 
-def write_schedule(live: Tensor, rows: list[list[float]], step: Tensor) -> None:
-    """live <- {lr, momentum} of the schedule at ``step`` (device ops, no sync)."""
-    lr, mom = sm.evaluate_rows(rows, step, sm.TORCH_OPS)
+def write_schedule(live: Tensor, rows: list[list[float]], step: Tensor, table: Tensor) -> None:
+    """live <- {lr, momentum} of the schedule at ``step`` (device ops, no sync;
+    ``table``: the rows on the device, where a LambdaLR's values are read)."""
+    lr, mom = sm.evaluate_rows(rows, step, sm.TORCH_OPS, table=table)
     if mom is None or not isinstance(mom, Tensor):
         mom = torch.zeros_like(lr) if mom is None else torch.full_like(lr, float(mom))
     live.copy_(torch.stack([lr.to(torch.float32), mom.to(torch.float32)]))
@@ -277,6 +278,7 @@ class LiveLR:
         else:
             group["schedule"] = spec
             rows = spec.rows()
+            rows_dev = rows_tensor(rows, dev)
             if isinstance(spec, ReduceLROnPlateau):
                 # torch's ReduceLROnPlateau keeps its LR in group["lr"] too; report() updates it on the device
                 lr_t = self._plateau_state(gi, spec)["lr"]
@@ -285,7 +287,7 @@ class LiveLR:
                     live = old.live
                 else:
                     live = torch.zeros(2, dtype=torch.float32, device=dev)
-                    write_schedule(live, rows, self._host_counter().to(dev))
+                    write_schedule(live, rows, self._host_counter().to(dev), rows_dev)
                 lr_t = live[0]
             group["lr"] = lr_t
         # Momentum: a cycled one is live[1], unless the user assigned their own value since.
@@ -302,7 +304,8 @@ class LiveLR:
         detached = None
         if spec is None and old is not None:
             detached = old if old.spec is not None else old.detached
-        rows_dev = _constant_rows(dev) if spec is None else rows_tensor(rows, dev)
+        if spec is None:
+            rows_dev = _constant_rows(dev)
         return GroupLR(spec, rows, rows_dev, lr_t, mom, live, user_lr, seen, detached)
 
     def _reattach(self, group: dict[str, Any], rec: GroupLR) -> GroupLR:
@@ -310,7 +313,7 @@ class LiveLR:
         schedule drives the group again, from the current step."""
         group["schedule"] = rec.spec
         if rec.live is not None and self._counter_device.type != "meta":
-            write_schedule(rec.live, rec.rows, self._step_counter)
+            write_schedule(rec.live, rec.rows, self._step_counter, rec.rows_device)
         if rec.mom is not None and rec.live is not None:
             self._set_momentum_value(group, rec.mom)
         rec.seen = (group["lr"], group["schedule"], self._momentum_value(group))

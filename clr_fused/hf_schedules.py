@@ -1,0 +1,144 @@
+"""``get_schedule``: the schedules of ``transformers.get_scheduler`` as specs.
+
+Each name gives, step for step, the LR that ``transformers.get_scheduler(name,
+optimizer, ...)`` sets with the same arguments: ``constant`` as a closed form,
+``warmup_stable_decay`` as ``WarmupStableDecay``, the others as a ``LambdaLR``
+table of the same float64 factors (transformers' formulas, evaluated in its
+order of operations) for steps ``0 .. num_training_steps``.  transformers
+itself runs none of them on the device: it builds a ``LambdaLR`` over Python
+functions.  Past ``num_training_steps`` a table holds its last value; that is
+transformers' value too except where its formula keeps moving there
+(``cosine`` and the ``cosine_*_min_lr`` ones continue the cosine, ``inverse_sqrt``
+keeps decaying): a trainer stops at ``num_training_steps``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .schedules import Constant, LambdaLR, Schedule, WarmupStableDecay, _check_int, _check_lr
+
+NAMES = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+)  # fmt: skip
+METRIC_DRIVEN = ("reduce_lr_on_plateau", "greedy")
+
+
+def _warmup(k: int, w: int) -> float:
+    return float(k) / float(max(1, w))
+
+
+def _cosine_factor(k, w, total, num_cycles, min_lr_rate):
+    if k < w:
+        return _warmup(k, w)
+    progress = float(k - w) / float(max(1, total - w))
+    factor = 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress))
+    return max(0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+
+def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: dict[str, Any]):
+    """(factor(k), table length) for a table-backed name."""
+    if name == "linear":
+        return (lambda k: _warmup(k, w) if k < w else max(0.0, float(total - k) / float(max(1, total - w)))), total + 1
+    if name == "cosine":
+        nc = kw.get("num_cycles", 0.5)
+        return (lambda k: _cosine_factor(k, w, total, nc, 0.0)), total + 1
+    if name == "cosine_with_restarts":
+        nc = kw.get("num_cycles", 1)
+
+        def restarts(k):
+            if k < w:
+                return _warmup(k, w)
+            progress = float(k - w) / float(max(1, total - w))
+            if progress >= 1.0:
+                return 0.0
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(nc) * progress) % 1.0))))
+
+        return restarts, total + 1
+    if name == "polynomial":
+        lr_end, power = kw.get("lr_end", 1e-7), kw.get("power", 1.0)
+        if not base_lr > lr_end:
+            raise ValueError(f"lr_end ({lr_end}) must be smaller than base_lr ({base_lr})")
+
+        def poly(k):
+            if k < w:
+                return _warmup(k, w)
+            if k > total:
+                return lr_end / base_lr
+            pct_remaining = 1 - (k - w) / (total - w)
+            return ((base_lr - lr_end) * pct_remaining**power + lr_end) / base_lr
+
+        return poly, total + 2
+    if name == "constant_with_warmup":
+        return (lambda k: float(k) / float(max(1.0, w)) if k < w else 1.0), w + 1
+    if name == "inverse_sqrt":
+        timescale = kw.get("timescale") or w or 10_000
+        shift = timescale - w
+        return (lambda k: _warmup(k, w) if k < w else 1.0 / math.sqrt((k + shift) / timescale)), total + 1
+    if name in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
+        nc, min_lr, rate = kw.get("num_cycles", 0.5), kw.get("min_lr"), kw.get("min_lr_rate")
+        if min_lr is not None and rate is not None:
+            raise ValueError("Only one of min_lr or min_lr_rate should be set")
+        if min_lr is not None:
+            rate = min_lr / base_lr
+        elif rate is None:
+            raise ValueError(f"{name} needs min_lr or min_lr_rate in scheduler_specific_kwargs")
+        if name == "cosine_with_min_lr":
+            return (lambda k: _cosine_factor(k, w, total, nc, rate)), total + 1
+        warm = kw.get("warmup_lr_rate")
+
+        def warm_cos(k):
+            kf, wf, tf = float(k), float(w), float(total)
+            if kf < wf:
+                if warm is None:
+                    return (kf + 1.0) / max(1.0, wf)
+                return float(warm) + (1.0 - float(warm)) * kf / max(1, wf - 1)
+            progress = (kf - wf + 1.0) / max(1.0, tf - wf)
+            factor = 0.5 * (1.0 + math.cos(math.pi * nc * 2.0 * progress))
+            return max(0, factor * (1 - rate) + rate)
+
+        return warm_cos, total + 1
+    raise AssertionError(name)
+
+
+def get_schedule(
+    name: str,
+    base_lr: float,
+    num_warmup_steps: int | None = None,
+    num_training_steps: int | None = None,
+    scheduler_specific_kwargs: dict[str, Any] | None = None,
+) -> Schedule:
+    """The spec for ``transformers.get_scheduler(name, optimizer, num_warmup_steps,
+    num_training_steps, scheduler_specific_kwargs)`` on an optimizer with
+    ``lr=base_lr`` (see the module docstring)."""
+    name = getattr(name, "value", name)  # a transformers.SchedulerType
+    if name in METRIC_DRIVEN:
+        raise ValueError(f"{name!r} is driven by a metric, not the step: use clr_fused.ReduceLROnPlateau and optimizer.report()")
+    if name not in NAMES:
+        raise ValueError(f"unknown schedule name {name!r}; known: {list(NAMES)}")
+    base_lr = _check_lr("base_lr", base_lr)
+    kw = dict(scheduler_specific_kwargs or {})
+    if name == "constant":
+        return Constant(base_lr)
+    if num_warmup_steps is None:
+        raise ValueError(f"{name} requires num_warmup_steps")
+    w = _check_int("num_warmup_steps", num_warmup_steps, 0, "an integer number of steps >= 0")
+    if name == "warmup_stable_decay":
+        decay = kw.pop("num_decay_steps", None)
+        if decay is None:
+            raise ValueError("warmup_stable_decay needs num_decay_steps in scheduler_specific_kwargs")
+        stable = kw.pop("num_stable_steps", None)
+        if stable is None:
+            if num_training_steps is None:
+                raise ValueError("warmup_stable_decay needs num_training_steps or num_stable_steps")
+            stable = num_training_steps - w - decay
+        return WarmupStableDecay(base_lr, w, stable, decay, **kw)
+    total = None
+    if name != "constant_with_warmup":
+        if num_training_steps is None:
+            raise ValueError(f"{name} requires num_training_steps (on the device its LR is a table of that length)")
+        total = _check_int("num_training_steps", num_training_steps, 1, "a positive integer number of steps")
+    factor, n = _factor_functions(name, w, total, base_lr, kw)
+    return LambdaLR(base_lr, factor, n)
