@@ -154,8 +154,8 @@ def test_hf_trainer_with_our_schedule(tmp_path):
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, opt.as_lr_scheduler()))
     trainer.train()
     spec = cf.CyclicLR(1e-4, 1e-3, 3, cycle_momentum=False)
-    # HF logs after each optimizer + scheduler step: the LR of the next update
-    assert _hf_logged_lrs(trainer) == pytest.approx([spec(k) for k in range(1, 9)], rel=1e-5)
+    # HF logs the LR each step applied (read between optimizer.step() and scheduler.step()), as with torch's
+    assert _hf_logged_lrs(trainer) == pytest.approx([spec(k) for k in range(0, 8)], rel=1e-5)
     assert int(opt.schedule_step) == 8
 
 
@@ -179,3 +179,36 @@ def test_hf_trainer_with_its_own_scheduler_drives_the_lr(tmp_path):
     assert float(opt.param_groups[0]["lr"]) == pytest.approx(1e-4 * (1 - 8 / 8), abs=1e-12)
     for a, b in zip(weights, torch_weights):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [("linear", {}), ("cosine", {}), ("cosine_with_min_lr", {"min_lr": 1e-5}), ("warmup_stable_decay", {"num_decay_steps": 4})],
+)
+def test_hf_trainer_get_schedule_on_the_device_matches_its_lr_scheduler_type(name, kw, tmp_path):
+    """Trainer(lr_scheduler_type=name) on torch's AdamW, and Trainer with our
+    AdamW driven by cf.get_schedule(name) on the device: the same logged LRs
+    (float32 of HF's) and weights."""
+    runs = []
+    for ours in (True, False):
+        transformers, model, data, args = _hf_setup(tmp_path / str(ours), max_steps=10)
+        args.warmup_steps, args.lr_scheduler_type, args.lr_scheduler_kwargs = 3, name, dict(kw)
+        if ours:
+            opt = cf.AdamW(model.parameters(), lr=cf.get_schedule(name, 1e-3, 3, 10, kw), backend="cpu" if _cpu() else "torch")
+            trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, opt.as_lr_scheduler()))
+        else:
+            trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
+                                           optimizers=(torch.optim.AdamW(model.parameters(), lr=1e-3), None))  # fmt: skip
+        trainer.train()
+        runs.append((_hf_logged_lrs(trainer), [p.detach().clone() for p in model.parameters()]))
+    (lrs, weights), (torch_lrs, torch_weights) = runs
+    assert len(lrs) == 10
+    assert [torch.tensor(v, dtype=torch.float32).item() for v in lrs] == [torch.tensor(v, dtype=torch.float32).item() for v in torch_lrs]
+    for a, b in zip(weights, torch_weights):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _cpu() -> bool:
+    from clr_fused import _ext
+
+    return _ext.load() is not None

@@ -62,6 +62,8 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         self._plateau: dict[int, dict[str, Tensor]] = {}
         self._lr_recs: dict[int, live_lr.GroupLR] = {}
         self._orphans: list[live_lr.GroupLR] = []
+        self._host_steps = 0  # step() calls (a host count: what ScheduleView compares against)
+        self._applied: list[Tensor] | None = None  # the LR each group's last update applied (ScheduleView)
         self._backend_cache: dict[torch.device, str] = {}
         self._plan: plan_mod.LaunchPlan | None = None
         super().__init__(params, defaults)
@@ -144,6 +146,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
                 self._step_counter.add_((~skip).to(torch.int64))
         for rec in self._orphans:
             live_lr.write_schedule(rec.live, rec.rows, self._step_counter, rec.rows_device)
+        self._host_steps = getattr(self, "_host_steps", 0) + 1
         return loss
 
     def _launch_plan(self) -> plan_mod.LaunchPlan:
@@ -179,6 +182,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             elif b.device not in counters:
                 counters[b.device] = self._step_counter.to(b.device, non_blocking=True)
         recs = [self._group_lr(gi) for gi in range(len(self.param_groups))]
+        self._keep_applied(recs)
         inputs: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor | None]] = {}
         for b in plan.buckets:  # all before the first launch: a group's last launch rewrites its live values
             key = (b.group_index, b.device)

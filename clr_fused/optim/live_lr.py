@@ -352,6 +352,16 @@ class LiveLR:
             if isinstance(spec, ReduceLROnPlateau):
                 _plateau_update(self._plateau_state(gi, spec), spec, cur)
 
+    def _keep_applied(self, recs: list[GroupLR]) -> None:
+        """With a ScheduleView: copy (on the device) the LR this step applies, for
+        the view's ``get_last_lr()`` between ``step()`` and the view's ``step()``."""
+        applied = getattr(self, "_applied", None)
+        if applied is None:
+            return
+        if len(applied) != len(recs):
+            applied = self._applied = [torch.zeros((), dtype=torch.float32, device=self._live_device()) for _ in recs]
+        torch._foreach_copy_(applied, [r.user_lr.detach().reshape(()) if r.user_lr is not None else r.lr for r in recs])
+
     def get_last_lr(self) -> list[float]:
         """The LR the next update of each group will use: ``float(group["lr"])``
         (reads the device for a schedule; a number LR comes back exactly as given)."""
@@ -391,6 +401,9 @@ class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
         self.optimizer = optimizer
         self.base_lrs = [optimizer.schedule(gi).initial_lr for gi in range(len(optimizer.param_groups))]
         self._last_lr = None
+        if getattr(optimizer, "_applied", None) is None:
+            optimizer._applied = []  # the optimizer keeps each step's applied LR from now on
+        self._seen = getattr(optimizer, "_host_steps", 0)
 
     @property
     def last_epoch(self) -> int:  # type: ignore[override]
@@ -402,9 +415,17 @@ class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
         pass  # the device counter is the only step count
 
     def step(self, epoch=None) -> None:  # noqa: ARG002 - the signature trainers call
-        """No-op: the schedule already advanced inside ``optimizer.step()``."""
+        """The schedule already advanced inside ``optimizer.step()``: only marks that
+        ``get_last_lr()`` now gives the next update's LR, as torch's does after its step."""
+        self._seen = getattr(self.optimizer, "_host_steps", 0)
 
     def get_last_lr(self) -> list[float]:
+        """As torch's scheduler: between ``optimizer.step()`` and this view's
+        ``step()`` (where Hugging Face's Trainer logs) the LR that step applied,
+        otherwise the next update's."""
+        applied = getattr(self.optimizer, "_applied", None)
+        if applied and getattr(self.optimizer, "_host_steps", 0) != self._seen and len(applied) == len(self.optimizer.param_groups):
+            return [float(t) for t in applied]
         return self.optimizer.get_last_lr()
 
     def get_lr(self) -> list[float]:
