@@ -158,10 +158,19 @@ def test_old_format_checkpoint_and_deepcopy():
     for _ in range(4):
         _step(opt, [p])
     sd = opt.state_dict()
-    assert "schedule" not in sd["param_groups"][0] and isinstance(sd["param_groups"][0]["lr"], float)
-    q = torch.nn.Parameter(p.detach().clone())
-    fresh = cf.SGD([q], lr=0.1, momentum=0.9, backend="torch")
-    fresh.load_state_dict(sd)
+    g0 = sd["param_groups"][0]
+    # plain data: lr a float, the spec under "schedule" as the clr_fused_* data (no objects)
+    assert isinstance(g0["lr"], float) and g0["schedule"] == {k: g0[k] for k in ("clr_fused_schedule", "clr_fused_step", "clr_fused_plateau")}
+    old = copy.deepcopy(sd)
+    old["param_groups"][0].pop("schedule")  # as written before the key existed
+    only_schedule = copy.deepcopy(sd)  # as a tool that keeps the live group's keys only hands it back (torchtitan)
+    for key in ("clr_fused_schedule", "clr_fused_step", "clr_fused_plateau"):
+        only_schedule["param_groups"][0].pop(key)
+    for variant in (only_schedule, old):
+        q = torch.nn.Parameter(p.detach().clone())
+        fresh = cf.SGD([q], lr=0.1, momentum=0.9, backend="torch")
+        fresh.load_state_dict(variant)
+        assert int(fresh.schedule_step) == 4 and fresh.param_groups[0]["schedule"] == spec
     assert isinstance(fresh.param_groups[0]["schedule"], cf.CyclicLR)
     assert fresh.get_last_lr() == opt.get_last_lr() == [pytest.approx(spec(4), rel=1e-6)]
     assert fresh.get_last_momentum() == pytest.approx([spec.momentum(4)], rel=1e-6)

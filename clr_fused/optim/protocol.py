@@ -53,6 +53,10 @@ class StateDictProtocol:
             packed[_KEY_STEP] = step
             plateau = self._plateau.get(gi)
             packed[_KEY_PLATEAU] = None if plateau is None or meta else {k: v.item() for k, v in plateau.items()}
+            if rec.spec is not None:
+                # The live group's "schedule" key, as the same plain data: tools that rebuild a
+                # group from the live group's keys alone (torchtitan's FQN-keyed checkpoints) keep it.
+                packed["schedule"] = {k: packed[k] for k in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU)}
         for hook in post.values():
             out = hook(self, sd)
             if out is not None:
@@ -76,6 +80,7 @@ class StateDictProtocol:
             out = hook(self, state_dict)
             if out is not None:
                 state_dict = out
+        state_dict = _lift_schedule_data(state_dict)
         specs = self._check_state_dict(state_dict)  # every refusal happens here, before anything changes
         saved_groups = state_dict["param_groups"]
         snapshot = self._snapshot()
@@ -100,6 +105,8 @@ class StateDictProtocol:
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
             for key in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU):
                 group.pop(key, None)
+            if not isinstance(group.get("schedule"), Schedule):
+                group.pop("schedule", None)  # the saved plain data (lifted above), not a spec
             if specs[gi] is not None:
                 group["schedule"] = specs[gi]
             elif not ours and specs_before[gi] is not None:
@@ -270,6 +277,21 @@ def _check_step(step: Any, where: str, error: type[Exception], *, read_tensor: b
 
 
 _PLATEAU_COUNTS = ("num_bad_epochs", "cooldown_counter")
+
+
+def _lift_schedule_data(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A saved group whose ``clr_fused_*`` keys only survive inside its
+    ``schedule`` entry (see state_dict): the keys back at the top of a copy."""
+    groups = state_dict.get("param_groups")
+    if not isinstance(groups, list):
+        return state_dict
+    lifted = []
+    for g in groups:
+        data = g.get("schedule") if isinstance(g, dict) else None
+        if isinstance(data, dict) and _KEY_STEP in data and _KEY_STEP not in g:
+            g = {**g, **{k: data.get(k) for k in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU)}}
+        lifted.append(g)
+    return {**state_dict, "param_groups": lifted}
 
 
 def _is_whole(v: Any) -> bool:
