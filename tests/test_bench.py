@@ -61,7 +61,8 @@ def test_bench_host_quick_smoke(tmp_path):
     data = json.loads(js.read_text())
     providers = {r["provider"] for r in data["host_cost"]}
     assert {"torch fused + CyclicLR, kernels stubbed", "clr_fused cpu, kernels stubbed", "clr_fused cpu",
-            "torch fused + float lr write, kernels stubbed", "clr_fused cpu + float lr write, kernels stubbed"} <= providers
+            "torch fused + float lr write, kernels stubbed", "clr_fused cpu + float lr write, kernels stubbed",
+            "clr_fused cpu + LambdaLR table, kernels stubbed"} <= providers
     assert all(r["us_per_step"] > 0 for r in data["host_cost"])
     assert {r["dtype"] for r in data["cpu_backend"]} == {"float32", "bfloat16"}
     assert all(r["gbps"] > 0 for r in data["cpu_backend"])

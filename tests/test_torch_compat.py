@@ -301,3 +301,33 @@ def test_tensor_betas_are_read_on_the_device_every_step(name, backend):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
     for x, y in zip(a, b):
         torch.testing.assert_close(ours.state[x]["exp_avg_sq"], theirs.state[y]["exp_avg_sq"], rtol=1e-5, atol=1e-9)
+
+
+def test_step_enters_torch_profiler_range_and_global_hooks_only_when_needed():
+    """step() skips torch's profiler range when nothing watches (host cost), and
+    takes torch's own wrapper when a profiler runs or a (global) hook exists."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    ps = _params()
+    opt = cf.AdamW(ps, lr=cf.CyclicLR(1e-3, 1e-2, 4), backend="torch")
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    names = {e.name for e in prof.events()}
+    assert "Optimizer.step#AdamW.step" in names  # the range torch's optimizers show, also for ours
+    ref = torch.optim.AdamW(_params(), lr=1e-3)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ref.step()
+    assert "Optimizer.step#AdamW.step" in {e.name for e in prof.events()}
+    seen = []
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: seen.append(("pre", type(o).__name__))),
+               register_optimizer_step_post_hook(lambda o, a, k: seen.append(("post", type(o).__name__)))]  # fmt: skip
+    try:
+        opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+    opt.step()  # no hook left: not called again
+    assert seen == [("pre", "AdamW"), ("post", "AdamW")]
+    assert int(opt.schedule_step) == 3 and type(opt).step is cf.FusedOptimizer.step  # torch did not wrap it again

@@ -89,6 +89,14 @@ def _ours_provider(algo: str, params) -> Callable[[], None]:
     return opt.step
 
 
+def _ours_table_provider(algo: str, params) -> Callable[[], None]:
+    """The same CyclicLR's values as a LambdaLR table (the kernels read one entry per step)."""
+    cls, kw = ALGOS[algo]
+    cyc = cf.CyclicLR(BASE_LR, MAX_LR, STEP_UP, cycle_momentum=False)
+    table = cf.LambdaLR(BASE_LR, lambda k: cyc(k) / BASE_LR, 4 * STEP_UP)
+    return getattr(cf, cls)(params, lr=table, backend="cpu", **kw).step
+
+
 def _write_then_step(opt) -> Callable[[], None]:
     """nanoGPT's loop: a new float written to every group's lr, then step()."""
     it = [0]
@@ -156,6 +164,7 @@ def host_cost(sets: dict[str, list], rounds: int, progress) -> list[dict]:
             )
             providers["clr_fused cpu"] = (_ours_provider(algo, _params(shapes, tiny=True)), contextlib.nullcontext)
             providers["clr_fused cpu, kernels stubbed"] = (_ours_provider(algo, _params(shapes, tiny=True)), _ours_stubbed)
+            providers["clr_fused cpu + LambdaLR table, kernels stubbed"] = (_ours_table_provider(algo, _params(shapes, tiny=True)), _ours_stubbed)
             providers.update(_write_providers(algo, shapes))
             med = _interleaved(providers, steps, rounds)
             ref = med["torch fused + CyclicLR, kernels stubbed"]

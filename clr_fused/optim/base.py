@@ -15,6 +15,7 @@ import math
 from typing import Any, Callable, Iterable
 
 import torch
+import torch.optim.optimizer as _optim_mod
 from torch import Tensor
 
 from .. import backends
@@ -120,7 +121,16 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None):
         """One fused update of every param group; the schedule advances on the device."""
+        # torch wraps every optimizer's step in a profiler range and its step
+        # hooks (Optimizer.profile_hook_step); the range alone costs more host
+        # time than our whole plan check.  Taken only when someone is looking:
+        # a profiler running, or a step hook registered; otherwise straight in.
+        if _hooks_or_profiler(self):
+            return self._torch_wrapped_step(closure)
         return self._step(closure)
+
+    step.hooked = True  # type: ignore[attr-defined]  (torch's _patch_step_function: already handled here)
+    _torch_wrapped_step = torch.optim.Optimizer.profile_hook_step(lambda self, closure=None: self._step(closure))
 
     # Under torch.compile the step runs as it is (a graph break), not traced:
     # tracing it would guard on the gradient tensors, which zero_grad() frees
@@ -290,6 +300,13 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
             f"{where}: state {key!r} is {t.dtype}, the complex parameter {p.dtype}; the fused kernels need them equal "
             "(did the parameter's dtype change after its state was made?)"
         )
+
+
+def _hooks_or_profiler(opt: torch.optim.Optimizer) -> bool:
+    return bool(
+        _optim_mod._global_optimizer_pre_hooks or _optim_mod._global_optimizer_post_hooks
+        or opt._optimizer_step_pre_hooks or opt._optimizer_step_post_hooks or torch.autograd._profiler_enabled()
+    )  # fmt: skip
 
 
 def _chunk_for(backend: str) -> int | None:
