@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import schedules as S
+from .demo import plot_policies
 from .hf_schedules import get_schedule
 from .optim import AdamW
 from .range_test import RangeTestResult, range_test
@@ -228,28 +229,8 @@ def run(corpus: Corpus, *, iterations: int = 1000, seeds=(0, 1, 2), eval_every: 
 
 
 def plot(exp: Experiment, path: str, *, title: str) -> None:
-    """Mean validation loss vs iteration per policy, the LR underneath."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, axlr) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
-    xs = [(i + 1) * exp.eval_every for i in range(len(exp.curves["constant"][0]))]
-    grid = range(0, exp.iterations, max(1, exp.iterations // 300))
-    for name, runs in exp.curves.items():
-        mean = [statistics.fmean(r[i] for r in runs) for i in range(len(xs))]
-        (line,) = ax.plot(xs, mean, label=name)
-        lr = exp.policies[name]
-        axlr.plot(list(grid), [lr(k) if isinstance(lr, S.Schedule) else float(lr) for k in grid], color=line.get_color())
-    finals = [statistics.fmean(r[-1] for r in runs) for runs in exp.curves.values()]
-    ax.set_ylim(min(finals) * 0.95, min(finals) * 1.6)  # the useful range: the first iterations sit far above
-    ax.set_ylabel(f"validation loss (nats/char, mean of {len(exp.seeds)} seeds)")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    axlr.set_yscale("log")
-    axlr.set_ylabel("learning rate")
-    axlr.set_xlabel("iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    """Mean validation loss vs iteration per policy, the LR underneath; the loss
+    axis on the useful range (the first evaluations sit far above)."""
+    best = min(statistics.fmean(r[-1] for r in runs) for runs in exp.curves.values())
+    plot_policies(exp.curves, exp.policies, path, eval_every=exp.eval_every, iterations=exp.iterations, title=title,
+                  ylabel=f"validation loss (nats/char, mean of {len(exp.seeds)} seeds)", ylim=(best * 0.95, best * 1.6))  # fmt: skip

@@ -151,3 +151,34 @@ def plot_curves(curves, path, *, eval_every: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_policies(curves, policies, path, *, eval_every: int, iterations: int, title: str, ylabel: str, ylim=None) -> None:
+    """Seed-mean curve per policy (``curves``: policy -> per-seed lists, one
+    value every ``eval_every`` iterations), each policy's LR underneath."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, axlr) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
+    xs = [(i + 1) * eval_every for i in range(len(next(iter(curves.values()))[0]))]
+    grid = range(0, iterations, max(1, iterations // 300))
+    for name, runs in curves.items():
+        mean = [statistics.fmean(r[i] for r in runs) for i in range(len(xs))]
+        (line,) = ax.plot(xs, mean, label=name)
+        lr = policies[name]
+        axlr.plot(list(grid), [lr(k) if isinstance(lr, S.Schedule) else float(lr) for k in grid], color=line.get_color())
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(title)
+    axlr.set_yscale("log")
+    axlr.set_ylabel("learning rate")
+    axlr.set_xlabel("iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

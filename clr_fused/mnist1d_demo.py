@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import schedules as S
-from .demo import train_curve
+from .demo import plot_policies, train_curve
 from .optim import SGD
 from .range_test import RangeTestResult, range_test
 
@@ -249,25 +249,5 @@ def run(data: MNIST1D, *, iterations: int = 3000, seeds=(0, 1, 2, 3, 4), eval_ev
 
 def plot(exp: Experiment, path: str, *, title: str) -> None:
     """Mean test accuracy vs iteration per policy, the LR underneath."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, axlr) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, gridspec_kw={"height_ratios": [2.2, 1]})
-    xs = [(i + 1) * exp.eval_every for i in range(len(next(iter(exp.curves.values()))[0]))]
-    for name, runs in exp.curves.items():
-        mean = [statistics.fmean(r[i] for r in runs) for i in range(len(xs))]
-        (line,) = ax.plot(xs, mean, label=name)
-        grid = range(0, exp.iterations, max(1, exp.iterations // 300))
-        lr = exp.policies[name]
-        axlr.plot(list(grid), [float(lr) if not isinstance(lr, S.Schedule) else lr(k) for k in grid], color=line.get_color())
-    ax.set_ylabel(f"test accuracy (mean of {len(exp.seeds)} seeds)")
-    ax.legend(fontsize=8, ncol=2)
-    ax.set_title(title)
-    axlr.set_yscale("log")
-    axlr.set_ylabel("learning rate")
-    axlr.set_xlabel("iteration")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_policies(exp.curves, exp.policies, path, eval_every=exp.eval_every, iterations=exp.iterations, title=title,
+                  ylabel=f"test accuracy (mean of {len(exp.seeds)} seeds)")  # fmt: skip
