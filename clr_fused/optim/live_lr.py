@@ -65,7 +65,7 @@ class GroupLR:
         float64 at the launch's step), None for a tensor or plateau LR."""
         if self.spec is None:
             lr = group["lr"]
-            return float(lr) if _is_number(lr) else None
+            return float(lr) if _is_plain_number(lr) else None
         return True if self.live is not None else None
 
     def launch_inputs(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -80,6 +80,12 @@ class GroupLR:
                 rows = self.rows_on[device] = rows_tensor(self.rows, device)
         lr = self.user_lr if self.user_lr is not None else self.lr  # a user's tensor is re-read: it may live elsewhere
         return rows, scalar_on(lr, device), None if self.mom is None else scalar_on(self.mom, device)
+
+
+def _is_plain_number(v: Any) -> bool:
+    """``_is_number`` with Python's float and int answered before the ABC checks
+    (this runs every step of a loop that writes its LR)."""
+    return type(v) is float or type(v) is int or _is_number(v)
 
 
 def scalar_on(t: Tensor, device: torch.device) -> Tensor:
@@ -235,13 +241,13 @@ class LiveLR:
         seen = rec.seen
         if seen[1] is not group.get("schedule"):
             return False
-        if seen[2] is not mom_value and not (rec.mom is None and _is_number(mom_value)):
+        if seen[2] is not mom_value and not (rec.mom is None and _is_plain_number(mom_value)):
             return False  # a cycled / tensor momentum replaced: rebuilt (once)
-        fill = seen[0] is not lr
-        if fill:
-            if rec.spec is not None or rec.user_lr is not None or not _is_number(lr):
+        if seen[0] is not lr:
+            if rec.spec is not None or rec.user_lr is not None or not _is_plain_number(lr):
                 return False  # a schedule or tensor LR replaced by a number: rebuilt once, filled from then on
-            _check_lr_value(lr)
+            if not (type(lr) is float and 0.0 <= lr < math.inf):  # (the common case without the ABC checks)
+                _check_lr_value(lr)
             rec.lr.fill_(float(lr))
         rec.seen = (lr, seen[1], mom_value)
         return True
