@@ -120,8 +120,13 @@ class Schedule:
 
     def rows(self) -> list[list[float]]:
         """The flat encoding: a list of ``ROW_WIDTH``-long rows (segments; then
-        a table's values, see ``schedule_math.pack``)."""
-        return sm.pack(self.segments())
+        a table's values, see ``schedule_math.pack``).  Built once per spec (a
+        spec is frozen; a LambdaLR's rows are large): callers must not modify it."""
+        cached = self.__dict__.get("_rows")
+        if cached is None:
+            cached = sm.pack(self.segments())
+            object.__setattr__(self, "_rows", cached)
+        return cached
 
     def segments(self) -> list[tuple[list[float], tuple[float, ...] | None]]:
         """``(row, table or None)`` per segment."""
@@ -637,13 +642,6 @@ class LambdaLR(Schedule):
     def segments(self):
         return [(_row(sm.KIND_TABLE, self.base_lr, self.total_steps, 0), self.lr_lambda)]
 
-    def rows(self):
-        cached = self.__dict__.get("_rows")
-        if cached is None:  # a table's rows are large: built once
-            cached = sm.pack(self.segments())
-            object.__setattr__(self, "_rows", cached)
-        return cached
-
 
 _WSD_SHAPES = ("linear", "cosine", "1-sqrt")
 
@@ -718,9 +716,6 @@ class WarmupStableDecay(Schedule):
 
     def segments(self):
         return self._table().segments()
-
-    def rows(self):
-        return self._table().rows()
 
 
 _SPECS = {
