@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .schedules import Constant, LambdaLR, Schedule, WarmupStableDecay, _check_int, _check_lr
+from .schedules import Constant, InverseSqrt, LambdaLR, Schedule, WarmupCosine, WarmupStableDecay, _check_int, _check_lr
 
 NAMES = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
@@ -30,21 +30,10 @@ def _warmup(k: int, w: int) -> float:
     return float(k) / float(max(1, w))
 
 
-def _cosine_factor(k, w, total, num_cycles, min_lr_rate):
-    if k < w:
-        return _warmup(k, w)
-    progress = float(k - w) / float(max(1, total - w))
-    factor = 0.5 * (1.0 + math.cos(math.pi * float(num_cycles) * 2.0 * progress))
-    return max(0, factor * (1 - min_lr_rate) + min_lr_rate)
-
-
 def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: dict[str, Any]):
     """(factor(k), table length) for a table-backed name."""
     if name == "linear":
         return (lambda k: _warmup(k, w) if k < w else max(0.0, float(total - k) / float(max(1, total - w)))), total + 1
-    if name == "cosine":
-        nc = kw.get("num_cycles", 0.5)
-        return (lambda k: _cosine_factor(k, w, total, nc, 0.0)), total + 1
     if name == "cosine_with_restarts":
         nc = kw.get("num_cycles", 1)
 
@@ -73,33 +62,6 @@ def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: 
         return poly, total + 2
     if name == "constant_with_warmup":
         return (lambda k: float(k) / float(max(1.0, w)) if k < w else 1.0), w + 1
-    if name == "inverse_sqrt":
-        timescale = kw.get("timescale") or w or 10_000
-        shift = timescale - w
-        return (lambda k: _warmup(k, w) if k < w else 1.0 / math.sqrt((k + shift) / timescale)), total + 1
-    if name in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
-        nc, min_lr, rate = kw.get("num_cycles", 0.5), kw.get("min_lr"), kw.get("min_lr_rate")
-        if min_lr is not None and rate is not None:
-            raise ValueError("Only one of min_lr or min_lr_rate should be set")
-        if min_lr is not None:
-            rate = min_lr / base_lr
-        elif rate is None:
-            raise ValueError(f"{name} needs min_lr or min_lr_rate in scheduler_specific_kwargs")
-        if name == "cosine_with_min_lr":
-            return (lambda k: _cosine_factor(k, w, total, nc, rate)), total + 1
-        warm = kw.get("warmup_lr_rate")
-
-        def warm_cos(k):
-            kf, wf, tf = float(k), float(w), float(total)
-            if kf < wf:
-                if warm is None:
-                    return (kf + 1.0) / max(1.0, wf)
-                return float(warm) + (1.0 - float(warm)) * kf / max(1, wf - 1)
-            progress = (kf - wf + 1.0) / max(1.0, tf - wf)
-            factor = 0.5 * (1.0 + math.cos(math.pi * nc * 2.0 * progress))
-            return max(0, factor * (1 - rate) + rate)
-
-        return warm_cos, total + 1
     raise AssertionError(name)
 
 
@@ -135,10 +97,24 @@ def get_schedule(
                 raise ValueError("warmup_stable_decay needs num_training_steps or num_stable_steps")
             stable = num_training_steps - w - decay
         return WarmupStableDecay(base_lr, w, stable, decay, **kw)
+    if name == "inverse_sqrt":
+        return InverseSqrt(base_lr, w, kw.get("timescale"))
     total = None
     if name != "constant_with_warmup":
         if num_training_steps is None:
             raise ValueError(f"{name} requires num_training_steps (on the device its LR is a table of that length)")
         total = _check_int("num_training_steps", num_training_steps, 1, "a positive integer number of steps")
+    if name in ("cosine", "cosine_with_min_lr", "cosine_warmup_with_min_lr"):
+        rate = 0.0
+        if name != "cosine":
+            min_lr, rate = kw.get("min_lr"), kw.get("min_lr_rate")
+            if min_lr is not None and rate is not None:
+                raise ValueError("Only one of min_lr or min_lr_rate should be set")
+            if min_lr is not None:
+                rate = min_lr / base_lr
+            elif rate is None:
+                raise ValueError(f"{name} needs min_lr or min_lr_rate in scheduler_specific_kwargs")
+        return WarmupCosine(base_lr, w, total, kw.get("num_cycles", 0.5), rate, shifted=name == "cosine_warmup_with_min_lr",
+                            warmup_lr_rate=kw.get("warmup_lr_rate") if name == "cosine_warmup_with_min_lr" else None)  # fmt: skip
     factor, n = _factor_functions(name, w, total, base_lr, kw)
     return LambdaLR(base_lr, factor, n)

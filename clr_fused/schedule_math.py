@@ -57,6 +57,8 @@ KIND_CONSTANT_FACTOR = 10  # [base_lr, factor, total_iters]
 KIND_PLATEAU = 11  # [base_lr]; the live LR is device state, passed as plateau_lr
 KIND_TABLE = 12  # [base_lr, n, offset]: base_lr * table[min(k, n - 1)], the table `offset` floats after this row
 KIND_TABLE_DATA = 13  # ends the segment rows; the tables' float64 values follow it, ROW_WIDTH per row
+KIND_WARMUP_COSINE = 14  # [base_lr, W, T, num_cycles, min_rate, shifted, warmup_rate]: transformers' cosine family
+KIND_INVERSE_SQRT = 15  # [base_lr, W, timescale]: transformers' inverse_sqrt
 
 # A table (LambdaLR) holds at most this many steps: 2**24 float64 = 128 MiB.
 MAX_TABLE = 2**24
@@ -80,6 +82,10 @@ class _PyOps:
     @staticmethod
     def cos(x):
         return math.cos(x)
+
+    @staticmethod
+    def sqrt(x):
+        return math.sqrt(x)
 
     @staticmethod
     def pow(base: float, exponent):
@@ -118,6 +124,10 @@ class _TorchOps:
     @staticmethod
     def cos(x):
         return torch.cos(x)
+
+    @staticmethod
+    def sqrt(x):
+        return torch.sqrt(x)
 
     @staticmethod
     def pow(base: float, exponent):
@@ -283,7 +293,40 @@ def _constant_factor(p, k, ops):
     return base_lr * ops.where(k < int(total_iters), factor, 1.0) + 0.0 * ops.to_float(k)
 
 
+def _warmup_cosine(p, k, ops):
+    """transformers' cosine / cosine_with_min_lr (shifted 0) and
+    cosine_warmup_with_min_lr (shifted 1) lambdas, their float64 operations in
+    their order, times base_lr; past T the cosine continues, as theirs does."""
+    base_lr, w, t, num_cycles, min_rate, shifted, warm = p[:7]
+    w, t, kf = int(w), int(t), ops.to_float(k)
+    if shifted:
+        if warm < 0:
+            warmup = (kf + 1.0) / max(1.0, float(w))
+        else:
+            warmup = warm + (1.0 - warm) * kf / max(1, w - 1)
+        progress = (kf - float(w) + 1.0) / max(1.0, float(t) - float(w))
+    else:
+        warmup = kf / float(max(1, w))
+        progress = ops.to_float(k - w) / float(max(1, t - w))
+    factor = 0.5 * (1.0 + ops.cos(math.pi * num_cycles * 2.0 * progress))
+    factor = ops.maximum(factor * (1 - min_rate) + min_rate, 0.0)
+    return base_lr * ops.where(k < w, warmup, factor)
+
+
+def _inverse_sqrt(p, k, ops):
+    """transformers' inverse_sqrt: k / W during warm-up, then 1 / sqrt((k + shift) / timescale)."""
+    base_lr, w, timescale = p[:3]
+    w, timescale = int(w), int(timescale)
+    kf = ops.to_float(k)
+    # (k + shift >= timescale >= 1 wherever the decay applies; the clamp only keeps the
+    # unused warm-up branch finite when a timescale below W makes it negative)
+    decay = 1.0 / ops.sqrt(ops.maximum(ops.to_float(k + (timescale - w)), 1.0) / float(timescale))
+    return base_lr * ops.where(k < w, kf / float(max(1, w)), decay)
+
+
 _LR_ONLY = {
+    KIND_WARMUP_COSINE: _warmup_cosine,
+    KIND_INVERSE_SQRT: _inverse_sqrt,
     KIND_COSINE: _cosine,
     KIND_WARM_RESTARTS: _warm_restarts,
     KIND_EXPONENTIAL: _exponential,

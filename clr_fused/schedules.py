@@ -718,6 +718,61 @@ class WarmupStableDecay(Schedule):
         return self._table().segments()
 
 
+@dataclass(frozen=True)
+class WarmupCosine(Schedule):
+    """transformers' cosine schedules with linear warm-up, as a closed form:
+    ``cosine`` and ``cosine_with_min_lr`` (``shifted=False``) and
+    ``cosine_warmup_with_min_lr`` (``shifted=True``: its warm-up counts from
+    step + 1, or from ``warmup_lr_rate``); past ``num_training_steps`` the
+    cosine continues, as transformers' does.  Built by ``get_schedule``."""
+
+    base_lr: float
+    num_warmup_steps: int
+    num_training_steps: int
+    num_cycles: float = 0.5
+    min_lr_rate: float = 0.0
+    shifted: bool = False
+    warmup_lr_rate: float | None = None
+
+    def __post_init__(self):
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "num_warmup_steps", _check_int, 0, "an integer number of steps >= 0")
+        _norm(self, "num_training_steps", _check_length)
+        _norm(self, "num_cycles", _check_lr)
+        _norm(self, "min_lr_rate", _check_unit, low_open=False, high_open=False)
+        if not isinstance(self.shifted, (bool, np.bool_)):
+            raise ValueError(f"shifted must be a bool, got {self.shifted!r}")
+        object.__setattr__(self, "shifted", bool(self.shifted))
+        if self.warmup_lr_rate is not None:
+            _norm(self, "warmup_lr_rate", _check_unit, low_open=False, high_open=False)
+
+    def _row(self):
+        warm = -1.0 if self.warmup_lr_rate is None else self.warmup_lr_rate
+        return _row(sm.KIND_WARMUP_COSINE, self.base_lr, self.num_warmup_steps, self.num_training_steps, self.num_cycles,
+                    self.min_lr_rate, float(self.shifted), warm)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class InverseSqrt(Schedule):
+    """transformers' ``inverse_sqrt``: linear warm-up over ``num_warmup_steps``,
+    then ``1 / sqrt((step + timescale - num_warmup_steps) / timescale)``
+    (``timescale`` defaults to ``num_warmup_steps or 10_000``, as there)."""
+
+    base_lr: float
+    num_warmup_steps: int
+    timescale: int | None = None
+
+    def __post_init__(self):
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "num_warmup_steps", _check_int, 0, "an integer number of steps >= 0")
+        if self.timescale is None:
+            object.__setattr__(self, "timescale", self.num_warmup_steps or 10_000)
+        _norm(self, "timescale", _check_length)
+
+    def _row(self):
+        return _row(sm.KIND_INVERSE_SQRT, self.base_lr, self.num_warmup_steps, self.timescale)
+
+
 _SPECS = {
     cls.__name__: cls
     for cls in (
@@ -736,6 +791,8 @@ _SPECS = {
         ReduceLROnPlateau,
         LambdaLR,
         WarmupStableDecay,
+        WarmupCosine,
+        InverseSqrt,
     )
 }
 

@@ -26,6 +26,8 @@ enum Kind : int {
   kPlateau = 11,
   kTable = 12,      // [base_lr, n, offset]: base_lr * row[offset + min(k, n - 1)] (LambdaLR)
   kTableData = 13,  // ends the segment rows; the tables' values follow
+  kWarmupCosine = 14,  // [base_lr, W, T, num_cycles, min_rate, shifted, warmup_rate]: transformers' cosine family
+  kInverseSqrt = 15,   // [base_lr, W, timescale]: transformers' inverse_sqrt
 };
 
 // Everything below is float64, rounded once to float32 by the caller
@@ -132,6 +134,35 @@ __device__ inline double warm_restarts(const double* p, int64_t k) {
   return eta_min + (base_lr - eta_min) * cos_weight(static_cast<double>(t_cur) / t_i);
 }
 
+// transformers' cosine lambdas, their float64 operations in their order (schedule_math._warmup_cosine).
+__device__ inline double warmup_cosine(const double* p, int64_t k) {
+  const int64_t w = i64(p, 1), t = i64(p, 2);
+  const double num_cycles = f64(p, 3), min_rate = f64(p, 4), warm = f64(p, 6);
+  const bool shifted = f64(p, 5) != 0.0;
+  const double kf = static_cast<double>(k), wf = static_cast<double>(w), tf = static_cast<double>(t);
+  double warmup, progress;
+  if (shifted) {
+    const double wm1 = static_cast<double>(w - 1 > 1 ? w - 1 : 1);
+    warmup = warm < 0.0 ? (kf + 1.0) / (wf > 1.0 ? wf : 1.0) : warm + (1.0 - warm) * kf / wm1;
+    progress = (kf - wf + 1.0) / (tf - wf > 1.0 ? tf - wf : 1.0);
+  } else {
+    warmup = kf / static_cast<double>(w > 1 ? w : 1);
+    progress = static_cast<double>(k - w) / static_cast<double>(t - w > 1 ? t - w : 1);
+  }
+  double factor = 0.5 * (1.0 + cos(3.141592653589793 * num_cycles * 2.0 * progress));
+  factor = factor * (1.0 - min_rate) + min_rate;
+  factor = factor > 0.0 ? factor : 0.0;
+  return f64(p, 0) * (k < w ? warmup : factor);
+}
+
+// transformers' inverse_sqrt (schedule_math._inverse_sqrt).
+__device__ inline double inverse_sqrt(const double* p, int64_t k) {
+  const int64_t w = i64(p, 1), timescale = i64(p, 2);
+  const double shifted = static_cast<double>(k + (timescale - w));
+  const double decay = 1.0 / sqrt((shifted > 1.0 ? shifted : 1.0) / static_cast<double>(timescale));
+  return f64(p, 0) * (k < w ? static_cast<double>(k) / static_cast<double>(w > 1 ? w : 1) : decay);
+}
+
 __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* plateau_lr, int64_t avail) {
   const int kind = static_cast<int>(row[1]);
   const double* p = row + 2;
@@ -170,6 +201,10 @@ __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* 
       return {b0 * (k < i64(p, 2) ? f64(p, 1) : 1.0), 0.0};
     case kPlateau:
       return {plateau_lr != nullptr ? static_cast<double>(*plateau_lr) : b0, 0.0};
+    case kWarmupCosine:
+      return {warmup_cosine(p, k), 0.0};
+    case kInverseSqrt:
+      return {inverse_sqrt(p, k), 0.0};
     case kTable: {
       // `avail`: floats from this row to the end of the rows (a table outside them reads nothing)
       const int64_t n = i64(p, 1), offset = i64(p, 2);

@@ -30,8 +30,8 @@ CASES = [
     ("cosine_warmup_with_min_lr", {"min_lr_rate": 0.1}),
     ("warmup_stable_decay", {"num_decay_steps": 20, "decay_type": "1-sqrt", "min_lr_ratio": 0.05}),
 ]
-# where transformers' formula keeps moving past num_training_steps (a table holds its last value)
-MOVES_PAST_END = {"cosine", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "inverse_sqrt"}
+CLOSED_FORMS = {"constant": "Constant", "cosine": "WarmupCosine", "cosine_with_min_lr": "WarmupCosine",
+                "cosine_warmup_with_min_lr": "WarmupCosine", "inverse_sqrt": "InverseSqrt"}  # fmt: skip
 
 
 def _hf_lrs(name, kw, n):
@@ -63,9 +63,12 @@ def test_every_step_driven_name_is_covered():
 @pytest.mark.parametrize("name,kw", CASES, ids=[c for c, _ in CASES])
 def test_applied_lr_is_float32_of_transformers_lr(name, kw, backend):
     """The LR each update applies (SGD, gradient of ones: the update is -lr)
-    equals float32(transformers' LR) at every step, past the end too where
-    transformers' value holds there."""
-    n = TOTAL + 15
+    equals float32(transformers' LR) at every step, past num_training_steps
+    too (the closed forms continue where transformers' formulas keep moving;
+    the tables hold where its values hold)."""
+    n = 2 * TOTAL + 15
+    spec = cf.get_schedule(name, BASE, WARMUP, TOTAL, kw)
+    assert type(spec).__name__ == CLOSED_FORMS.get(name, "WarmupStableDecay" if name == "warmup_stable_decay" else "LambdaLR")
     ref = _hf_lrs(name, kw, n)
     p = torch.nn.Parameter(torch.zeros(4))
     opt = cf.SGD([p], lr=cf.get_schedule(name, BASE, WARMUP, TOTAL, kw), backend=backend)
@@ -78,11 +81,8 @@ def test_applied_lr_is_float32_of_transformers_lr(name, kw, backend):
             p.zero_()
         opt.step()
         assert torch.equal(-p.detach(), applied[-1].expand(4))  # 0 - lr * 1: the LR applied, exactly
-    last = TOTAL + 1 if name in MOVES_PAST_END else n
-    for k in range(last):
+    for k in range(n):
         assert applied[k].item() == torch.tensor(ref[k], dtype=torch.float32).item(), f"{name} step {k}"
-    if name in MOVES_PAST_END:  # held: the table's last value
-        assert all(a.item() == applied[TOTAL].item() for a in applied[TOTAL:])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -42,6 +42,9 @@ SCHEDULES = [
     cf.LambdaLR(0.01, [1.0, 0.5, 0.75, 0.25, 0.125], 5),
     cf.SequentialLR([cf.LambdaLR(0.01, [0.5, 1.0], 2), cf.CosineAnnealingLR(0.01, 3), cf.LambdaLR(0.005, [1.0, 0.3, 0.1], 3)], [2, 4]),
     cf.WarmupStableDecay(0.01, 2, 2, 3, decay_type="linear", min_lr_ratio=0.2),
+    cf.get_schedule("cosine_with_min_lr", 0.01, 2, 6, {"min_lr_rate": 0.1}),
+    cf.get_schedule("cosine_warmup_with_min_lr", 0.01, 3, 6, {"min_lr_rate": 0.1, "warmup_lr_rate": 0.2}),
+    cf.get_schedule("inverse_sqrt", 0.01, 2),
 ]
 SCHED_IDS = [type(s).__name__ if not isinstance(s, float) else "float" for s in SCHEDULES]
 

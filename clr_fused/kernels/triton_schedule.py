@@ -152,6 +152,36 @@ def _multi_step(p, k):
 
 
 @triton.jit
+def _warmup_cosine(p, k):
+    # transformers' cosine lambdas (schedule_math._warmup_cosine), their operations in their order
+    w = _i64(p, 1)
+    t = _i64(p, 2)
+    num_cycles = _f64(p, 3)
+    min_rate = _f64(p, 4)
+    shifted = _f64(p, 5) != 0.0
+    warm = _f64(p, 6)
+    kf = k.to(tl.float64)
+    wf = w.to(tl.float64)
+    tf = t.to(tl.float64)
+    warm_plain = tl.where(warm < 0.0, (kf + 1.0) / tl.maximum(wf, 1.0), warm + (1.0 - warm) * kf / tl.maximum(w - 1, 1).to(tl.float64))
+    warmup = tl.where(shifted, warm_plain, kf / tl.maximum(w, 1).to(tl.float64))
+    progress = tl.where(shifted, (kf - wf + 1.0) / tl.maximum(tf - wf, 1.0), (k - w).to(tl.float64) / tl.maximum(t - w, 1).to(tl.float64))
+    factor = 0.5 * (1.0 + tl.cos(3.141592653589793 * num_cycles * 2.0 * progress))
+    factor = tl.maximum(factor * (1.0 - min_rate) + min_rate, 0.0)
+    return _f64(p, 0) * tl.where(k < w, warmup, factor)
+
+
+@triton.jit
+def _inverse_sqrt(p, k):
+    # transformers' inverse_sqrt (schedule_math._inverse_sqrt)
+    w = _i64(p, 1)
+    timescale = _i64(p, 2)
+    shifted = tl.maximum((k + (timescale - w)).to(tl.float64), 1.0)
+    decay = 1.0 / tl.sqrt(shifted / timescale.to(tl.float64))
+    return _f64(p, 0) * tl.where(k < w, k.to(tl.float64) / tl.maximum(w, 1).to(tl.float64), decay)
+
+
+@triton.jit
 def _lr_only(kind, p, k):
     b0 = _f64(p, 0)
     # ExponentialLR: [base_lr, gamma]
@@ -190,6 +220,10 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
         lr = _warm_restarts(p, k)
     if kind == 7:
         lr = _multi_step(p, k)
+    if kind == 14:
+        lr = _warmup_cosine(p, k)
+    if kind == 15:
+        lr = _inverse_sqrt(p, k)
     if kind == 12:  # LambdaLR table [base_lr, n, offset]: row[offset + min(k, n - 1)]
         j = tl.minimum(k, _i64(p, 1) - 1)
         lr = _f64(p, 0) * tl.load(row + _i64(p, 2) + j)
