@@ -1,15 +1,14 @@
 """``get_schedule``: the schedules of ``transformers.get_scheduler`` as specs.
 
 Each name gives, step for step, the LR that ``transformers.get_scheduler(name,
-optimizer, ...)`` sets with the same arguments: ``constant`` as a closed form,
-``warmup_stable_decay`` as ``WarmupStableDecay``, the others as a ``LambdaLR``
-table of the same float64 factors (transformers' formulas, evaluated in its
-order of operations) for steps ``0 .. num_training_steps``.  transformers
-itself runs none of them on the device: it builds a ``LambdaLR`` over Python
-functions.  Past ``num_training_steps`` a table holds its last value; that is
-transformers' value too except where its formula keeps moving there
-(``cosine`` and the ``cosine_*_min_lr`` ones continue the cosine, ``inverse_sqrt``
-keeps decaying): a trainer stops at ``num_training_steps``.
+optimizer, ...)`` sets with the same arguments, with transformers' float64
+operations in its order: closed forms where its formula keeps moving past
+``num_training_steps`` (``constant``; ``cosine``, ``cosine_with_min_lr``,
+``cosine_warmup_with_min_lr`` as ``WarmupCosine``; ``inverse_sqrt`` as
+``InverseSqrt``), ``warmup_stable_decay`` as ``WarmupStableDecay``, and the
+others as a ``LambdaLR`` table over ``0 .. num_training_steps`` whose last
+value is what transformers returns from there on.  transformers itself runs
+none of them on the device: it builds a ``LambdaLR`` over Python functions.
 """
 
 from __future__ import annotations
