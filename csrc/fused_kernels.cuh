@@ -1,7 +1,9 @@
 // Fused SGD-momentum and Adam/AdamW kernels on the generic multi-tensor
 // launcher, with the schedule evaluated in-kernel from the device step counter.
-// Templated on the parameter storage type P (float, BFloat16, Half) and the
-// state storage type S (P or float); math is float32, one rounding at the end.
+// Templated on the parameter storage type P (float, BFloat16, Half), the
+// state storage S (P, float, BFloat16, or Q8: block-quantized 8-bit codes,
+// low_precision.cuh) and kSr (bfloat16 stores round stochastically); math is
+// float32, one rounding at the end.
 // Header only: nvcc compiles it for the GPU (fused_optim.cu), the host compiler
 // for the CPU backend (cpu_ops.cpp) and the ThreadSanitizer test (tests/cpp/).
 #pragma once
@@ -40,6 +42,7 @@ __device__ __forceinline__ float madd(float a, float b, float c) {
 struct SgdHyper {
   float momentum, one_minus_dampening, weight_decay;  // complements taken in double on the host
   bool use_momentum, nesterov, maximize;
+  bool stochastic;  // bfloat16 stores round stochastically (the launcher picks kSr from it)
   const int8_t* fresh;  // [T]: momentum buffer created this step
 };
 
@@ -51,10 +54,10 @@ struct SgdHyper {
 // multiply-add keeps GCC from if-converting, hence vectorising, it).
 // __forceinline__ functions, not lambdas: the CPU build's ISA copies
 // (`flatten`) must inline every one of them.
-template <typename P, typename S, int NS, bool kFma, bool kWd, bool kNesterov, bool kWarm>
-__device__ __forceinline__ void sgd_chunk(const Tables& tb, const ChunkInfo& c, const SgdHyper& h, S* const (&s)[NS > 0 ? NS : 1],
-                                          float mom, float gm, float neg_lr) {
-  for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+template <typename P, typename S, int NS, bool kFma, bool kSr, bool kWd, bool kNesterov, bool kWarm>
+__device__ __forceinline__ void sgd_chunk(const Tables& tb, const ChunkInfo& c, const SgdHyper& h, const StatePtrs<S, NS>& s,
+                                          const RandomBits& rb, float mom, float gm, float neg_lr) {
+  for_each_element<P, S, NS, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end, rb,
                              [&](float& p, float g, float* st) {
                                float d = g * gm;
                                if constexpr (kWd) d = madd<kFma>(p, h.weight_decay, d);
@@ -73,26 +76,36 @@ __device__ __forceinline__ void sgd_chunk(const Tables& tb, const ChunkInfo& c, 
                              });
 }
 
-template <typename P, typename S, int NS, bool kFma, bool kWd>
+template <typename P, typename S, int NS, bool kFma, bool kSr, bool kWd>
 __device__ __forceinline__ void sgd_chunk_momentum(bool nesterov, bool warm, const Tables& tb, const ChunkInfo& c,
-                                                   const SgdHyper& h, S* const (&s)[NS > 0 ? NS : 1], float mom, float gm,
-                                                   float neg_lr) {
+                                                   const SgdHyper& h, const StatePtrs<S, NS>& s, const RandomBits& rb,
+                                                   float mom, float gm, float neg_lr) {
   if constexpr (NS == 0) {
-    sgd_chunk<P, S, NS, kFma, kWd, false, false>(tb, c, h, s, mom, gm, neg_lr);
+    sgd_chunk<P, S, NS, kFma, kSr, kWd, false, false>(tb, c, h, s, rb, mom, gm, neg_lr);
   } else if (nesterov) {
     if (warm) {
-      sgd_chunk<P, S, NS, kFma, kWd, true, true>(tb, c, h, s, mom, gm, neg_lr);
+      sgd_chunk<P, S, NS, kFma, kSr, kWd, true, true>(tb, c, h, s, rb, mom, gm, neg_lr);
     } else {
-      sgd_chunk<P, S, NS, kFma, kWd, true, false>(tb, c, h, s, mom, gm, neg_lr);
+      sgd_chunk<P, S, NS, kFma, kSr, kWd, true, false>(tb, c, h, s, rb, mom, gm, neg_lr);
     }
   } else if (warm) {
-    sgd_chunk<P, S, NS, kFma, kWd, false, true>(tb, c, h, s, mom, gm, neg_lr);
+    sgd_chunk<P, S, NS, kFma, kSr, kWd, false, true>(tb, c, h, s, rb, mom, gm, neg_lr);
   } else {
-    sgd_chunk<P, S, NS, kFma, kWd, false, false>(tb, c, h, s, mom, gm, neg_lr);
+    sgd_chunk<P, S, NS, kFma, kSr, kWd, false, false>(tb, c, h, s, rb, mom, gm, neg_lr);
   }
 }
 
-template <typename P, typename S, int NS, bool kFma = kDeviceFma>
+// Per chunk: stochastic rounding's stream bases (schedule step, tensor size).
+template <bool kSr>
+__device__ __forceinline__ RandomBits chunk_bits(const Tables& tb, const ChunkInfo& c) {
+  if constexpr (kSr) {
+    return random_bits(c.k, tb.numels[c.t]);
+  } else {
+    return RandomBits{};
+  }
+}
+
+template <typename P, typename S, int NS, bool kFma = kDeviceFma, bool kSr = false>
 __global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in, SgdHyper h) {
   const ChunkInfo c = chunk_info(tb, in);
   if (!c.skipped) {
@@ -100,11 +113,12 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in,
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
     const bool warm = h.fresh[c.t] == 0;
     const float neg_lr = -c.lr;
-    S* s[NS > 0 ? NS : 1] = {NS > 0 ? addr<S>(tb.addrs[2], c.t) : nullptr};
+    const StatePtrs<S, NS> s = state_ptrs<S, NS>(tb, c.t);
+    const RandomBits rb = chunk_bits<kSr>(tb, c);
     if (h.weight_decay != 0.f) {
-      sgd_chunk_momentum<P, S, NS, kFma, true>(h.nesterov, warm, tb, c, h, s, mom, gm, neg_lr);
+      sgd_chunk_momentum<P, S, NS, kFma, kSr, true>(h.nesterov, warm, tb, c, h, s, rb, mom, gm, neg_lr);
     } else {
-      sgd_chunk_momentum<P, S, NS, kFma, false>(h.nesterov, warm, tb, c, h, s, mom, gm, neg_lr);
+      sgd_chunk_momentum<P, S, NS, kFma, kSr, false>(h.nesterov, warm, tb, c, h, s, rb, mom, gm, neg_lr);
     }
   }
   if (needs_last_block(in) && last_block(in.ticket)) finish_step(in, c);
@@ -114,6 +128,7 @@ struct AdamHyper {
   float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay;  // complements taken in double
   double beta1_exact, beta2_exact, weight_decay_exact;  // as given: torch's scalar math is float64
   bool decoupled, maximize, amsgrad;
+  bool stochastic;  // as SgdHyper's
   const int64_t* steps;  // [T] addresses of the float32 per-tensor step counts
   // tensor betas (torch's capturable idiom): {beta1, 1 - beta1, beta2, 1 - beta2}
   // read on the device every launch, complements taken in double there; nullptr: the floats above
@@ -127,7 +142,7 @@ struct AdamHyper {
 // denom = sqrt(v) / bc2_sqrt + eps; param.addcdiv_(exp_avg, denom,
 // value=-step_size).  (torch's CPU sqrt is MKL's, not always correctly
 // rounded: the one op not matched; see the README.)
-template <typename P, typename S, int NS, bool kFma = kDeviceFma>  // NS = 2 (m, v) or 3 (with max_v: amsgrad)
+template <typename P, typename S, int NS, bool kFma = kDeviceFma, bool kSr = false>  // NS = 2 (m, v) or 3 (max_v: amsgrad)
 __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in, AdamHyper h) {
   const int64_t* steps = h.steps;
   const ChunkInfo c = chunk_info(tb, in);
@@ -152,16 +167,14 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
     const float w = one_minus_b1;
     const bool small_w = fabsf(w) < 0.5f;
     const float coeff = small_w ? w : w - 1.f;
-    S* s[NS];
-    s[0] = addr<S>(tb.addrs[2], c.t);
-    s[1] = addr<S>(tb.addrs[3], c.t);
-    if constexpr (NS == 3) s[2] = addr<S>(tb.addrs[4], c.t);
+    const StatePtrs<S, NS> s = state_ptrs<S, NS>(tb, c.t);
+    const RandomBits rb = chunk_bits<kSr>(tb, c);
     // The weight-decay mode is fixed for the launch: one loop per mode, so the
     // element loop has no branch (the CPU compiler vectorises it).
     const auto update = [&](auto wd_mode) {
       constexpr int kMode = decltype(wd_mode)::value;  // 0: none, 1: decoupled (AdamW), 2: L2 (Adam)
-      for_each_element<P, S, NS>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
-                                 [&](float& p, float g, float* st) {
+      for_each_element<P, S, NS, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end, rb,
+                                      [&](float& p, float g, float* st) {
                                    g = g * gm;
                                    if constexpr (kMode == 1) p = p * decay;
                                    if constexpr (kMode == 2) g = madd<kFma>(p, h.weight_decay, g);

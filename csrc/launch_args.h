@@ -57,13 +57,28 @@ inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter,
   return in;
 }
 
-// Launcher<P, S>::run(args...) for the (param, state) storage types.
+// bfloat16 stores may round stochastically (low_precision.cuh; store_as).
+template <>
+struct StochasticStorage<c10::BFloat16> {
+  static constexpr bool kApplies = true;
+  __device__ __forceinline__ static c10::BFloat16 from_bits(uint16_t bits) {
+    return c10::BFloat16(bits, c10::BFloat16::from_bits());
+  }
+};
+
+// Launcher<P, S>::run(args...) for the (param, state) storage types: states
+// as float32, bfloat16, the parameter's dtype, or int8 codes (Q8; exp_avg_sq's
+// codes are uint8, the first list decides).
 template <template <typename, typename> class Launcher, typename P, typename... Args>
 inline void with_state_type(at::ScalarType param, at::ScalarType state, Args&&... args) {
   if (state == at::kFloat) {
     Launcher<P, float>::run(std::forward<Args>(args)...);
+  } else if (state == at::kChar) {
+    Launcher<P, Q8>::run(std::forward<Args>(args)...);
+  } else if (state == at::kBFloat16 && param != at::kHalf) {
+    Launcher<P, at::BFloat16>::run(std::forward<Args>(args)...);
   } else {
-    TORCH_CHECK(state == param, "state dtype must be float32 or the parameter dtype, got ", state);
+    TORCH_CHECK(state == param, "state dtype must be float32, bfloat16, int8 or the parameter dtype, got ", state);
     Launcher<P, P>::run(std::forward<Args>(args)...);
   }
 }

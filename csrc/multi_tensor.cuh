@@ -18,15 +18,17 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "constants.h"
+#include "low_precision.cuh"
 #include "schedule.cuh"
 
 namespace clr_fused {
 
 constexpr int kILP = 4;
 constexpr int kThreads = 512;
-constexpr int kMaxLists = 5;
+constexpr int kMaxLists = 8;  // p, g, up to 3 state lists, and their scale lists (int8 states)
 
 struct Tables {
   const int64_t* addrs[kMaxLists];  // p, g, then state lists
@@ -86,6 +88,38 @@ __device__ __forceinline__ T to_storage(float x) {
   return static_cast<T>(x);
 }
 
+// Which storage types round stochastically under kSr, and how a value is made
+// from its bits: specialised for BFloat16 in launch_args.h (this header has
+// no ATen, for the TSan test).
+template <typename T>
+struct StochasticStorage {
+  static constexpr bool kApplies = false;
+  __device__ __forceinline__ static T from_bits(uint16_t) { return T(); }
+};
+
+// The store of one element: round to nearest, or (kSr, a bfloat16 type)
+// stochastically with element i's bits of the stream `base`.
+template <typename T, bool kSr>
+__device__ __forceinline__ T store_as(float x, uint32_t base, int64_t i) {
+  if constexpr (kSr && StochasticStorage<T>::kApplies) {
+    return StochasticStorage<T>::from_bits(bf16_bits_stochastic(x, element_bits(base, i)));
+  } else {
+    return to_storage<T>(x);
+  }
+}
+
+// The state lists of one tensor, as the kernels address them: S* per list, or
+// for int8 states (S = Q8) the code lists and then their scale lists.
+template <typename S, int NS>
+struct StatePtrs {
+  S* s[NS > 0 ? NS : 1];
+};
+template <int NS>
+struct StatePtrs<Q8, NS> {
+  void* codes[NS > 0 ? NS : 1];  // list 0 int8 (signed map), the others uint8
+  float* scales[NS > 0 ? NS : 1];
+};
+
 // Vector loads and stores.  The addresses come from the device tables, so
 // nvcc cannot tell they are global: a plain dereference compiles to generic
 // LD.E.128 / ST.E.128.  Telling it (__isGlobal, assumed) gives LDG.E.128 /
@@ -131,10 +165,13 @@ __device__ __forceinline__ ChunkInfo chunk_info(const Tables& tb, const StepInpu
 }
 
 // Apply op(p, g, s) to every element of [start, end).  P: parameter (and
-// gradient) storage type, S: state storage type, NS: number of state lists.
-template <typename P, typename S, int NS, typename Op>
-__device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)[NS > 0 ? NS : 1], int64_t start,
-                                                 int64_t end, const Op& op) {
+// gradient) storage type, S: state storage type, NS: number of state lists;
+// kSr: bfloat16 stores round stochastically (streams of rb: 0 the parameter,
+// 1 + j state list j).
+template <typename P, typename S, int NS, bool kSr, typename Op>
+__device__ __forceinline__ void for_each_plain(P* p, const P* g, const StatePtrs<S, NS>& sp, int64_t start, int64_t end,
+                                               const RandomBits& rb, const Op& op) {
+  S* const(&s)[NS > 0 ? NS : 1] = sp.s;
 #ifdef __CUDACC__
   // table addresses: tell nvcc they are global (LDG/STG, not generic LD/ST)
   __builtin_assume(__isGlobal(p));
@@ -161,9 +198,9 @@ __device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)
 #pragma unroll
         for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(sv[j].v[e]);
         op(pf, static_cast<float>(gv.v[e]), sf);
-        pv.v[e] = static_cast<P>(pf);
+        pv.v[e] = store_as<P, kSr>(pf, rb.base[0], i + e);
 #pragma unroll
-        for (int j = 0; j < NS; ++j) sv[j].v[e] = static_cast<S>(sf[j]);
+        for (int j = 0; j < NS; ++j) sv[j].v[e] = store_as<S, kSr>(sf[j], rb.base[1 + j], i + e);
       }
       store_vec(p + i, pv);
 #pragma unroll
@@ -182,9 +219,101 @@ __device__ __forceinline__ void for_each_element(P* p, const P* g, S* const (&s)
 #pragma unroll
     for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(s[j][i]);
     op(pf, static_cast<float>(g[i]), sf);
-    p[i] = to_storage<P>(pf);
+    p[i] = store_as<P, kSr>(pf, rb.base[0], i);
 #pragma unroll
-    for (int j = 0; j < NS; ++j) s[j][i] = to_storage<S>(sf[j]);
+    for (int j = 0; j < NS; ++j) s[j][i] = store_as<S, kSr>(sf[j], rb.base[1 + j], i);
+  }
+}
+
+// int8 states: quantization blocks of kQBlock elements.  On the GPU a warp
+// takes a block (4 elements per lane) and reduces its scale with shuffles;
+// on the CPU (one "thread" per block of the grid) the block is a unit-stride
+// loop.  op sees the decoded float32 states and returns the new ones, from
+// which the parameter is updated (unquantized, as bitsandbytes and torchao do)
+// and the block re-quantized with its new largest magnitude as the scale.
+#ifdef __CUDACC__
+constexpr int kQLanes = 32;
+#else
+constexpr int kQLanes = 1;
+#endif
+constexpr int kQPerLane = static_cast<int>(kQBlock) / kQLanes;
+static_assert(kChunk % kQBlock == 0, "a chunk must hold whole quantization blocks");
+
+__device__ __forceinline__ uint32_t lanes_max(uint32_t v) {
+#ifdef __CUDACC__
+#pragma unroll
+  for (int o = kQLanes / 2; o > 0; o >>= 1) {
+    const uint32_t w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = w > v ? w : v;
+  }
+#endif
+  return v;
+}
+
+__device__ __forceinline__ int32_t load_code(const void* codes, bool is_signed, int64_t i) {
+  return is_signed ? static_cast<int32_t>(static_cast<const int8_t*>(codes)[i])
+                   : static_cast<int32_t>(static_cast<const uint8_t*>(codes)[i]);
+}
+
+__device__ __forceinline__ void store_code(void* codes, bool is_signed, int64_t i, int32_t q) {
+  if (is_signed) {
+    static_cast<int8_t*>(codes)[i] = static_cast<int8_t>(q);
+  } else {
+    static_cast<uint8_t*>(codes)[i] = static_cast<uint8_t>(q);
+  }
+}
+
+template <typename P, int NS, bool kSr, typename Op>
+__device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8, NS>& sp, int64_t start, int64_t end,
+                                            const RandomBits& rb, const Op& op) {
+  static_assert(NS > 0, "int8 states need a state list");
+  const int64_t lane = static_cast<int64_t>(threadIdx.x) % kQLanes;
+  const int64_t warps = static_cast<int64_t>(blockDim.x) / kQLanes;
+  for (int64_t b0 = start + (static_cast<int64_t>(threadIdx.x) / kQLanes) * kQBlock; b0 < end; b0 += warps * kQBlock) {
+    const int64_t blk = b0 / kQBlock;
+    const int64_t first = b0 + lane * kQPerLane;
+    const int64_t left = end - first;
+    const int n = left <= 0 ? 0 : left < kQPerLane ? static_cast<int>(left) : kQPerLane;  // this lane's elements
+    float scale[NS];
+    uint32_t amax[NS];
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      scale[j] = sp.scales[j][blk];
+      amax[j] = 0u;
+    }
+    float st[NS][kQPerLane];
+    for (int e = 0; e < n; ++e) {
+      const int64_t i = first + e;
+      float pf = static_cast<float>(p[i]);
+      float sf[NS];
+#pragma unroll
+      for (int j = 0; j < NS; ++j) sf[j] = q8_decode(load_code(sp.codes[j], j == 0, i), scale[j], j == 0);
+      op(pf, static_cast<float>(g[i]), sf);
+      p[i] = store_as<P, kSr>(pf, rb.base[0], i);
+#pragma unroll
+      for (int j = 0; j < NS; ++j) {
+        st[j][e] = sf[j];
+        const uint32_t m = magnitude_bits(sf[j]);
+        amax[j] = m > amax[j] ? m : amax[j];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NS; ++j) {
+      const float sc = bits_float(lanes_max(amax[j]));
+      const float inv = inverse_scale(sc);
+      for (int e = 0; e < n; ++e) store_code(sp.codes[j], j == 0, first + e, q8_encode(st[j][e], inv, j == 0));
+      if (lane == 0) sp.scales[j][blk] = sc;
+    }
+  }
+}
+
+template <typename P, typename S, int NS, bool kSr, typename Op>
+__device__ __forceinline__ void for_each_element(P* p, const P* g, const StatePtrs<S, NS>& sp, int64_t start, int64_t end,
+                                                 const RandomBits& rb, const Op& op) {
+  if constexpr (std::is_same_v<S, Q8>) {
+    for_each_q8<P, NS, kSr>(p, g, sp, start, end, rb, op);
+  } else {
+    for_each_plain<P, S, NS, kSr>(p, g, sp, start, end, rb, op);
   }
 }
 
@@ -232,6 +361,22 @@ __device__ __forceinline__ void finish_step(const StepInputs& in, const ChunkInf
 template <typename P>
 __device__ __forceinline__ P* addr(const int64_t* table, int64_t t) {
   return reinterpret_cast<P*>(table[t]);
+}
+
+// Tensor t's state lists from the tables (lists 2.. after params and grads).
+template <typename S, int NS>
+__device__ __forceinline__ StatePtrs<S, NS> state_ptrs(const Tables& tb, int64_t t) {
+  StatePtrs<S, NS> r{};
+#pragma unroll
+  for (int j = 0; j < NS; ++j) {
+    if constexpr (std::is_same_v<S, Q8>) {
+      r.codes[j] = addr<void>(tb.addrs[2 + j], t);
+      r.scales[j] = addr<float>(tb.addrs[2 + NS + j], t);
+    } else {
+      r.s[j] = addr<S>(tb.addrs[2 + j], t);
+    }
+  }
+  return r;
 }
 
 }  // namespace clr_fused

@@ -38,6 +38,7 @@ void prepare_mutation(const std::optional<at::Tensor>& t) {
 void sgd_step_autograd(CLR_FUSED_SGD_PARAMS) {
   prepare_mutation(params);
   prepare_mutation(momentum_buffers);
+  prepare_mutation(scales);
   prepare_mutation(counter);
   prepare_mutation(ticket);
   prepare_mutation(next);
@@ -51,6 +52,7 @@ void adam_step_autograd(CLR_FUSED_ADAM_PARAMS) {
   prepare_mutation(exp_avgs);
   prepare_mutation(exp_avg_sqs);
   prepare_mutation(max_exp_avg_sqs);
+  prepare_mutation(scales);
   prepare_mutation(steps);
   prepare_mutation(counter);
   prepare_mutation(ticket);

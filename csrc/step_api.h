@@ -7,50 +7,55 @@
 
 #include <optional>
 
-// params, the state lists, the step counter, the ticket and `next` (the live
+// scales: the int8 states' per-block scales (every state list's, flattened;
+// empty otherwise; the kernels find them through the tables).  stochastic:
+// bfloat16 writes round stochastically.  params, the state lists, the step counter, the ticket and `next` (the live
 // LR the last block writes; it may alias `lr` / `mom`) are mutated (the
 // schemas' (x!) annotations); grads, the tables, lr and mom are read.  tables holds
 // the device address tables [params, grads, states...], then numels,
 // chunk_tensor, chunk_start (clr_fused/kernels/tensor_tables.py).
 #define CLR_FUSED_SGD_PARAMS                                                                                        \
-  at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList tables,              \
-      const at::Tensor &fresh, const at::Tensor &rows, const at::Tensor &counter, const at::Tensor &lr,             \
+  at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers, at::TensorList scales,              \
+      at::TensorList tables, const at::Tensor &fresh, const at::Tensor &rows, const at::Tensor &counter, const at::Tensor &lr,             \
       const std::optional<at::Tensor>&mom, const std::optional<at::Tensor>&next,                                    \
       const std::optional<at::Tensor>&grad_mul, const std::optional<at::Tensor>&skip, const at::Tensor &ticket,     \
       double momentum, double dampening, double weight_decay, bool use_momentum, bool nesterov, bool maximize,      \
-      bool advance
+      bool stochastic, bool advance
 
 #define CLR_FUSED_SGD_NAMES                                                                                   \
-  params, grads, momentum_buffers, tables, fresh, rows, counter, lr, mom, next, grad_mul, skip, ticket, momentum, \
-      dampening, weight_decay, use_momentum, nesterov, maximize, advance
+  params, grads, momentum_buffers, scales, tables, fresh, rows, counter, lr, mom, next, grad_mul, skip, ticket,  \
+      momentum, dampening, weight_decay, use_momentum, nesterov, maximize, stochastic, advance
 
 #define CLR_FUSED_ADAM_PARAMS                                                                                    \
   at::TensorList params, at::TensorList grads, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,             \
-      at::TensorList max_exp_avg_sqs, at::TensorList steps, at::TensorList tables, const at::Tensor &step_table, \
+      at::TensorList max_exp_avg_sqs, at::TensorList scales, at::TensorList steps, at::TensorList tables,         \
+      const at::Tensor &step_table,                                                                              \
       const at::Tensor &rows, const at::Tensor &counter, const at::Tensor &lr, const std::optional<at::Tensor>&mom, \
       const std::optional<at::Tensor>&next, const std::optional<at::Tensor>&grad_mul,                             \
       const std::optional<at::Tensor>&skip, const at::Tensor &ticket, const std::optional<at::Tensor>&betas,      \
       double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool decoupled, bool maximize,    \
-      bool advance
+      bool stochastic, bool advance
 
 #define CLR_FUSED_ADAM_NAMES                                                                                        \
-  params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, tables, step_table, rows, counter, lr, mom, next, \
-      grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad, decoupled, maximize, advance
+  params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, scales, steps, tables, step_table, rows, counter, lr, mom,  \
+      next, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad, decoupled, maximize, stochastic,   \
+      advance
 
 namespace clr_fused {
 
 constexpr const char* kSgdSchema =
-    "sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[] tables, Tensor fresh, "
+    "sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(f!)[] scales, "
+    "Tensor[] tables, Tensor fresh, "
     "Tensor rows, Tensor(c!) counter, Tensor lr, Tensor? mom, Tensor(e!)? next, Tensor? grad_mul, Tensor? skip, "
     "Tensor(d!) ticket, float momentum, float dampening, float weight_decay, bool use_momentum, bool nesterov, "
-    "bool maximize, bool advance) -> ()";
+    "bool maximize, bool stochastic, bool advance) -> ()";
 
 constexpr const char* kAdamSchema =
     "adam_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
-    "Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] steps, Tensor[] tables, Tensor step_table, Tensor rows, "
+    "Tensor(d!)[] max_exp_avg_sqs, Tensor(i!)[] scales, Tensor(e!)[] steps, Tensor[] tables, Tensor step_table, Tensor rows, "
     "Tensor(f!) counter, Tensor lr, Tensor? mom, Tensor(h!)? next, Tensor? grad_mul, Tensor? skip, Tensor(g!) ticket, "
     "Tensor? betas, float beta1, float beta2, float eps, float weight_decay, bool amsgrad, bool decoupled, "
-    "bool maximize, bool advance) -> ()";
+    "bool maximize, bool stochastic, bool advance) -> ()";
 
 // Benchmarks only (`clr-fused bench --host`): when set, the CPU and CUDA
 // kernels pack their arguments and return without running the grid, so the

@@ -9,17 +9,31 @@
 
 namespace clr_fused {
 
+// int8 states (int8 codes in the first state list): one float32 scale tensor
+// per state tensor, ns lists of n, and their address tables after the codes'.
+inline void check_scales(at::ScalarType state, at::TensorList scales, size_t ns, size_t n, at::TensorList tables,
+                         const char* op) {
+  if (state != at::kChar) {
+    TORCH_CHECK(scales.empty(), op, ": scales are for int8 states only");
+    return;
+  }
+  TORCH_CHECK(ns > 0 && scales.size() == ns * n, op, ": int8 states need one scale tensor per state tensor");
+  TORCH_CHECK(tables.size() == 2 + 2 * ns + 3, op, ": int8 states need the scales' address tables");
+  for (const at::Tensor& s : scales) TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": scales must be float32");
+}
+
 template <template <typename, typename> class Launch>
 void sgd_step_impl(CLR_FUSED_SGD_PARAMS) {
   TORCH_CHECK(!params.empty() && params.size() == grads.size(), "sgd_step: params and grads must be non-empty lists of one length");
   TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "sgd_step: one momentum buffer per parameter");
   TORCH_CHECK(fresh.scalar_type() == at::kChar && fresh.numel() == static_cast<int64_t>(params.size()), "sgd_step: fresh must be int8 [T]");
+  const at::ScalarType state = use_momentum ? momentum_buffers[0].scalar_type() : params[0].scalar_type();
+  check_scales(state, scales, use_momentum ? 1 : 0, params.size(), tables, "sgd_step");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables);
   const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
   const SgdHyper h{static_cast<float>(momentum), static_cast<float>(1.0 - dampening), static_cast<float>(weight_decay),
-                   use_momentum, nesterov, maximize, fresh.data_ptr<int8_t>()};
-  const at::ScalarType state = use_momentum ? momentum_buffers[0].scalar_type() : params[0].scalar_type();
+                   use_momentum, nesterov, maximize, stochastic, fresh.data_ptr<int8_t>()};
   dispatch_types<Launch>(params[0].scalar_type(), state, num_chunks(tables), tb, in, h);
 }
 
@@ -29,12 +43,13 @@ void adam_step_impl(CLR_FUSED_ADAM_PARAMS) {
   TORCH_CHECK(n > 0 && grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n,
               "adam_step: params, grads, exp_avgs, exp_avg_sqs and steps must be non-empty lists of one length");
   TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == n, "adam_step: one max_exp_avg_sq per parameter with amsgrad");
+  check_scales(exp_avgs[0].scalar_type(), scales, amsgrad ? 3 : 2, n, tables, "adam_step");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables);
   const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
   AdamHyper h{static_cast<float>(beta1), static_cast<float>(1.0 - beta1), static_cast<float>(beta2),
               static_cast<float>(1.0 - beta2), static_cast<float>(eps), static_cast<float>(weight_decay),
-              beta1, beta2, weight_decay, decoupled, maximize, amsgrad, step_table.data_ptr<int64_t>(), nullptr};
+              beta1, beta2, weight_decay, decoupled, maximize, amsgrad, stochastic, step_table.data_ptr<int64_t>(), nullptr};
   if (betas.has_value()) {
     TORCH_CHECK(betas->scalar_type() == at::kFloat && betas->numel() == 4, "adam_step: betas must be float32 [4]");
     h.betas = betas->data_ptr<float>();

@@ -218,12 +218,15 @@ class __attribute__((visibility("hidden"))) StepPlan {
            const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
            const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
            double momentum, double dampening, double weight_decay, bool use_momentum, bool nesterov, bool maximize,
-           bool advance) {
+           bool stochastic, bool advance) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::sgd_step", "").typed<void(CLR_FUSED_SGD_PARAMS)>();
     Bucket& b = get(bucket);
     const std::vector<at::Tensor> none;
-    op.call(b.params, b.grads, use_momentum ? b.states.at(0) : none, b.tables, fresh, rows, counter, lr, mom, next,
-            grad_mul, skip, ticket, momentum, dampening, weight_decay, use_momentum, nesterov, maximize, advance);
+    TORCH_CHECK(b.states.size() == (use_momentum ? 1u : 0u) || (use_momentum && b.states.size() == 2u),
+                "StepPlan.sgd: not an SGD bucket");
+    op.call(b.params, b.grads, use_momentum ? b.states.at(0) : none, b.states.size() == 2 ? b.states[1] : none,
+            b.tables, fresh, rows, counter, lr, mom, next, grad_mul, skip, ticket, momentum, dampening, weight_decay,
+            use_momentum, nesterov, maximize, stochastic, advance);
     release(b);
   }
 
@@ -231,14 +234,18 @@ class __attribute__((visibility("hidden"))) StepPlan {
             const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
             const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
             const std::optional<at::Tensor>& betas, double beta1, double beta2, double eps, double weight_decay,
-            bool amsgrad, bool decoupled, bool maximize, bool advance) {
+            bool amsgrad, bool decoupled, bool maximize, bool stochastic, bool advance) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::adam_step", "").typed<void(CLR_FUSED_ADAM_PARAMS)>();
     Bucket& b = get(bucket);
-    TORCH_CHECK(b.states.size() == (amsgrad ? 3u : 2u) && b.step_table.has_value(), "StepPlan.adam: not an Adam bucket");
+    const size_t ns = amsgrad ? 3u : 2u;  // state lists, then (int8 states) as many scale lists
+    TORCH_CHECK((b.states.size() == ns || b.states.size() == 2 * ns) && b.step_table.has_value(),
+                "StepPlan.adam: not an Adam bucket");
     const std::vector<at::Tensor> none;
-    op.call(b.params, b.grads, b.states[0], b.states[1], amsgrad ? b.states[2] : none, b.steps, b.tables, *b.step_table,
-            rows, counter, lr, mom, next, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad,
-            decoupled, maximize, advance);
+    std::vector<at::Tensor> scales;
+    for (size_t j = ns; j < b.states.size(); ++j) scales.insert(scales.end(), b.states[j].begin(), b.states[j].end());
+    op.call(b.params, b.grads, b.states[0], b.states[1], amsgrad ? b.states[2] : none, scales, b.steps, b.tables,
+            *b.step_table, rows, counter, lr, mom, next, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay,
+            amsgrad, decoupled, maximize, stochastic, advance);
     release(b);
   }
 

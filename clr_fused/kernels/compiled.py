@@ -49,21 +49,24 @@ def _grad_mul(grad_mul):
 
 def sgd_(
     bucket, *, sched, momentum, use_momentum, dampening, weight_decay, nesterov, maximize, grad_mul, skip, advance,
+    stochastic=False,
 ) -> bool:  # fmt: skip
     ops = _ops()
     device, params = bucket.device, bucket.params
     gm = _grad_mul(grad_mul)
     fresh = fresh_flags(bucket.fresh or [], len(params), device)  # None: no buffer is new (or no momentum)
     live = (sched.rows_device, sched.counter, sched.lr, sched.mom, sched.next)
-    scalars = (float(momentum), float(dampening), float(weight_decay), use_momentum, bool(nesterov), bool(maximize), advance)
+    scalars = (float(momentum), float(dampening), float(weight_decay), use_momentum, bool(nesterov), bool(maximize),
+               bool(stochastic), advance)  # fmt: skip
     if bucket.native_index >= 0:
         bucket.native.sgd(bucket.native_index, fresh, *live, gm, skip, bucket.ticket, *scalars)
         return advance
     bufs = bucket.states[0] if use_momentum else []
-    dense, tables = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum)
+    scales = bucket.states[1:] if use_momentum else []  # int8 buffers' scales
+    dense, tables = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum, scales)
     ops.sgd_step(
-        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], tables.flat(), fresh, *live,
-        gm, skip, bucket.ticket, *scalars,
+        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], [s for ss in scales for s in ss],
+        tables.flat(), fresh, *live, gm, skip, bucket.ticket, *scalars,
     )  # fmt: skip
     dense.finish()
     return advance
@@ -71,21 +74,25 @@ def sgd_(
 
 def adam_(
     bucket, *, sched, beta1, beta2, betas=None, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
+    stochastic=False,
 ) -> bool:  # fmt: skip
     ops = _ops()
     gm = _grad_mul(grad_mul)
     live = (sched.rows_device, sched.counter, sched.lr, sched.mom, sched.next)
-    scalars = (float(beta1), float(beta2), float(eps), float(weight_decay), amsgrad, decoupled, bool(maximize), advance)
+    scalars = (float(beta1), float(beta2), float(eps), float(weight_decay), amsgrad, decoupled, bool(maximize),
+               bool(stochastic), advance)  # fmt: skip
     if bucket.native_index >= 0:
         bucket.native.adam(bucket.native_index, *live, gm, skip, bucket.ticket, betas, *scalars)
         return advance
     st = bucket.states
+    ns = 3 if amsgrad else 2
+    scales = st[ns:]  # int8 states' scales
     dense, tables, step_table = adam_tables(
-        _tables, bucket.params, bucket.grads(), st[0], st[1], st[2] if amsgrad else [], bucket.steps, amsgrad
+        _tables, bucket.params, bucket.grads(), st[0], st[1], st[2] if amsgrad else [], bucket.steps, amsgrad, scales
     )
     ops.adam_step(
         dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
-        list(bucket.steps), tables.flat(), step_table, *live, gm, skip, bucket.ticket, betas, *scalars,
+        [s for ss in scales for s in ss], list(bucket.steps), tables.flat(), step_table, *live, gm, skip, bucket.ticket, betas, *scalars,
     )  # fmt: skip
     dense.finish()
     return advance

@@ -22,6 +22,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from . import low_precision as lp
+
+
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -39,6 +42,53 @@ def _commit(dst: Sequence[Tensor], new: Sequence[Tensor], skip: Tensor | None) -
         return
     for d, n in zip(dst, new):
         d.copy_(torch.where(skip, d, n.to(d.dtype)))
+
+
+class _Storage:
+    """How a bucket's tensors are read and written: plain dtypes (one
+    rounding to nearest), bfloat16 rounded stochastically, int8 codes with
+    per-block scales -- the kernels' low_precision.cuh in torch ops.
+
+    ``states`` is the bucket's state lists (for int8: the code lists, then
+    as many scale lists); ``bases[i]`` tensor i's random-bit stream bases."""
+
+    def __init__(self, bucket, stochastic: bool, counter: Tensor | None) -> None:
+        states = bucket.states
+        self.q8 = bool(states) and states[0][0].dtype == torch.int8
+        self.ns = len(states) // 2 if self.q8 else len(states)
+        self.codes, self.scales = states[: self.ns], states[self.ns :]
+        self.stochastic = stochastic
+        self.bases = [lp.stream_bases(counter, p.numel()) for p in bucket.params] if stochastic else None
+
+    def load(self, j: int, dt: torch.dtype) -> list[Tensor]:
+        """State list j as ``dt`` values."""
+        if self.q8:
+            return [lp.dequantize(c, s).to(dt) for c, s in zip(self.codes[j], self.scales[j])]
+        return _upcast(self.codes[j], dt)
+
+    def commit_state(self, j: int, new: list[Tensor], skip: Tensor | None) -> None:
+        if self.q8:
+            for c, s, n in zip(self.codes[j], self.scales[j], new):
+                order = lp.memory_order(c)
+                codes, scales = lp.encode(lp.flat(n.to(torch.float32), order), c.dtype == torch.int8)
+                codes = lp.unflat(codes, c, order)
+                c.copy_(codes if skip is None else torch.where(skip, c, codes))
+                s.copy_(scales if skip is None else torch.where(skip, s, scales))
+            return
+        self._commit(self.codes[j], new, skip, 1 + j)
+
+    def commit_params(self, params: Sequence[Tensor], new: list[Tensor], skip: Tensor | None) -> None:
+        self._commit(params, new, skip, 0)
+
+    def _commit(self, dst: Sequence[Tensor], new: list[Tensor], skip: Tensor | None, stream: int) -> None:
+        if not self.stochastic or not dst or dst[0].dtype != torch.bfloat16:
+            _commit(dst, new, skip)
+            return
+        for i, (d, n) in enumerate(zip(dst, new)):
+            order = lp.memory_order(d)
+            x = lp.flat(n.to(torch.float32), order)
+            v = lp.unflat(lp.bf16_stochastic(x, lp.element_bits(self.bases[i][stream], x.numel())), d, order)
+            d.copy_(v if skip is None else torch.where(skip, d, v))
 
 
 def _scaled_grads(grads, dtype, grad_mul: Tensor | None, maximize: bool) -> list[Tensor]:
@@ -63,12 +113,13 @@ def sgd_(
     grad_mul: Tensor | None,
     skip: Tensor | None,
     advance: bool = False,
+    stochastic: bool = False,
 ) -> bool:
     """torch.optim.SGD's update of one plan bucket (``optim/plan.py``);
     ``bucket.fresh[i]`` marks a buffer created for this step.  Leaves the step
     counter to the caller (returns False)."""
     params, grads = bucket.params, bucket.grads()
-    momentum_buffers = bucket.states[0] if use_momentum else []
+    store = _Storage(bucket, stochastic, sched.counter)
     new_buffer = bucket.fresh or [False] * len(params)
     dt = math_dtype(params[0].dtype)
     lr, cycled = sched.in_float64() if dt == torch.float64 else (sched.lr, sched.mom)
@@ -79,7 +130,7 @@ def sgd_(
     if weight_decay != 0:
         d_p = torch._foreach_add(d_p, p, alpha=weight_decay)
     if use_momentum:
-        bufs = _upcast(momentum_buffers, dt)  # type: ignore[arg-type]
+        bufs = store.load(0, dt)
         new_bufs = torch._foreach_mul(bufs, momentum)
         torch._foreach_add_(new_bufs, d_p, alpha=1.0 - dampening)
         # torch starts the buffer at the first gradient, undamped.
@@ -88,8 +139,8 @@ def sgd_(
             d_p = torch._foreach_add(d_p, torch._foreach_mul(new_bufs, momentum))
         else:
             d_p = new_bufs
-        _commit(momentum_buffers, new_bufs, skip)  # type: ignore[arg-type]
-    _commit(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt) if isinstance(lr, Tensor) else lr)), skip)
+        store.commit_state(0, new_bufs, skip)
+    store.commit_params(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt) if isinstance(lr, Tensor) else lr)), skip)
     sched.write_next(skip)
     return False
 
@@ -109,13 +160,13 @@ def adam_(
     grad_mul: Tensor | None,
     skip: Tensor | None,
     advance: bool = False,
+    stochastic: bool = False,
 ) -> bool:
     """torch.optim.Adam / AdamW's update of one plan bucket; its ``steps`` are
     float32 device scalars.  Leaves the schedule's step counter to the caller
     (returns False)."""
     params, grads, steps = bucket.params, bucket.grads(), bucket.steps
-    exp_avgs, exp_avg_sqs = bucket.states[0], bucket.states[1]
-    max_exp_avg_sqs = bucket.states[2] if amsgrad else []
+    store = _Storage(bucket, stochastic, sched.counter)
     dt = math_dtype(params[0].dtype)
     lr, cycled = sched.in_float64() if dt == torch.float64 else (sched.lr, sched.mom)
     one_minus_beta1, one_minus_beta2 = None, 1.0 - beta2
@@ -136,16 +187,16 @@ def adam_(
     # exp_avg.lerp_(grad, 1 - beta1), in the kernels' form (fused_kernels.cuh)
     if one_minus_beta1 is None:
         one_minus_beta1 = (1.0 - beta1.double()).to(dt) if isinstance(beta1, Tensor) else 1.0 - beta1
-    m = _lerp(_upcast(exp_avgs, dt), g, one_minus_beta1.to(dt) if isinstance(one_minus_beta1, Tensor) else one_minus_beta1)
+    m = _lerp(store.load(0, dt), g, one_minus_beta1.to(dt) if isinstance(one_minus_beta1, Tensor) else one_minus_beta1)
     if isinstance(beta2, Tensor):
         beta2 = beta2.to(dt)
-        v = torch._foreach_mul(_upcast(exp_avg_sqs, dt), beta2)
+        v = torch._foreach_mul(store.load(1, dt), beta2)
         torch._foreach_add_(v, torch._foreach_mul(torch._foreach_mul(g, g), one_minus_beta2.to(dt)))
     else:
-        v = torch._foreach_mul(_upcast(exp_avg_sqs, dt), beta2)
+        v = torch._foreach_mul(store.load(1, dt), beta2)
         torch._foreach_addcmul_(v, g, g, value=one_minus_beta2)
     if amsgrad:
-        v_max = torch._foreach_maximum(_upcast(max_exp_avg_sqs, dt), v)
+        v_max = torch._foreach_maximum(store.load(2, dt), v)
 
     new_steps = torch._foreach_add(steps, 1.0)
     # Bias corrections per tensor, as one small vector (steps differ per tensor),
@@ -164,11 +215,11 @@ def adam_(
     upd = torch._foreach_mul(m, list(neg_step_size))
     torch._foreach_div_(upd, denom)
 
-    _commit(params, torch._foreach_add(p, upd), skip)
-    _commit(exp_avgs, m, skip)
-    _commit(exp_avg_sqs, v, skip)
+    store.commit_params(params, torch._foreach_add(p, upd), skip)
+    store.commit_state(0, m, skip)
+    store.commit_state(1, v, skip)
     if amsgrad:
-        _commit(max_exp_avg_sqs, v_max, skip)
+        store.commit_state(2, v_max, skip)
     _commit(steps, new_steps, skip)
     sched.write_next(skip)
     return False

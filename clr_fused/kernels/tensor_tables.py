@@ -106,17 +106,29 @@ def same_dense_layout(tensors: list[Tensor]) -> bool:
 
 
 class Densified:
-    """Dense stand-ins for tensors whose layouts differ; written back after."""
+    """Dense stand-ins for tensors whose layouts differ; written back after.
 
-    def __init__(self, lists: list[list[Tensor]]):
+    The stand-ins take the parameter's layout when it is dense (so the
+    kernels walk the elements in the parameter's memory order, the order
+    int8 state blocks and stochastic rounding's bits follow on every
+    backend), else the contiguous one.  Only the first ``shaped`` lists are
+    shaped like the parameters; later ones (int8 states' scales) pass as they are."""
+
+    def __init__(self, lists: list[list[Tensor]], shaped: int | None = None):
         self.lists = [list(ts) for ts in lists]
         self.write_back: list[tuple[Tensor, Tensor]] = []
+        shaped = len(lists) if shaped is None else shaped
         for i in range(len(lists[0])):
-            group = [ts[i] for ts in lists]
+            group = [ts[i] for ts in lists[:shaped]]
             if not same_dense_layout(group):
-                for ts in self.lists:
+                p = group[0]
+                like = p if same_dense_layout([p]) else None
+                for ts in self.lists[:shaped]:
                     orig = ts[i]
-                    ts[i] = orig.contiguous() if orig.is_contiguous() else orig.clone(memory_format=torch.contiguous_format)
+                    if like is not None:
+                        ts[i] = orig if orig.stride() == like.stride() else torch.empty_like(like, dtype=orig.dtype).copy_(orig)
+                    else:
+                        ts[i] = orig.contiguous() if orig.is_contiguous() else orig.clone(memory_format=torch.contiguous_format)
                     if ts is not self.lists[1]:  # gradients are read only
                         self.write_back.append((orig, ts[i]))
 
@@ -141,17 +153,21 @@ def fresh_flags(new_buffer: list[bool], n: int, device: torch.device) -> Tensor:
     return zeros
 
 
-def sgd_tables(cache: TableCache, params, grads, momentum_buffers, use_momentum: bool):
-    """(dense lists, tables) of an SGD bucket, shared by the fused backends."""
-    dense = Densified([params, grads] + ([momentum_buffers] if use_momentum else []))
-    tables = cache.get(("sgd", id(params[0]), len(params), use_momentum), dense.lists, params[0].device)
+def sgd_tables(cache: TableCache, params, grads, momentum_buffers, use_momentum: bool, scales=()):
+    """(dense lists, tables) of an SGD bucket, shared by the fused backends
+    (``scales``: the int8 buffers' scale list, after the buffers)."""
+    shaped = [params, grads] + ([momentum_buffers] if use_momentum else [])
+    dense = Densified(shaped + list(scales), len(shaped))
+    tables = cache.get(("sgd", id(params[0]), len(params), use_momentum, len(scales)), dense.lists, params[0].device)
     return dense, tables
 
 
-def adam_tables(cache: TableCache, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad: bool):
-    """(dense lists, tables, step address table) of an Adam bucket."""
+def adam_tables(cache: TableCache, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad: bool, scales=()):
+    """(dense lists, tables, step address table) of an Adam bucket
+    (``scales``: the int8 states' scale lists, after the states)."""
     device = params[0].device
-    dense = Densified([params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else []))
+    shaped = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
+    dense = Densified(shaped + list(scales), len(shaped))
     step_table = cache.get(("adam-steps", id(params[0]), len(params)), [steps], device).addrs[0]
-    tables = cache.get(("adam", id(params[0]), len(params), amsgrad), dense.lists, device)
+    tables = cache.get(("adam", id(params[0]), len(params), amsgrad, len(scales)), dense.lists, device)
     return dense, tables, step_table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels import low_precision as lp
 from ..kernels.registry import kernels_for
 from .base import FusedOptimizer
 from .hyper import _check_lr_value, _is_real, backend_from_torch_flags
@@ -56,7 +57,8 @@ class Adam(FusedOptimizer):
         decoupled_weight_decay: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         _check_lr_value(lr)  # torch's order: hyperparameters before the parameters are read
         backend = backend_from_torch_flags(
@@ -68,7 +70,8 @@ class Adam(FusedOptimizer):
             decoupled_weight_decay=bool(decoupled_weight_decay) or self._decoupled,
         )  # fmt: skip
         self._validate_group(defaults)
-        super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
+        super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype,
+                         stochastic_rounding=stochastic_rounding)  # fmt: skip
 
     def _validate_group(self, group) -> None:
         """torch.optim.Adam's checks and messages (numpy scalars accepted, as there)."""
@@ -99,17 +102,18 @@ class Adam(FusedOptimizer):
         for p in params:
             st = self.state[p]
             if not st:
-                sdt = self._state_dtype_for(p)
                 st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                st["exp_avg"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
-                st["exp_avg_sq"] = torch.zeros_like(p, dtype=sdt, memory_format=torch.preserve_format)
+                self._new_state(p, st, "exp_avg")
+                self._new_state(p, st, "exp_avg_sq")
             if amsgrad and "max_exp_avg_sq" not in st:
-                st["max_exp_avg_sq"] = torch.zeros_like(st["exp_avg_sq"], memory_format=torch.preserve_format)
+                self._new_state(p, st, "max_exp_avg_sq")
             for key in self._STATE_KEYS:
                 if key in st:
                     self._kernel_state(p, st, key)
             states.append(st)
         keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
+        if states[0]["exp_avg"].dtype == torch.int8:  # int8: the codes, then their scales
+            keys = keys + tuple(lp.scale_key(k) for k in keys)
         return [[st[k] for st in states] for k in keys], [st["step"] for st in states], None
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
@@ -126,11 +130,12 @@ class Adam(FusedOptimizer):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled=self._decoupled or bool(group.get("decoupled_weight_decay", False)),
-            amsgrad=len(bucket.states) == 3,
+            amsgrad=len(bucket.states) in (3, 6),
             maximize=group["maximize"],
             grad_mul=grad_mul,
             skip=skip,
             advance=advance,
+            stochastic=self.stochastic_rounding,
         )
 
     def _after_load(self) -> None:

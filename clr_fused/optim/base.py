@@ -19,6 +19,7 @@ import torch.optim.optimizer as _optim_mod
 from torch import Tensor
 
 from .. import backends
+from ..kernels import low_precision as lp
 from ..kernels import reference
 from ..kernels.registry import kernels_for
 from ..schedules import Schedule
@@ -29,6 +30,9 @@ from .live_lr import LiveLR
 from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
 from .protocol import StateDictProtocol, _check_step
 
+
+
+INT8 = "int8"  # state_dtype for block-quantized states (kernels/low_precision.py)
 
 
 class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
@@ -47,17 +51,23 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         *,
         backend: str = "auto",
         max_grad_norm: float | None = None,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         backends.check_name(backend)
         if max_grad_norm is not None and (not _is_real(max_grad_norm) or not max_grad_norm > 0 or not math.isfinite(max_grad_norm)):
             raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
-        if state_dtype is not None and state_dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-            raise ValueError(f"state_dtype must be None or a floating dtype (torch.float32, ...), got {state_dtype!r}")
+        if not (state_dtype is None or state_dtype == INT8 or state_dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)):
+            raise ValueError(
+                f"state_dtype must be None, a floating dtype (torch.float32, torch.bfloat16, ...) or 'int8', got {state_dtype!r}"
+            )
+        if not isinstance(stochastic_rounding, bool):
+            raise ValueError(f"stochastic_rounding must be True or False, got {stochastic_rounding!r}")
         _check_lr_value(defaults["lr"])
         self.backend = backend
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.state_dtype = state_dtype
+        self.stochastic_rounding = stochastic_rounding
         self.last_grad_norm: Tensor | None = None
         self._step_counter: Tensor | None = None
         self._plateau: dict[int, dict[str, Tensor]] = {}
@@ -92,13 +102,37 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
     #: The state keys holding a tensor shaped like the parameter (subclasses).
     _STATE_KEYS: tuple[str, ...] = ()
 
+    def _new_state(self, p: Tensor, st: dict[str, Any], key: str) -> Tensor:
+        """A zero state ``st[key]`` for ``p`` in this optimizer's state dtype
+        (int8: the codes, and their scales under ``lp.scale_key(key)``)."""
+        if self._int8_for(p):
+            # one scale per block of the local tensor (an FSDP2 shard's own: blocks never span shards)
+            st[lp.scale_key(key)] = torch.zeros(lp.num_blocks(local(p).numel()), dtype=torch.float32, device=p.device)
+            t = st[key] = torch.zeros_like(p, dtype=lp.code_dtype(key), memory_format=torch.preserve_format)
+        else:
+            t = st[key] = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
+        return t
+
+    def _int8_for(self, p: Tensor) -> bool:
+        return self.state_dtype == INT8 and not p.is_complex()
+
     def _kernel_state(self, p: Tensor, st: dict[str, Any], key: str) -> Tensor:
-        """``st[key]`` in a dtype the fused kernels take (the parameter's, or
-        float32): a state left in another dtype by a parameter whose dtype
-        changed (``p.data = p.data.float()``) is converted to float32 once,
-        which is lossless from bf16/fp16 (torch keeps such states as they are)."""
+        """``st[key]`` in a form the kernels take: int8 codes (+ scales) for
+        state_dtype="int8", else a floating dtype the fused kernels take (the
+        parameter's, float32 or bfloat16).  A state of another kind -- left by
+        a parameter whose dtype changed (``p.data = p.data.float()``), or
+        loaded -- is converted once: quantized, dequantized, or converted to
+        float32 (lossless from bf16/fp16; torch keeps such states as they are)."""
         t = st[key]
-        if t.dtype not in (p.dtype, torch.float32) and not p.is_complex() and self._backend_for(p.device, p.dtype) != "torch":
+        codes = t.dtype in (torch.int8, torch.uint8)
+        if self._int8_for(p):
+            if not codes:
+                t, st[lp.scale_key(key)] = lp.quantize(t, key)
+                st[key] = t
+            return t
+        if codes:
+            t = st[key] = lp.dequantize(t, st.pop(lp.scale_key(key))).to(self._state_dtype_for(p))
+        if t.dtype not in (p.dtype, torch.float32, self._state_dtype_for(p)) and not p.is_complex() and self._backend_for(p.device, p.dtype) != "torch":
             t = st[key] = t.to(torch.float32)
         return t
 
@@ -107,6 +141,11 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         a state made for a parameter that has since changed shape, device or
         dtype (``p.data = ...``), or a loaded one of the wrong kind.  torch's
         own step fails on these too, with a size or dtype mismatch."""
+        if self._int8_for(p) and not lp.is_dense(local(p)):
+            raise ValueError(
+                f"param group {group_index}, parameter {index}: state_dtype='int8' needs parameters dense in memory "
+                f"(this one has shape {tuple(p.shape)} and strides {p.stride()}, a view of a slice?)"
+            )
         st = self.state.get(p)
         if not st:
             return
@@ -116,6 +155,8 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             if t is None:
                 continue
             _check_state_tensor(t, p, key, where, fused=backend != "torch")
+            if isinstance(t, Tensor) and t.dtype in (torch.int8, torch.uint8):
+                _check_codes(t, st.get(lp.scale_key(key)), p, key, where)
         if "step" in st:
             _check_step(st["step"], where, RuntimeError, read_tensor=False)
 
@@ -277,8 +318,11 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         return skip, clip if inv_scale is None else clip * inv_scale
 
     def _state_dtype_for(self, p: Tensor) -> torch.dtype:
+        """The floating dtype of p's states (int8 states: see _new_state)."""
         # complex parameters keep complex states (updated through real views)
-        return self.state_dtype if self.state_dtype is not None and not p.is_complex() else p.dtype
+        if self.state_dtype is None or self.state_dtype == INT8 or p.is_complex():
+            return p.dtype
+        return self.state_dtype
 
 
 def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool) -> None:
@@ -290,8 +334,8 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
             f"{p.device}: the parameter changed (through .data, set_() or resize_()) since the state was made, "
             "or a checkpoint of another model was loaded"
         )
-    if t.layout != torch.strided or not (t.is_floating_point() or t.is_complex()):
-        raise RuntimeError(f"{where}: state {key!r} must be a dense floating tensor, got {t.layout} {t.dtype}")
+    if t.layout != torch.strided or not (t.is_floating_point() or t.is_complex() or t.dtype in (torch.int8, torch.uint8)):
+        raise RuntimeError(f"{where}: state {key!r} must be a dense floating tensor (or int8 codes), got {t.layout} {t.dtype}")
     # A real parameter's floating state of another dtype is converted once by
     # _kernel_state; a complex one is updated through real views of both, so
     # they must agree.
@@ -300,6 +344,20 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
             f"{where}: state {key!r} is {t.dtype}, the complex parameter {p.dtype}; the fused kernels need them equal "
             "(did the parameter's dtype change after its state was made?)"
         )
+
+
+def _check_codes(t: Tensor, scales: Any, p: Tensor, key: str, where: str) -> None:
+    """int8 codes: their dtype (signed for first moments) and one float32
+    scale per block of kQBlock elements beside them."""
+    if t.dtype != lp.code_dtype(key):
+        raise RuntimeError(f"{where}: state {key!r} holds {t.dtype} codes, expected {lp.code_dtype(key)}")
+    skey = lp.scale_key(key)
+    nb = lp.num_blocks(local(p).numel())
+    if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or scales.shape != (nb,) or scales.device != p.device:
+        what = f"{scales.dtype} {tuple(scales.shape)} on {scales.device}" if isinstance(scales, Tensor) else type(scales).__name__
+        raise RuntimeError(f"{where}: int8 state {key!r} needs {skey!r}, float32 ({nb},) on {p.device}; got {what}")
+    if not lp.is_dense(local(t)) or (p.numel() > 1 and local(t).stride() != local(p).stride()):
+        raise RuntimeError(f"{where}: int8 state {key!r} must have its parameter's (dense) layout")
 
 
 def _hooks_or_profiler(opt: torch.optim.Optimizer) -> bool:

@@ -75,6 +75,7 @@ class Bucket:
     # threads never share one.
     ticket: Tensor | None = None
     complex: bool = False  # complex parameters, updated through their real views
+    scale_lists: int = 0  # int8 states: the last this many state lists are the codes' scales (not param-shaped)
 
     def grads(self, shards: bool = True) -> list[Tensor]:
         """This step's gradients, as reals: local tensors, or as the parameters
@@ -187,6 +188,7 @@ def build(
             whole = Bucket(gi, device, backend, owners, [kernel_view(p) for p in owners],
                            [[kernel_view(s) for s in ss] for ss in states], steps, fresh)  # fmt: skip
             whole.complex = owners[0].is_complex()
+            whole.scale_lists = len(states) // 2 if states and states[0][0].dtype == torch.int8 else 0
             chunk = chunk_for(backend)
             keep = [native is not None and chunk is not None and _checkable(whole, i) for i in range(len(idx))]
             # The tensors the C++ check keeps tables for, and the rest (one launch each set).
@@ -212,7 +214,8 @@ def _checkable(b: Bucket, i: int) -> bool:
     g = owner.grad
     if hasattr(owner, "to_local") or g.layout != torch.strided or hasattr(g, "to_local"):
         return False
-    return same_dense_layout([p, as_real(g), *(ss[i] for ss in b.states)])
+    shaped = b.states[: len(b.states) - b.scale_lists]
+    return same_dense_layout([p, as_real(g), *(ss[i] for ss in shaped)])
 
 
 def _subset(b: Bucket, sel: list[int]) -> Bucket:
@@ -221,6 +224,7 @@ def _subset(b: Bucket, sel: list[int]) -> Bucket:
     sub = Bucket(b.group_index, b.device, b.backend, pick(b.owners), pick(b.params), [pick(ss) for ss in b.states],
                  pick(b.steps) if b.steps else [], fresh if fresh and any(fresh) else None)  # fmt: skip
     sub.complex = b.complex
+    sub.scale_lists = b.scale_lists
     return sub
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels import low_precision as lp
 from ..kernels.registry import kernels_for
 from .base import FusedOptimizer
 from .hyper import _check_lr_value, _is_real, backend_from_torch_flags
@@ -30,7 +31,9 @@ class SGD(FusedOptimizer):
 
     Keyword-only: ``backend`` ("auto", "torch", "triton", "cuda", "cpu"),
     ``max_grad_norm`` (fused global-norm clipping) and ``state_dtype``
-    (e.g. ``torch.float32`` momentum buffers for bf16 parameters).
+    (``torch.float32`` momentum buffers for bf16 parameters, ``torch.bfloat16``,
+    or ``"int8"``: block-quantized) and ``stochastic_rounding`` (bfloat16
+    writes rounded stochastically); see the README's "Low-precision state".
     """
 
     _momentum_key = "momentum"
@@ -53,7 +56,8 @@ class SGD(FusedOptimizer):
         differentiable: bool = False,
         backend: str = "auto",
         max_grad_norm: float | None = None,
-        state_dtype: torch.dtype | None = None,
+        state_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         _check_lr_value(lr)  # torch's order: hyperparameters before the parameters are read
         backend = backend_from_torch_flags(backend, "SGD", foreach=foreach, fused=fused, differentiable=differentiable)
@@ -69,7 +73,8 @@ class SGD(FusedOptimizer):
             differentiable=differentiable,
         )
         self._validate_group(defaults)
-        super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype)
+        super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype,
+                         stochastic_rounding=stochastic_rounding)  # fmt: skip
 
     def _validate_group(self, group) -> None:
         for name in ("momentum", "weight_decay", "dampening"):
@@ -100,11 +105,12 @@ class SGD(FusedOptimizer):
             # torch only with dampening != 0).
             fresh.append(buf is None)
             if buf is None:
-                buf = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
-                st["momentum_buffer"] = buf
+                buf = self._new_state(p, st, "momentum_buffer")
             else:
                 buf = self._kernel_state(p, st, "momentum_buffer")
             bufs.append(buf)
+        if bufs[0].dtype == torch.int8:  # int8: the codes, then their scales
+            return [bufs, [self.state[p][lp.scale_key("momentum_buffer")] for p in params]], [], fresh if any(fresh) else None
         return [bufs], [], fresh if any(fresh) else None
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
@@ -121,4 +127,5 @@ class SGD(FusedOptimizer):
             grad_mul=grad_mul,
             skip=skip,
             advance=advance,
+            stochastic=self.stochastic_rounding,
         )

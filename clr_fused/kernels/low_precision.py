@@ -1,0 +1,166 @@
+"""Low-precision storage in torch ops: stochastic rounding to bfloat16 and the
+block-quantized int8 state codec.
+
+The same operations, in the same order, as ``csrc/low_precision.cuh`` (the
+CUDA and CPU kernels) and ``triton_update.py``, so every backend stores the
+same bits (tests/test_low_precision.py).  Used by the ``torch`` backend and
+to quantize / dequantize states when a checkpoint of another kind loads.
+
+Elements are taken in the tensor's memory order (``flat``), as the kernels
+address them, so blocks and random bits agree across backends for any dense
+layout (channels_last included).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+QBLOCK = 128  # csrc/low_precision.cuh kQBlock
+MASK32 = 0xFFFFFFFF
+_MIX_A, _MIX_B, _GOLDEN = 0x7FEB352D, 0x297A2D39, 0x9E3779B9
+# float32 constants as the kernels round them (double 1/127 -> float32)
+INV127 = float(torch.tensor(1.0 / 127.0, dtype=torch.float32))
+INV255 = float(torch.tensor(1.0 / 255.0, dtype=torch.float32))
+
+#: The code dtype of each state (signed map for first moments, unsigned for second).
+SIGNED_KEYS = ("exp_avg", "momentum_buffer")
+
+
+def code_dtype(key: str) -> torch.dtype:
+    return torch.int8 if key in SIGNED_KEYS else torch.uint8
+
+
+def scale_key(key: str) -> str:
+    """The state key of ``key``'s per-block scales (``exp_avg`` -> ``exp_avg_scale``)."""
+    return f"{key}_scale"
+
+
+def num_blocks(numel: int) -> int:
+    return (numel + QBLOCK - 1) // QBLOCK
+
+
+# ------------------------------------------------------------ memory order
+def memory_order(t: Tensor) -> list[int]:
+    """Dimensions from the largest stride to the smallest: ``t.permute(order)``
+    is contiguous for a dense tensor (its memory order)."""
+    return sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.shape[d]))
+
+
+def is_dense(t: Tensor) -> bool:
+    return t.permute(memory_order(t)).is_contiguous()
+
+
+def flat(t: Tensor, order: list[int]) -> Tensor:
+    """``t``'s elements as 1-D, in the order ``order`` (a view when ``t`` is laid out that way)."""
+    return t.permute(order).reshape(-1)
+
+
+def unflat(x: Tensor, like: Tensor, order: list[int]) -> Tensor:
+    """Inverse of ``flat``: ``x`` shaped as ``like`` (a view)."""
+    inv = sorted(range(len(order)), key=lambda d: order[d])
+    return x.view([like.shape[d] for d in order]).permute(inv)
+
+
+# ------------------------------------------------------------ random bits
+def mix32(x: Tensor) -> Tensor:
+    """csrc's mix32 in int64 (values below 2**32; the multipliers below 2**31: no overflow)."""
+    x = x ^ (x >> 16)
+    x = (x * _MIX_A) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * _MIX_B) & MASK32
+    return x ^ (x >> 16)
+
+
+def _mix32_int(x: int) -> int:
+    x ^= x >> 16
+    x = (x * _MIX_A) & MASK32
+    x ^= x >> 15
+    x = (x * _MIX_B) & MASK32
+    return x ^ (x >> 16)
+
+
+def stream_bases(step: Tensor, numel: int) -> Tensor:
+    """int64 [4] on step's device: the bases of streams 0 (parameter) and 1.. (state lists)
+    for one tensor at schedule step ``step`` (an int64 device scalar; no host read)."""
+    seed = mix32((step.reshape(()) & MASK32) ^ _mix32_int(numel & MASK32))
+    golden = torch.tensor([(_GOLDEN * (j + 1)) & MASK32 for j in range(4)], dtype=torch.int64, device=step.device)
+    return mix32((seed + golden) & MASK32)
+
+
+def element_bits(base: Tensor, n: int) -> Tensor:
+    idx = torch.arange(n, dtype=torch.int64, device=base.device) & MASK32
+    return mix32(base ^ idx)
+
+
+def bf16_stochastic(x: Tensor, random: Tensor) -> Tensor:
+    """float32 ``x`` -> bfloat16, rounded stochastically with 32-bit ``random`` (int64)."""
+    bits = x.contiguous().view(torch.int32).to(torch.int64) & MASK32
+    sr = (bits + (random >> 16)) >> 16
+    rne = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    finite = (bits & 0x7F800000) != 0x7F800000
+    out = torch.where(finite, sr, torch.where(x != x, 0x7FC0, rne))
+    out = torch.where(out >= 0x8000, out - 0x10000, out)  # two's complement, for int16
+    return out.to(torch.int16).view(torch.bfloat16)
+
+
+# ------------------------------------------------------------ int8 codec
+def decode(codes: Tensor, scales: Tensor) -> Tensor:
+    """Codes (1-D, memory order) and per-block scales -> float32 values."""
+    n = codes.numel()
+    s = scales[: num_blocks(n)].repeat_interleave(QBLOCK)[:n]
+    if codes.dtype == torch.int8:
+        a = codes.to(torch.float32) * INV127
+        return (a * a.abs()) * s
+    a = codes.to(torch.float32) * INV255
+    a2 = a * a
+    return (a2 * a2) * s
+
+
+def _sqrt(x: Tensor) -> Tensor:
+    """Correctly rounded float32 square root (as sqrtf and Triton's sqrt_rn):
+    through float64, whose rounding back to float32 is exact for sqrt."""
+    return torch.sqrt(x.double()).float()
+
+
+def encode(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    """float32 values (1-D, memory order) -> (codes, scales): each block's
+    scale is its largest magnitude (an integer max of the bits: NaN wins)."""
+    n = x.numel()
+    nb = num_blocks(n)
+    padded = torch.zeros(nb * QBLOCK, dtype=torch.float32, device=x.device)
+    padded[:n] = x
+    mag = padded.view(torch.int32) & 0x7FFFFFFF
+    scales = mag.view(nb, QBLOCK).amax(dim=1).view(torch.float32)
+    inv = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales)).repeat_interleave(QBLOCK)[:n]
+    if signed:
+        y = _sqrt(x.abs() * inv) * 127.0
+        y = torch.where(y < 127.0, y, 127.0)
+        q = (y + 0.5).to(torch.int32)
+        return torch.where(x < 0, -q, q).to(torch.int8), scales
+    y = _sqrt(_sqrt(x * inv)) * 255.0
+    y = torch.where(y < 255.0, y, 255.0)
+    return (y + 0.5).to(torch.int32).to(torch.uint8), scales
+
+
+def quantize(t: Tensor, key: str) -> tuple[Tensor, Tensor]:
+    """A float state shaped like its parameter -> (codes shaped like it, scales).
+    (A DTensor state: its local shard's blocks; the codes as a DTensor alike.)"""
+    if hasattr(t, "to_local"):
+        codes, scales = quantize(t.to_local(), key)
+        return type(t).from_local(codes, t.device_mesh, t.placements, shape=t.shape, stride=t.stride()), scales
+    order = memory_order(t)
+    codes, scales = encode(flat(t, order).to(torch.float32), key in SIGNED_KEYS)
+    out = torch.empty_like(t, dtype=code_dtype(key), memory_format=torch.preserve_format)
+    flat_out = flat(out, memory_order(out))
+    flat_out.copy_(codes)
+    return out, scales
+
+
+def dequantize(codes: Tensor, scales: Tensor) -> Tensor:
+    """Codes shaped like their parameter -> float32 values of that shape and layout."""
+    if hasattr(codes, "to_local"):
+        v = dequantize(codes.to_local(), scales)
+        return type(codes).from_local(v, codes.device_mesh, codes.placements, shape=codes.shape, stride=codes.stride())
+    order = memory_order(codes)
+    return unflat(decode(flat(codes, order), scales), codes, order)

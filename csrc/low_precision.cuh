@@ -1,0 +1,131 @@
+// Low-precision storage for the kernels: stochastic rounding to bfloat16 and
+// the block-quantized 8-bit state codec ("int8" states).  One definition for
+// every compiler (nvcc, the host compiler); the torch backend evaluates the
+// same operations in clr_fused/kernels/low_precision.py and the Triton
+// kernels in clr_fused/kernels/triton_update.py, so the backends agree bit
+// for bit (tests/test_low_precision.py).
+#pragma once
+
+#include <cstdint>
+
+namespace clr_fused {
+
+// ---------------------------------------------------------------- random bits
+// Stochastic rounding's bits are a hash of (schedule step, tensor size,
+// stream, element index): reproducible, capturable (the step is the device
+// counter the kernels already read), no RNG state.  mix32 is an integer
+// finaliser (xorshift-multiply); its multipliers are below 2**31 so the torch
+// backend can evaluate it in int64 without overflow.
+constexpr uint32_t kMixA = 0x7feb352du;
+constexpr uint32_t kMixB = 0x297a2d39u;
+constexpr uint32_t kGolden = 0x9e3779b9u;
+
+__device__ __forceinline__ uint32_t float_bits(float x) {
+#ifdef __CUDACC__
+  return __float_as_uint(x);
+#else
+  uint32_t bits;
+  __builtin_memcpy(&bits, &x, sizeof bits);
+  return bits;
+#endif
+}
+
+__device__ __forceinline__ float bits_float(uint32_t bits) {
+#ifdef __CUDACC__
+  return __uint_as_float(bits);
+#else
+  float x;
+  __builtin_memcpy(&x, &bits, sizeof x);
+  return x;
+#endif
+}
+
+__device__ __forceinline__ uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= kMixA;
+  x ^= x >> 15;
+  x *= kMixB;
+  x ^= x >> 16;
+  return x;
+}
+
+// Per chunk: one base per stream (0: the parameter, 1 + j: state list j).
+struct RandomBits {
+  uint32_t base[4];
+};
+
+__device__ __forceinline__ RandomBits random_bits(int64_t step, int64_t numel) {
+  RandomBits r;
+  const uint32_t seed = mix32(static_cast<uint32_t>(step) ^ mix32(static_cast<uint32_t>(numel)));
+#pragma unroll
+  for (int j = 0; j < 4; ++j) r.base[j] = mix32(seed + kGolden * static_cast<uint32_t>(j + 1));
+  return r;
+}
+
+// The 32 random bits of element i in a stream (index taken modulo 2**32).
+__device__ __forceinline__ uint32_t element_bits(uint32_t base, int64_t i) { return mix32(base ^ static_cast<uint32_t>(i)); }
+
+// float -> bfloat16 bits, rounded stochastically: the 16 random bits are
+// added below the kept mantissa and the sum truncated, so a value rounds up
+// with probability (its distance from the lower neighbour) / ulp.  Non-finite
+// values round to nearest (inf stays inf, NaN becomes the canonical 0x7FC0).
+__device__ __forceinline__ uint16_t bf16_bits_stochastic(float x, uint32_t random) {
+  const uint32_t bits = float_bits(x);
+  const uint32_t sr = (bits + (random >> 16)) >> 16;
+  const uint32_t rne = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const bool finite = (bits & 0x7F800000u) != 0x7F800000u;
+  return static_cast<uint16_t>(finite ? sr : (x != x ? 0x7FC0u : rne));
+}
+
+// ---------------------------------------------------------------- int8 states
+// Block-wise quantized state: per block of kQBlock consecutive elements (in
+// the tensor's memory order, counted from its own first element, so a block
+// never spans two tensors or two FSDP2 shards) one float32 scale, the block's
+// largest magnitude, and one 8-bit code per element.  Power maps, closed form
+// both ways (vectorisable, no table search):
+//   signed (exp_avg, momentum_buffer): int8 q in [-127, 127],
+//       x = scale * a * |a|, a = q / 127          (square: finer near 0)
+//   unsigned (exp_avg_sq, max_exp_avg_sq): uint8 q in [0, 255],
+//       x = scale * a^4, a = q / 255              (4th power: v spans decades;
+//       the smallest non-zero is 2.4e-10 * scale, so a v never becomes 0
+//       beside a non-zero m, which a linear map does and Adam then divides by eps)
+// Encoding rounds to the nearest code of the companded value.  README:
+// "Low-precision state" has the measurements behind the choice.
+constexpr int64_t kQBlock = 128;  // a warp's 32 lanes x 4 elements on the GPU; 1.03 bytes per element
+// The reciprocals as float32 (double 1/127 rounded once, as Python's and Triton's constants).
+#define CLR_FUSED_INV127 static_cast<float>(1.0 / 127.0)
+#define CLR_FUSED_INV255 static_cast<float>(1.0 / 255.0)
+
+struct Q8 {};  // the state storage tag: codes + scales (the lists after the codes in the tables)
+
+__device__ __forceinline__ float q8_decode(int32_t q, float scale, bool is_signed) {
+  if (is_signed) {
+    const float a = static_cast<float>(q) * CLR_FUSED_INV127;
+    return (a * fabsf(a)) * scale;
+  }
+  const float a = static_cast<float>(q) * CLR_FUSED_INV255;
+  const float a2 = a * a;
+  return (a2 * a2) * scale;
+}
+
+// inv = 1 / scale (0 for an all-zero block).  The clamp comes before the
+// conversion, so a NaN (a non-finite state) can never reach it.
+__device__ __forceinline__ int32_t q8_encode(float x, float inv, bool is_signed) {
+  if (is_signed) {
+    float y = sqrtf(fabsf(x) * inv) * 127.0f;
+    y = y < 127.0f ? y : 127.0f;
+    const int32_t q = static_cast<int32_t>(y + 0.5f);
+    return x < 0.0f ? -q : q;
+  }
+  float y = sqrtf(sqrtf(x * inv)) * 255.0f;
+  y = y < 255.0f ? y : 255.0f;
+  return static_cast<int32_t>(y + 0.5f);
+}
+
+// |x| as ordered integer bits: the block maximum is an integer max (NaN above
+// +inf, so a NaN state makes its block's scale NaN, on every backend alike).
+__device__ __forceinline__ uint32_t magnitude_bits(float x) { return float_bits(x) & 0x7FFFFFFFu; }
+
+__device__ __forceinline__ float inverse_scale(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
+
+}  // namespace clr_fused
