@@ -42,6 +42,7 @@ BLOCK = 1024  # elements per inner iteration
 # tests/test_sass_gates.py holds it).
 BLOCK_T = 128
 TAIL_ALIGNED = 128
+QBLOCK: tl.constexpr = 128  # csrc/low_precision.cuh kQBlock: int8 states' block (a row of the 2-D loop)
 
 
 def loop_constexprs(aligned: bool, *dtypes: torch.dtype) -> dict:
@@ -58,7 +59,7 @@ def loop_constexprs(aligned: bool, *dtypes: torch.dtype) -> dict:
 _tables = TableCache(CHUNK)
 _dummies: dict[tuple, Tensor] = {}  # placeholders for absent optional pointers
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+_TL_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.int8: tl.int8}
 
 
 @triton.jit
@@ -73,6 +74,94 @@ def _to_storage(x, DT: tl.constexpr):
         return half.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return x.to(DT)
+
+
+@triton.jit
+def _mix32(x):
+    """csrc/low_precision.cuh's mix32 (uint32 arithmetic)."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x297A2D39
+    x = x ^ (x >> 16)
+    return x
+
+
+@triton.jit
+def _stream_base(k, numel, J: tl.constexpr):
+    """Stochastic rounding's base of stream J (0: the parameter, 1 + j: state
+    list j) for one tensor at schedule step k (random_bits in low_precision.cuh)."""
+    seed = _mix32((k & 0xFFFFFFFF).to(tl.uint32) ^ _mix32((numel & 0xFFFFFFFF).to(tl.uint32)))
+    return _mix32(seed + ((0x9E3779B9 * (J + 1)) & 0xFFFFFFFF))
+
+
+@triton.jit
+def _store_val(x, DT: tl.constexpr, SR: tl.constexpr, base, idx):
+    """x rounded to DT: to nearest, or (SR, bfloat16) stochastically with
+    element idx's bits of the stream ``base`` (bf16_bits_stochastic)."""
+    if SR and DT == tl.bfloat16:
+        r = _mix32(base ^ (idx & 0xFFFFFFFF).to(tl.uint32))
+        bits = x.to(tl.uint32, bitcast=True)
+        sr = (bits + (r >> 16)) >> 16
+        rne = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        finite = (bits & 0x7F800000) != 0x7F800000
+        half = tl.where(finite, sr, tl.where(x != x, 0x7FC0, rne))
+        return half.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return _to_storage(x, DT)
+
+
+@triton.jit
+def _q8_decode(codes, scale, SIGNED: tl.constexpr):
+    """int8 state codes -> float32 (q8_decode); scale broadcasts per block row."""
+    if SIGNED:
+        a = codes.to(tl.float32) * (1.0 / 127.0)
+        return (a * tl.abs(a)) * scale
+    else:
+        a = codes.to(tl.float32) * (1.0 / 255.0)
+        a2 = a * a
+        return (a2 * a2) * scale
+
+
+@triton.jit
+def _q8_store(x, code_ptrs, scale_ptrs, mask, row_mask, SIGNED: tl.constexpr):
+    """Re-quantize [rows, QBLOCK] float32 values: per row (block) the largest
+    magnitude is the scale (integer max of the bits, NaN wins), then the codes (q8_encode)."""
+    x = tl.where(mask, x, 0.0)
+    mag = x.to(tl.uint32, bitcast=True) & 0x7FFFFFFF
+    scale = tl.max(mag, axis=1).to(tl.float32, bitcast=True)
+    inv = tl.where(scale > 0, tl.math.div_rn(1.0, scale), 0.0)[:, None]
+    if SIGNED:
+        y = tl.sqrt_rn(tl.abs(x) * inv) * 127.0
+        y = tl.where(y < 127.0, y, 127.0)
+        q = (y + 0.5).to(tl.int32)
+        q = tl.where(x < 0, -q, q)
+        tl.store(code_ptrs, q.to(tl.int8), mask=mask)
+    else:
+        y = tl.sqrt_rn(tl.sqrt_rn(x * inv)) * 255.0
+        y = tl.where(y < 255.0, y, 255.0)
+        tl.store(code_ptrs, (y + 0.5).to(tl.int32).to(tl.uint8), mask=mask)
+    tl.store(scale_ptrs, scale, mask=row_mask)
+
+
+@triton.jit
+def _state_ld(base, scale_base, offs, mask, rows, row_mask, SIGNED: tl.constexpr, Q8: tl.constexpr, VEC: tl.constexpr):
+    """A state list's float32 values: plain, or int8 codes decoded with their block scales."""
+    if Q8:
+        codes = tl.load(base + offs, mask=mask, other=0)
+        scale = tl.load(scale_base + rows, mask=row_mask, other=0.0)[:, None]
+        return _q8_decode(codes, scale, SIGNED)
+    else:
+        return _ld(_at(base, offs, VEC), mask)
+
+
+@triton.jit
+def _state_st(x, base, scale_base, offs, mask, rows, row_mask, DT: tl.constexpr, SR: tl.constexpr, sbase, idx,
+              SIGNED: tl.constexpr, Q8: tl.constexpr, VEC: tl.constexpr):  # fmt: skip
+    if Q8:
+        _q8_store(x, base + offs, scale_base + rows, mask, row_mask, SIGNED)
+    else:
+        tl.store(_at(base, offs, VEC), _store_val(x, DT, SR, sbase, idx), mask=mask)
 
 
 @triton.jit
@@ -105,6 +194,23 @@ def _ld(ptrs, mask):
 @triton.jit
 def _full_block_offsets(i, BLOCK: tl.constexpr):
     return tl.max_contiguous(tl.multiple_of(i * BLOCK + tl.arange(0, BLOCK), BLOCK), BLOCK)
+
+
+@triton.jit
+def _block_offsets(off, R: tl.constexpr, FULL: tl.constexpr, BLOCK: tl.constexpr, Q8: tl.constexpr):
+    """The offsets of one loop iteration from chunk offset ``off``: 1-D, or
+    for int8 states [R, QBLOCK] (one row per quantization block; ``off`` is a
+    multiple of QBLOCK), with the row (block) indices relative to the chunk."""
+    if Q8:
+        rows = off // QBLOCK + tl.arange(0, R)
+        offs = rows[:, None] * QBLOCK + tl.arange(0, QBLOCK)[None, :]
+    else:
+        rows = off // QBLOCK + tl.arange(0, 1)
+        if FULL:
+            offs = _full_block_offsets(off // BLOCK, BLOCK)
+        else:
+            offs = off + tl.arange(0, R)
+    return offs, rows
 
 
 @triton.jit
@@ -167,9 +273,10 @@ def _chunk_setup(
 
 @triton.jit
 def _sgd_block(
-    p_base, g_base, b_base, offs, mask, is_fresh, gm, lr, mom, one_minus_dampening, weight_decay,
+    p_base, g_base, b_base, bs_base, offs, mask, rows, row_mask, start, is_fresh, gm, lr, mom, one_minus_dampening,
+    weight_decay, k, numel,
     P_DT: tl.constexpr, S_DT: tl.constexpr, USE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-    HAS_WD: tl.constexpr, VEC: tl.constexpr,
+    HAS_WD: tl.constexpr, VEC: tl.constexpr, SR: tl.constexpr, Q8: tl.constexpr,
 ):  # fmt: skip
     """One BLOCK of an SGD chunk (``mask`` None: a full, aligned block).
     torch's for-loop ops in fused_kernels.cuh's order: each ``a * b + c`` is
@@ -177,24 +284,24 @@ def _sgd_block(
     p_ptrs = _at(p_base, offs, VEC)
     p = _ld(p_ptrs, mask)
     d = _ld(_at(g_base, offs, VEC), mask) * gm
+    idx = start + offs  # element index in the tensor: stochastic rounding's bits
     if HAS_WD:
         d = p * weight_decay + d
     if USE_MOMENTUM:
-        b_ptrs = _at(b_base, offs, VEC)
-        b = _ld(b_ptrs, mask)
+        b = _state_ld(b_base, bs_base, offs, mask, rows, row_mask, True, Q8, VEC)
         # torch starts the buffer at the first gradient, undamped
         b = tl.where(is_fresh, d, d * one_minus_dampening + b * mom)
-        tl.store(b_ptrs, _to_storage(b, S_DT), mask=mask)
+        _state_st(b, b_base, bs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC)
         if NESTEROV:
             d = b * mom + d
         else:
             d = b
-    tl.store(p_ptrs, _to_storage(d * -lr + p, P_DT), mask=mask)
+    tl.store(p_ptrs, _store_val(d * -lr + p, P_DT, SR, _stream_base(k, numel, 0), idx), mask=mask)
 
 
 @triton.jit
 def _sgd_kernel(
-    p_addrs, g_addrs, buf_addrs, numels, fresh, chunk_tensor, chunk_start,
+    p_addrs, g_addrs, buf_addrs, bs_addrs, numels, fresh, chunk_tensor, chunk_start,
     rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket,
     momentum, one_minus_dampening, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
@@ -202,30 +309,38 @@ def _sgd_kernel(
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, VEC: tl.constexpr,
+    SR: tl.constexpr = False, Q8: tl.constexpr = False,
 ):  # fmt: skip
     t, start, end, k, lr, mom, skipped, gm = _chunk_setup(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, momentum,
         CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP,
     )  # fmt: skip
     if skipped == 0:
+        numel = tl.load(numels + t)
         # chunk-relative int32 offsets from int64 bases: a tensor may exceed 2**31
         p_base = _ptr(p_addrs, t, P_DT) + start
         g_base = _ptr(g_addrs, t, G_DT) + start
         b_base = p_base
+        bs_base = _ptr(numels, 0, tl.float32)  # (unused without int8 states)
         if USE_MOMENTUM:
             b_base = _ptr(buf_addrs, t, S_DT) + start
+            if Q8:
+                bs_base = _ptr(bs_addrs, t, tl.float32) + start // QBLOCK
         is_fresh = tl.load(fresh + t) != 0
         n = (end - start).to(tl.int32)
         n_full = 0
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                _sgd_block(p_base, g_base, b_base, _full_block_offsets(i, BLOCK), None, is_fresh, gm, lr, mom,
-                           one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, VEC)  # fmt: skip
+                offs, rws = _block_offsets(i * BLOCK, 1, True, BLOCK, False)
+                _sgd_block(p_base, g_base, b_base, bs_base, offs, None, rws, None, start, is_fresh, gm, lr, mom,
+                           one_minus_dampening, weight_decay, k, numel,
+                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, VEC, SR, False)  # fmt: skip
         for off in range(n_full * BLOCK, n, TAIL):
-            offs = off + tl.arange(0, TAIL)
-            _sgd_block(p_base, g_base, b_base, offs, offs < n, is_fresh, gm, lr, mom,
-                       one_minus_dampening, weight_decay, P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0)  # fmt: skip
+            offs, rws = _block_offsets(off, TAIL // QBLOCK if Q8 else TAIL, False, BLOCK, Q8)
+            _sgd_block(p_base, g_base, b_base, bs_base, offs, offs < n, rws, rws * QBLOCK < n, start, is_fresh, gm, lr,
+                       mom, one_minus_dampening, weight_decay, k, numel,
+                       P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, Q8)  # fmt: skip
     if ADVANCE or NEXT:
         if _draw_ticket(ticket):
             _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE, NEXT)
@@ -233,42 +348,42 @@ def _sgd_kernel(
 
 @triton.jit
 def _adam_block(
-    p_base, g_base, m_base, v_base, vmax_base, offs, mask, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps,
-    weight_decay, bc2_sqrt, neg_step_size,
+    p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, mask, rows, row_mask, start,
+    gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, neg_step_size, k, numel,
     P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr,
-    VEC: tl.constexpr,
+    VEC: tl.constexpr, SR: tl.constexpr, Q8: tl.constexpr,
 ):  # fmt: skip
     """One BLOCK of an Adam chunk (``mask`` None: a full, aligned block):
     torch's for-loop ops in fused_kernels.cuh's order (lerp_ as one
     multiply-add from its base, addcmul_, addcdiv_)."""
     p_ptrs = _at(p_base, offs, VEC)
-    m_ptrs = _at(m_base, offs, VEC)
-    v_ptrs = _at(v_base, offs, VEC)
     p = _ld(p_ptrs, mask)
     g = _ld(_at(g_base, offs, VEC), mask) * gm
+    idx = start + offs  # element index in the tensor: stochastic rounding's bits
     if HAS_WD:
         if DECOUPLED:
             p = p * decay
         else:
             g = p * weight_decay + g
-    m_old = _ld(m_ptrs, mask)
+    m_old = _state_ld(m_base, ms_base, offs, mask, rows, row_mask, True, Q8, VEC)
     m = coeff * (g - m_old) + tl.where(small_w, m_old, g)
-    v = (one_minus_beta2 * g) * g + _ld(v_ptrs, mask) * beta2
-    tl.store(m_ptrs, _to_storage(m, S_DT), mask=mask)
-    tl.store(v_ptrs, _to_storage(v, S_DT), mask=mask)
+    v = (one_minus_beta2 * g) * g + _state_ld(v_base, vs_base, offs, mask, rows, row_mask, False, Q8, VEC) * beta2
+    _state_st(m, m_base, ms_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC)
+    _state_st(v, v_base, vs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 2), idx, False, Q8, VEC)
     if AMSGRAD:
-        vmax_ptrs = _at(vmax_base, offs, VEC)
-        vmax = _ld(vmax_ptrs, mask)
+        vmax = _state_ld(vmax_base, vmaxs_base, offs, mask, rows, row_mask, False, Q8, VEC)
         # torch.maximum: NaN wins
         v = tl.where((vmax != vmax) | (vmax > v), vmax, v)
-        tl.store(vmax_ptrs, _to_storage(v, S_DT), mask=mask)
+        _state_st(v, vmax_base, vmaxs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 3), idx,
+                  False, Q8, VEC)  # fmt: skip
     denom = tl.sqrt(v) / bc2_sqrt + eps
-    tl.store(p_ptrs, _to_storage(p + (neg_step_size * m) / denom, P_DT), mask=mask)
+    tl.store(p_ptrs, _store_val(p + (neg_step_size * m) / denom, P_DT, SR, _stream_base(k, numel, 0), idx), mask=mask)
 
 
 @triton.jit
 def _adam_kernel(
-    p_addrs, g_addrs, m_addrs, v_addrs, vmax_addrs, step_addrs, numels, chunk_tensor, chunk_start, num_tensors,
+    p_addrs, g_addrs, m_addrs, v_addrs, vmax_addrs, ms_addrs, vs_addrs, vmaxs_addrs, step_addrs, numels, chunk_tensor,
+    chunk_start, num_tensors,
     rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket, betas,
     beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
@@ -276,6 +391,7 @@ def _adam_kernel(
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, VEC: tl.constexpr, BLOCK_T: tl.constexpr,
+    SR: tl.constexpr = False, Q8: tl.constexpr = False,
 ):  # fmt: skip
     t, start, end, k, lr, b1, skipped, gm = _chunk_setup(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, beta1,
@@ -292,6 +408,7 @@ def _adam_kernel(
         one_minus_b1 = (1.0 - tl.cast(b1, tl.float64)).to(tl.float32)
     step = tl.load(_ptr(step_addrs, t, tl.float32)) + 1.0
     if skipped == 0:
+        numel = tl.load(numels + t)
         # once per program, in float64 as torch's Python scalars, then one rounding each
         step64 = step.to(tl.float64)
         bc1 = 1.0 - tl.exp2(step64 * tl.log2(tl.cast(b1, tl.float64)))
@@ -305,22 +422,35 @@ def _adam_kernel(
         g_base = _ptr(g_addrs, t, G_DT) + start
         m_base = _ptr(m_addrs, t, S_DT) + start
         v_base = _ptr(v_addrs, t, S_DT) + start
+        if Q8:
+            v_base = _ptr(v_addrs, t, tl.uint8) + start  # exp_avg_sq's codes are unsigned
         vmax_base = v_base
         if AMSGRAD:
             vmax_base = _ptr(vmax_addrs, t, S_DT) + start
+            if Q8:
+                vmax_base = _ptr(vmax_addrs, t, tl.uint8) + start
+        ms_base = _ptr(numels, 0, tl.float32)  # int8 states' block scales (unused otherwise)
+        vs_base = ms_base
+        vmaxs_base = ms_base
+        if Q8:
+            ms_base = _ptr(ms_addrs, t, tl.float32) + start // QBLOCK
+            vs_base = _ptr(vs_addrs, t, tl.float32) + start // QBLOCK
+            if AMSGRAD:
+                vmaxs_base = _ptr(vmaxs_addrs, t, tl.float32) + start // QBLOCK
         n = (end - start).to(tl.int32)
         n_full = 0
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                _adam_block(p_base, g_base, m_base, v_base, vmax_base, _full_block_offsets(i, BLOCK), None, gm, decay, coeff,
-                            small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, neg_step_size,
-                            P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, VEC)  # fmt: skip
+                offs, rws = _block_offsets(i * BLOCK, 1, True, BLOCK, False)
+                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, None, rws,
+                            None, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt,
+                            neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, VEC, SR, False)  # fmt: skip
         for off in range(n_full * BLOCK, n, TAIL):
-            offs = off + tl.arange(0, TAIL)
-            _adam_block(p_base, g_base, m_base, v_base, vmax_base, offs, offs < n, gm, decay, coeff,
-                        small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, neg_step_size,
-                        P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0)  # fmt: skip
+            offs, rws = _block_offsets(off, TAIL // QBLOCK if Q8 else TAIL, False, BLOCK, Q8)
+            _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, rws,
+                        rws * QBLOCK < n, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay,
+                        bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, Q8)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
     if _draw_ticket(ticket):
         if skipped == 0:
@@ -386,24 +516,27 @@ def _bucket_tables(bucket, tables_fn):
 
 def sgd_(
     bucket, *, sched, momentum, use_momentum, dampening, weight_decay, nesterov, maximize, grad_mul, skip, advance,
+    stochastic=False,
 ) -> bool:  # fmt: skip
     device, params = bucket.device, bucket.params
     bufs = bucket.states[0] if use_momentum else []
+    scales = bucket.states[1:] if use_momentum else []  # int8 buffers' scales
+    q8 = bool(scales)
     tables, num_chunks, _, g_dtype, aligned, dense = _bucket_tables(
-        bucket, lambda grads: (*sgd_tables(_tables, params, grads, bufs, use_momentum), None)
+        bucket, lambda grads: (*sgd_tables(_tables, params, grads, bufs, use_momentum, scales), None)
     )
     fresh = fresh_flags(bucket.fresh or [], len(params), device)  # None: no buffer is new (or no momentum)
     s_dtype = bufs[0].dtype if use_momentum else params[0].dtype
     _sgd_kernel[(num_chunks,)](
-        tables[0], tables[1], tables[2] if use_momentum else tables[0],
+        tables[0], tables[1], tables[2] if use_momentum else tables[0], tables[3] if q8 else tables[0],
         tables[-3], fresh, tables[-2], tables[-1],
         momentum=float(momentum),
         # complements in float64 on the host, then rounded: as the torch backend
         one_minus_dampening=1.0 - float(dampening), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
         USE_MOMENTUM=use_momentum, NESTEROV=nesterov,
-        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance,
-        **loop_constexprs(aligned, params[0].dtype, g_dtype, s_dtype),
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, SR=bool(stochastic), Q8=q8,
+        **loop_constexprs(aligned and not q8, params[0].dtype, g_dtype, s_dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
     if dense is not None:
@@ -413,17 +546,22 @@ def sgd_(
 
 def adam_(
     bucket, *, sched, beta1, beta2, betas=None, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
+    stochastic=False,
 ) -> bool:  # fmt: skip
     params, states = bucket.params, bucket.states
+    ns = 3 if amsgrad else 2
+    scales = states[ns:]  # int8 states' scales
+    q8 = bool(scales)
     tables, num_chunks, step_table, g_dtype, aligned, dense = _bucket_tables(
         bucket,
         lambda grads: adam_tables(
-            _tables, params, grads, states[0], states[1], states[2] if amsgrad else [], bucket.steps, amsgrad
+            _tables, params, grads, states[0], states[1], states[2] if amsgrad else [], bucket.steps, amsgrad, scales
         ),
     )
+    sc = tables[2 + ns : 2 + 2 * ns] if q8 else [tables[0]] * 3
     _adam_kernel[(num_chunks,)](
         tables[0], tables[1], tables[2], tables[3],
-        tables[4] if amsgrad else tables[3], step_table,
+        tables[4] if amsgrad else tables[3], sc[0], sc[1], sc[2] if amsgrad and q8 else sc[0], step_table,
         tables[-3], tables[-2], tables[-1], len(params),
         betas=betas if betas is not None else _dummy(bucket.device, torch.float32), HAS_BETAS=betas is not None,
         beta1=float(beta1),
@@ -431,8 +569,8 @@ def adam_(
         eps=float(eps), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[states[0][0].dtype],
         AMSGRAD=amsgrad, DECOUPLED=decoupled,
-        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, BLOCK_T=BLOCK_T,
-        **loop_constexprs(aligned, params[0].dtype, g_dtype, states[0][0].dtype),
+        MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, BLOCK_T=BLOCK_T, SR=bool(stochastic), Q8=q8,
+        **loop_constexprs(aligned and not q8, params[0].dtype, g_dtype, states[0][0].dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
     if dense is not None:
