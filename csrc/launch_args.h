@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 #include "multi_tensor.cuh"
@@ -75,8 +76,8 @@ inline void with_state_type(at::ScalarType param, at::ScalarType state, Args&&..
     Launcher<P, float>::run(std::forward<Args>(args)...);
   } else if (state == at::kChar) {
     Launcher<P, Q8>::run(std::forward<Args>(args)...);
-  } else if (state == at::kBFloat16 && param != at::kHalf) {
-    Launcher<P, at::BFloat16>::run(std::forward<Args>(args)...);
+  } else if (state == at::kBFloat16 && !std::is_same_v<P, at::Half>) {
+    if constexpr (!std::is_same_v<P, at::Half>) Launcher<P, at::BFloat16>::run(std::forward<Args>(args)...);
   } else {
     TORCH_CHECK(state == param, "state dtype must be float32, bfloat16, int8 or the parameter dtype, got ", state);
     Launcher<P, P>::run(std::forward<Args>(args)...);

@@ -282,19 +282,40 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
       amax[j] = 0u;
     }
     float st[NS][kQPerLane];
-    for (int e = 0; e < n; ++e) {
+    // One element: decode, update, store the parameter, keep the new states.
+    const auto element = [&](int e, float& pf, float gf) {
       const int64_t i = first + e;
-      float pf = static_cast<float>(p[i]);
       float sf[NS];
 #pragma unroll
       for (int j = 0; j < NS; ++j) sf[j] = q8_decode(load_code(sp.codes[j], j == 0, i), scale[j], j == 0);
-      op(pf, static_cast<float>(g[i]), sf);
-      p[i] = store_as<P, kSr>(pf, rb.base[0], i);
+      op(pf, gf, sf);
 #pragma unroll
       for (int j = 0; j < NS; ++j) {
         st[j][e] = sf[j];
         const uint32_t m = magnitude_bits(sf[j]);
         amax[j] = m > amax[j] ? m : amax[j];
+      }
+    };
+    bool full_vec = false;
+    if constexpr (kQPerLane == kILP) {  // the GPU: a lane's 4 elements as one vector of p and of g
+      full_vec = n == kQPerLane && aligned(p) && aligned(g);
+      if (full_vec) {
+        Vec<P> pv = load_vec(p + first);
+        const Vec<P> gv = load_vec(g + first);
+#pragma unroll
+        for (int e = 0; e < kILP; ++e) {
+          float pf = static_cast<float>(pv.v[e]);
+          element(e, pf, static_cast<float>(gv.v[e]));
+          pv.v[e] = store_as<P, kSr>(pf, rb.base[0], first + e);
+        }
+        store_vec(p + first, pv);
+      }
+    }
+    if (!full_vec) {
+      for (int e = 0; e < n; ++e) {
+        float pf = static_cast<float>(p[first + e]);
+        element(e, pf, static_cast<float>(g[first + e]));
+        p[first + e] = store_as<P, kSr>(pf, rb.base[0], first + e);
       }
     }
 #pragma unroll

@@ -31,15 +31,34 @@ def functions(sass: str) -> dict[str, str]:
 
 
 def loops(body: str) -> list[list[str]]:
-    """Each loop's instructions, from the branch target to the backward branch."""
+    """Each loop's instructions, from the branch target to the backward branch.
+
+    Not a loop: the jump back at the end of a warp shuffle's out-of-line
+    fallback (WARPSYNC.COLLECTIVE ... ENDCOLLECTIVE, then an unconditional
+    BRA to the instruction after the inline shuffle), which nvcc places at
+    the function's end when it cannot prove the warp converged (the int8
+    states' block-maximum reduction)."""
     insns = [(int(a, 16), text) for a, text in _INSN.findall(body)]
     out = []
-    for addr, text in insns:
+    for k, (addr, text) in enumerate(insns):
         m = _BRA.search(text)
+        if m and text.startswith("BRA") and _after_collective(insns, k):
+            continue
         if m and int(m.group(1), 16) < addr:
             target = int(m.group(1), 16)
             out.append([t for a, t in insns if target <= a <= addr])
     return out
+
+
+def _after_collective(insns: list[tuple[int, str]], k: int) -> bool:
+    """Instruction k ends a shuffle fallback: ENDCOLLECTIVE among the few
+    instructions before it (register moves may sit between)."""
+    for _, text in reversed(insns[max(0, k - 4) : k]):
+        if text.startswith("ENDCOLLECTIVE"):
+            return True
+        if _BRA.search(text) or text.startswith("EXIT"):
+            return False
+    return False
 
 
 def element_loop_violations(sass: str) -> list[str]:

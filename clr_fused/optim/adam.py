@@ -135,7 +135,7 @@ class Adam(FusedOptimizer):
             grad_mul=grad_mul,
             skip=skip,
             advance=advance,
-            stochastic=self.stochastic_rounding,
+            stochastic=getattr(self, "stochastic_rounding", False),  # (absent from older pickles)
         )
 
     def _after_load(self) -> None:

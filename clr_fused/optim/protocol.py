@@ -13,6 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..kernels import low_precision as lp
+from .plan import local
+
 from .. import schedule_math as sm
 from ..schedules import Schedule, schedule_from_dict
 from .hyper import _check_lr_value, _is_real
@@ -100,6 +103,7 @@ class StateDictProtocol:
             super().load_state_dict(state_dict)
         finally:
             self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
+        self._keep_codes(state_dict, saved_groups)
         ours = any(_KEY_STEP in g for g in saved_groups)
         plateau: dict[int, dict[str, Tensor]] = {}
         for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
@@ -191,7 +195,7 @@ class StateDictProtocol:
     #: Group keys torch's own optimizers fill in when a checkpoint predates them (subclasses).
     _LEGACY_GROUP_DEFAULTS: dict[str, Any] = {}
     #: What a pickle / deepcopy carries besides torch's defaults, state and param_groups.
-    _PICKLED = ("backend", "max_grad_norm", "state_dtype", "last_grad_norm", "_step_counter", "_plateau", "_counter_device")
+    _PICKLED = ("backend", "max_grad_norm", "state_dtype", "stochastic_rounding", "last_grad_norm", "_step_counter", "_plateau", "_counter_device")
 
     def __getstate__(self) -> dict[str, Any]:
         st = super().__getstate__()
@@ -238,11 +242,23 @@ class StateDictProtocol:
             for key, value in st.items():
                 if key == "step":
                     _check_step(value, f"parameter {idx}", ValueError, read_tensor=True)
+                elif key.endswith("_scale") and key[: -len("_scale")] in self._STATE_KEYS:
+                    # int8 states' block scales: float32, one per block of the (local) parameter
+                    nb = lp.num_blocks(local(p).numel())
+                    if not isinstance(value, Tensor) or value.dtype != torch.float32 or value.shape != (nb,):
+                        what = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                        raise ValueError(f"state {key!r} of parameter {idx} has {what}, expected float32 ({nb},)")
                 elif key in self._STATE_KEYS:
                     if value is None and key == "momentum_buffer":
                         continue  # torch saves it as None before the first momentum step
+                    codes = isinstance(value, Tensor) and value.dtype in (torch.int8, torch.uint8)
+                    if codes and (value.dtype != lp.code_dtype(key) or lp.scale_key(key) not in st):
+                        raise ValueError(
+                            f"state {key!r} of parameter {idx} holds {value.dtype} codes: expected "
+                            f"{lp.code_dtype(key)} codes with their {lp.scale_key(key)!r}"
+                        )
                     # 0-dim included: a 0-dim state of a non-0-dim parameter is refused
-                    if not isinstance(value, Tensor) or value.shape != p.shape or not (value.is_floating_point() or value.is_complex()):
+                    if not isinstance(value, Tensor) or value.shape != p.shape or not (value.is_floating_point() or value.is_complex() or codes):
                         what = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
                         raise ValueError(
                             f"state {key!r} of parameter {idx} has {what}, the parameter has shape {tuple(p.shape)}"
@@ -253,14 +269,38 @@ class StateDictProtocol:
                         f"the parameter has shape {tuple(p.shape)}"
                     )
 
+    def _keep_codes(self, state_dict: dict[str, Any], saved_groups: list[dict[str, Any]]) -> None:
+        """int8 codes and their scales as saved: torch's load casts every
+        tensor state to its parameter's floating dtype (a bf16 parameter's
+        scales would lose bits), so they are put back as they were, on the
+        parameter's device; _after_load then converts them if needed."""
+        params = {}
+        for saved, group in zip(saved_groups, self.param_groups):
+            params.update(zip(saved["params"], group["params"]))
+        for idx, st in state_dict.get("state", {}).items():
+            p = params.get(idx)
+            if p is None or not isinstance(st, dict) or p not in self.state:
+                continue
+            for key, value in st.items():
+                codes = isinstance(value, Tensor) and value.dtype in (torch.int8, torch.uint8) and key in self._STATE_KEYS
+                if codes or (key.endswith("_scale") and key[: -len("_scale")] in self._STATE_KEYS):
+                    self.state[p][key] = value.to(device=p.device)
+
     def _after_load(self) -> None:
         """Bring loaded state to this optimizer's devices and dtypes (subclasses extend)."""
         for p, st in self.state.items():
             if not isinstance(p, Tensor) or not isinstance(st, dict):
                 continue  # a hook may keep other entries in state; not ours to convert
             for key, value in list(st.items()):
-                if isinstance(value, Tensor) and value.is_floating_point() and key != "step":
+                if not isinstance(value, Tensor) or key == "step":
+                    continue
+                if key.endswith("_scale") or not value.is_floating_point() or self._int8_for(p):
+                    st[key] = value.to(device=p.device)  # int8 codes and scales; floats quantized below
+                else:
                     st[key] = value.to(device=p.device, dtype=self._state_dtype_for(p))
+            for key in self._STATE_KEYS:
+                if isinstance(st.get(key), Tensor):
+                    self._kernel_state(p, st, key)  # quantized for int8 states, dequantized for floating ones
 
 
 def _check_step(step: Any, where: str, error: type[Exception], *, read_tensor: bool) -> None:

@@ -127,5 +127,5 @@ class SGD(FusedOptimizer):
             grad_mul=grad_mul,
             skip=skip,
             advance=advance,
-            stochastic=self.stochastic_rounding,
+            stochastic=getattr(self, "stochastic_rounding", False),  # (absent from older pickles)
         )
