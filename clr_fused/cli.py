@@ -209,6 +209,10 @@ def _bench(args) -> int:
         from .bench.host import main as host_main
 
         return host_main(out_dir=args.out, quick=args.quick)
+    if args.low_precision:
+        from .bench.low_precision import main as lp_main
+
+        return lp_main(out_dir=args.out, quick=args.quick)
     from .bench.run import main as bench_main
 
     return bench_main(quick=args.quick, out_dir=args.out)
@@ -248,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="host cost of step() with tiny tensors at real tensor counts, and the cpu backend at real sizes, "
         "against torch foreach/fused + CyclicLR",
+    )
+    bn.add_argument(
+        "--low-precision",
+        action="store_true",
+        help="the cpu step with fp32 / bf16 / int8 states and bf16 parameters (stochastic rounding) at real sizes, "
+        "against torch fused and the 8-bit AdamW of torchao / bitsandbytes where they run; bytes per parameter "
+        "and a roofline model",
     )
     bn.add_argument(
         "--model",

@@ -98,8 +98,9 @@ constexpr int64_t kQBlock = 128;  // a warp's 32 lanes x 4 elements on the GPU; 
 
 struct Q8 {};  // the state storage tag: codes + scales (the lists after the codes in the tables)
 
-__device__ __forceinline__ float q8_decode(int32_t q, float scale, bool is_signed) {
-  if (is_signed) {
+template <bool kSigned>
+__device__ __forceinline__ float q8_decode(int32_t q, float scale) {
+  if constexpr (kSigned) {
     const float a = static_cast<float>(q) * CLR_FUSED_INV127;
     return (a * fabsf(a)) * scale;
   }
@@ -108,18 +109,21 @@ __device__ __forceinline__ float q8_decode(int32_t q, float scale, bool is_signe
   return (a2 * a2) * scale;
 }
 
-// inv = 1 / scale (0 for an all-zero block).  The clamp comes before the
-// conversion, so a NaN (a non-finite state) can never reach it.
-__device__ __forceinline__ int32_t q8_encode(float x, float inv, bool is_signed) {
-  if (is_signed) {
-    float y = sqrtf(fabsf(x) * inv) * 127.0f;
-    y = y < 127.0f ? y : 127.0f;
-    const int32_t q = static_cast<int32_t>(y + 0.5f);
+// inv = 1 / scale (0 for an all-zero block).  |x| * inv <= 1 + 2**-23, so
+// the rounded code never exceeds 127 / 255 by more than the integer clamp
+// catches; the clamp is on the integer (a float select is not if-converted by
+// GCC under the default -ftrapping-math, and the loop would stay scalar).  A
+// NaN's code is whatever the conversion gives: its block's scale is NaN, so
+// it decodes as NaN whatever the code.
+template <bool kSigned>
+__device__ __forceinline__ int32_t q8_encode(float x, float inv) {
+  if constexpr (kSigned) {
+    int32_t q = static_cast<int32_t>(sqrtf(fabsf(x) * inv) * 127.0f + 0.5f);
+    q = q < 127 ? q : 127;
     return x < 0.0f ? -q : q;
   }
-  float y = sqrtf(sqrtf(x * inv)) * 255.0f;
-  y = y < 255.0f ? y : 255.0f;
-  return static_cast<int32_t>(y + 0.5f);
+  const int32_t q = static_cast<int32_t>(sqrtf(sqrtf(x * inv)) * 255.0f + 0.5f);
+  return q < 255 ? q : 255;
 }
 
 // |x| as ordered integer bits: the block maximum is an integer max (NaN above

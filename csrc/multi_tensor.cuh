@@ -250,17 +250,32 @@ __device__ __forceinline__ uint32_t lanes_max(uint32_t v) {
   return v;
 }
 
-__device__ __forceinline__ int32_t load_code(const void* codes, bool is_signed, int64_t i) {
-  return is_signed ? static_cast<int32_t>(static_cast<const int8_t*>(codes)[i])
-                   : static_cast<int32_t>(static_cast<const uint8_t*>(codes)[i]);
+// State list 0 (exp_avg, momentum_buffer) has signed codes, the others
+// (exp_avg_sq, max_exp_avg_sq) unsigned: compile-time per list, so the
+// element loops have no branch (the CPU compiler vectorises them).
+template <bool kSigned>
+__device__ __forceinline__ float decode_at(const void* codes, float scale, int64_t i) {
+  if constexpr (kSigned) {
+    return q8_decode<true>(static_cast<const int8_t*>(codes)[i], scale);
+  } else {
+    return q8_decode<false>(static_cast<const uint8_t*>(codes)[i], scale);
+  }
 }
 
-__device__ __forceinline__ void store_code(void* codes, bool is_signed, int64_t i, int32_t q) {
-  if (is_signed) {
-    static_cast<int8_t*>(codes)[i] = static_cast<int8_t>(q);
+// Re-quantizes one lane's n new values of a list with the block's scale.
+template <bool kSigned>
+__device__ __forceinline__ void encode_lane(void* codes, float* scales, int64_t blk, int64_t first, int n,
+                                            const float* values, uint32_t amax, int64_t lane) {
+  const float sc = bits_float(lanes_max(amax));
+  const float inv = inverse_scale(sc);
+  if constexpr (kSigned) {
+    int8_t* c = static_cast<int8_t*>(codes) + first;
+    for (int e = 0; e < n; ++e) c[e] = static_cast<int8_t>(q8_encode<true>(values[e], inv));
   } else {
-    static_cast<uint8_t*>(codes)[i] = static_cast<uint8_t>(q);
+    uint8_t* c = static_cast<uint8_t*>(codes) + first;
+    for (int e = 0; e < n; ++e) c[e] = static_cast<uint8_t>(q8_encode<false>(values[e], inv));
   }
+  if (lane == 0) scales[blk] = sc;
 }
 
 template <typename P, int NS, bool kSr, typename Op>
@@ -286,8 +301,9 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
     const auto element = [&](int e, float& pf, float gf) {
       const int64_t i = first + e;
       float sf[NS];
+      sf[0] = decode_at<true>(sp.codes[0], scale[0], i);
 #pragma unroll
-      for (int j = 0; j < NS; ++j) sf[j] = q8_decode(load_code(sp.codes[j], j == 0, i), scale[j], j == 0);
+      for (int j = 1; j < NS; ++j) sf[j] = decode_at<false>(sp.codes[j], scale[j], i);
       op(pf, gf, sf);
 #pragma unroll
       for (int j = 0; j < NS; ++j) {
@@ -318,13 +334,9 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
         p[first + e] = store_as<P, kSr>(pf, rb.base[0], first + e);
       }
     }
+    encode_lane<true>(sp.codes[0], sp.scales[0], blk, first, n, st[0], amax[0], lane);
 #pragma unroll
-    for (int j = 0; j < NS; ++j) {
-      const float sc = bits_float(lanes_max(amax[j]));
-      const float inv = inverse_scale(sc);
-      for (int e = 0; e < n; ++e) store_code(sp.codes[j], j == 0, first + e, q8_encode(st[j][e], inv, j == 0));
-      if (lane == 0) sp.scales[j][blk] = sc;
-    }
+    for (int j = 1; j < NS; ++j) encode_lane<false>(sp.codes[j], sp.scales[j], blk, first, n, st[j], amax[j], lane);
   }
 }
 

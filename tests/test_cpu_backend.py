@@ -203,9 +203,11 @@ _PROBED = [
     "sgd_kernel<float, float, 0", "sgd_kernel<float, float, 1", "adam_kernel<float, float, 2",
     "adam_kernel<float, float, 3", "sgd_kernel<c10::BFloat16, c10::BFloat16, 1", "sgd_kernel<c10::BFloat16, float, 1",
     "adam_kernel<c10::BFloat16, c10::BFloat16, 2", "adam_kernel<c10::BFloat16, float, 2",
+    "adam_kernel<float, c10::BFloat16, 2", "adam_kernel<float, clr_fused::Q8, 2", "sgd_kernel<float, clr_fused::Q8, 1",
 ]  # fmt: skip
-PROBED = {f"{k}, false>" for k in _PROBED}  # the baseline copy (two roundings)
-PROBED_FMA = {f"{k}, true>" for k in _PROBED}  # the AVX2 / AVX-512 copies
+_SR = "adam_kernel<c10::BFloat16, clr_fused::Q8, 2"  # with stochastic rounding (kSr)
+PROBED = {f"{k}, false, false>" for k in _PROBED} | {f"{_SR}, false, true>"}  # the baseline copy (two roundings)
+PROBED_FMA = {f"{k}, true, false>" for k in _PROBED} | {f"{_SR}, true, true>"}  # the AVX2 / AVX-512 copies
 
 
 def test_element_loops_are_vectorised(tmp_path):

@@ -176,11 +176,12 @@ _EXACT = textwrap.dedent("""
 
 def test_sgd_bit_identical_on_every_backend():
     """SGD's update rounds identically on the torch backend, the cpu kernels'
-    baseline copy (no fused multiply-adds) and Triton (interpreted): so the
+    baseline copy (no fused multiply-adds; torch at ATEN_CPU_CAPABILITY=default,
+    which does not fuse either) and Triton (interpreted): so the
     codec, the block scales and stochastic rounding's bits must agree exactly."""
     _needs("cpu")
     pytest.importorskip("triton")
-    env = dict(os.environ, CLR_FUSED_CPU_ISA="baseline", TRITON_INTERPRET="1")
+    env = dict(os.environ, CLR_FUSED_CPU_ISA="baseline", ATEN_CPU_CAPABILITY="default", TRITON_INTERPRET="1")
     run = subprocess.run([sys.executable, "-c", _EXACT.format(tests=os.path.dirname(__file__))],
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

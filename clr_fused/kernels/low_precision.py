@@ -134,13 +134,11 @@ def encode(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     scales = mag.view(nb, QBLOCK).amax(dim=1).view(torch.float32)
     inv = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales)).repeat_interleave(QBLOCK)[:n]
     if signed:
-        y = _sqrt(x.abs() * inv) * 127.0
-        y = torch.where(y < 127.0, y, 127.0)
-        q = (y + 0.5).to(torch.int32)
+        q = (_sqrt(x.abs() * inv) * 127.0 + 0.5).to(torch.int32)
+        q = torch.where(q < 127, q, 127)
         return torch.where(x < 0, -q, q).to(torch.int8), scales
-    y = _sqrt(_sqrt(x * inv)) * 255.0
-    y = torch.where(y < 255.0, y, 255.0)
-    return (y + 0.5).to(torch.int32).to(torch.uint8), scales
+    q = (_sqrt(_sqrt(x * inv)) * 255.0 + 0.5).to(torch.int32)
+    return torch.where(q < 255, q, 255).to(torch.uint8), scales
 
 
 def quantize(t: Tensor, key: str) -> tuple[Tensor, Tensor]:

@@ -132,15 +132,13 @@ def _q8_store(x, code_ptrs, scale_ptrs, mask, row_mask, SIGNED: tl.constexpr):
     scale = tl.max(mag, axis=1).to(tl.float32, bitcast=True)
     inv = tl.where(scale > 0, tl.math.div_rn(1.0, scale), 0.0)[:, None]
     if SIGNED:
-        y = tl.sqrt_rn(tl.abs(x) * inv) * 127.0
-        y = tl.where(y < 127.0, y, 127.0)
-        q = (y + 0.5).to(tl.int32)
+        q = (tl.sqrt_rn(tl.abs(x) * inv) * 127.0 + 0.5).to(tl.int32)
+        q = tl.where(q < 127, q, 127)
         q = tl.where(x < 0, -q, q)
         tl.store(code_ptrs, q.to(tl.int8), mask=mask)
     else:
-        y = tl.sqrt_rn(tl.sqrt_rn(x * inv)) * 255.0
-        y = tl.where(y < 255.0, y, 255.0)
-        tl.store(code_ptrs, (y + 0.5).to(tl.int32).to(tl.uint8), mask=mask)
+        q = (tl.sqrt_rn(tl.sqrt_rn(x * inv)) * 255.0 + 0.5).to(tl.int32)
+        tl.store(code_ptrs, tl.where(q < 255, q, 255).to(tl.uint8), mask=mask)
     tl.store(scale_ptrs, scale, mask=row_mask)
 
 

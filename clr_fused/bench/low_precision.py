@@ -1,0 +1,196 @@
+"""``clr-fused bench --low-precision``: fewer bytes per step.
+
+The CPU step at real sizes (ResNet-50, GPT-2 small) with fp32 / bf16 /
+int8 optimizer states and with bf16 parameters (stochastic rounding), against
+torch's fused step at the same parameter dtype (its states are the
+parameter's dtype) and against the 8-bit AdamW of torchao and bitsandbytes
+where they run on this machine; every optimizer with its LR schedule
+(torch's CyclicLR stepped from Python for the others, on the device for
+ours).  Providers of one parameter dtype run interleaved in one process
+(they share the gradients); medians, ratios of medians.
+
+Beside each measured row, the bytes a step must move per parameter and a
+roofline MODEL of the same step on an H100 (``model.H100``: bytes over the
+attained bandwidth; not a measurement).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import math
+import os
+import platform
+from typing import Callable
+
+import torch
+from torch.optim import lr_scheduler as L
+
+import clr_fused as cf
+
+from .. import _ext
+from ..kernels import low_precision as lp
+from .host import _copy_gbps, _interleaved
+from .model import H100
+from .param_sets import resnet50, transformer
+
+BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
+
+
+def bytes_per_param(algo: str, param: torch.dtype, state: str) -> float:
+    """Bytes one step moves per parameter: the parameter read and written,
+    the gradient read, each state read and written (Adam 2 states, SGD 1);
+    int8 states also read and write one float32 scale per 128 elements."""
+    p = torch.empty((), dtype=param).element_size()
+    n_states = 2 if algo == "adamw" else 1
+    per_state = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / lp.QBLOCK, "param": float(p)}[state]
+    return 3 * p + n_states * 2 * per_state
+
+
+def _params(shapes, dtype, grads):
+    ps = []
+    for s, g in zip(shapes, grads):
+        p = torch.nn.Parameter(torch.randn(s, dtype=torch.float32).to(dtype))
+        p.grad = g if g.dtype == dtype else g.to(dtype)
+        ps.append(p)
+    return ps
+
+
+def _with_cyclic(opt) -> Callable[[], None]:
+    sched = L.CyclicLR(opt, BASE_LR, MAX_LR, step_size_up=STEP_UP, cycle_momentum=False)
+
+    def step():
+        opt.step()
+        sched.step()
+
+    return step
+
+
+def _ours(algo: str, params, **kw) -> Callable[[], None]:
+    cls, extra = (cf.AdamW, {}) if algo == "adamw" else (cf.SGD, dict(momentum=0.9))
+    opt = cls(params, lr=cf.CyclicLR(BASE_LR, MAX_LR, STEP_UP, cycle_momentum=False), backend="cpu", **extra, **kw)
+    return opt.step
+
+
+def _torch(algo: str, params) -> Callable[[], None]:
+    if algo == "adamw":
+        return _with_cyclic(torch.optim.AdamW(params, lr=MAX_LR, fused=True))
+    return _with_cyclic(torch.optim.SGD(params, lr=MAX_LR, momentum=0.9, fused=True))
+
+
+def _peers(algo: str, shapes, grads, dtype) -> tuple[dict, dict]:
+    """torchao's and bitsandbytes' 8-bit AdamW, where they import and run here."""
+    found, missing = {}, {}
+    if algo != "adamw":
+        return found, missing
+    makers = {}
+    try:
+        from torchao.optim import AdamW8bit as AoAdamW8bit
+
+        makers["torchao AdamW8bit"] = lambda ps: AoAdamW8bit(ps, lr=MAX_LR)
+    except Exception as e:  # noqa: BLE001  (any import failure: reported as such)
+        missing["torchao AdamW8bit"] = f"import failed: {type(e).__name__}: {e}"
+    try:
+        import bitsandbytes as bnb
+
+        makers["bitsandbytes AdamW8bit"] = lambda ps: bnb.optim.AdamW8bit(ps, lr=MAX_LR)
+    except Exception as e:  # noqa: BLE001
+        missing["bitsandbytes AdamW8bit"] = f"import failed: {type(e).__name__}: {e}"
+    for name, make in makers.items():
+        try:
+            fn = _with_cyclic(make(_params(shapes, dtype, grads)))
+            fn()  # it runs on this device, or it is reported
+            found[name] = fn
+        except Exception as e:  # noqa: BLE001
+            missing[name] = f"does not run here: {type(e).__name__}: {str(e)[:200]}"
+    return found, missing
+
+
+def run_set(set_name: str, shapes, rounds: int, steps: int, copy_bw: float, progress) -> tuple[list[dict], dict]:
+    n = sum(math.prod(s) for s in shapes)
+    rows, missing_all = [], {}
+    gen = torch.Generator().manual_seed(0)
+    grads32 = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
+    for algo in ("adamw", "sgd-momentum"):
+        for pdt in (torch.float32, torch.bfloat16):
+            grads = grads32 if pdt == torch.float32 else [g.to(pdt) for g in grads32]
+            ref_name = f"torch fused ({'fp32' if pdt == torch.float32 else 'bf16'} states)"
+            providers = {ref_name: (_torch(algo, _params(shapes, pdt, grads)), "param")}
+            if pdt == torch.float32:
+                for state, sdt in (("fp32", None), ("bf16", torch.bfloat16), ("int8", "int8")):
+                    providers[f"clr_fused cpu, {state} states"] = (_ours(algo, _params(shapes, pdt, grads), state_dtype=sdt), state)
+            else:
+                for state, sdt in (("bf16", None), ("int8", "int8")):
+                    providers[f"clr_fused cpu, {state} states, stochastic rounding"] = (
+                        _ours(algo, _params(shapes, pdt, grads), state_dtype=sdt, stochastic_rounding=True), state)  # fmt: skip
+            peers, missing = _peers(algo, shapes, grads, pdt)
+            for name, fn in peers.items():
+                providers[name] = (fn, "int8")
+            missing_all.update({f"{k} ({set_name}, {pdt})": v for k, v in missing.items()})
+            med = _interleaved({k: (fn, contextlib.nullcontext) for k, (fn, _) in providers.items()}, steps, rounds)
+            ref = med[ref_name]
+            for name, ms in med.items():
+                state = providers[name][1]
+                b = bytes_per_param(algo, pdt, state)
+                gbps = b * n / (ms / 1e3) / 1e9
+                model_ms = b * n / H100.bandwidth * 1e3
+                rows.append(dict(set=set_name, params=n, algo=algo, param_dtype=str(pdt).replace("torch.", ""),
+                                 provider=name, state=state, bytes_per_param=b, ms_per_step=ms, ratio_to_torch_fused=ms / ref,
+                                 gbps=gbps, pct_copy_bw=100 * gbps / copy_bw, h100_model_ms=model_ms,
+                                 h100_model_ratio=b / bytes_per_param(algo, pdt, "param")))  # fmt: skip
+            del providers, peers
+            progress.update(1)
+    return rows, missing_all
+
+
+def main(out_dir: str, quick: bool = False) -> int:
+    from tqdm import tqdm
+
+    if _ext.load() is None:
+        print(f"clr-fused bench --low-precision needs the compiled extension: {_ext.error()}")
+        return 1
+    sets = {"resnet50": resnet50(), "gpt2-small": transformer(768, 12)}
+    rounds, steps = 5, 2
+    if quick:
+        sets = {"small": [(256, 200), (1000,), (3, 3, 64, 64), (17,)]}
+        rounds, steps = 3, 1
+    copy_bw = _copy_gbps()
+    rows, missing = [], {}
+    with tqdm(total=len(sets) * 4, desc="bench --low-precision", unit="case") as bar:
+        for name, shapes in sets.items():
+            r, m = run_set(name, shapes, rounds, steps, copy_bw, bar)
+            rows += r
+            missing.update(m)
+    meta = dict(
+        date=datetime.date.today().isoformat(), device=f"cpu ({platform.processor() or platform.machine()})",
+        threads=torch.get_num_threads(), torch=torch.__version__, copy_gbps=copy_bw, quick=quick,
+        isa=_ext.load().cpu_isa() if hasattr(_ext.load(), "cpu_isa") else None, peers_missing=missing,
+    )  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"low-precision-{meta['date']}{'-quick' if quick else ''}")
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    md = markdown(meta, rows)
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    print(f"wrote {stem}.json and {stem}.md")
+    return 0
+
+
+def markdown(meta, rows) -> str:
+    lines = [f"# Low-precision states, CPU step, {meta['date']}, {meta['device']}, {meta['threads']} threads, "
+             f"torch {meta['torch']}, copy bandwidth {meta['copy_gbps']:.1f} GB/s", "",
+             "Median ms per step (optimizer + LR schedule), providers of one parameter dtype interleaved; ratio to "
+             "torch fused at the same parameter dtype. B/param: bytes a step moves per parameter. H100 columns: a "
+             "roofline MODEL (bytes / 3.0 TB/s), not a measurement.", "",
+             "| set | algo | params | provider | B/param | ms/step | ratio to torch fused | GB/s | % copy BW | H100 model ms | model ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['set']} | {r['algo']} | {r['param_dtype']} | {r['provider']} | {r['bytes_per_param']:.2f} | "
+                     f"{r['ms_per_step']:.2f} | {r['ratio_to_torch_fused']:.3f} | {r['gbps']:.1f} | {r['pct_copy_bw']:.0f} | "
+                     f"{r['h100_model_ms']:.3f} | {r['h100_model_ratio']:.3f} |")  # fmt: skip
+    if meta["peers_missing"]:
+        lines += ["", "Peers that did not run here:", ""] + [f"- {k}: {v}" for k, v in meta["peers_missing"].items()]
+    return "\n".join(lines) + "\n"
