@@ -80,11 +80,13 @@ def train(data: Digits, lr, *, iterations: int, seed: int = 0, eval_every: int =
                        lr, iterations=iterations, seed=seed, eval_every=eval_every, momentum=momentum)  # fmt: skip
 
 
-def train_curve(model, epoch_batches, evaluate, lr, *, iterations: int, seed: int, eval_every: int, momentum: float = 0.9):
+def train_curve(model, epoch_batches, evaluate, lr, *, iterations: int, seed: int, eval_every: int, momentum: float = 0.9,
+                opt_kw: dict | None = None):  # fmt: skip
     """SGD-momentum training for ``iterations`` steps over ``epoch_batches(e)``
     (one shuffled epoch per call); ``evaluate(model)`` (a device scalar) every
-    ``eval_every`` steps, read back once at the end.  Shared by the demos."""
-    opt = SGD(model.parameters(), lr=lr, momentum=momentum)
+    ``eval_every`` steps, read back once at the end.  Shared by the demos
+    (``opt_kw``: more optimizer keywords, e.g. ``state_dtype``)."""
+    opt = SGD(model.parameters(), lr=lr, momentum=momentum, **(opt_kw or {}))
     curve = []
     it = 0
     epoch = 0

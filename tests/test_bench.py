@@ -68,6 +68,41 @@ def test_bench_host_quick_smoke(tmp_path):
     assert all(r["gbps"] > 0 for r in data["cpu_backend"])
 
 
+def test_low_precision_bytes_per_param():
+    import torch
+
+    from clr_fused.bench.low_precision import bytes_per_param
+
+    assert bytes_per_param("adamw", torch.float32, "fp32") == 28  # p r/w, g, m r/w, v r/w
+    assert bytes_per_param("adamw", torch.float32, "bf16") == 20
+    assert bytes_per_param("adamw", torch.float32, "int8") == 12 + 4 * (1 + 4 / 128)  # codes + a scale per 128
+    assert bytes_per_param("adamw", torch.bfloat16, "param") == 14
+    assert bytes_per_param("sgd-momentum", torch.bfloat16, "int8") == 6 + 2 * (1 + 4 / 128)
+
+
+def test_bench_low_precision_quick_smoke(tmp_path):
+    from clr_fused import _ext
+
+    if _ext.load() is None:
+        import pytest
+
+        pytest.skip(f"the extension is not built here: {_ext.error()}")
+    out = subprocess.run(
+        [sys.executable, "-m", "clr_fused", "bench", "--low-precision", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (js,) = tmp_path.glob("low-precision-*.json")
+    data = json.loads(js.read_text())
+    providers = {(r["algo"], r["param_dtype"], r["provider"]) for r in data["rows"]}
+    for algo in ("adamw", "sgd-momentum"):
+        assert {(algo, "float32", "torch fused (fp32 states)"), (algo, "float32", "clr_fused cpu, int8 states"),
+                (algo, "float32", "clr_fused cpu, bf16 states"), (algo, "bfloat16", "torch fused (bf16 states)"),
+                (algo, "bfloat16", "clr_fused cpu, int8 states, stochastic rounding")} <= providers  # fmt: skip
+    assert all(r["ms_per_step"] > 0 and r["h100_model_ms"] > 0 for r in data["rows"])
+    assert "roofline MODEL" in (tmp_path / js.name.replace(".json", ".md")).read_text()
+
+
 def test_roofline_model_counts():
     """The H100 model (`clr-fused bench --model h100`): bytes, launches and the
     arithmetic of its prediction, on cases counted by hand."""

@@ -84,7 +84,7 @@ def stream_bases(step: Tensor, numel: int) -> Tensor:
     """int64 [4] on step's device: the bases of streams 0 (parameter) and 1.. (state lists)
     for one tensor at schedule step ``step`` (an int64 device scalar; no host read)."""
     seed = mix32((step.reshape(()) & MASK32) ^ _mix32_int(numel & MASK32))
-    golden = torch.tensor([(_GOLDEN * (j + 1)) & MASK32 for j in range(4)], dtype=torch.int64, device=step.device)
+    golden = (torch.arange(1, 5, dtype=torch.int64, device=step.device) * _GOLDEN) & MASK32  # a device op: no copy
     return mix32((seed + golden) & MASK32)
 
 

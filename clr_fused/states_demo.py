@@ -1,0 +1,190 @@
+"""``clr-fused demo --dataset states``: what low-precision optimizer state costs in quality.
+
+The same training runs (same seeds, same data order, same schedule) with
+fp32 states, bf16 states, int8 block-quantized states, and bf16 parameters
+without an fp32 master copy (rounded to nearest, or stochastically, with
+bf16 or int8 states), on three tasks of the other demos:
+
+- digits (scikit-learn's bundled set): the MLP, SGD-momentum, CLR
+  triangular2 between the range test's bounds (``demo.py``);
+- MNIST-1D: the 1-D CNN, SGD-momentum, CLR triangular2 from its range test
+  (``mnist1d_demo.py``; needs the ``mnist1d`` package, skipped without it);
+- the character-level GPT on the standard library's sources: AdamW, warm-up
+  + cosine (``charlm_demo.py``).
+
+Reports, per task and variant, the final held-out accuracy (loss for the
+LM) as mean and standard deviation over the seeds, and the curves.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import schedules as S
+from .hf_schedules import get_schedule
+from .optim import AdamW
+
+#: variant -> (parameter dtype, optimizer keywords)
+VARIANTS: dict[str, tuple[torch.dtype, dict[str, Any]]] = {
+    "fp32": (torch.float32, {}),
+    "bf16 states": (torch.float32, dict(state_dtype=torch.bfloat16)),
+    "int8 states": (torch.float32, dict(state_dtype="int8")),
+    "bf16 params, nearest": (torch.bfloat16, {}),
+    "bf16 params + SR": (torch.bfloat16, dict(stochastic_rounding=True)),
+    "bf16 params + SR, int8 states": (torch.bfloat16, dict(stochastic_rounding=True, state_dtype="int8")),
+}
+
+
+class InDtype(nn.Module):
+    """``model`` with its parameters in ``dtype``: inputs cast in, float
+    outputs cast back to float32 (the loss in float32, as autocast does)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x.to(self.dtype) if x.is_floating_point() else x)
+        return out.float()
+
+
+@dataclass
+class Task:
+    name: str
+    metric: str  # "accuracy" (higher is better) or "loss"
+    curves: dict[str, list[list[float]]] = field(default_factory=dict)
+    eval_every: int = 1
+    setup: dict[str, Any] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        rows = []
+        for variant, runs in self.curves.items():
+            finals = [r[-1] for r in runs]
+            rows.append(dict(task=self.name, variant=variant, metric=self.metric, mean=statistics.fmean(finals),
+                             std=statistics.stdev(finals) if len(finals) > 1 else 0.0, finals=finals))  # fmt: skip
+        return rows
+
+
+def _sgd_task(name: str, make_model: Callable[[int], nn.Module], epoch_batches, evaluate, lr, *, iterations: int,
+              seeds, eval_every: int, bar) -> Task:  # fmt: skip
+    from .demo import train_curve
+
+    task = Task(name, "accuracy", eval_every=eval_every)
+    for variant, (dtype, kw) in VARIANTS.items():
+        task.curves[variant] = []
+        for sd in seeds:
+            model = InDtype(make_model(sd), dtype)
+            task.curves[variant].append(train_curve(model, epoch_batches, evaluate, lr, iterations=iterations, seed=sd,
+                                                    eval_every=eval_every, opt_kw=kw))  # fmt: skip
+            bar.update(1)
+    return task
+
+
+def digits_task(*, iterations: int, seeds, bar) -> Task:
+    from . import demo
+
+    data = demo.load_digits_data()
+    s = demo.run_range_test(data, seed=0).suggest()
+    lr = S.CyclicLR(s.base_lr, s.max_lr, step_size_up=4 * demo.iterations_per_epoch(data), mode="triangular2",
+                    cycle_momentum=False)  # fmt: skip
+    task = _sgd_task("digits", demo.make_model, lambda e: data.batches(64, e),
+                     lambda m: demo.accuracy(m, data.x_test, data.y_test), lr, iterations=iterations, seeds=seeds,
+                     eval_every=max(1, iterations // 30), bar=bar)  # fmt: skip
+    task.setup = dict(optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations)
+    return task
+
+
+def mnist1d_task(*, iterations: int, seeds, bar) -> Task:
+    from . import mnist1d_demo as m
+
+    data = m.load_mnist1d()
+    rt = m.run_range_test(data, num_steps=200)
+    lr = S.CyclicLR.from_range_test(rt, iters_per_epoch=m.iters_per_epoch(), mode="triangular2", cycle_momentum=False)
+    task = _sgd_task("mnist1d", m.make_model, data.batches, lambda mod: m.accuracy(mod, data.x_test, data.y_test), lr,
+                     iterations=iterations, seeds=seeds, eval_every=max(1, iterations // 30), bar=bar)  # fmt: skip
+    s = rt.suggest()
+    task.setup = dict(optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations)
+    return task
+
+
+def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes: int | None = None) -> Task:
+    from . import charlm_demo as c
+
+    corpus = c.load_stdlib(max_bytes)
+    gen = torch.Generator().manual_seed(123)
+    val = [corpus.batch(gen, "val") for _ in range(8)]
+    eval_every = max(1, iterations // 20)
+    task = Task("charlm", "loss", eval_every=eval_every)
+    for variant, (dtype, kw) in VARIANTS.items():
+        task.curves[variant] = []
+        for sd in seeds:
+            model = InDtype(c.make_model(sd), dtype)
+            sched = get_schedule("cosine", peak_lr, num_warmup_steps=iterations // 10, num_training_steps=iterations)
+            opt = AdamW(model.parameters(), lr=sched, betas=(0.9, 0.95), weight_decay=0.1, max_grad_norm=1.0, **kw)
+            g = torch.Generator().manual_seed(sd)
+            curve = []
+            for it in range(1, iterations + 1):
+                x, y = corpus.batch(g)
+                opt.zero_grad()
+                c.lm_loss(model(x), y).backward()
+                opt.step()
+                if it % eval_every == 0:
+                    curve.append(c.val_loss(model, val))
+            task.curves[variant].append(torch.stack(curve).tolist())
+            bar.update(1)
+    task.setup = dict(optimizer="AdamW 0.9/0.95, wd 0.1, clip 1.0", schedule=f"warm-up + cosine, peak {peak_lr:g}", iterations=iterations)
+    return task
+
+
+def run(*, iterations: dict[str, int], seeds=(0, 1, 2), tasks=("digits", "mnist1d", "charlm"), progress: bool = True,
+        charlm_bytes: int | None = None) -> tuple[list[Task], dict[str, str]]:  # fmt: skip
+    """The tasks that can run here, and why the others did not."""
+    from tqdm import tqdm
+
+    skipped = {}
+    if "mnist1d" in tasks and importlib.util.find_spec("mnist1d") is None:
+        skipped["mnist1d"] = "the mnist1d package is not installed (pip install -e '.[demo]')"
+        tasks = tuple(t for t in tasks if t != "mnist1d")
+    out = []
+    with tqdm(total=len(tasks) * len(VARIANTS) * len(seeds), desc="states demo", unit="run", disable=not progress) as bar:
+        for t in tasks:
+            if t == "digits":
+                out.append(digits_task(iterations=iterations["digits"], seeds=seeds, bar=bar))
+            elif t == "mnist1d":
+                out.append(mnist1d_task(iterations=iterations["mnist1d"], seeds=seeds, bar=bar))
+            elif t == "charlm":
+                out.append(charlm_task(iterations=iterations["charlm"], seeds=seeds, bar=bar, max_bytes=charlm_bytes))
+    return out, skipped
+
+
+def plot(tasks: list[Task], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for variant, runs in task.curves.items():
+            n = len(runs[0])
+            mean = [statistics.fmean(r[i] for r in runs) for i in range(n)]
+            xs = [(i + 1) * task.eval_every for i in range(n)]
+            ax.plot(xs, mean, label=variant, linestyle="--" if "nearest" in variant else "-")
+        ax.set_title(f"{task.name}: {task.setup.get('schedule', '')}", fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("held-out accuracy" if task.metric == "accuracy" else "validation loss")
+        if task.metric == "accuracy":
+            lo = min(min(r[len(r) // 3 :]) for runs in task.curves.values() for r in runs)
+            ax.set_ylim(max(0.0, lo - 0.02), 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

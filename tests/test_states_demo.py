@@ -1,0 +1,41 @@
+"""`clr-fused demo --dataset states`: the low-precision quality runs, end to end at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from clr_fused import cli
+from clr_fused import states_demo as m
+
+
+def test_in_dtype_wrapper_trains_bf16_parameters():
+    model = m.InDtype(torch.nn.Linear(4, 3), torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    out = model(torch.randn(2, 4))
+    assert out.dtype == torch.float32 and out.shape == (2, 3)
+
+
+def test_every_variant_on_every_task_small(tmp_path):
+    pytest.importorskip("sklearn")
+    rc = cli.main(["demo", "--dataset", "states", "--iterations", "24", "--seeds", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    out = json.load(open(tmp_path / "states.json"))
+    tasks = {t["name"] for t in out["tasks"]}
+    assert {"digits", "charlm"} <= tasks and ("mnist1d" in tasks or "mnist1d" in out["skipped"])
+    rows = out["table"]
+    for name in tasks:
+        variants = {r["variant"] for r in rows if r["task"] == name}
+        assert variants == set(m.VARIANTS), name
+    for r in rows:
+        assert len(r["finals"]) == 2 and all(math.isfinite(v) for v in r["finals"]), r
+        if r["metric"] == "accuracy":
+            assert 0.0 <= r["mean"] <= 1.0
+    # the fp32 and int8 runs differ (the states really are quantized), the seeds too
+    d = {(r["task"], r["variant"]): r["finals"] for r in rows}
+    assert d[("charlm", "fp32")] != d[("charlm", "int8 states")]
+    assert os.path.getsize(tmp_path / "states.png") > 10_000
