@@ -26,8 +26,8 @@ def batches(rank: int, world: int, steps: int):
     return out
 
 
-def make_opt(params):
-    return cf.AdamW(params, lr=cf.CyclicLR(1e-3, 1e-2, 3, 2), backend="torch", weight_decay=0.01)
+def make_opt(params, **kw):
+    return cf.AdamW(params, lr=cf.CyclicLR(1e-3, 1e-2, 3, 2), backend="torch", weight_decay=0.01, **kw)
 
 
 def single_process(steps: int, world: int):
@@ -61,6 +61,8 @@ def run(rank: int, world: int, init_file: str, mode: str, steps: int, out_path: 
 
 def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str):
     m = model()
+    # "fsdp2-int8": int8 states, blocks per local shard (each rank's own scales)
+    kw = dict(state_dtype="int8") if mode.endswith("int8") else {}
     if mode == "ddp":
         wrapped = torch.nn.parallel.DistributedDataParallel(m)
     else:
@@ -72,7 +74,7 @@ def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str)
             if isinstance(layer, torch.nn.Linear):
                 fully_shard(layer, mesh=mesh)
         wrapped = fully_shard(m, mesh=mesh)
-    opt = make_opt(wrapped.parameters())
+    opt = make_opt(wrapped.parameters(), **kw)
     for x, y in batches(rank, world, steps):
         opt.zero_grad()
         torch.nn.functional.mse_loss(wrapped(x), y).backward()
@@ -81,7 +83,7 @@ def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str)
     for k, v in m.state_dict().items():
         full = v.full_tensor() if hasattr(v, "full_tensor") else v
         state[k] = full.detach().clone()
-    if mode == "fsdp2":
+    if mode.startswith("fsdp2"):
         # checkpoint through torch.distributed.checkpoint, then load back
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (
@@ -92,15 +94,20 @@ def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str)
         osd = get_optimizer_state_dict(m, opt)
         ckpt = os.path.join(os.path.dirname(out_path), "dcp")
         dcp.save({"optim": osd}, checkpoint_id=ckpt)
-        opt2 = make_opt(wrapped.parameters())
+        opt2 = make_opt(wrapped.parameters(), **kw)
         m.zero_grad(set_to_none=True)  # lets DCP initialise opt2's state
         osd2 = get_optimizer_state_dict(m, opt2)
         dcp.load({"optim": osd2}, checkpoint_id=ckpt)
         set_optimizer_state_dict(m, opt2, osd2)
-        p0 = next(iter(m.parameters()))
-        st1, st2 = opt.state[p0], opt2.state[p0]
-        same = all(torch.equal(st1[k].to_local() if hasattr(st1[k], "to_local") else st1[k],
-                               st2[k].to_local() if hasattr(st2[k], "to_local") else st2[k]) for k in st1)
+        same = True
+        for p0 in m.parameters():  # every state of every parameter, on every rank's shard
+            st1, st2 = opt.state[p0], opt2.state[p0]
+            same = same and set(st1) == set(st2) and all(
+                torch.equal(st1[k].to_local() if hasattr(st1[k], "to_local") else st1[k],
+                            st2[k].to_local() if hasattr(st2[k], "to_local") else st2[k]) for k in st1)  # fmt: skip
+        flags = torch.tensor([float(same)])
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+        same = bool(flags.item())
         same = same and int(opt2.schedule_step) == int(opt.schedule_step) == steps
         same = same and opt2.get_last_lr() == opt.get_last_lr()
         state["__dcp_roundtrip_ok"] = torch.tensor(float(same))

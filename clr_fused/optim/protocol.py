@@ -60,11 +60,31 @@ class StateDictProtocol:
                 # The live group's "schedule" key, as the same plain data: tools that rebuild a
                 # group from the live group's keys alone (torchtitan's FQN-keyed checkpoints) keep it.
                 packed["schedule"] = {k: packed[k] for k in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU)}
+        self._sharded_codes_as_floats(sd)
         for hook in post.values():
             out = hook(self, sd)
             if out is not None:
                 sd = out
         return sd
+
+    def _sharded_codes_as_floats(self, sd: dict[str, Any]) -> None:
+        """int8 states of DTensor (FSDP2) parameters are saved as float32
+        DTensors, dequantized: their scales belong to each rank's shard (a
+        block never spans two shards), which a resharded load could not map,
+        while a float DTensor torch.distributed.checkpoint reshards as any
+        other state; the load quantizes them again on the new shards.  Plain
+        parameters keep their codes and scales (a bit-exact round trip)."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        for idx, st in list(sd["state"].items()):
+            p = params[idx] if isinstance(idx, int) and idx < len(params) else None
+            if p is None or not hasattr(p, "to_local") or not isinstance(st, dict):
+                continue
+            keys = [k for k in self._STATE_KEYS if isinstance(st.get(k), Tensor) and st[k].dtype in (torch.int8, torch.uint8)]
+            if keys:
+                st = dict(st)  # (torch's packed state holds the live dict)
+                for k in keys:
+                    st[k] = lp.dequantize(st[k], st.pop(lp.scale_key(k)))
+                sd["state"][idx] = st
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load ours or a ``torch.optim`` checkpoint of the same algorithm.
