@@ -336,6 +336,10 @@ def test_bad_arguments_are_refused_by_name():
         cf.Adam(p, state_dtype=torch.int8)
     with pytest.raises(ValueError, match="stochastic_rounding"):
         cf.SGD(p, stochastic_rounding="yes")
+    h = torch.nn.Parameter(torch.randn(4, dtype=torch.float16))
+    h.grad = torch.ones_like(h)
+    with pytest.raises(ValueError, match="stochastic_rounding=True rounds bfloat16 writes; float16"):
+        cf.SGD([h], lr=0.1, momentum=0.9, backend="torch", stochastic_rounding=True).step()
     # a parameter that is not dense in memory: refused before any state is made
     base = torch.randn(10, 10)
     good = torch.nn.Parameter(torch.randn(3))

@@ -141,6 +141,16 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         a state made for a parameter that has since changed shape, device or
         dtype (``p.data = ...``), or a loaded one of the wrong kind.  torch's
         own step fails on these too, with a size or dtype mismatch."""
+        if getattr(self, "stochastic_rounding", False) and p.dtype == torch.float16:
+            raise ValueError(
+                f"param group {group_index}, parameter {index}: stochastic_rounding=True rounds bfloat16 writes; "
+                "float16 parameters are not supported (use bfloat16, or an fp32 master copy)"
+            )
+        if self.state_dtype == torch.bfloat16 and p.dtype == torch.float16 and backend in ("cpu", "cuda"):
+            raise ValueError(
+                f"param group {group_index}, parameter {index}: state_dtype=torch.bfloat16 for float16 parameters: "
+                f"the {backend} kernels keep float16 parameters' states as float16, float32 or int8"
+            )
         if self._int8_for(p) and not lp.is_dense(local(p)):
             raise ValueError(
                 f"param group {group_index}, parameter {index}: state_dtype='int8' needs parameters dense in memory "
