@@ -93,7 +93,12 @@ def dynamic(x, signed, block):
     return (near.view_as(b) * s).reshape(-1)[:n]
 
 
-CODECS = {"linear": linear, "power (clr_fused)": power, "dynamic tree (bitsandbytes/torchao)": dynamic}
+def linear_m_power_v(x, signed, block):
+    return linear(x, True, block) if signed else power(x, False, block)
+
+
+CODECS = {"linear": linear, "power (clr_fused)": power, "linear m, power v": linear_m_power_v,
+          "dynamic tree (bitsandbytes/torchao)": dynamic}  # fmt: skip
 BLOCKS = (32, 64, 128, 256, 2048)
 
 

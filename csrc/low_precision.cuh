@@ -62,8 +62,23 @@ __device__ __forceinline__ RandomBits random_bits(int64_t step, int64_t numel) {
   return r;
 }
 
-// The 32 random bits of element i in a stream (index taken modulo 2**32).
-__device__ __forceinline__ uint32_t element_bits(uint32_t base, int64_t i) { return mix32(base ^ static_cast<uint32_t>(i)); }
+// The 32 random bits of element i in stream j (index taken modulo 2**32): a
+// Weyl sequence, base_j + i * kStreamMul[j] -- one multiply-add per element,
+// where a hash per element (mix32: two multiplies, six shifts and xors) made
+// the stochastic-rounding kernels compute-bound on the CPU.  Across steps an
+// element's bits are the hashed base's (mix32 of the step): uniform and
+// independent; across the elements of one step they are equidistributed (a
+// low-discrepancy sequence, which only helps rounding errors cancel); the
+// streams' odd multipliers differ, so a parameter's and its states' bits are
+// not a fixed offset apart.  The multipliers are below 2**31 so the torch
+// backend computes the product in int64 without overflow.
+__device__ __forceinline__ uint32_t stream_mul(int stream) {
+  return stream == 0 ? 0x61c88647u : stream == 1 ? 0x27d4eb2fu : stream == 2 ? 0x165667b1u : 0x2c1b3c6du;
+}
+
+__device__ __forceinline__ uint32_t element_bits(const RandomBits& rb, int stream, int64_t i) {
+  return rb.base[stream] + static_cast<uint32_t>(i) * stream_mul(stream);
+}
 
 // float -> bfloat16 bits, rounded stochastically: the 16 random bits are
 // added below the kept mantissa and the sum truncated, so a value rounds up

@@ -98,11 +98,11 @@ struct StochasticStorage {
 };
 
 // The store of one element: round to nearest, or (kSr, a bfloat16 type)
-// stochastically with element i's bits of the stream `base`.
+// stochastically with element i's bits of the stream (0: the parameter, 1 + j: state list j).
 template <typename T, bool kSr>
-__device__ __forceinline__ T store_as(float x, uint32_t base, int64_t i) {
+__device__ __forceinline__ T store_as(float x, const RandomBits& rb, int stream, int64_t i) {
   if constexpr (kSr && StochasticStorage<T>::kApplies) {
-    return StochasticStorage<T>::from_bits(bf16_bits_stochastic(x, element_bits(base, i)));
+    return StochasticStorage<T>::from_bits(bf16_bits_stochastic(x, element_bits(rb, stream, i)));
   } else {
     return to_storage<T>(x);
   }
@@ -198,9 +198,9 @@ __device__ __forceinline__ void for_each_plain(P* p, const P* g, const StatePtrs
 #pragma unroll
         for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(sv[j].v[e]);
         op(pf, static_cast<float>(gv.v[e]), sf);
-        pv.v[e] = store_as<P, kSr>(pf, rb.base[0], i + e);
+        pv.v[e] = store_as<P, kSr>(pf, rb, 0, i + e);
 #pragma unroll
-        for (int j = 0; j < NS; ++j) sv[j].v[e] = store_as<S, kSr>(sf[j], rb.base[1 + j], i + e);
+        for (int j = 0; j < NS; ++j) sv[j].v[e] = store_as<S, kSr>(sf[j], rb, 1 + j, i + e);
       }
       store_vec(p + i, pv);
 #pragma unroll
@@ -219,9 +219,9 @@ __device__ __forceinline__ void for_each_plain(P* p, const P* g, const StatePtrs
 #pragma unroll
     for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(s[j][i]);
     op(pf, static_cast<float>(g[i]), sf);
-    p[i] = store_as<P, kSr>(pf, rb.base[0], i);
+    p[i] = store_as<P, kSr>(pf, rb, 0, i);
 #pragma unroll
-    for (int j = 0; j < NS; ++j) s[j][i] = store_as<S, kSr>(sf[j], rb.base[1 + j], i);
+    for (int j = 0; j < NS; ++j) s[j][i] = store_as<S, kSr>(sf[j], rb, 1 + j, i);
   }
 }
 
@@ -322,7 +322,7 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
         for (int e = 0; e < kILP; ++e) {
           float pf = static_cast<float>(pv.v[e]);
           element(e, pf, static_cast<float>(gv.v[e]));
-          pv.v[e] = store_as<P, kSr>(pf, rb.base[0], first + e);
+          pv.v[e] = store_as<P, kSr>(pf, rb, 0, first + e);
         }
         store_vec(p + first, pv);
       }
@@ -331,7 +331,7 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
       for (int e = 0; e < n; ++e) {
         float pf = static_cast<float>(p[first + e]);
         element(e, pf, static_cast<float>(g[first + e]));
-        p[first + e] = store_as<P, kSr>(pf, rb.base[0], first + e);
+        p[first + e] = store_as<P, kSr>(pf, rb, 0, first + e);
       }
     }
     encode_lane<true>(sp.codes[0], sp.scales[0], blk, first, n, st[0], amax[0], lane);

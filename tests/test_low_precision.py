@@ -120,7 +120,7 @@ def test_memory_per_element():
 def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour():
     values = [1.0 + 2**-9, -3.3, 1e-3, 65504.7, -1e-30, 1.0]
     x = torch.tensor(values).repeat_interleave(4096)
-    y = lp.bf16_stochastic(x, lp.element_bits(torch.tensor(12345), x.numel()))
+    y = lp.bf16_stochastic(x, lp.element_bits(lp.stream_bases(torch.tensor(12345), x.numel())[0], x.numel(), 0))
     for i, v in enumerate(values):
         xi = torch.tensor([v])
         bits = xi.view(torch.int32) & ~0xFFFF
@@ -142,11 +142,16 @@ def test_random_bits_depend_on_step_size_and_index_only():
     assert not torch.equal(a, lp.stream_bases(torch.tensor(8), 1000))
     assert not torch.equal(a, lp.stream_bases(torch.tensor(7), 1001))
     assert len(set(a.tolist())) == 4
-    bits = lp.element_bits(a[0], 1 << 16)
+    bits = lp.element_bits(a[0], 1 << 16, 0)
     assert 0 <= int(bits.min()) and int(bits.max()) < 2**32
-    # roughly uniform: each of the 16 high-bit buckets near 1/16
+    # across the elements of a step: equidistributed (each of the 16 high-bit buckets near 1/16)
     counts = torch.bincount((bits >> 28).long(), minlength=16).double() / bits.numel()
     assert (counts - 1 / 16).abs().max() < 0.01
+    # across steps, one element's 16 bits (what rounding uses): uniform too, and streams differ
+    per_step = torch.stack([lp.element_bits(lp.stream_bases(torch.tensor(k), 1000)[1], 8, 1)[5] for k in range(4096)])
+    counts = torch.bincount((per_step >> 28).long(), minlength=16).double() / per_step.numel()
+    assert (counts - 1 / 16).abs().max() < 0.02
+    assert not torch.equal(lp.element_bits(a[0], 64, 0) - a[0], lp.element_bits(a[0], 64, 1) - a[0])
 
 
 # ------------------------------------------------------------------ backends agree

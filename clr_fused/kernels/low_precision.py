@@ -88,9 +88,14 @@ def stream_bases(step: Tensor, numel: int) -> Tensor:
     return mix32((seed + golden) & MASK32)
 
 
-def element_bits(base: Tensor, n: int) -> Tensor:
+#: the streams' Weyl multipliers (csrc's stream_mul): 0 the parameter, 1 + j state list j
+STREAM_MUL = (0x61C88647, 0x27D4EB2F, 0x165667B1, 0x2C1B3C6D)
+
+
+def element_bits(base: Tensor, n: int, stream: int) -> Tensor:
+    """The 32 random bits of elements 0..n-1 of a stream: base + i * multiplier (mod 2**32)."""
     idx = torch.arange(n, dtype=torch.int64, device=base.device) & MASK32
-    return mix32(base ^ idx)
+    return (base + idx * STREAM_MUL[stream]) & MASK32
 
 
 def bf16_stochastic(x: Tensor, random: Tensor) -> Tensor:

@@ -95,7 +95,7 @@ class _Storage:
         for i, (d, n) in enumerate(zip(dst, new)):
             order = lp.memory_order(d)
             x = lp.flat(n.to(torch.float32), order)
-            v = lp.unflat(lp.bf16_stochastic(x, lp.element_bits(self.bases[i][stream], x.numel())), d, order)
+            v = lp.unflat(lp.bf16_stochastic(x, lp.element_bits(self.bases[i][stream], x.numel(), stream)), d, order)
             d.copy_(v if skip is None else torch.where(skip, d, v))
 
 

@@ -18,6 +18,7 @@ _PTR_ARGS = {
     "vmax_addrs": "*i64", "step_addrs": "*i64", "numels": "*i64", "fresh": "*i8", "chunk_tensor": "*i32",
     "chunk_start": "*i64", "rows": "*fp64", "counter": "*i64", "lr_ptr": "*fp32", "mom_ptr": "*fp32",
     "next_lr": "*fp32", "grad_mul": "*fp32", "skip": "*i1", "ticket": "*i32", "betas": "*fp32",
+    "bs_addrs": "*i64", "ms_addrs": "*i64", "vs_addrs": "*i64", "vmaxs_addrs": "*i64",  # int8 states' scales
 }  # fmt: skip
 _SCALAR_ARGS = {"n_rows": "i32", "num_tensors": "i32"}
 
@@ -59,8 +60,9 @@ def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
     out.update(flags)
     out.update(extra)
     # the element loops' shape, exactly as a launch derives it
-    torch_dt = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float16: torch.float16}
-    out.update(tu.loop_constexprs(out.get("ALIGNED", True), *(torch_dt[out[k]] for k in ("P_DT", "G_DT", "S_DT"))))
+    torch_dt = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float16: torch.float16, tl.int8: torch.int8}
+    aligned = out.get("ALIGNED", True) and not out.get("Q8", False)  # int8 states: the 2-D loop (no ALIGNED variant)
+    out.update(tu.loop_constexprs(aligned, *(torch_dt[out[k]] for k in ("P_DT", "G_DT", "S_DT"))))
     return out
 
 
@@ -82,6 +84,16 @@ def _compile_all(arch: int) -> int:
             if kernel is tu._adam_kernel:
                 extra["HAS_BETAS"] = flags[2]
             compile_variant(kernel, variant_constexprs(kernel, p_dt, s_dt, dict(zip(flag_names, flags)), **extra), arch)
+            count += 1
+        # low-precision states and stochastic rounding: bf16 states for fp32 params, int8 states
+        # (fp32 / bf16 params), bf16 params rounded stochastically
+        lowp = [(tl.float32, tl.bfloat16, dict(SR=True)), (tl.float32, tl.int8, dict(Q8=True)),
+                (tl.bfloat16, tl.int8, dict(Q8=True, SR=True)), (tl.bfloat16, tl.bfloat16, dict(SR=True))]  # fmt: skip
+        for (p_dt, s_dt, lp_flags), flags in itertools.product(lowp, patterns[:2]):
+            base = dict(zip(flag_names, flags))
+            if lp_flags.get("Q8") and kernel is tu._sgd_kernel:
+                base["USE_MOMENTUM"] = True  # int8 states need a buffer
+            compile_variant(kernel, variant_constexprs(kernel, p_dt, s_dt, base, ALIGNED=flags[0], **lp_flags), arch)
             count += 1
     return count
 

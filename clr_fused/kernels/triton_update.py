@@ -96,11 +96,24 @@ def _stream_base(k, numel, J: tl.constexpr):
 
 
 @triton.jit
-def _store_val(x, DT: tl.constexpr, SR: tl.constexpr, base, idx):
+def _stream_mul(J: tl.constexpr):
+    """csrc/low_precision.cuh's stream_mul: the Weyl multiplier of stream J."""
+    if J == 0:
+        return 0x61C88647
+    elif J == 1:
+        return 0x27D4EB2F
+    elif J == 2:
+        return 0x165667B1
+    else:
+        return 0x2C1B3C6D
+
+
+@triton.jit
+def _store_val(x, DT: tl.constexpr, SR: tl.constexpr, base, idx, J: tl.constexpr):
     """x rounded to DT: to nearest, or (SR, bfloat16) stochastically with
-    element idx's bits of the stream ``base`` (bf16_bits_stochastic)."""
+    element idx's bits of stream J (base: _stream_base; bf16_bits_stochastic)."""
     if SR and DT == tl.bfloat16:
-        r = _mix32(base ^ (idx & 0xFFFFFFFF).to(tl.uint32))
+        r = base + (idx & 0xFFFFFFFF).to(tl.uint32) * _stream_mul(J)
         bits = x.to(tl.uint32, bitcast=True)
         sr = (bits + (r >> 16)) >> 16
         rne = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
@@ -155,11 +168,11 @@ def _state_ld(base, scale_base, offs, mask, rows, row_mask, SIGNED: tl.constexpr
 
 @triton.jit
 def _state_st(x, base, scale_base, offs, mask, rows, row_mask, DT: tl.constexpr, SR: tl.constexpr, sbase, idx,
-              SIGNED: tl.constexpr, Q8: tl.constexpr, VEC: tl.constexpr):  # fmt: skip
+              SIGNED: tl.constexpr, Q8: tl.constexpr, VEC: tl.constexpr, J: tl.constexpr):  # fmt: skip
     if Q8:
         _q8_store(x, base + offs, scale_base + rows, mask, row_mask, SIGNED)
     else:
-        tl.store(_at(base, offs, VEC), _store_val(x, DT, SR, sbase, idx), mask=mask)
+        tl.store(_at(base, offs, VEC), _store_val(x, DT, SR, sbase, idx, J), mask=mask)
 
 
 @triton.jit
@@ -289,12 +302,12 @@ def _sgd_block(
         b = _state_ld(b_base, bs_base, offs, mask, rows, row_mask, True, Q8, VEC)
         # torch starts the buffer at the first gradient, undamped
         b = tl.where(is_fresh, d, d * one_minus_dampening + b * mom)
-        _state_st(b, b_base, bs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC)
+        _state_st(b, b_base, bs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC, 1)
         if NESTEROV:
             d = b * mom + d
         else:
             d = b
-    tl.store(p_ptrs, _store_val(d * -lr + p, P_DT, SR, _stream_base(k, numel, 0), idx), mask=mask)
+    tl.store(p_ptrs, _store_val(d * -lr + p, P_DT, SR, _stream_base(k, numel, 0), idx, 0), mask=mask)
 
 
 @triton.jit
@@ -366,16 +379,16 @@ def _adam_block(
     m_old = _state_ld(m_base, ms_base, offs, mask, rows, row_mask, True, Q8, VEC)
     m = coeff * (g - m_old) + tl.where(small_w, m_old, g)
     v = (one_minus_beta2 * g) * g + _state_ld(v_base, vs_base, offs, mask, rows, row_mask, False, Q8, VEC) * beta2
-    _state_st(m, m_base, ms_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC)
-    _state_st(v, v_base, vs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 2), idx, False, Q8, VEC)
+    _state_st(m, m_base, ms_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC, 1)
+    _state_st(v, v_base, vs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 2), idx, False, Q8, VEC, 2)
     if AMSGRAD:
         vmax = _state_ld(vmax_base, vmaxs_base, offs, mask, rows, row_mask, False, Q8, VEC)
         # torch.maximum: NaN wins
         v = tl.where((vmax != vmax) | (vmax > v), vmax, v)
         _state_st(v, vmax_base, vmaxs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 3), idx,
-                  False, Q8, VEC)  # fmt: skip
+                  False, Q8, VEC, 3)  # fmt: skip
     denom = tl.sqrt(v) / bc2_sqrt + eps
-    tl.store(p_ptrs, _store_val(p + (neg_step_size * m) / denom, P_DT, SR, _stream_base(k, numel, 0), idx), mask=mask)
+    tl.store(p_ptrs, _store_val(p + (neg_step_size * m) / denom, P_DT, SR, _stream_base(k, numel, 0), idx, 0), mask=mask)
 
 
 @triton.jit
