@@ -82,14 +82,14 @@ __device__ __forceinline__ uint32_t element_bits(const RandomBits& rb, int strea
 
 // float -> bfloat16 bits, rounded stochastically: the 16 random bits are
 // added below the kept mantissa and the sum truncated, so a value rounds up
-// with probability (its distance from the lower neighbour) / ulp.  Non-finite
-// values round to nearest (inf stays inf, NaN becomes the canonical 0x7FC0).
+// with probability (its distance from the lower neighbour) / ulp.  The sum
+// never carries out of an infinity's exponent (its low 16 bits are zero), so
+// +-inf stays +-inf; a NaN (whose payload could carry) becomes the canonical
+// 0x7FC0, as torch's conversion makes it.  Values above the largest bf16 may
+// round up to inf (with the probability of their distance to it).
 __device__ __forceinline__ uint16_t bf16_bits_stochastic(float x, uint32_t random) {
-  const uint32_t bits = float_bits(x);
-  const uint32_t sr = (bits + (random >> 16)) >> 16;
-  const uint32_t rne = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  const bool finite = (bits & 0x7F800000u) != 0x7F800000u;
-  return static_cast<uint16_t>(finite ? sr : (x != x ? 0x7FC0u : rne));
+  const uint32_t sr = (float_bits(x) + (random >> 16)) >> 16;
+  return static_cast<uint16_t>(x != x ? 0x7FC0u : sr);
 }
 
 // ---------------------------------------------------------------- int8 states

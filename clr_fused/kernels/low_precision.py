@@ -101,10 +101,8 @@ def element_bits(base: Tensor, n: int, stream: int) -> Tensor:
 def bf16_stochastic(x: Tensor, random: Tensor) -> Tensor:
     """float32 ``x`` -> bfloat16, rounded stochastically with 32-bit ``random`` (int64)."""
     bits = x.contiguous().view(torch.int32).to(torch.int64) & MASK32
-    sr = (bits + (random >> 16)) >> 16
-    rne = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    finite = (bits & 0x7F800000) != 0x7F800000
-    out = torch.where(finite, sr, torch.where(x != x, 0x7FC0, rne))
+    sr = (bits + (random >> 16)) >> 16  # (an infinity's low 16 bits are 0: it stays itself)
+    out = torch.where(x != x, 0x7FC0, sr)
     out = torch.where(out >= 0x8000, out - 0x10000, out)  # two's complement, for int16
     return out.to(torch.int16).view(torch.bfloat16)
 

@@ -114,11 +114,8 @@ def _store_val(x, DT: tl.constexpr, SR: tl.constexpr, base, idx, J: tl.constexpr
     element idx's bits of stream J (base: _stream_base; bf16_bits_stochastic)."""
     if SR and DT == tl.bfloat16:
         r = base + (idx & 0xFFFFFFFF).to(tl.uint32) * _stream_mul(J)
-        bits = x.to(tl.uint32, bitcast=True)
-        sr = (bits + (r >> 16)) >> 16
-        rne = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-        finite = (bits & 0x7F800000) != 0x7F800000
-        half = tl.where(finite, sr, tl.where(x != x, 0x7FC0, rne))
+        sr = (x.to(tl.uint32, bitcast=True) + (r >> 16)) >> 16  # (+-inf stays itself)
+        half = tl.where(x != x, 0x7FC0, sr)
         return half.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         return _to_storage(x, DT)

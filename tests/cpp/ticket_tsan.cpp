@@ -91,7 +91,7 @@ void run(Problem& pr, int threads, int steps) {
   in.next = pr.live;
   in.ticket = &pr.ticket;
   in.advance = true;
-  AdamHyper h{0.9f, 0.1f, 0.999f, 0.001f, 1e-8f, 0.f, 0.9, 0.999, 0.0, false, false, false, sa.data()};
+  AdamHyper h{0.9f, 0.1f, 0.999f, 0.001f, 1e-8f, 0.f, 0.9, 0.999, 0.0, false, false, false, false, sa.data()};
   const unsigned grid = static_cast<unsigned>(chunk_tensor.size());
   auto parallel_for = [threads](int64_t n, const auto& body) {
     std::vector<std::thread> pool;
