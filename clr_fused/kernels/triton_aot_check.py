@@ -52,13 +52,15 @@ def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
     from . import triton_update as tu
 
     out = dict(P_DT=p_dt, G_DT=p_dt, S_DT=s_dt, MAXIMIZE=False, HAS_WD=True, HAS_GRAD_MUL=False, HAS_SKIP=False,
-               NEXT=True, ADVANCE=True)  # fmt: skip
+               NEXT=True, ADVANCE=True, SR=False, Q8=False)  # fmt: skip
     if kernel is tu._adam_kernel:
         out.update(CYCLE_MOMENTUM=False, AMSGRAD=False, DECOUPLED=False, HAS_BETAS=False, BLOCK_T=tu.BLOCK_T)
     else:
         out.update(USE_MOMENTUM=True, CYCLE_MOMENTUM=False, NESTEROV=False)
     out.update(flags)
     out.update(extra)
+    if kernel is tu._adam_kernel:
+        out["V_DT"] = tl.uint8 if out.get("Q8") else out["S_DT"]  # exp_avg_sq's codes are unsigned
     # the element loops' shape, exactly as a launch derives it
     torch_dt = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float16: torch.float16, tl.int8: torch.int8}
     aligned = out.get("ALIGNED", True) and not out.get("Q8", False)  # int8 states: the 2-D loop (no ALIGNED variant)

@@ -42,7 +42,7 @@ BLOCK = 1024  # elements per inner iteration
 # tests/test_sass_gates.py holds it).
 BLOCK_T = 128
 TAIL_ALIGNED = 128
-QBLOCK: tl.constexpr = 128  # csrc/low_precision.cuh kQBlock: int8 states' block (a row of the 2-D loop)
+QBLOCK = tl.constexpr(128)  # csrc/low_precision.cuh kQBlock: int8 states' block (a row of the 2-D loop)
 
 
 def loop_constexprs(aligned: bool, *dtypes: torch.dtype) -> dict:
@@ -205,20 +205,12 @@ def _full_block_offsets(i, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _block_offsets(off, R: tl.constexpr, FULL: tl.constexpr, BLOCK: tl.constexpr, Q8: tl.constexpr):
-    """The offsets of one loop iteration from chunk offset ``off``: 1-D, or
-    for int8 states [R, QBLOCK] (one row per quantization block; ``off`` is a
-    multiple of QBLOCK), with the row (block) indices relative to the chunk."""
-    if Q8:
-        rows = off // QBLOCK + tl.arange(0, R)
-        offs = rows[:, None] * QBLOCK + tl.arange(0, QBLOCK)[None, :]
-    else:
-        rows = off // QBLOCK + tl.arange(0, 1)
-        if FULL:
-            offs = _full_block_offsets(off // BLOCK, BLOCK)
-        else:
-            offs = off + tl.arange(0, R)
-    return offs, rows
+def _q8_offsets(off, R: tl.constexpr):
+    """int8 states: the [R, QBLOCK] offsets of one loop iteration from chunk
+    offset ``off`` (a multiple of QBLOCK: one row per quantization block) and
+    the rows' block indices relative to the chunk."""
+    rows = off // QBLOCK + tl.arange(0, R)
+    return rows[:, None] * QBLOCK + tl.arange(0, QBLOCK)[None, :], rows
 
 
 @triton.jit
@@ -340,15 +332,21 @@ def _sgd_kernel(
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                offs, rws = _block_offsets(i * BLOCK, 1, True, BLOCK, False)
-                _sgd_block(p_base, g_base, b_base, bs_base, offs, None, rws, None, start, is_fresh, gm, lr, mom,
+                _sgd_block(p_base, g_base, b_base, bs_base, _full_block_offsets(i, BLOCK), None, 0, None, start, is_fresh, gm, lr, mom,
                            one_minus_dampening, weight_decay, k, numel,
                            P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, VEC, SR, False)  # fmt: skip
-        for off in range(n_full * BLOCK, n, TAIL):
-            offs, rws = _block_offsets(off, TAIL // QBLOCK if Q8 else TAIL, False, BLOCK, Q8)
-            _sgd_block(p_base, g_base, b_base, bs_base, offs, offs < n, rws, rws * QBLOCK < n, start, is_fresh, gm, lr,
-                       mom, one_minus_dampening, weight_decay, k, numel,
-                       P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, Q8)  # fmt: skip
+        if Q8:  # int8 states: [rows, QBLOCK] blocks (one loop per shape: the compiler wants one type per variable)
+            for off in range(n_full * BLOCK, n, TAIL):
+                offs, rws = _q8_offsets(off, TAIL // QBLOCK)
+                _sgd_block(p_base, g_base, b_base, bs_base, offs, offs < n, rws, rws * QBLOCK < n, start, is_fresh, gm,
+                           lr, mom, one_minus_dampening, weight_decay, k, numel,
+                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, True)  # fmt: skip
+        else:
+            for off in range(n_full * BLOCK, n, TAIL):
+                offs = off + tl.arange(0, TAIL)
+                _sgd_block(p_base, g_base, b_base, bs_base, offs, offs < n, 0, None, start, is_fresh, gm, lr,
+                           mom, one_minus_dampening, weight_decay, k, numel,
+                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, False)  # fmt: skip
     if ADVANCE or NEXT:
         if _draw_ticket(ticket):
             _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE, NEXT)
@@ -394,7 +392,7 @@ def _adam_kernel(
     chunk_start, num_tensors,
     rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket, betas,
     beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
-    P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
+    P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, V_DT: tl.constexpr,
     CYCLE_MOMENTUM: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_BETAS: tl.constexpr,
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
@@ -429,14 +427,10 @@ def _adam_kernel(
         p_base = _ptr(p_addrs, t, P_DT) + start
         g_base = _ptr(g_addrs, t, G_DT) + start
         m_base = _ptr(m_addrs, t, S_DT) + start
-        v_base = _ptr(v_addrs, t, S_DT) + start
-        if Q8:
-            v_base = _ptr(v_addrs, t, tl.uint8) + start  # exp_avg_sq's codes are unsigned
+        v_base = _ptr(v_addrs, t, V_DT) + start  # (V_DT: S_DT, or uint8 codes for int8 states)
         vmax_base = v_base
         if AMSGRAD:
-            vmax_base = _ptr(vmax_addrs, t, S_DT) + start
-            if Q8:
-                vmax_base = _ptr(vmax_addrs, t, tl.uint8) + start
+            vmax_base = _ptr(vmax_addrs, t, V_DT) + start
         ms_base = _ptr(numels, 0, tl.float32)  # int8 states' block scales (unused otherwise)
         vs_base = ms_base
         vmaxs_base = ms_base
@@ -450,15 +444,21 @@ def _adam_kernel(
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                offs, rws = _block_offsets(i * BLOCK, 1, True, BLOCK, False)
-                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, None, rws,
-                            None, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt,
+                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base,
+                            _full_block_offsets(i, BLOCK), None, 0, None, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt,
                             neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, VEC, SR, False)  # fmt: skip
-        for off in range(n_full * BLOCK, n, TAIL):
-            offs, rws = _block_offsets(off, TAIL // QBLOCK if Q8 else TAIL, False, BLOCK, Q8)
-            _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, rws,
-                        rws * QBLOCK < n, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay,
-                        bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, Q8)  # fmt: skip
+        if Q8:  # int8 states: [rows, QBLOCK] blocks (one loop per shape: the compiler wants one type per variable)
+            for off in range(n_full * BLOCK, n, TAIL):
+                offs, rws = _q8_offsets(off, TAIL // QBLOCK)
+                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, rws,
+                            rws * QBLOCK < n, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay,
+                            bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, True)  # fmt: skip
+        else:
+            for off in range(n_full * BLOCK, n, TAIL):
+                offs = off + tl.arange(0, TAIL)
+                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, 0,
+                            None, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay,
+                            bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, False)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
     if _draw_ticket(ticket):
         if skipped == 0:
@@ -576,6 +576,7 @@ def adam_(
         one_minus_beta1=1.0 - float(beta1), beta2=float(beta2), one_minus_beta2=1.0 - float(beta2),
         eps=float(eps), weight_decay=float(weight_decay),
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[states[0][0].dtype],
+        V_DT=tl.uint8 if q8 else _TL_DTYPES[states[0][0].dtype],  # exp_avg_sq: unsigned codes for int8 states
         AMSGRAD=amsgrad, DECOUPLED=decoupled,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, BLOCK_T=BLOCK_T, SR=bool(stochastic), Q8=q8,
         **loop_constexprs(aligned and not q8, params[0].dtype, g_dtype, states[0][0].dtype),
