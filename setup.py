@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CPU_SOURCES = ["csrc/bindings.cpp", "csrc/ops.cpp", "csrc/cpu_ops.cpp", "csrc/step_plan.cpp"]
 # One list for this build, the JIT build and the tests (without importing the package).
 _FLAGS = runpy.run_path(os.path.join(HERE, "clr_fused", "_build_flags.py"))
-CXX_FLAGS, LINK_FLAGS = _FLAGS["CXX_FLAGS"], _FLAGS["LINK_FLAGS"]
+CXX_FLAGS, LINK_FLAGS, NVCC_FLAGS = _FLAGS["CXX_FLAGS"], _FLAGS["LINK_FLAGS"], _FLAGS["NVCC_FLAGS"]
 
 
 def _say(msg: str) -> None:
@@ -87,7 +87,7 @@ def _extension():
             sources=CPU_SOURCES + ["csrc/fused_optim.cu"],
             include_dirs=include_dirs + _nvidia_includes(),
             define_macros=[("CLR_FUSED_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
             extra_link_args=LINK_FLAGS,
         )
     else:

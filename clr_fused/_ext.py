@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ._build_flags import CXX_FLAGS, LINK_FLAGS
+from ._build_flags import CXX_FLAGS, LINK_FLAGS, NVCC_FLAGS
 
 _module = None
 _error: BaseException | None = None
@@ -44,7 +44,7 @@ def _jit_build():
         extra_include_paths=include,
         extra_cflags=[*CXX_FLAGS, "-DCLR_FUSED_WITH_CUDA=1"],
         extra_ldflags=LINK_FLAGS,
-        extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"],
+        extra_cuda_cflags=NVCC_FLAGS,
     )
 
 

@@ -111,41 +111,27 @@ void run_kernel(unsigned grid, int64_t grain, const Tables& tb, const StepInputs
   run_cpu_grid(grid, grain, [&] { Plain(tb, in, h); });
 }
 
-// Stochastic-rounding copies only where a store is bfloat16.
-template <typename P, typename S>
-constexpr bool kCanRoundStochastically = StochasticStorage<P>::kApplies || StochasticStorage<S>::kApplies;
-
 template <typename P, typename S>
 struct CpuSgd {
-  template <int NS, bool kSr>
-  static void go(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-    run_kernel<SgdHyper, sgd_kernel<P, S, NS, false, kSr>, sgd_kernel<P, S, NS, true, kSr>>(grid, grain, tb, in, h);
-  }
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
     const int64_t grain = grain_for(tb, grid);
-    if constexpr (std::is_same_v<S, Q8>) {
-      TORCH_CHECK(h.use_momentum, "sgd_step: int8 states need momentum");
-    }
-    constexpr int kNs0 = std::is_same_v<S, Q8> ? 1 : 0;  // (no int8 kernel without a state list)
-    if constexpr (kCanRoundStochastically<P, S>) {
-      if (h.stochastic) return h.use_momentum ? go<1, true>(grid, grain, tb, in, h) : go<kNs0, true>(grid, grain, tb, in, h);
-    }
-    return h.use_momentum ? go<1, false>(grid, grain, tb, in, h) : go<kNs0, false>(grid, grain, tb, in, h);
+    sgd_variant<P, S>(h, [&](auto ns, auto sr) {
+      constexpr int kNs = decltype(ns)::value;
+      constexpr bool kSr = decltype(sr)::value;
+      run_kernel<SgdHyper, sgd_kernel<P, S, kNs, false, kSr>, sgd_kernel<P, S, kNs, true, kSr>>(grid, grain, tb, in, h);
+    });
   }
 };
 
 template <typename P, typename S>
 struct CpuAdam {
-  template <int NS, bool kSr>
-  static void go(unsigned grid, int64_t grain, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-    run_kernel<AdamHyper, adam_kernel<P, S, NS, false, kSr>, adam_kernel<P, S, NS, true, kSr>>(grid, grain, tb, in, h);
-  }
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
     const int64_t grain = grain_for(tb, grid);
-    if constexpr (kCanRoundStochastically<P, S>) {
-      if (h.stochastic) return h.amsgrad ? go<3, true>(grid, grain, tb, in, h) : go<2, true>(grid, grain, tb, in, h);
-    }
-    return h.amsgrad ? go<3, false>(grid, grain, tb, in, h) : go<2, false>(grid, grain, tb, in, h);
+    adam_variant<P, S>(h, [&](auto ns, auto sr) {
+      constexpr int kNs = decltype(ns)::value;
+      constexpr bool kSr = decltype(sr)::value;
+      run_kernel<AdamHyper, adam_kernel<P, S, kNs, false, kSr>, adam_kernel<P, S, kNs, true, kSr>>(grid, grain, tb, in, h);
+    });
   }
 };
 

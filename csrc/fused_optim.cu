@@ -11,41 +11,23 @@ namespace clr_fused {
 
 namespace {
 
-// Stochastic-rounding variants only where a store is bfloat16.
-template <typename P, typename S>
-constexpr bool kCanRoundStochastically = StochasticStorage<P>::kApplies || StochasticStorage<S>::kApplies;
-
 template <typename P, typename S>
 struct SgdLaunch {
-  template <int NS, bool kSr>
-  static void go(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-    sgd_kernel<P, S, NS, kDeviceFma, kSr><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(tb, in, h);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-    if constexpr (std::is_same_v<S, Q8>) {
-      TORCH_CHECK(h.use_momentum, "sgd_step: int8 states need momentum");
-    }
-    constexpr int kNs0 = std::is_same_v<S, Q8> ? 1 : 0;
-    if constexpr (kCanRoundStochastically<P, S>) {
-      if (h.stochastic) return h.use_momentum ? go<1, true>(grid, tb, in, h) : go<kNs0, true>(grid, tb, in, h);
-    }
-    return h.use_momentum ? go<1, false>(grid, tb, in, h) : go<kNs0, false>(grid, tb, in, h);
+    sgd_variant<P, S>(h, [&](auto ns, auto sr) {
+      sgd_kernel<P, S, decltype(ns)::value, kDeviceFma, decltype(sr)::value><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(tb, in, h);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
 };
 
 template <typename P, typename S>
 struct AdamLaunch {
-  template <int NS, bool kSr>
-  static void go(unsigned grid, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-    adam_kernel<P, S, NS, kDeviceFma, kSr><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(tb, in, h);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  }
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-    if constexpr (kCanRoundStochastically<P, S>) {
-      if (h.stochastic) return h.amsgrad ? go<3, true>(grid, tb, in, h) : go<2, true>(grid, tb, in, h);
-    }
-    return h.amsgrad ? go<3, false>(grid, tb, in, h) : go<2, false>(grid, tb, in, h);
+    adam_variant<P, S>(h, [&](auto ns, auto sr) {
+      adam_kernel<P, S, decltype(ns)::value, kDeviceFma, decltype(sr)::value><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(tb, in, h);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   }
 };
 

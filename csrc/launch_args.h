@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "multi_tensor.cuh"
+#include "storage_types.h"
 
 namespace clr_fused {
 
@@ -57,15 +58,6 @@ inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter,
   in.advance = advance;
   return in;
 }
-
-// bfloat16 stores may round stochastically (low_precision.cuh; store_as).
-template <>
-struct StochasticStorage<c10::BFloat16> {
-  static constexpr bool kApplies = true;
-  __device__ __forceinline__ static c10::BFloat16 from_bits(uint16_t bits) {
-    return c10::BFloat16(bits, c10::BFloat16::from_bits());
-  }
-};
 
 // Launcher<P, S>::run(args...) for the (param, state) storage types: states
 // as float32, bfloat16, the parameter's dtype, or int8 codes (Q8; exp_avg_sq's

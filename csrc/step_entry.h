@@ -4,6 +4,7 @@
 #pragma once
 
 #include "fused_kernels.cuh"
+#include "kernel_variants.h"
 #include "launch_args.h"
 #include "step_api.h"
 
@@ -28,6 +29,7 @@ void sgd_step_impl(CLR_FUSED_SGD_PARAMS) {
   TORCH_CHECK(!use_momentum || momentum_buffers.size() == params.size(), "sgd_step: one momentum buffer per parameter");
   TORCH_CHECK(fresh.scalar_type() == at::kChar && fresh.numel() == static_cast<int64_t>(params.size()), "sgd_step: fresh must be int8 [T]");
   const at::ScalarType state = use_momentum ? momentum_buffers[0].scalar_type() : params[0].scalar_type();
+  TORCH_CHECK(state != at::kChar || use_momentum, "sgd_step: int8 states need momentum");
   check_scales(state, scales, use_momentum ? 1 : 0, params.size(), tables, "sgd_step");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables);

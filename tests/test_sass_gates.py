@@ -33,6 +33,7 @@ import subprocess
 
 import pytest
 
+from clr_fused._build_flags import NVCC_FLAGS
 from clr_fused.kernels import sass_loops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +96,7 @@ def _compile(tmp_path, *defines):
     except ImportError:
         pass
     cubin = tmp_path / "fused.cubin"
-    cmd = [nvcc, "-std=c++20", "-O3", "--use_fast_math", "-arch=sm_90", "-cubin", "-Xptxas", "-v", *includes, *defines,
+    cmd = [nvcc, "-std=c++20", *NVCC_FLAGS, "-arch=sm_90", "-cubin", "-Xptxas", "-v", *includes, *defines,
            "-o", str(cubin), os.path.join(ROOT, "csrc", "fused_optim.cu")]  # fmt: skip
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stderr[-3000:]
