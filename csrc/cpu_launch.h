@@ -49,6 +49,7 @@ constexpr clr_fused::cpu::ConstOne blockDim{};
 inline void __syncthreads() {}
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline int32_t atomicAdd(int32_t* p, int32_t v) { return __atomic_fetch_add(p, v, CLR_FUSED_TICKET_ORDER); }
+inline int32_t atomicExch(int32_t* p, int32_t v) { return __atomic_exchange_n(p, v, CLR_FUSED_TICKET_ORDER); }
 
 namespace clr_fused::cpu {
 

@@ -367,7 +367,10 @@ __device__ __forceinline__ bool last_block(int32_t* ticket) {
     __threadfence();
     int32_t drawn = atomicAdd(ticket, 1);
     is_last = drawn == static_cast<int32_t>(gridDim.x) - 1;
-    if (is_last) *ticket = 0;
+    // Reset with an atomic too: a plain store here races (CUDA's and C++'s
+    // memory models alike) with the other blocks' relaxed atomicAdds, which
+    // no fence orders before it (found by tests/gpu_sim/sim_tsan.cpp).
+    if (is_last) atomicExch(ticket, 0);
   }
   __syncthreads();
   if (is_last) __threadfence();

@@ -18,7 +18,8 @@ _INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
 _BRA = re.compile(r"\bBRA(?:\.\w+)*\s+0x([0-9a-f]+)")
 _STG = re.compile(r"^(?:@!?U?P\w+\s+)?STG\b")
 FP64 = re.compile(r"\b(?:D(?:ADD|MUL|FMA|SETP|MNMX|SET)\b|[FI]2[FI]\S*\.F64\b|MUFU\.\w+64H\b)")
-INT_DIV = re.compile(r"\bI2F(?:\.U32|\.U64)?\.RP\b|\bCALL\.REL")  # the reciprocal idiom, or a division subroutine
+INT_DIV = re.compile(r"\bI2F(?:\.U32|\.U64)?\.RP\b")  # the integer-reciprocal idiom of a division
+_CALL = re.compile(r"\bCALL\.REL(?:\.\w+)*\s+0x([0-9a-f]+)")
 
 
 def functions(sass: str) -> dict[str, str]:
@@ -61,8 +62,23 @@ def _after_collective(insns: list[tuple[int, str]], k: int) -> bool:
     return False
 
 
+def callee(body: str, target: int) -> list[str]:
+    """The instructions of the subroutine at ``target``: up to its RET."""
+    out = []
+    for addr, text in _INSN.findall(body):
+        if int(addr, 16) >= target:
+            out.append(text)
+            if text.startswith("RET"):
+                break
+    return out
+
+
 def element_loop_violations(sass: str) -> list[str]:
-    """Per function: float64 or integer-division instructions inside a loop that stores to global memory."""
+    """Per function: float64 or integer-division instructions inside a loop
+    that stores to global memory, or in a subroutine such a loop calls.  A
+    call whose subroutine has neither is allowed: the out-of-line slow path
+    of IEEE float32 division or square root (denormal / special operands),
+    which the inline fast path branches to only for such operands."""
     bad = []
     for name, body in functions(sass).items():
         for loop in loops(body):
@@ -71,4 +87,8 @@ def element_loop_violations(sass: str) -> list[str]:
             for t in loop:
                 if FP64.search(t) or INT_DIV.search(t):
                     bad.append(f"{name}: {t}")
+                call = _CALL.search(t)
+                if call:
+                    sub = callee(body, int(call.group(1), 16))
+                    bad += [f"{name}: {t} -> {u}" for u in sub if FP64.search(u) or INT_DIV.search(u)][:1]
     return bad

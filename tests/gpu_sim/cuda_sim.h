@@ -215,6 +215,9 @@ struct BlockRun {
 #ifdef CUDA_SIM_TSAN
   void* sched_fiber = nullptr;
   std::vector<void*> tsan_fibers;
+  ~BlockRun() {
+    for (void* f : tsan_fibers) __tsan_destroy_fiber(f);
+  }
 #endif
 };
 
@@ -642,6 +645,7 @@ inline void __threadfence() { ::cuda_sim::threadfence(); }
 inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
 inline float __fmaf_rn(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
 inline double __fma_rn(double a, double b, double c) { return __builtin_fma(a, b, c); }
 inline unsigned __float_as_uint(float x) {
