@@ -30,6 +30,7 @@ from torch.optim import lr_scheduler as L
 import clr_fused as cf
 
 from .. import _ext
+from . import counted
 from ..kernels import low_precision as lp
 from .host import _copy_gbps, _interleaved
 from .model import H100
@@ -46,6 +47,17 @@ def bytes_per_param(algo: str, param: torch.dtype, state: str) -> float:
     n_states = 2 if algo == "adamw" else 1
     per_state = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / lp.QBLOCK, "param": float(p)}[state]
     return 3 * p + n_states * 2 * per_state
+
+
+def _bytes(provider: str, algo: str, param: torch.dtype, state: str) -> float:
+    """Our rows: the bytes counted from the CUDA kernels' loads and stores (counted.py); others: the formula."""
+    if provider.startswith("clr_fused"):
+        pname = str(param).replace("torch.", "")
+        same = {"float32": "fp32", "bfloat16": "bf16"}.get(pname)
+        got = counted.bytes_per_param(algo, pname, "param" if state == same else state, "stochastic rounding" in provider)
+        if got is not None:
+            return got
+    return bytes_per_param(algo, param, state)
 
 
 def _params(shapes, dtype, grads):
@@ -132,7 +144,7 @@ def run_set(set_name: str, shapes, rounds: int, steps: int, copy_bw: float, prog
             ref = med[ref_name]
             for name, ms in med.items():
                 state = providers[name][1]
-                b = bytes_per_param(algo, pdt, state)
+                b = _bytes(name, algo, pdt, state)
                 gbps = b * n / (ms / 1e3) / 1e9
                 model_ms = b * n / H100.bandwidth * 1e3
                 rows.append(dict(set=set_name, params=n, algo=algo, param_dtype=str(pdt).replace("torch.", ""),
@@ -183,7 +195,8 @@ def markdown(meta, rows) -> str:
     lines = [f"# Low-precision states, CPU step, {meta['date']}, {meta['device']}, {meta['threads']} threads, "
              f"torch {meta['torch']}, copy bandwidth {meta['copy_gbps']:.1f} GB/s", "",
              "Median ms per step (optimizer + LR schedule), providers of one parameter dtype interleaved; ratio to "
-             "torch fused at the same parameter dtype. B/param: bytes a step moves per parameter. H100 columns: a "
+             "torch fused at the same parameter dtype. B/param: bytes a step moves per parameter (clr_fused rows: counted from "
+             "the CUDA kernels' own loads and stores by the CUDA emulator, tests/gpu_sim). H100 columns: a "
              "roofline MODEL (bytes / 3.0 TB/s), not a measurement.", "",
              "| set | algo | params | provider | B/param | ms/step | ratio to torch fused | GB/s | % copy BW | H100 model ms | model ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip

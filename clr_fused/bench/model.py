@@ -6,9 +6,10 @@ H100 would take, for our fused kernels and for torch's fused ones, so the
 figures can be checked against a real run once one exists.
 
 Model, per parameter set, algorithm and dtype:
-- bytes = parameters x bytes per parameter (``run.bytes_per_param``: Adam
-  reads p, g, m, v and writes p, m, v; SGD-momentum reads p, g, buf and
-  writes p, buf);
+- bytes = parameters x bytes per parameter, as COUNTED from the CUDA
+  kernels' own loads and stores by the CUDA emulator (``counted.py``; the
+  formula ``run.bytes_per_param`` gives the same: Adam reads p, g, m, v and
+  writes p, m, v; SGD-momentum reads p, g, buf and writes p, buf);
 - time = launches x launch cost + bytes / bandwidth (memory-bound: the
   arithmetic is a few flops per byte);
 - ours: one launch per (param group, dtype) bucket, one 512-thread block per
@@ -36,6 +37,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .param_sets import numel, param_sets
+from . import counted
 from .run import bytes_per_param
 
 
@@ -95,7 +97,11 @@ def tail_bound(blocks: list[int], slots: int) -> float:
 def predict(set_name: str, shapes, algo: str, dtype: torch.dtype, hw: Hardware = H100) -> dict:
     sizes = [math.prod(s) for s in shapes]
     n = numel(shapes)
-    nbytes = n * bytes_per_param(algo, dtype)
+    # Our kernels' bytes as counted from their own loads and stores by the CUDA emulator
+    # (tests/gpu_sim; equal to the formula, checked in CI); torch's fused step moves the same.
+    dname = str(dtype).replace("torch.", "")
+    per_param = counted.bytes_per_param("adamw" if algo == "adam" else algo, dname, "param")
+    nbytes = n * (per_param if per_param is not None else bytes_per_param(algo, dtype))
     blocks = block_sizes(sizes)
     grid = len(blocks)
     per_wave = hw.sms * hw.blocks_per_sm
@@ -105,7 +111,7 @@ def predict(set_name: str, shapes, algo: str, dtype: torch.dtype, hw: Hardware =
     tl = torch_launches(sizes, algo)
     torch_ms = (tl * hw.launch_s + t_bytes) * 1e3
     return dict(
-        set=set_name, algo=algo, dtype=str(dtype).replace("torch.", ""), params=n, tensors=len(sizes), bytes=nbytes,
+        set=set_name, algo=algo, dtype=dname, params=n, tensors=len(sizes), bytes=nbytes, bytes_counted=per_param is not None,
         grid=grid, waves=waves, last_wave_fill=(grid - (waves - 1) * per_wave) / per_wave,
         partial_blocks=sum(1 for b in blocks if b < OUR_CHUNK), tail_bound=tail_bound(blocks, per_wave),
         ours_launches=1, torch_launches=tl, ours_ms=ours_ms, torch_fused_ms=torch_ms, ratio=ours_ms / torch_ms,
@@ -123,6 +129,8 @@ def table(hw: Hardware = H100) -> list[dict]:
 
 def markdown(rows: list[dict], hw: Hardware = H100) -> str:
     lines = [f"# MODEL, not a measurement: {hw.name}", "",
+             "MB moved: our kernels' bytes per parameter as counted from their own loads and stores by the CUDA "
+             "emulator (tests/gpu_sim, clr_fused/bench/counted_bytes.json); the times are the model's.", "",
              "| set | algo | dtype | MB moved | our grid (waves, last-wave fill) | partial blocks, tail bound | launches ours / torch | predicted ms ours / torch fused | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:

@@ -62,10 +62,14 @@ def _compile_jobs(jobs: list[tuple[list[str], str]]) -> None:
         raise RuntimeError("\n".join(errors))
 
 
-def build(out_dir: str, variant: str = "count", csrc: str = CSRC, fp32_only: bool = False, extra: tuple[str, ...] = ()) -> str:
+def build(out_dir: str, variant: str = "count", csrc: str = CSRC, fp32_only: bool = False, coverage: bool = False,
+          kernel_opt: str | None = None, extra: tuple[str, ...] = ()) -> str:  # fmt: skip
     """The path of the op library for ``variant`` ('count': access counting;
     'asan': AddressSanitizer + UBSan; the library must then run in a process
-    with the sanitizer runtime preloaded, see ``sanitizer_preload``)."""
+    with the sanitizer runtime preloaded, see ``sanitizer_preload``).
+    coverage: the kernels built with gcov counters (``coverage_dump`` writes
+    them; ``kernel_object`` names the object gcov reads).  kernel_opt: the
+    kernels' optimisation level instead of the variant's (faster builds)."""
     if variant not in ("count", "asan"):
         raise ValueError(f"variant must be 'count' or 'asan', got {variant!r}")
     gxx = shutil.which("g++")
@@ -76,13 +80,16 @@ def build(out_dir: str, variant: str = "count", csrc: str = CSRC, fp32_only: boo
     base = [gxx, "-std=c++20", "-fPIC", "-Wno-unknown-pragmas", f"-I{csrc}", f"-I{HERE}", *tflags]
     san = SANITIZE if variant == "asan" else []
     opt = ["-O1", "-g"] if variant == "asan" else ["-O2"]
-    kernel_flags = [*opt, *KERNEL_MATH, "-Dclr_fused=clr_fused_gpusim", *san, *extra]
+    kernel_flags = [*(opt if kernel_opt is None else [kernel_opt]), *KERNEL_MATH, "-Dclr_fused=clr_fused_gpusim", *san, *extra]
     if variant == "count":
         # -fno-tree-sra: a Vec<float> load stays one 16-byte access (see cuda_sim.h)
         kernel_flags += ["-fsanitize=thread", "-fno-tree-sra", "-DCUDA_SIM_COUNT_ACCESSES"]
     if fp32_only:
         kernel_flags.append("-DCUDA_SIM_FP32_ONLY")
     runtime_flags = [*opt, *san] + (["-DCUDA_SIM_COUNT_ACCESSES"] if variant == "count" else [])
+    if coverage:
+        kernel_flags += ["--coverage", "-fprofile-update=atomic", "-fprofile-abs-path"]
+        runtime_flags.append("-DCUDA_SIM_COVERAGE")
     units = [("sim_ops.cpp", [*opt, *san]), ("sim_kernels.cpp", kernel_flags), ("sim_runtime.cpp", runtime_flags)]
     objects, jobs = [], []
     for src, flags in units:
@@ -90,18 +97,28 @@ def build(out_dir: str, variant: str = "count", csrc: str = CSRC, fp32_only: boo
         obj = os.path.join(out_dir, f"{src[:-4]}-{_digest(cmd, [csrc, HERE])}.o")
         objects.append(obj)
         if not os.path.exists(obj):
-            jobs.append(([*cmd, "-o", obj + ".tmp"], obj))
+            # (a gcov object is written in place: its notes file is named after it)
+            jobs.append(([*cmd, "-o", obj if coverage else obj + ".tmp"], obj))
     _compile_jobs(jobs)
     for _, obj in jobs:
-        os.replace(obj + ".tmp", obj)
+        if not coverage:
+            os.replace(obj + ".tmp", obj)
     lib = os.path.join(out_dir, f"libclr_fused_sim-{variant}-{_digest(objects, [])}.so")
     if not os.path.exists(lib):
-        link = [gxx, "-shared", "-o", lib + ".tmp", *objects, *lflags, *san]
+        link = [gxx, "-shared", "-o", lib + ".tmp", *objects, *lflags, *san] + (["--coverage"] if coverage else [])
         done = subprocess.run(link, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"linking the emulator failed:\n{done.stderr[-4000:]}")
         os.replace(lib + ".tmp", lib)
+        with open(lib + ".objects", "w") as f:
+            f.write("\n".join(objects))
     return lib
+
+
+def kernel_object(lib: str) -> str:
+    """The kernels' object file of a library ``build`` made (for gcov)."""
+    with open(lib + ".objects") as f:
+        return f.read().split("\n")[1]
 
 
 def sanitizer_preload() -> str:

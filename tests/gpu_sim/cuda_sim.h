@@ -6,7 +6,9 @@
 // Written from the CUDA C++ Programming Guide's semantics:
 //   - a grid's blocks run on a pool of worker threads (Config::workers at a
 //     time, in any order), each block to completion on one worker;
-//   - each CUDA thread of a block is a fiber (ucontext) with its own stack.
+//   - each CUDA thread of a block is a fiber with its own stack (switched by
+//     a few lines of assembly on x86-64: glibc's swapcontext makes a system
+//     call per switch; ucontext elsewhere).
 //     A fiber runs until it reaches __syncthreads, a warp collective or its
 //     end; then the scheduler runs the next one.  The order in which the
 //     block's runnable threads are run between two such points is forward,
@@ -119,6 +121,7 @@ constexpr int kWidths = 5;  // 1, 2, 4, 8, 16 bytes
 struct Range {
   uintptr_t lo, hi;
   int category;
+  uint8_t* touched;  // per byte: 1 read, 2 written in this launch (counting builds); nullptr otherwise
 };
 
 struct Counts {
@@ -126,8 +129,14 @@ struct Counts {
   uint64_t write_bytes[kMaxCategories] = {};
   uint64_t reads[kMaxCategories][kWidths] = {};
   uint64_t writes[kMaxCategories][kWidths] = {};
+  // Distinct bytes read / written per launch: what DRAM moves when every
+  // byte crosses once (a warp's 32 reads of one scale are one broadcast).
+  uint64_t unique_read_bytes[kMaxCategories] = {};
+  uint64_t unique_write_bytes[kMaxCategories] = {};
   void add(const Counts& o) {
     for (int c = 0; c < kMaxCategories; ++c) {
+      unique_read_bytes[c] += o.unique_read_bytes[c];
+      unique_write_bytes[c] += o.unique_write_bytes[c];
       read_bytes[c] += o.read_bytes[c];
       write_bytes[c] += o.write_bytes[c];
       for (int w = 0; w < kWidths; ++w) {
@@ -140,23 +149,42 @@ struct Counts {
 
 struct Memory {
   std::vector<Range> ranges;  // sorted by lo once a launch starts
+  std::vector<std::unique_ptr<uint8_t[]>> touched;
   uintptr_t lo = UINTPTR_MAX, hi = 0;
   Counts totals;
   std::mutex mu;
   void clear() {
     ranges.clear();
+    touched.clear();
     lo = UINTPTR_MAX;
     hi = 0;
   }
   void add(const void* p, size_t bytes, int category) {
     if (bytes == 0 || p == nullptr) return;
     const auto a = reinterpret_cast<uintptr_t>(p);
-    ranges.push_back({a, a + bytes, category});
+    uint8_t* t = nullptr;
+#ifdef CUDA_SIM_COUNT_ACCESSES
+    touched.emplace_back(new uint8_t[bytes]());
+    t = touched.back().get();
+#endif
+    ranges.push_back({a, a + bytes, category, t});
     lo = std::min(lo, a);
     hi = std::max(hi, a + bytes);
   }
   void seal() {
-    std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return x.lo < y.lo; });
+    // (lo, then the larger range last: an aliasing scalar resolves to the larger)
+    std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return x.lo != y.lo ? x.lo < y.lo : x.hi < y.hi; });
+  }
+  // Adds the launch's distinct bytes to the totals and clears the marks.
+  void tally() {
+    for (Range& r : ranges) {
+      if (r.touched == nullptr) continue;
+      for (uintptr_t i = 0; i < r.hi - r.lo; ++i) {
+        totals.unique_read_bytes[r.category] += r.touched[i] & 1u;
+        totals.unique_write_bytes[r.category] += (r.touched[i] >> 1) & 1u;
+        r.touched[i] = 0;
+      }
+    }
   }
   const Range* find(uintptr_t a) const {
     if (a < lo || a >= hi) return nullptr;
@@ -182,8 +210,41 @@ inline const char* kind_name(Kind k) {
   return names[static_cast<int>(k)];
 }
 
+#if defined(__x86_64__) && !defined(CUDA_SIM_UCONTEXT)
+#define CUDA_SIM_FAST_SWITCH 1
+// Saves the callee-saved registers and the SSE / x87 control words on the
+// current stack, stores the stack pointer to *from, continues on `to`.
+// Top-level assembly (a weak, hidden symbol: one copy per library whatever
+// includes this), so no compiler instrumentation (TSan hooks, gcov) enters it.
+extern "C" void cuda_sim_switch_stack(void** from, void* to);
+asm(".text\n .weak cuda_sim_switch_stack\n .hidden cuda_sim_switch_stack\n .type cuda_sim_switch_stack, @function\n"
+    "cuda_sim_switch_stack:\n"
+    " pushq %rbp\n pushq %rbx\n pushq %r12\n pushq %r13\n pushq %r14\n pushq %r15\n"
+    " subq $8, %rsp\n stmxcsr (%rsp)\n fnstcw 4(%rsp)\n"
+    " movq %rsp, (%rdi)\n movq %rsi, %rsp\n"
+    " ldmxcsr (%rsp)\n fldcw 4(%rsp)\n addq $8, %rsp\n"
+    " popq %r15\n popq %r14\n popq %r13\n popq %r12\n popq %rbx\n popq %rbp\n ret\n"
+    " .size cuda_sim_switch_stack, .-cuda_sim_switch_stack\n");
+inline void switch_stack(void** from, void* to) { cuda_sim_switch_stack(from, to); }
+
+// A fresh stack that switch_stack enters at entry() (which never returns).
+inline void* initial_stack(char* base, size_t bytes, void (*entry)()) {
+  auto top = reinterpret_cast<uintptr_t>(base + bytes) & ~static_cast<uintptr_t>(15);
+  auto* sp = reinterpret_cast<uint64_t*>(top);
+  *--sp = 0;                                  // entry's return address (none)
+  *--sp = reinterpret_cast<uint64_t>(entry);  // switch_stack's ret lands here
+  for (int r = 0; r < 6; ++r) *--sp = 0;      // rbp rbx r12 r13 r14 r15
+  *--sp = 0x1F80u | (uint64_t{0x037F} << 32);  // mxcsr, x87 control word: the defaults
+  return sp;
+}
+#endif
+
 struct Fiber {
+#ifdef CUDA_SIM_FAST_SWITCH
+  void* sp = nullptr;
+#else
   ucontext_t ctx{};
+#endif
   char* stack = nullptr;
   unsigned tid = 0;
   State state = State::kRunnable;
@@ -201,7 +262,11 @@ struct BlockRun {
   std::vector<Fiber> fibers;
   std::unique_ptr<char[]> stacks;
   size_t stack_bytes = 0;
+#ifdef CUDA_SIM_FAST_SWITCH
+  void* scheduler = nullptr;
+#else
   ucontext_t scheduler{};
+#endif
   Fiber* current = nullptr;
   const std::function<void()>* kernel = nullptr;
   std::string error;
@@ -221,7 +286,8 @@ struct BlockRun {
 #endif
 };
 
-inline thread_local BlockRun* tls_block = nullptr;
+// initial-exec: read on every instrumented access, so no __tls_get_addr call
+inline thread_local BlockRun* tls_block __attribute__((tls_model("initial-exec"))) = nullptr;
 
 inline Dim3 thread_idx() { return Dim3{tls_block->current->tid, 0, 0}; }
 inline Dim3 block_idx() { return tls_block->block_idx; }
@@ -238,7 +304,11 @@ inline void switch_to_fiber(BlockRun& b, Fiber& f) {
 #ifdef CUDA_SIM_TSAN
   __tsan_switch_to_fiber(b.tsan_fibers[f.tid], 0);
 #endif
+#ifdef CUDA_SIM_FAST_SWITCH
+  switch_stack(&b.scheduler, f.sp);
+#else
   swapcontext(&b.scheduler, &f.ctx);
+#endif
 #ifdef CUDA_SIM_ASAN
   __sanitizer_finish_switch_fiber(b.fake_stack, nullptr, nullptr);
 #endif
@@ -256,7 +326,11 @@ inline void switch_to_scheduler(bool exiting = false) {
 #ifdef CUDA_SIM_TSAN
   __tsan_switch_to_fiber(b.sched_fiber, 0);
 #endif
+#ifdef CUDA_SIM_FAST_SWITCH
+  switch_stack(&f.sp, b.scheduler);
+#else
   swapcontext(&f.ctx, &b.scheduler);
+#endif
 #ifdef CUDA_SIM_ASAN
   __sanitizer_finish_switch_fiber(fake, &b.sched_stack_bottom, &b.sched_stack_size);
 #endif
@@ -346,18 +420,18 @@ inline bool resolve_collectives(BlockRun& b, std::string& err) {
       for (unsigned l = 0; l < 32; ++l) {
         if (!(mask >> l & 1u)) continue;
         const unsigned u = w0 + l;
-        const std::string who = "block " + std::to_string(b.block_idx.x) + " thread " + std::to_string(t) + " " + describe(lead);
+        const auto who = [&] { return "block " + std::to_string(b.block_idx.x) + " thread " + std::to_string(t) + " " + describe(lead); };
         if (u >= n) {
-          err = who + ": the mask names lane " + std::to_string(l) + ", which the block does not have";
+          err = who() + ": the mask names lane " + std::to_string(l) + ", which the block does not have";
           return false;
         }
         const Fiber& o = b.fibers[u];
         if (o.state == State::kExited) {
-          err = who + ": the mask names lane " + std::to_string(l) + ", which has exited";
+          err = who() + ": the mask names lane " + std::to_string(l) + ", which has exited";
           return false;
         }
         if (o.state == State::kBarrier) {
-          err = who + ": the mask names lane " + std::to_string(l) + ", which waits " + describe(o);
+          err = who() + ": the mask names lane " + std::to_string(l) + ", which waits " + describe(o);
           return false;
         }
         if (o.state == State::kRunnable) {
@@ -365,7 +439,7 @@ inline bool resolve_collectives(BlockRun& b, std::string& err) {
           break;
         }
         if (o.kind != lead.kind || o.line != lead.line || std::strcmp(o.file, lead.file) != 0 || o.mask != mask) {
-          err = who + ": lane " + std::to_string(l) + " of its mask waits at another collective, " + describe(o);
+          err = who() + ": lane " + std::to_string(l) + " of its mask waits at another collective, " + describe(o);
           return false;
         }
       }
@@ -496,11 +570,15 @@ inline std::string run_block(BlockRun& b, unsigned threads, const std::function<
     f = Fiber{};
     f.tid = t;
     f.stack = b.stacks.get() + stack * t;
+#ifdef CUDA_SIM_FAST_SWITCH
+    f.sp = initial_stack(f.stack, stack, cuda_sim_fiber_entry);
+#else
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = f.stack;
     f.ctx.uc_stack.ss_size = stack;
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, cuda_sim_fiber_entry, 0);
+#endif
   }
   BlockRun* saved = tls_block;
   tls_block = &b;
@@ -558,6 +636,7 @@ inline void launch(unsigned grid, unsigned threads, const std::function<void()>&
     for (int w = 0; w < workers; ++w) pool.emplace_back(work);
     for (auto& t : pool) t.join();
   }
+  mem.tally();
   if (!first_error.empty()) throw std::runtime_error("CUDA emulator: " + first_error);
 }
 

@@ -11,7 +11,8 @@ CPU kernels' FMA copy (AVX2 / AVX-512), which rounds as the GPU build does
 (``kFma``, nvcc ``-fmad=false``), so the two must agree bit for bit.
 
 Also runnable as a script (a subprocess with another build or a sanitizer
-runtime): ``python -m tests.gpu_sim.harness LIB [CASE-SET]`` prints one JSON line.
+runtime): ``python -m tests.gpu_sim.harness LIB [CASE-SET [ORDER,ORDER.. [WORKERS]]]``
+prints one JSON line.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Case:
     steps: int = 3
     misalign: bool = True  # every third parameter starts one element into its storage
     scaler: bool = False  # grad_scale / found_inf read from the device (GradScaler's protocol); step 1 skipped
+    start_step: int = 0  # the schedule counter before the first step (a run resumed far along)
 
 
 def _params(case: Case, seed: int) -> list[torch.nn.Parameter]:
@@ -102,6 +104,9 @@ def run_case(ops, case: Case) -> dict[str, Any]:
     cls = getattr(cf, case.cls)
     ref = cls(a, lr=case.spec, backend="cpu", **case.kw)
     sim = cls(b, lr=case.spec, backend="cpu", **case.kw)
+    if case.start_step:
+        for opt in (ref, sim):
+            opt.schedule_step.fill_(case.start_step)
     gen = torch.Generator().manual_seed(1)
     for step in range(case.steps):
         grads = [torch.randn(p.shape, generator=gen).to(case.dtype) for p in a]
@@ -143,8 +148,10 @@ def run_case(ops, case: Case) -> dict[str, Any]:
 
 
 def counted_bytes(ops, cls: str, kw: dict[str, Any], dtype: torch.dtype, n: int = 4 * CHUNK, steps: int = 2) -> dict[str, Any]:
-    """Bytes the kernel moves per parameter per step, by category and access width,
-    counted by the emulator's access hooks on one aligned tensor of ``n`` elements."""
+    """Bytes the kernel moves per parameter per step, by category (distinct
+    bytes per launch: what DRAM moves when each byte crosses once) and access
+    width (per thread), counted by the emulator's access hooks on one aligned
+    tensor of ``n`` elements."""
     p = torch.nn.Parameter(torch.randn(n).to(dtype))
     opt = getattr(cf, cls)([p], lr=cf.CyclicLR(0.001, 0.01, 2), backend="cpu", **kw)
     p.grad = torch.randn(n).to(dtype)
@@ -154,11 +161,12 @@ def counted_bytes(ops, cls: str, kw: dict[str, Any], dtype: torch.dtype, n: int 
         for _ in range(steps):
             opt.step()
     c = ops.counts()
-    out: dict[str, Any] = {"per_param": {}, "widths": {}}
+    out: dict[str, Any] = {"per_param": {}, "thread_accesses_per_param": {}, "widths": {}}
     for i, name in enumerate(CATEGORIES):
         rd, wr = int(c[i, 0]), int(c[i, 1])
         if rd or wr:
-            out["per_param"][name] = (rd + wr) / (n * steps)
+            out["thread_accesses_per_param"][name] = (rd + wr) / (n * steps)
+            out["per_param"][name] = (int(c[i, 12]) + int(c[i, 13])) / (n * steps)
             out["widths"][name] = {"loads": {w: int(c[i, 2 + k]) for k, w in enumerate(WIDTHS) if c[i, 2 + k]},
                                    "stores": {w: int(c[i, 7 + k]) for k, w in enumerate(WIDTHS) if c[i, 7 + k]}}  # fmt: skip
     element = ["params", "grads", "state0", "state1", "state2", "scale0", "scale1", "scale2"]
@@ -167,12 +175,37 @@ def counted_bytes(ops, cls: str, kw: dict[str, Any], dtype: torch.dtype, n: int 
     return out
 
 
-def case_sets() -> dict[str, list[Case]]:
-    """The cases by name: 'all' covers every registered kernel variant, 'core' a few for the order sweeps."""
+_DTYPES = {"float": torch.float32, "bfloat16": torch.bfloat16, "half": torch.float16}
+
+
+def variant_case(name: str) -> Case:
+    """A case that launches kernel instantiation ``name`` ('adam<bfloat16,int8,NS=3,sr=1>',
+    as the emulator build names them), with flags varied by the name's hash."""
+    algo, rest = name.split("<")
+    p, s, ns, sr = rest.rstrip(">").split(",")
+    ns, sr = int(ns.split("=")[1]), sr == "sr=1"
+    dtype = _DTYPES[p]
+    kw: dict[str, Any] = {"stochastic_rounding": True} if sr else {}
+    if s != p:
+        kw["state_dtype"] = "int8" if s == "int8" else _DTYPES[s]
+    odd = sum(map(ord, name)) % 2 == 1
+    if algo == "sgd":
+        kw.update(momentum=0.9 if ns else 0.0, weight_decay=0.01 if odd else 0.0, nesterov=bool(ns) and odd)
+        # (a schedule that cycles momentum makes SGD keep a buffer: NS=0 needs one that does not)
+        return Case(f"variant-{name}", "SGD", kw, cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=bool(ns)), dtype=dtype)
+    kw.update(amsgrad=ns == 3, eps=1e-4 if dtype != torch.float32 else 1e-8, weight_decay=0.05 if odd else 0.0)
+    return Case(f"variant-{name}", "AdamW" if odd else "Adam", kw, cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=odd), dtype=dtype)
+
+
+def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
+    """The cases by name: 'all' covers ``variants`` (every kernel instantiation
+    the build can launch), every flag, schedule kind and input path; 'core' a
+    few for the order sweeps."""
     from tests.test_triton import ADAM_FLAGS, SCHEDULES, SGD_FLAGS
 
     cyc = cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=True, base_momentum=0.7, max_momentum=0.9)
-    flags = [Case(f"SGD-{i}", "SGD", f, cyc) for i, f in enumerate(SGD_FLAGS)]
+    fixed = cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=False)
+    flags = [Case(f"SGD-{i}", "SGD", f, cyc if f["momentum"] else fixed) for i, f in enumerate(SGD_FLAGS)]
     flags += [Case(f"{c}-{i}", c, f, cyc) for c in ("Adam", "AdamW") for i, f in enumerate(ADAM_FLAGS)]
     bf16, fp16 = torch.bfloat16, torch.float16
     lowp = [
@@ -180,7 +213,7 @@ def case_sets() -> dict[str, list[Case]]:
         Case("SGD-bf16-fp32state", "SGD", dict(momentum=0.9, state_dtype=torch.float32), cyc, dtype=bf16),
         Case("SGD-fp16", "SGD", dict(momentum=0.9, nesterov=True), cyc, dtype=fp16),
         Case("SGD-fp16-fp32state", "SGD", dict(momentum=0.9, state_dtype=torch.float32), cyc, dtype=fp16),
-        Case("SGD-nomom-bf16-sr", "SGD", dict(stochastic_rounding=True), cyc, dtype=bf16),
+        Case("SGD-nomom-bf16-sr", "SGD", dict(stochastic_rounding=True), 0.01, dtype=bf16),
         Case("Adam-bf16", "Adam", dict(eps=1e-4), cyc, dtype=bf16),
         Case("AdamW-bf16-fp32state", "AdamW", dict(eps=1e-4, state_dtype=torch.float32), cyc, dtype=bf16),
         Case("Adam-fp16", "Adam", dict(eps=1e-4, amsgrad=True), cyc, dtype=fp16),
@@ -201,6 +234,12 @@ def case_sets() -> dict[str, list[Case]]:
     small = [1, 129, CHUNK + 1]
     scheds = [Case(f"sched-{'sgd' if c == 'SGD' else 'adam'}-{i}-{type(s).__name__}", c, k, s, sizes=small, steps=7)
               for i, s in enumerate(SCHEDULES) for c, k in (("SGD", dict(momentum=0.9)), ("Adam", {}))]  # fmt: skip
+    # kinds and branches the schedule list above leaves out: SGDR with T_mult 1, a constant, and a
+    # warm-restart cycle past 2**50 steps (the walk's overflow guard), reached by a counter far along
+    scheds += [Case("sched-sgdr-tmult1", "SGD", dict(momentum=0.9), cf.CosineAnnealingWarmRestarts(0.01, 2, 1, 0.001), sizes=small, steps=5),
+               Case("sched-constant", "Adam", {}, cf.get_schedule("constant", 0.01), sizes=small, steps=3),
+               Case("sched-sgdr-far", "Adam", {}, cf.CosineAnnealingWarmRestarts(0.01, 2**51 + 3, 8), sizes=small, steps=3,
+                    start_step=2**52)]  # fmt: skip
     extra = [
         Case("Adam-scaler", "Adam", dict(amsgrad=True), cyc, scaler=True, steps=4),
         Case("SGD-scaler-int8", "SGD", dict(momentum=0.9, state_dtype="int8"), cyc, scaler=True, steps=4),
@@ -214,13 +253,14 @@ def case_sets() -> dict[str, list[Case]]:
         Case("core-Adam-int8", "Adam", dict(state_dtype="int8", amsgrad=True), cyc),
         Case("core-SGD-bf16-int8-sr", "SGD", dict(momentum=0.9, state_dtype="int8", stochastic_rounding=True), cyc, dtype=bf16),
     ]
-    return {"all": flags + lowp + scheds + extra, "core": core, "fp32": [c for c in core if c.dtype == torch.float32]}
+    return {"all": [variant_case(v) for v in variants] + flags + lowp + scheds + extra, "core": core, "fp32": [c for c in core if c.dtype == torch.float32],
+            "adamw": core[:1], "sgd": core[1:2], "int8": core[2:3]}  # fmt: skip
 
 
 def run_set(ops, name: str, order: str = "forward", workers: int = 1, seed: int = 1) -> dict[str, Any]:
     ops.configure(ORDERS[order], seed, workers)
     results, errors = [], []
-    for case in case_sets()[name]:
+    for case in case_sets(ops.all_variants() if name == "all" else ())[name]:
         try:
             results.append(run_case(ops, case))
         except RuntimeError as e:  # the emulator's reports arrive as the op's RuntimeError
@@ -232,7 +272,7 @@ def run_set(ops, name: str, order: str = "forward", workers: int = 1, seed: int 
 
 if __name__ == "__main__":
     lib, name = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "fp32"
-    order = sys.argv[3] if len(sys.argv) > 3 else "forward"
+    orders = (sys.argv[3] if len(sys.argv) > 3 else "forward").split(",")
     workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
     ops = load(lib)
-    print(json.dumps(run_set(ops, name, order, workers)))
+    print(json.dumps([run_set(ops, name, order, workers) for order in orders]))

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace cuda_sim_bridge {
@@ -26,11 +27,18 @@ enum Category : int {
 void sgd(int param, int state, unsigned grid, const void* tables, const void* inputs, const void* hyper);
 void adam(int param, int state, unsigned grid, const void* tables, const void* inputs, const void* hyper);
 
+// Names of the kernel instantiations launched so far, and of every one the
+// variant selection (csrc/kernel_variants.h) can pick in this build.
+std::vector<std::string> launched();
+std::vector<std::string> all_variants();
+
 // sim_runtime.cpp
 void configure(int order, uint64_t seed, int workers);
-// [categories x (read bytes, write bytes, reads by width 1/2/4/8/16, writes by width)]
+// [categories x (read bytes, write bytes, reads by width 1/2/4/8/16, writes by width,
+//                distinct bytes read, distinct bytes written)]: accesses by the threads, and DRAM-level bytes
 std::vector<int64_t> counts();
 void reset_counts();
 bool counting();  // the build counts accesses
+bool coverage_dump();  // writes the gcov counters now (a --coverage build); false otherwise
 
 }  // namespace cuda_sim_bridge

@@ -3,12 +3,15 @@
 // Every (parameter, state) storage pair of launch_args.h's dispatch_types and
 // every variant of kernel_variants.h, as fused_optim.cu registers them.
 // Built by tests/gpu_sim/build.py with -Dclr_fused=clr_fused_gpusim (see
-// sim_bridge.h); CUDA_SIM_FP32_ONLY: float parameters only (the planted-bug
-// builds, faster to compile).
+// sim_bridge.h); CUDA_SIM_FP32_ONLY: float parameters with float or int8
+// states only (the planted-bug and sanitizer builds, faster to compile).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <mutex>
+#include <set>
 #include <stdexcept>
+#include <string>
 
 #include "cuda_sim.h"
 // the kernel headers after cuda_sim.h: they see __CUDACC__
@@ -21,6 +24,32 @@ using namespace clr_fused;
 namespace br = cuda_sim_bridge;
 
 namespace {
+
+template <typename T>
+constexpr const char* type_name() {
+  if constexpr (std::is_same_v<T, float>) return "float";
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return "bfloat16";
+  if constexpr (std::is_same_v<T, c10::Half>) return "half";
+  if constexpr (std::is_same_v<T, Q8>) return "int8";
+  return "?";
+}
+
+// "sgd<float,int8,NS=1,sr=0>": one kernel instantiation.
+template <typename P, typename S, int NS, bool kSr>
+std::string variant_name(const char* algo) {
+  return std::string(algo) + "<" + type_name<P>() + "," + type_name<S>() + ",NS=" + std::to_string(NS) + ",sr=" + (kSr ? "1" : "0") + ">";
+}
+
+std::mutex launched_mu;
+std::set<std::string>& launched_set() {
+  static std::set<std::string> s;
+  return s;
+}
+
+void record(const std::string& name) {
+  std::lock_guard<std::mutex> lock(launched_mu);
+  launched_set().insert(name);
+}
 
 template <typename T>
 void add(const T* p, int64_t count, int category) {
@@ -67,6 +96,7 @@ void run_sgd(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyp
   sgd_variant<P, S>(h, [&](auto ns, auto sr) {
     constexpr int kNs = decltype(ns)::value;
     constexpr bool kSr = decltype(sr)::value;
+    record(variant_name<P, S, kNs, kSr>("sgd"));
     register_memory<P, S, kNs>(grid, tb, in);
     add(h.fresh, tb.num_tensors, br::kFresh);
     cuda_sim::launch(grid, kThreads, [&] { sgd_kernel<P, S, kNs, kDeviceFma, kSr>(tb, in, h); });
@@ -78,6 +108,7 @@ void run_adam(unsigned grid, const Tables& tb, const StepInputs& in, const AdamH
   adam_variant<P, S>(h, [&](auto ns, auto sr) {
     constexpr int kNs = decltype(ns)::value;
     constexpr bool kSr = decltype(sr)::value;
+    record(variant_name<P, S, kNs, kSr>("adam"));
     register_memory<P, S, kNs>(grid, tb, in);
     add(h.steps, tb.num_tensors, br::kStepTable);
     for (int64_t t = 0; t < tb.num_tensors; ++t) add(reinterpret_cast<const float*>(h.steps[t]), 1, br::kSteps);
@@ -94,9 +125,11 @@ void with_state(int state, const F& f) {
       return f(P{}, float{});
     case br::kQ8:
       return f(P{}, Q8{});
+#ifndef CUDA_SIM_FP32_ONLY
     case br::kBFloat16:
       if constexpr (!std::is_same_v<P, c10::Half>) return f(P{}, c10::BFloat16{});
       break;
+#endif
     case br::kHalf:
       if constexpr (std::is_same_v<P, c10::Half>) return f(P{}, c10::Half{});
       break;
@@ -135,6 +168,51 @@ void adam(int param, int state, unsigned grid, const void* tables, const void* i
     run_adam<decltype(p), decltype(s)>(grid, *static_cast<const Tables*>(tables), *static_cast<const StepInputs*>(inputs),
                                        *static_cast<const AdamHyper*>(hyper));
   });
+}
+
+}  // namespace cuda_sim_bridge
+
+namespace cuda_sim_bridge {
+
+std::vector<std::string> launched() {
+  std::lock_guard<std::mutex> lock(launched_mu);
+  return {launched_set().begin(), launched_set().end()};
+}
+
+// Every instantiation the variant selection can pick, over every storage
+// pair and every flag that selects one (the names only: nothing runs).
+std::vector<std::string> all_variants() {
+  std::set<std::string> out;
+  for (int param : {kFloat, kBFloat16, kHalf}) {
+    for (int state : {kFloat, kBFloat16, kHalf, kQ8}) {
+      try {
+        with_types(param, state, [&](auto p, auto s) {
+          using P = decltype(p);
+          using S = decltype(s);
+          for (bool flag : {false, true}) {
+            for (bool stochastic : {false, true}) {
+              SgdHyper sh{};
+              sh.use_momentum = flag;
+              sh.stochastic = stochastic;
+              // Without momentum the op takes the parameter's dtype as the state type;
+              // int8 needs momentum (step_entry.h refuses it otherwise).
+              const bool reachable = flag ? true : std::is_same_v<S, P>;
+              if (reachable) {
+                sgd_variant<P, S>(sh, [&](auto ns, auto sr) { out.insert(variant_name<P, S, decltype(ns)::value, decltype(sr)::value>("sgd")); });
+              }
+              AdamHyper ah{};
+              ah.amsgrad = flag;
+              ah.stochastic = stochastic;
+              adam_variant<P, S>(ah, [&](auto ns, auto sr) { out.insert(variant_name<P, S, decltype(ns)::value, decltype(sr)::value>("adam")); });
+            }
+          }
+        });
+      } catch (const std::runtime_error&) {
+        // not a pair dispatch_types makes
+      }
+    }
+  }
+  return {out.begin(), out.end()};
 }
 
 }  // namespace cuda_sim_bridge

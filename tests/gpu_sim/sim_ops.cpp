@@ -68,7 +68,10 @@ at::Tensor counts() {
 }
 
 void reset_counts() { cuda_sim_bridge::reset_counts(); }
+std::vector<std::string> launched() { return cuda_sim_bridge::launched(); }
+std::vector<std::string> all_variants() { return cuda_sim_bridge::all_variants(); }
 bool counting() { return cuda_sim_bridge::counting(); }
+bool coverage_dump() { return cuda_sim_bridge::coverage_dump(); }
 
 }  // namespace
 }  // namespace clr_fused
@@ -80,6 +83,9 @@ TORCH_LIBRARY(clr_fused_sim, m) {
   m.def("counts() -> Tensor", &clr_fused::counts);
   m.def("reset_counts() -> ()", &clr_fused::reset_counts);
   m.def("counting() -> bool", &clr_fused::counting);
+  m.def("launched() -> str[]", &clr_fused::launched);
+  m.def("all_variants() -> str[]", &clr_fused::all_variants);
+  m.def("coverage_dump() -> bool", &clr_fused::coverage_dump);
 }
 
 TORCH_LIBRARY_IMPL(clr_fused_sim, CPU, m) {

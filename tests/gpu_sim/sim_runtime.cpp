@@ -28,6 +28,8 @@ std::vector<int64_t> counts() {
     out.push_back(static_cast<int64_t>(t.write_bytes[c]));
     for (int w = 0; w < cuda_sim::kWidths; ++w) out.push_back(static_cast<int64_t>(t.reads[c][w]));
     for (int w = 0; w < cuda_sim::kWidths; ++w) out.push_back(static_cast<int64_t>(t.writes[c][w]));
+    out.push_back(static_cast<int64_t>(t.unique_read_bytes[c]));
+    out.push_back(static_cast<int64_t>(t.unique_write_bytes[c]));
   }
   return out;
 }
@@ -42,6 +44,16 @@ bool counting() {
 #endif
 }
 
+#ifdef CUDA_SIM_COVERAGE
+extern "C" void __gcov_dump();
+bool coverage_dump() {
+  __gcov_dump();
+  return true;
+}
+#else
+bool coverage_dump() { return false; }
+#endif
+
 }  // namespace cuda_sim_bridge
 
 #ifdef CUDA_SIM_COUNT_ACCESSES
@@ -49,7 +61,7 @@ namespace {
 
 // Instrumented code called from inside a hook (the header's inline helpers
 // may be the instrumented copies) must not recurse into it.
-thread_local bool in_hook = false;
+thread_local bool in_hook __attribute__((tls_model("initial-exec"))) = false;
 
 void on_access(const void* p, size_t size, bool write) {
   if (in_hook) return;
@@ -69,6 +81,7 @@ void on_access(const void* p, size_t size, bool write) {
                    std::to_string(a - r->lo) + " of a " + std::to_string(r->hi - r->lo) + "-byte allocation, " +
                    cuda_sim::thread_name());
   }
+  for (size_t i = 0; i < size; ++i) __atomic_fetch_or(r->touched + (a - r->lo) + i, write ? 2 : 1, __ATOMIC_RELAXED);
   const int w = cuda_sim::width_index(size);
   if (write) {
     b->counts.write_bytes[r->category] += size;
