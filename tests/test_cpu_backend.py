@@ -148,7 +148,8 @@ def _tsan_build(tmp_path, *defines):
         pytest.skip("no g++ here")
     exe = tmp_path / "ticket_tsan"
     cmd = [gxx, "-std=c++17", "-O1", "-g", "-fsanitize=thread", "-Wno-tsan", "-pthread", *defines,
-           "-I", os.path.join(ROOT, "csrc"), os.path.join(ROOT, "tests", "cpp", "ticket_tsan.cpp"), "-o", str(exe)]  # fmt: skip
+           "-I", os.path.join(ROOT, "csrc"), "-I", os.path.join(ROOT, "tests", "cpp"), os.path.join(ROOT, "tests", "cpp", "ticket_tsan.cpp"),
+           "-o", str(exe)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66")
     return subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=600)

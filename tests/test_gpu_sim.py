@@ -187,7 +187,7 @@ def test_clean_under_asan_and_ubsan(build_dir):
 def _tsan_binary(build_dir, csrc, tag):
     exe = os.path.join(build_dir, f"sim_tsan-{tag}")
     cmd = [GXX, "-std=c++20", "-O1", "-g", "-fsanitize=thread", "-Wno-tsan", "-ffp-contract=off", f"-I{csrc}", f"-I{SIM}",
-           os.path.join(SIM, "sim_tsan.cpp"), "-o", exe]  # fmt: skip
+           f"-I{os.path.join(ROOT, 'tests', 'cpp')}", os.path.join(SIM, "sim_tsan.cpp"), "-o", exe]  # fmt: skip
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     return exe
