@@ -34,6 +34,7 @@ ORDERS = {"forward": 0, "reversed": 1, "shuffled": 2}
 CATEGORIES = ["params", "grads", "state0", "state1", "state2", "scale0", "scale1", "scale2", "address tables", "numels",
               "chunk_tensor", "chunk_start", "schedule rows", "scalars", "step table", "steps", "fresh", "betas"]  # fmt: skip
 WIDTHS = [1, 2, 4, 8, 16]
+ELEMENT = CATEGORIES[:8]  # the element data: params, grads, state lists, int8 scales
 
 
 def load(lib: str):
@@ -140,18 +141,19 @@ def run_case(ops, case: Case) -> dict[str, Any]:
             if key in ga:
                 diffs[f"group{gi}.{key}"] = _diff(ga[key], gb[key])
     diffs["schedule_step"] = _diff(ref.schedule_step, sim.schedule_step)
-    tickets = [int(bk.ticket.sum()) for bk in sim._plan.buckets]
     assert sim._plan is not None and all(bk.native_index < 0 for bk in sim._plan.buckets), "the emulated run took the native path"
+    tickets = [int(bk.ticket.sum()) for bk in sim._plan.buckets]
     bad = {k: v for k, v in diffs.items() if v}
     return {"case": case.name, "differing_bytes": sum(bad.values()), "where": bad, "compared_bytes": compared,
             "tickets": tickets, "schedule_step": int(sim.schedule_step)}  # fmt: skip
 
 
 def counted_bytes(ops, cls: str, kw: dict[str, Any], dtype: torch.dtype, n: int = 4 * CHUNK, steps: int = 2) -> dict[str, Any]:
-    """Bytes the kernel moves per parameter per step, by category (distinct
-    bytes per launch: what DRAM moves when each byte crosses once) and access
-    width (per thread), counted by the emulator's access hooks on one aligned
-    tensor of ``n`` elements."""
+    """Bytes the kernel moves per parameter per step in the element data
+    (``ELEMENT``), by category (distinct bytes per launch: what DRAM moves
+    when each byte crosses once; and every thread's accesses) and access
+    width (per thread), counted by the emulator's access hooks on one
+    aligned tensor of ``n`` elements."""
     p = torch.nn.Parameter(torch.randn(n).to(dtype))
     opt = getattr(cf, cls)([p], lr=cf.CyclicLR(0.001, 0.01, 2), backend="cpu", **kw)
     p.grad = torch.randn(n).to(dtype)
@@ -160,18 +162,18 @@ def counted_bytes(ops, cls: str, kw: dict[str, Any], dtype: torch.dtype, n: int 
         ops.reset_counts()
         for _ in range(steps):
             opt.step()
+    # per category (sim_bridge.h): read bytes, written bytes, reads by width, writes by width, distinct read / written
     c = ops.counts()
+    assert c.shape == (len(CATEGORIES), 2 + 2 * len(WIDTHS) + 2), c.shape
     out: dict[str, Any] = {"per_param": {}, "thread_accesses_per_param": {}, "widths": {}}
-    for i, name in enumerate(CATEGORIES):
+    for i, name in enumerate(ELEMENT):
         rd, wr = int(c[i, 0]), int(c[i, 1])
         if rd or wr:
             out["thread_accesses_per_param"][name] = (rd + wr) / (n * steps)
             out["per_param"][name] = (int(c[i, 12]) + int(c[i, 13])) / (n * steps)
             out["widths"][name] = {"loads": {w: int(c[i, 2 + k]) for k, w in enumerate(WIDTHS) if c[i, 2 + k]},
                                    "stores": {w: int(c[i, 7 + k]) for k, w in enumerate(WIDTHS) if c[i, 7 + k]}}  # fmt: skip
-    element = ["params", "grads", "state0", "state1", "state2", "scale0", "scale1", "scale2"]
-    out["element_bytes_per_param"] = sum(v for k, v in out["per_param"].items() if k in element)
-    out["overhead_bytes_per_step"] = sum(v for k, v in out["per_param"].items() if k not in element) * n
+    out["element_bytes_per_param"] = sum(out["per_param"].values())
     return out
 
 

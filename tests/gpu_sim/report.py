@@ -28,9 +28,6 @@ STATES = {
 }
 
 
-ELEMENT = ("params", "grads", "state0", "state1", "state2", "scale0", "scale1", "scale2")
-
-
 def count_all(ops) -> dict[str, dict]:
     """Per model row: the element data's bytes (params, grads, states, int8 codes and scales);
     the tables and scalars a launch also reads are per chunk, not per parameter, and left out."""
@@ -41,13 +38,12 @@ def count_all(ops) -> dict[str, dict]:
                 sr = bool(extra.get("stochastic_rounding"))
                 key = f"{algo}/{str(dtype).split('.')[-1]}/{state}" + ("/sr" if sr else "")
                 row = harness.counted_bytes(ops, cls, {**kw, **extra}, dtype)
-                keep = lambda d: {k: v for k, v in d.items() if k in ELEMENT}  # noqa: E731
                 model_algo = "adamw" if algo == "adamw" else "sgd"
                 out[key] = {"algo": algo, "param_dtype": str(dtype).split(".")[-1], "state": state, "stochastic_rounding": sr,
                             "element_bytes_per_param": row["element_bytes_per_param"],
                             "model_bytes_per_param": lp.bytes_per_param(model_algo, dtype, state),
-                            "per_param": keep(row["per_param"]), "thread_accesses_per_param": keep(row["thread_accesses_per_param"]),
-                            "widths": keep(row["widths"])}  # fmt: skip
+                            "per_param": row["per_param"], "thread_accesses_per_param": row["thread_accesses_per_param"],
+                            "widths": row["widths"]}  # fmt: skip
     return json.loads(json.dumps(out))  # the JSON form (int keys become strings), as the file holds it
 
 

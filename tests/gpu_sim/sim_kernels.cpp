@@ -118,7 +118,7 @@ void run_adam(unsigned grid, const Tables& tb, const StepInputs& in, const AdamH
 }
 
 // (param, state) storage codes -> the launcher, as launch_args.h's dispatch_types pairs them.
-template <typename P, typename H, typename F>
+template <typename P, typename F>
 void with_state(int state, const F& f) {
   switch (state) {
     case br::kFloat:
@@ -141,12 +141,12 @@ template <typename F>
 void with_types(int param, int state, const F& f) {
   switch (param) {
     case br::kFloat:
-      return with_state<float, void>(state, f);
+      return with_state<float>(state, f);
 #ifndef CUDA_SIM_FP32_ONLY
     case br::kBFloat16:
-      return with_state<c10::BFloat16, void>(state, f);
+      return with_state<c10::BFloat16>(state, f);
     case br::kHalf:
-      return with_state<c10::Half, void>(state, f);
+      return with_state<c10::Half>(state, f);
 #endif
   }
   throw std::runtime_error("CUDA emulator: this build has no kernels for that parameter dtype");

@@ -31,25 +31,27 @@ constexpr int storage_code() {
   return -1;
 }
 
+// The emulator's failures (std::runtime_error) as the op's RuntimeError.
+template <typename Fn>
+void launch_on_emulator(const Fn& fn) {
+  try {
+    fn();
+  } catch (const std::runtime_error& e) {
+    TORCH_CHECK(false, e.what());
+  }
+}
+
 template <typename P, typename S>
 struct SimSgd {
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const SgdHyper& h) {
-    try {
-      cuda_sim_bridge::sgd(storage_code<P>(), storage_code<S>(), grid, &tb, &in, &h);
-    } catch (const std::runtime_error& e) {
-      TORCH_CHECK(false, e.what());
-    }
+    launch_on_emulator([&] { cuda_sim_bridge::sgd(storage_code<P>(), storage_code<S>(), grid, &tb, &in, &h); });
   }
 };
 
 template <typename P, typename S>
 struct SimAdam {
   static void run(unsigned grid, const Tables& tb, const StepInputs& in, const AdamHyper& h) {
-    try {
-      cuda_sim_bridge::adam(storage_code<P>(), storage_code<S>(), grid, &tb, &in, &h);
-    } catch (const std::runtime_error& e) {
-      TORCH_CHECK(false, e.what());
-    }
+    launch_on_emulator([&] { cuda_sim_bridge::adam(storage_code<P>(), storage_code<S>(), grid, &tb, &in, &h); });
   }
 };
 
