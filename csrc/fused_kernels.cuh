@@ -109,10 +109,11 @@ template <typename P, typename S, int NS, bool kFma = kDeviceFma, bool kSr = fal
 __global__ void __launch_bounds__(kThreads) sgd_kernel(Tables tb, StepInputs in, SgdHyper h) {
   const ChunkInfo c = chunk_info(tb, in);
   if (!c.skipped) {
-    const float mom = in.mom != nullptr ? c.mom : h.momentum;
+    // torch's buf.mul_(momentum) and add_(grad, alpha=-lr) round their double scalars to float32
+    const float mom = in.mom != nullptr ? static_cast<float>(c.mom) : h.momentum;
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
     const bool warm = h.fresh[c.t] == 0;
-    const float neg_lr = -c.lr;
+    const float neg_lr = static_cast<float>(-c.lr);
     const StatePtrs<S, NS> s = state_ptrs<S, NS>(tb, c.t);
     const RandomBits rb = chunk_bits<kSr>(tb, c);
     if (h.weight_decay != 0.f) {
@@ -133,6 +134,14 @@ struct AdamHyper {
   // tensor betas (torch's capturable idiom): {beta1, 1 - beta1, beta2, 1 - beta2}
   // read on the device every launch, complements taken in double there; nullptr: the floats above
   const float* betas;
+  // torch's fused CPU Adam runs its vector body over the first n - n % V
+  // elements of a tensor (V: its Vectorized<float> width, 16 on AVX-512, 8 on
+  // AVX2) and a scalar loop over the rest, which its compiler contracts
+  // differently (exp_avg_sq: fma(v, beta2, (1 - beta2) * g * g) there,
+  // fma((1 - beta2) * g, g, v * beta2) in the body).  The CPU build's FMA copies
+  // round each element as the loop torch runs it in (cpu_ops.cpp sets V from
+  // torch's CPU capability); 0: one form for every element (the GPU).
+  int64_t torch_tail_vec = 0;
 };
 
 // torch.optim.Adam / AdamW's for-loop step, op for op: param.mul_(1 - lr *
@@ -149,15 +158,15 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
   const bool dev = h.betas != nullptr;
   const float beta2 = dev ? h.betas[2] : h.beta2, one_minus_beta2 = dev ? h.betas[3] : h.one_minus_beta2;
   const bool cycled = in.mom != nullptr;
-  const float b1 = cycled ? c.mom : dev ? h.betas[0] : h.beta1;
-  const float one_minus_b1 = cycled ? static_cast<float>(1.0 - static_cast<double>(c.mom)) : dev ? h.betas[1] : h.one_minus_beta1;
+  const float b1 = cycled ? static_cast<float>(c.mom) : dev ? h.betas[0] : h.beta1;
+  const float one_minus_b1 = cycled ? static_cast<float>(1.0 - c.mom) : dev ? h.betas[1] : h.one_minus_beta1;
   const float step = *reinterpret_cast<const float*>(steps[c.t]) + 1.f;
   if (!c.skipped) {
     const float gm = h.maximize ? -c.grad_mul : c.grad_mul;
     // Once per block, in float64 as torch's Python scalars: then one rounding each.
-    const double b1d = cycled || dev ? static_cast<double>(b1) : h.beta1_exact;
+    const double b1d = cycled ? c.mom : dev ? static_cast<double>(b1) : h.beta1_exact;
     const double b2d = dev ? static_cast<double>(beta2) : h.beta2_exact;
-    const double lr = static_cast<double>(c.lr);
+    const double lr = c.lr;  // torch's double: step size and decay from it, then one rounding each
     const double bc1 = 1.0 - pow(b1d, static_cast<double>(step));
     const float bc2_sqrt = static_cast<float>(sqrt(1.0 - pow(b2d, static_cast<double>(step))));
     const float neg_step_size = static_cast<float>(-(lr / bc1));
@@ -171,15 +180,22 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
     const RandomBits rb = chunk_bits<kSr>(tb, c);
     // The weight-decay mode is fixed for the launch: one loop per mode, so the
     // element loop has no branch (the CPU compiler vectorises it).
-    const auto update = [&](auto wd_mode) {
+    // torch's scalar tail (torch_tail_vec): plain float32 states, the CPU build's FMA copies only
+    constexpr bool kTorchTail = kFma && !kDeviceFma && std::is_same_v<P, float> && std::is_same_v<S, float>;
+    const int64_t n = tb.numels[c.t];
+    const int64_t tail = kTorchTail && h.torch_tail_vec > 0 ? n - n % h.torch_tail_vec : n;
+    const int64_t mid = c.end < tail ? c.end : (c.start > tail ? c.start : tail);
+    const auto update = [&](auto wd_mode, auto tail_form, int64_t from, int64_t to) {
       constexpr int kMode = decltype(wd_mode)::value;  // 0: none, 1: decoupled (AdamW), 2: L2 (Adam)
-      for_each_element<P, S, NS, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end, rb,
+      constexpr bool kTail = decltype(tail_form)::value;
+      for_each_element<P, S, NS, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, from, to, rb,
                                       [&](float& p, float g, float* st) {
                                    g = g * gm;
                                    if constexpr (kMode == 1) p = p * decay;
                                    if constexpr (kMode == 2) g = madd<kFma>(p, h.weight_decay, g);
                                    const float m = madd<kFma>(coeff, g - st[0], small_w ? st[0] : g);
-                                   float v = madd<kFma>(one_minus_beta2 * g, g, st[1] * beta2);
+                                   float v = kTail ? madd<kFma>(st[1], beta2, (one_minus_beta2 * g) * g)
+                                                   : madd<kFma>(one_minus_beta2 * g, g, st[1] * beta2);
                                    st[0] = m;
                                    st[1] = v;
                                    if constexpr (NS == 3) {
@@ -193,12 +209,18 @@ __global__ void __launch_bounds__(kThreads) adam_kernel(Tables tb, StepInputs in
                                    p = p + (neg_step_size * m) / denom;
                                  });
     };
+    const auto both = [&](auto wd_mode) {
+      update(wd_mode, std::false_type{}, c.start, mid);
+      if constexpr (kTorchTail) {
+        if (mid < c.end) update(wd_mode, std::true_type{}, mid, c.end);
+      }
+    };
     if (h.weight_decay == 0.f) {
-      update(std::integral_constant<int, 0>{});
+      both(std::integral_constant<int, 0>{});
     } else if (h.decoupled) {
-      update(std::integral_constant<int, 1>{});
+      both(std::integral_constant<int, 1>{});
     } else {
-      update(std::integral_constant<int, 2>{});
+      both(std::integral_constant<int, 2>{});
     }
   }
   // The last block advances every tensor's step (and the schedule counter).

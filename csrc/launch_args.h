@@ -28,9 +28,9 @@ inline Tables make_tables(at::TensorList tables) {
 
 inline unsigned num_chunks(at::TensorList tables) { return static_cast<unsigned>(tables.back().numel()); }
 
-inline const float* float_scalar(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat && t.numel() >= 1, name, " must be a float32 device scalar, got ", t.scalar_type());
-  return t.data_ptr<float>();
+inline const double* double_scalar(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kDouble && t.numel() >= 1, name, " must be a float64 device scalar, got ", t.scalar_type());
+  return t.data_ptr<double>();
 }
 
 inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter, const at::Tensor& lr,
@@ -44,11 +44,11 @@ inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter,
   in.rows = rows.data_ptr<double>();
   in.n_rows = static_cast<int>(rows.size(0));
   in.counter = counter.data_ptr<int64_t>();
-  in.lr = float_scalar(lr, "lr");
-  in.mom = mom.has_value() ? float_scalar(*mom, "mom") : nullptr;
+  in.lr = double_scalar(lr, "lr");
+  in.mom = mom.has_value() ? double_scalar(*mom, "mom") : nullptr;
   if (next.has_value()) {
-    TORCH_CHECK(next->scalar_type() == at::kFloat && next->numel() == 2 && next->is_contiguous(), "next must be float32 [2]");
-    in.next = next->data_ptr<float>();
+    TORCH_CHECK(next->scalar_type() == at::kDouble && next->numel() == 2 && next->is_contiguous(), "next must be float64 [2]");
+    in.next = next->data_ptr<double>();
   } else {
     in.next = nullptr;
   }

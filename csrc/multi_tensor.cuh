@@ -46,12 +46,15 @@ struct StepInputs {
   // by every block: the group's live value (what param_groups[g]["lr"] holds,
   // so torch schedulers and in-place edits act as on torch's optimizers), a
   // user's tensor lr, or ReduceLROnPlateau's state.
-  const float* lr;
-  const float* mom;  // nullptr: momentum / beta1 is the hyperparameter
+  // float64, as torch's Python-float LR and momentum: Adam's step size and
+  // decay factor are computed from the double itself (as torch does), SGD's
+  // LR and momentum are rounded to float32 where torch rounds its scalars.
+  const double* lr;
+  const double* mom;  // nullptr: momentum / beta1 is the hyperparameter
   // nullptr, or [2]: the last block writes {lr, momentum} of the NEXT update,
   // the schedule at the advanced step (the group's last launch on this device).
   // It may alias lr / mom: every block has read them before the ticket.
-  float* next;
+  double* next;
   const float* grad_mul;  // nullptr: 1 (folds 1/grad_scale and the clip factor)
   const bool* skip;  // nullptr: never skip (found_inf / non-finite norm)
   int32_t* ticket;  // zero between launches
@@ -145,7 +148,8 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
 // Everything a block needs before the element loop: chunk bounds, schedule.
 struct ChunkInfo {
   int64_t t, start, end, k;
-  float lr, mom, grad_mul;
+  double lr, mom;  // float64 (StepInputs)
+  float grad_mul;
   bool skipped;
 };
 
@@ -157,8 +161,8 @@ __device__ __forceinline__ ChunkInfo chunk_info(const Tables& tb, const StepInpu
   const int64_t n = tb.numels[c.t];
   c.end = c.start + kChunk < n ? c.start + kChunk : n;
   c.k = *in.counter;
-  c.lr = *in.lr;  // one float per block: the schedule itself is evaluated once per step (finish_step)
-  c.mom = in.mom != nullptr ? *in.mom : 0.f;
+  c.lr = *in.lr;  // one value per block: the schedule itself is evaluated once per step (finish_step)
+  c.mom = in.mom != nullptr ? *in.mom : 0.0;
   c.grad_mul = in.grad_mul != nullptr ? *in.grad_mul : 1.f;
   c.skipped = in.skip != nullptr && *in.skip;
   return c;
@@ -388,8 +392,8 @@ __device__ __forceinline__ void finish_step(const StepInputs& in, const ChunkInf
   const int64_t k_next = c.k + (c.skipped ? 0 : 1);
   if (in.next != nullptr) {
     const LrMom s = evaluate_rows(in.rows, in.n_rows, k_next, nullptr);
-    in.next[0] = static_cast<float>(s.lr);  // the one rounding of the float64 schedule
-    in.next[1] = static_cast<float>(s.mom);
+    in.next[0] = s.lr;  // float64, as torch's schedulers write a Python float
+    in.next[1] = s.mom;
   }
   if (in.advance) *in.counter = k_next;
 }

@@ -210,3 +210,82 @@ def test_digits_mlp_adamw_600_steps_stays_with_torch():
     gap = lambda a, b: max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))  # noqa: E731
     assert gap(ours, loop) < 1e-5
     assert gap(ours, loop) <= 2 * max(gap(fused, loop), 1e-7)
+
+
+# One optimizer over many sizes (1 .. 65,537 elements: the vector body, every
+# tail length, several chunks), as the issue measured it.
+_EXACT_SIZES = [1, 2, 3, 5, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 255, 257, 511, 1000, 1023, 1025, 2049, 65537]
+
+
+def _exact_run(make_ours, make_torch, threads, steps=30, seed=0):
+    """Parameters after ``steps`` identical steps of both optimizers, each in its own copy."""
+    gen = torch.Generator().manual_seed(seed)
+    init = [torch.randn(n, generator=gen) for n in _EXACT_SIZES]
+    grads = [[torch.randn(n, generator=gen) for n in _EXACT_SIZES] for _ in range(steps)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = []
+        for make in (make_ours, make_torch):
+            ps = [torch.nn.Parameter(t.clone()) for t in init]
+            opt = make(ps)
+            for gs in grads:
+                for p, g in zip(ps, gs):
+                    p.grad = g.clone()
+                opt.step()
+            out.append(torch.cat([p.detach() for p in ps]))
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the extension is not built here")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("lr", [1e-3, 3e-3])
+@pytest.mark.parametrize(
+    "name,ours,theirs,kw",
+    [
+        ("adam", cf.Adam, torch.optim.Adam, {}),
+        ("adam_l2", cf.Adam, torch.optim.Adam, dict(weight_decay=0.01)),
+        ("adamw", cf.AdamW, torch.optim.AdamW, dict(weight_decay=0.1)),
+        ("adamw_amsgrad", cf.AdamW, torch.optim.AdamW, dict(weight_decay=0.1, amsgrad=True, betas=(0.8, 0.99))),
+    ],
+)
+def test_fp32_cpu_adam_equals_torch_fused_at_any_lr(name, ours, theirs, kw, lr, threads):
+    """lr = 1e-3 is not a float32 number: the step size lr / (1 - beta1**t) and
+    AdamW's 1 - lr * wd come from the double, as torch computes them; then
+    every element equals torch's fused CPU step."""
+    a, b = _exact_run(lambda ps: ours(ps, lr=lr, backend="cpu", **kw), lambda ps: theirs(ps, lr=lr, fused=True, **kw), threads)
+    assert int((a != b).sum()) == 0, f"{int((a != b).sum())} of {a.numel()} elements differ"
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the extension is not built here")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("lr", [1e-3, 3e-3])
+def test_fp32_cpu_sgd_equals_torch_for_loop_at_any_lr(lr, threads):
+    kw = dict(momentum=0.9, weight_decay=1e-4, nesterov=True)
+    a, b = _exact_run(lambda ps: cf.SGD(ps, lr=lr, backend="cpu", **kw), lambda ps: torch.optim.SGD(ps, lr=lr, foreach=False, **kw), threads)
+    assert int((a != b).sum()) == 0, f"{int((a != b).sum())} of {a.numel()} elements differ"
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the extension is not built here")
+def test_scheduled_adamw_equals_torch_with_its_scheduler():
+    """A schedule whose values are not float32 numbers (OneCycleLR, cycled
+    beta1): the live values are float64, so the cpu step is torch's AdamW +
+    OneCycleLR (fused CPU step) element for element."""
+
+    def theirs(ps):
+        opt = torch.optim.AdamW(ps, lr=3e-3, weight_decay=0.05, fused=True)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=40)
+        step = opt.step
+
+        def step_and_schedule():
+            step()
+            sched.step()
+
+        opt.step = step_and_schedule
+        return opt
+
+    ours = lambda ps: cf.AdamW(ps, lr=cf.OneCycleLR(3e-3, total_steps=40), weight_decay=0.05, backend="cpu")  # noqa: E731
+    a, b = _exact_run(ours, theirs, threads=1, steps=30)
+    assert int((a != b).sum()) == 0, f"{int((a != b).sum())} of {a.numel()} elements differ"

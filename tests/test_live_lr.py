@@ -187,3 +187,27 @@ def test_plateau_group_lr_is_the_plateau_state():
         _step(opt, [p])
         opt.report(metric)
     assert float(g["lr"]) == pytest.approx(0.025)  # two reports without improvement
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("factor", [0.1, 0.5, 0.3, 0.9])
+def test_plateau_lr_is_torchs_after_50_reductions(backend, factor):
+    """ReduceLROnPlateau's state is float64 on the device, as torch's Python
+    floats: the LR after each of 50 reductions is torch's, bit for bit (a
+    float32 state was 2 ulps off after 6-10)."""
+    base = 0.7
+    p = torch.nn.Parameter(torch.randn(5))
+    spec = cf.ReduceLROnPlateau(base, factor=factor, patience=0, eps=0.0, min_lr=0.0)
+    opt = cf.SGD([p], lr=spec, backend=backend)
+    tp = torch.nn.Parameter(torch.randn(5))
+    topt = torch.optim.SGD([tp], lr=base)
+    tsched = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, factor=factor, patience=0, eps=0.0, min_lr=0.0)
+    reductions = 0
+    metric = torch.tensor(1.0)
+    for i in range(51):
+        opt.report(metric if i % 2 else float(metric))  # never better: one reduction per report after the first
+        tsched.step(float(metric))
+        ours, theirs = float(opt.param_groups[0]["lr"]), topt.param_groups[0]["lr"]
+        assert ours == theirs, (i, ours, theirs)
+        reductions += ours != base
+    assert reductions == 50 and theirs < base * factor**49

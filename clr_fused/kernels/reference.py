@@ -130,9 +130,9 @@ def sgd_(
     store = _Storage(bucket, stochastic, sched.counter)
     new_buffer = bucket.fresh or [False] * len(params)
     dt = math_dtype(params[0].dtype)
-    lr, cycled = sched.in_float64() if dt == torch.float64 else (sched.lr, sched.mom)
+    lr, cycled = sched.lr, sched.mom  # float64 device scalars, as torch's Python floats
     if cycled is not None:
-        momentum = cycled
+        momentum = cycled.to(dt)  # torch's buf.mul_(momentum) rounds the double to the math dtype
     p = _upcast(params, dt)
     d_p = _scaled_grads(grads, dt, grad_mul, maximize)
     if weight_decay != 0:
@@ -176,21 +176,20 @@ def adam_(
     params, grads, steps = bucket.params, bucket.grads(), bucket.steps
     store = _Storage(bucket, stochastic, sched.counter)
     dt = math_dtype(params[0].dtype)
-    lr, cycled = sched.in_float64() if dt == torch.float64 else (sched.lr, sched.mom)
+    lr, cycled = sched.lr, sched.mom  # float64 device scalars, as torch's Python floats
     one_minus_beta1, one_minus_beta2 = None, 1.0 - beta2
     if betas is not None:  # tensor betas, read on the device: [b1, 1 - b1, b2, 1 - b2]
         beta1, one_minus_beta1, beta2, one_minus_beta2 = betas[0], betas[1], betas[2], betas[3]
     if cycled is not None:
         beta1, one_minus_beta1 = cycled, None
-    lr = lr.to(dt) if isinstance(lr, Tensor) else torch.tensor(lr, dtype=dt, device=params[0].device)
+    lr = lr.to(torch.float64)  # the step size and decay factor come from torch's double, then one rounding each
     p = _upcast(params, dt)
     g = _scaled_grads(grads, dt, grad_mul, maximize)
     if weight_decay != 0:
         if decoupled:
-            p = torch._foreach_mul(p, (1.0 - lr.double() * weight_decay).to(dt))
+            p = torch._foreach_mul(p, (1.0 - lr * weight_decay).to(dt))
         else:
             g = torch._foreach_add(g, p, alpha=weight_decay)
-    b1 = beta1.to(dt) if isinstance(beta1, Tensor) else beta1
 
     # exp_avg.lerp_(grad, 1 - beta1), in the kernels' form (fused_kernels.cuh)
     if one_minus_beta1 is None:
@@ -210,11 +209,11 @@ def adam_(
     # Bias corrections per tensor, as one small vector (steps differ per tensor),
     # in float64 as torch's Python scalars, then one rounding each.
     step_vec = torch.stack(new_steps).to(torch.float64)
-    b1_64 = b1.double() if isinstance(b1, Tensor) else b1
+    b1_64 = beta1.double() if isinstance(beta1, Tensor) else beta1
     b2_64 = beta2.double() if isinstance(beta2, Tensor) else beta2
     bc1 = 1.0 - torch.pow(b1_64, step_vec)
     bc2_sqrt = torch.sqrt(1.0 - torch.pow(b2_64, step_vec)).to(dt)
-    neg_step_size = (-(lr.double() / bc1)).to(dt).unbind()
+    neg_step_size = (-(lr / bc1)).to(dt).unbind()
 
     # param.addcdiv_(exp_avg, denom, value=-step_size): p + (-step_size * m) / denom
     denom = torch._foreach_sqrt(v_max if amsgrad else v)

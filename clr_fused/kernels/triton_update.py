@@ -235,8 +235,8 @@ def _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE: tl.constex
     k_next = k + 1 - skipped
     if NEXT:
         lr, mom = evaluate_rows(rows, n_rows, k_next, next_lr, False)
-        tl.store(next_lr, lr.to(tl.float32))  # the one rounding of the float64 schedule
-        tl.store(next_lr + 1, mom.to(tl.float32))
+        tl.store(next_lr, lr)  # float64 live values, as torch's schedulers write a Python float
+        tl.store(next_lr + 1, mom)
     if ADVANCE:
         tl.store(counter, k_next)
 
@@ -315,6 +315,9 @@ def _sgd_kernel(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, momentum,
         CHUNK, CYCLE_MOMENTUM, MAXIMIZE, HAS_GRAD_MUL, HAS_SKIP,
     )  # fmt: skip
+    # torch's add_(grad, alpha=-lr) and mul_(momentum) round the double scalars to float32
+    lr = lr.to(tl.float32)
+    mom = mom.to(tl.float32)
     if skipped == 0:
         numel = tl.load(numels + t)
         # chunk-relative int32 offsets from int64 bases: a tensor may exceed 2**31
@@ -490,13 +493,14 @@ def _common(bucket, sched, grad_mul, skip):
     device = bucket.device
     rows = sched.rows_device
     f32 = _dummy(device, torch.float32)
+    f64 = _dummy(device, torch.float64)  # the live values are float64 (optim/live_lr.py)
     return dict(
         rows=rows,
         n_rows=sm.segment_count(sched.rows),  # (a LambdaLR table's values follow the segments)
         counter=sched.counter,
         lr_ptr=sched.lr,
-        mom_ptr=sched.mom if sched.mom is not None else f32,
-        next_lr=sched.next if sched.next is not None else f32,
+        mom_ptr=sched.mom if sched.mom is not None else f64,
+        next_lr=sched.next if sched.next is not None else f64,
         grad_mul=grad_mul.to(torch.float32) if grad_mul is not None else f32,
         skip=skip if skip is not None else _dummy(device, torch.bool),
         ticket=bucket.ticket,

@@ -17,7 +17,7 @@ class Adam(FusedOptimizer):
     ``cycle_momentum=True`` overrides ``beta1`` with its cycled value, as
     torch's CyclicLR / OneCycleLR do.  Once built, ``param_groups[g]["lr"]``
     (and a cycled ``betas[0]``) holds the value the next update uses, a
-    float32 device scalar; the spec is ``param_groups[g]["schedule"]``.
+    float64 device scalar; the spec is ``param_groups[g]["schedule"]``.
     State keys are torch's (``step``,
     ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``); ``step`` is a float32
     device scalar, as in torch's fused/capturable Adam.

@@ -1,7 +1,9 @@
 """Each param group's LR (and cycled momentum / beta1) as live device values.
 
-``param_groups[g]["lr"]`` of a group driven by a schedule is a float32
-0-dim device tensor holding the LR of the NEXT update, as torch's own
+``param_groups[g]["lr"]`` of a group driven by a schedule is a float64
+0-dim device tensor holding the LR of the NEXT update (float64 as torch's
+Python-float LR: Adam's step size ``lr / bias_correction1`` is computed from
+that double, so the update is torch's at any LR), as torch's own
 optimizers hold a tensor ``lr``: code that reads it (``float(g["lr"])``,
 f-strings, Lightning's LearningRateMonitor, HF Trainer's logging) sees the
 true value, and code that writes it in place (``g["lr"] *= 0.5``, torch's
@@ -39,6 +41,10 @@ from .. import schedule_math as sm
 from ..schedules import Constant, ReduceLROnPlateau, Schedule, _is_number
 from .hyper import _check_lr_value
 
+# The dtype of every live value the kernels read (LR, momentum / beta1,
+# ReduceLROnPlateau's state): torch keeps these as Python floats.
+LIVE_DTYPE = torch.float64
+
 
 @dataclass(eq=False)
 class GroupLR:
@@ -48,9 +54,9 @@ class GroupLR:
     spec: Schedule | None  # the schedule that moves the LR; None: the user's number or tensor
     rows: list[list[float]]  # the flat encoding of spec (a constant row without one)
     rows_device: Tensor  # the same, float64 on the group's live device
-    lr: Tensor  # float32 scalar the kernels read: live[0], ReduceLROnPlateau's state, or a constant
-    mom: Tensor | None  # float32 scalar: the momentum / beta1 read on the device (live[1] when cycled)
-    live: Tensor | None  # float32 [2] {lr, momentum} a launch rewrites each step (schedule groups)
+    lr: Tensor  # float64 scalar the kernels read: live[0], ReduceLROnPlateau's state, or a constant
+    mom: Tensor | None  # float64 scalar: the momentum / beta1 read on the device (live[1] when cycled)
+    live: Tensor | None  # float64 [2] {lr, momentum} a launch rewrites each step (schedule groups)
     user_lr: Tensor | None  # a tensor lr given by the user (re-read every step: it may live elsewhere)
     seen: tuple  # (group["lr"], group.get("schedule"), the momentum value): identities at build time
     # The schedule record a number / tensor assigned to group["lr"] replaced:
@@ -58,15 +64,6 @@ class GroupLR:
     # group["lr"] around a step, as torch.distributed.checkpoint does).
     detached: GroupLR | None = None
     rows_on: dict[torch.device, Tensor] = field(default_factory=dict)  # rows uploaded to the group's other devices
-
-    def exact_source(self, group: dict) -> float | bool | None:
-        """What a float64 update reads instead of the float32 live value: the
-        group's number ``lr`` itself, True for a schedule (evaluated in
-        float64 at the launch's step), None for a tensor or plateau LR."""
-        if self.spec is None:
-            lr = group["lr"]
-            return float(lr) if _is_plain_number(lr) else None
-        return True if self.live is not None else None
 
     def launch_inputs(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
         """(rows, lr, mom) as a launch on ``device`` reads them: the group's own
@@ -89,11 +86,12 @@ def _is_plain_number(v: Any) -> bool:
 
 
 def scalar_on(t: Tensor, device: torch.device) -> Tensor:
-    """``t`` as a float32 0-dim tensor on ``device``: ``t`` itself where it
-    already is one (the kernels then read the very tensor), else a copy."""
-    if t.device == device and t.dtype == torch.float32 and t.dim() == 0 and not t.requires_grad:
+    """``t`` as a float64 0-dim tensor on ``device``: ``t`` itself where it
+    already is one (the kernels then read the very tensor), else a copy (exact
+    from float32 / bfloat16 / float16)."""
+    if t.device == device and t.dtype == LIVE_DTYPE and t.dim() == 0 and not t.requires_grad:
         return t
-    return t.detach().reshape(()).to(device, torch.float32, non_blocking=True)
+    return t.detach().reshape(()).to(device, LIVE_DTYPE, non_blocking=True)
 
 
 @dataclass
@@ -104,27 +102,9 @@ class LaunchLR:
     rows: list[list[float]]
     rows_device: Tensor  # float64 [n_rows, ROW_WIDTH] on the launch's device
     counter: Tensor  # int64 step counter (or this step's copy) on the launch's device
-    lr: Tensor  # float32 scalar: the LR of this update
-    mom: Tensor | None  # float32 scalar: momentum / beta1 of this update, None: the hyperparameter
-    next: Tensor | None  # float32 [2]: where the next update's {lr, momentum} go (one launch per group)
-    exact: float | bool | None = None  # GroupLR.exact_source: float64 parameters' LR
-
-    def in_float64(self) -> tuple[Tensor | float, Tensor | None]:
-        """(lr, momentum) for float64 parameters (the torch backend): the
-        schedule's float64 values themselves, or the group's number LR; a live
-        value edited in place since it was written (``g["lr"] *= 0.5``, a torch
-        LRScheduler) wins, as it does for the other dtypes."""
-        if isinstance(self.exact, float):
-            return self.exact, None if self.mom is None else self.mom.to(torch.float64)
-        if self.exact is not True:
-            return self.lr.to(torch.float64), None if self.mom is None else self.mom.to(torch.float64)
-        lr, mom = sm.evaluate_rows(self.rows, self.counter, sm.TORCH_OPS, table=self.rows_device)
-        lr = torch.where(lr.to(torch.float32) == self.lr, lr, self.lr.to(torch.float64))
-        if self.mom is None:  # not cycled (the rows may still hold a momentum): the hyperparameter
-            return lr, None
-        if isinstance(mom, Tensor):
-            return lr, torch.where(mom.to(torch.float32) == self.mom, mom, self.mom.to(torch.float64))
-        return lr, self.mom.to(torch.float64)
+    lr: Tensor  # float64 scalar: the LR of this update
+    mom: Tensor | None  # float64 scalar: momentum / beta1 of this update, None: the hyperparameter
+    next: Tensor | None  # float64 [2]: where the next update's {lr, momentum} go (one launch per group)
 
     def write_next(self, skip: Tensor | None) -> None:
         """The torch backend's version of the kernels' last-block epilogue."""
@@ -141,7 +121,7 @@ def write_schedule(live: Tensor, rows: list[list[float]], step: Tensor, table: T
     lr, mom = sm.evaluate_rows(rows, step, sm.TORCH_OPS, table=table)
     if mom is None or not isinstance(mom, Tensor):
         mom = torch.zeros_like(lr) if mom is None else torch.full_like(lr, float(mom))
-    live.copy_(torch.stack([lr.to(torch.float32), mom.to(torch.float32)]))
+    live.copy_(torch.stack([lr.to(LIVE_DTYPE), mom.to(LIVE_DTYPE)]))
 
 
 def rows_tensor(rows: list[list[float]], device: torch.device) -> Tensor:
@@ -175,7 +155,7 @@ class TensorLR(Schedule):
     def _evaluate(self, step):
         lr = self.tensor.detach().reshape(())
         if isinstance(step, Tensor):
-            return lr.to(step.device, torch.float32).expand(step.shape).clone(), None
+            return lr.to(step.device, LIVE_DTYPE).expand(step.shape).clone(), None
         return float(lr), None
 
 
@@ -280,7 +260,7 @@ class LiveLR:
                 lr_t = old.live[0]
                 lr_t.fill_(float(lr))
             else:
-                lr_t = torch.tensor(float(lr), dtype=torch.float32, device=dev)
+                lr_t = torch.tensor(float(lr), dtype=LIVE_DTYPE, device=dev)
         else:
             group["schedule"] = spec
             rows = spec.rows()
@@ -292,7 +272,7 @@ class LiveLR:
                 if kept_live:
                     live = old.live
                 else:
-                    live = torch.zeros(2, dtype=torch.float32, device=dev)
+                    live = torch.zeros(2, dtype=LIVE_DTYPE, device=dev)
                     write_schedule(live, rows, self._host_counter().to(dev), rows_dev)
                 lr_t = live[0]
             group["lr"] = lr_t
@@ -330,8 +310,9 @@ class LiveLR:
         if st is None:
             dev = self._live_device()
             st = {
-                "lr": torch.tensor(spec.base_lr, dtype=torch.float32, device=dev),
-                "best": torch.tensor(math.inf if spec.mode == "min" else -math.inf, dtype=torch.float32, device=dev),
+                # float64, as torch's Python floats: the LR after n reductions is torch's
+                "lr": torch.tensor(spec.base_lr, dtype=LIVE_DTYPE, device=dev),
+                "best": torch.tensor(math.inf if spec.mode == "min" else -math.inf, dtype=LIVE_DTYPE, device=dev),
                 "num_bad_epochs": torch.zeros((), dtype=torch.int64, device=dev),
                 "cooldown_counter": torch.zeros((), dtype=torch.int64, device=dev),
             }
@@ -348,11 +329,11 @@ class LiveLR:
         if isinstance(metric, Tensor):
             if metric.numel() != 1:
                 raise ValueError(f"metric must be a scalar, got a tensor of shape {tuple(metric.shape)}")
-            cur = metric.detach().reshape(()).to(self._counter_device, torch.float32, non_blocking=True)
+            cur = metric.detach().reshape(()).to(self._counter_device, LIVE_DTYPE, non_blocking=True)
         else:
             if isinstance(metric, bool) or not isinstance(metric, (int, float)):
                 raise ValueError(f"metric must be a number or a scalar tensor, got {type(metric).__name__}")
-            cur = torch.tensor(float(metric), dtype=torch.float32, device=self._counter_device)
+            cur = torch.tensor(float(metric), dtype=LIVE_DTYPE, device=self._counter_device)
         for gi in range(len(self.param_groups)):
             spec = self._group_lr(gi).spec
             if isinstance(spec, ReduceLROnPlateau):
@@ -365,7 +346,7 @@ class LiveLR:
         if applied is None:
             return
         if len(applied) != len(recs):
-            applied = self._applied = [torch.zeros((), dtype=torch.float32, device=self._live_device()) for _ in recs]
+            applied = self._applied = [torch.zeros((), dtype=LIVE_DTYPE, device=self._live_device()) for _ in recs]
         torch._foreach_copy_(applied, [r.user_lr.detach().reshape(()) if r.user_lr is not None else r.lr for r in recs])
 
     def get_last_lr(self) -> list[float]:

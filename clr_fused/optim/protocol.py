@@ -19,6 +19,7 @@ from .plan import local
 from .. import schedule_math as sm
 from ..schedules import Schedule, schedule_from_dict
 from .hyper import _check_lr_value, _is_real
+from .live_lr import LIVE_DTYPE
 
 # Plain-data keys in each saved param group (see StateDictProtocol.state_dict).
 _KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU = "clr_fused_schedule", "clr_fused_step", "clr_fused_plateau"
@@ -139,7 +140,7 @@ class StateDictProtocol:
                 group["lr"] = group.get("schedule", self.defaults["lr"])
             if saved.get(_KEY_PLATEAU) is not None:
                 plateau[gi] = {
-                    k: torch.tensor(v, dtype=torch.int64 if k in _PLATEAU_COUNTS else torch.float32, device=self._live_device())
+                    k: torch.tensor(v, dtype=torch.int64 if k in _PLATEAU_COUNTS else LIVE_DTYPE, device=self._live_device())
                     for k, v in saved[_KEY_PLATEAU].items()
                 }
         self._plan = None
@@ -151,7 +152,7 @@ class StateDictProtocol:
         for gi, saved in enumerate(saved_groups):
             rec = self._group_lr(gi)  # the live values at the restored step
             if ours and rec.live is not None:
-                # The saved values are what the kernels wrote (float32, exact
+                # The saved values are what the kernels wrote (float64, exact
                 # as Python floats): a resume continues bit for bit, and an
                 # edited saved lr acts as it does on torch's optimizers.
                 lr, mom = saved.get("lr"), self._momentum_value(saved) if rec.mom is not None else None

@@ -20,7 +20,7 @@ class SGD(FusedOptimizer):
     (torch turns momentum on in that case as well).
 
     Once built, ``param_groups[g]["lr"]`` (and a cycled ``"momentum"``)
-    holds the value the next update uses, a float32 device scalar that the
+    holds the value the next update uses, a float64 device scalar that the
     kernels read and rewrite; the spec is ``param_groups[g]["schedule"]``
     (see ``optim/live_lr.py`` for what writing them does).
 

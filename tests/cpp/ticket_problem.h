@@ -21,7 +21,7 @@ struct Problem {
   std::vector<float> step;
   int64_t counter = 0;
   int32_t ticket = 0;
-  float live[2] = {0.001f, 0.95f};  // {lr, beta1} at step 0
+  double live[2] = {0.001, 0.95};  // {lr, beta1} at step 0 (float64, as the live values)
 };
 
 inline Problem make(const std::vector<int64_t>& sizes) {
@@ -98,9 +98,8 @@ inline int check(const Problem& serial, const Problem& threaded, const std::vect
     ++bad;
   }
   const LrMom want = evaluate_rows(kRows, 1, steps, nullptr);
-  if (threaded.live[0] != static_cast<float>(want.lr) || threaded.live[1] != static_cast<float>(want.mom)) {
-    std::printf("live lr/beta1 %g/%g, expected %g/%g\n", threaded.live[0], threaded.live[1], static_cast<float>(want.lr),
-                static_cast<float>(want.mom));
+  if (threaded.live[0] != want.lr || threaded.live[1] != want.mom) {
+    std::printf("live lr/beta1 %.17g/%.17g, expected %.17g/%.17g\n", threaded.live[0], threaded.live[1], want.lr, want.mom);
     ++bad;
   }
   if (threaded.ticket != 0 || serial.ticket != 0) {
