@@ -236,6 +236,7 @@ class CyclicLR(Schedule):
     step_size_down: int | None = None
     mode: str = "triangular"
     gamma: float = 1.0
+    scale_fn: Any = None  # torch's argument (in its position): refused, see __post_init__
     scale_mode: str | None = None
     cycle_momentum: bool = True
     base_momentum: float = 0.8
@@ -249,7 +250,7 @@ class CyclicLR(Schedule):
         _norm(self, "step_size_up", _check_length)
         if self.step_size_down is not None:
             _norm(self, "step_size_down", _check_length)
-        if callable(self.mode):
+        if self.scale_fn is not None or callable(self.mode):
             raise ValueError(
                 "a custom scale_fn is not supported (it cannot run on the device); "
                 "mode must be one of ['triangular', 'triangular2', 'exp_range']"
@@ -596,7 +597,10 @@ class ReduceLROnPlateau(Schedule):
 def _sample(name: str, fn, n: int) -> tuple[float, ...]:
     out = []
     for k in range(n):
-        v = fn(k)
+        try:
+            v = fn(k)
+        except Exception as exc:  # the user's function: named, with what it raised
+            raise ValueError(f"{name}({k}) raised {type(exc).__name__}: {exc}") from exc
         if not _is_number(v) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}({k}) must be a finite number >= 0, got {v!r}")
         out.append(float(v))

@@ -214,6 +214,12 @@ def test_kernels_match_the_torch_backend(backend, cls, kw, pdt, sdt, sr):
             differ = ~torch.isclose(x.float(), y.float(), rtol=4 * ulp, atol=1e-6)
             assert float(differ.float().mean()) < 0.002, int(differ.sum())
             torch.testing.assert_close(x.float(), y.float(), rtol=2e-2, atol=1e-4)
+        elif sdt == torch.bfloat16 and pdt == torch.float32 and not sr and cls != "SGD":
+            # likewise a last-bit difference can tip a bf16 state's rounding (one bf16 ulp, 2^-8
+            # relative): that element's next update moves by at most lr_max * 2^-8 * |m / denom|
+            differ = ~torch.isclose(x, y, rtol=4 * ulp, atol=1e-6)
+            assert float(differ.float().mean()) < 0.002, int(differ.sum())
+            torch.testing.assert_close(x, y, rtol=4 * ulp, atol=1e-2 * 2**-8)
         else:
             torch.testing.assert_close(x.float(), y.float(), rtol=4 * ulp, atol=1e-6)
         for key, va in oa.state[x].items():
@@ -222,6 +228,11 @@ def test_kernels_match_the_torch_backend(backend, cls, kw, pdt, sdt, sr):
             if va.dtype in (torch.int8, torch.uint8):
                 d = (va.int() - vb.int()).abs()
                 assert int(d.max()) <= 1 and float((d > 0).float().mean()) < 0.01, key  # one code step, rarely
+            elif key != "step" and va.dtype == torch.bfloat16 and pdt == torch.float32 and not sr and cls != "SGD":
+                # a tipped rounding (above): one bf16 ulp that later steps carry, in a few elements
+                differ = ~torch.isclose(va.float(), vb.float(), rtol=2**-7, atol=1e-6)
+                assert float(differ.float().mean()) < 0.002, (key, int(differ.sum()))
+                torch.testing.assert_close(va.float(), vb.float(), rtol=2**-5, atol=1e-6)
             elif key != "step":
                 torch.testing.assert_close(va.float(), vb.float(), rtol=2**-7 if va.dtype == torch.bfloat16 else 1e-5, atol=1e-6)
     if sdt == "int8":

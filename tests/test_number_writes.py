@@ -47,20 +47,16 @@ def _make(cls, backend=None):
     ps = [torch.nn.Parameter(torch.randn(n)) for n in (1, 7, 130)]
     extra = dict(momentum=0.9) if cls == "SGD" else dict(weight_decay=0.1)
     if backend is None:
-        # torch.optim's implementation our backends follow bit for bit (tests/test_exactness.py),
-        # with a float32 tensor lr: the kernels apply float32(lr), as torch does with a tensor lr
-        # (torch's fused Adam applies a float lr in float64: up to an ulp apart per element)
+        # torch.optim's implementation our backends follow bit for bit (tests/test_exactness.py):
+        # the for-loop SGD, the fused Adam; both apply the Python float lr in float64, as ours do
         impl = dict(foreach=False) if cls == "SGD" else dict(fused=True)
-        return ps, getattr(torch.optim, cls)(ps, lr=torch.tensor(get_lr(0)), **extra, **impl)
+        return ps, getattr(torch.optim, cls)(ps, lr=get_lr(0), **extra, **impl)
     return ps, getattr(cf, cls)(ps, lr=get_lr(0), backend=backend, **extra)
 
 
 def _write(opt, it: int, lr: float) -> None:
     for group in opt.param_groups:
-        if isinstance(group["lr"], torch.Tensor) and not isinstance(opt, cf.FusedOptimizer):
-            group["lr"].fill_(lr)  # torch's own idiom for its tensor lr
-        else:
-            group["lr"] = lr  # the nanoGPT idiom, on ours
+        group["lr"] = lr  # the nanoGPT idiom
         if "momentum" in group:
             group["momentum"] = 0.9 - 0.01 * (it % 3)
         else:

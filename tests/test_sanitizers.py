@@ -84,7 +84,7 @@ def test_the_instrumented_build_catches_an_overflow(asan_build):
         tables = [addrs(p), addrs(g), torch.tensor([64]), torch.tensor([0], dtype=torch.int32), torch.tensor([0])]
         rows = torch.zeros(1, 16, dtype=torch.float64)
         torch.ops.clr_fused.sgd_step([p], [g], [], [], tables, torch.zeros(1, dtype=torch.int8), rows,
-            torch.zeros((), dtype=torch.int64), torch.tensor(0.1), None, None, None, None,
+            torch.zeros((), dtype=torch.int64), torch.tensor(0.1, dtype=torch.float64), None, None, None, None,
             torch.zeros(1, dtype=torch.int32), 0.0, 0.0, 0.0, False, False, False, False, True)
         print("not caught")
     """)

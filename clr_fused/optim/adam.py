@@ -73,7 +73,9 @@ class Adam(FusedOptimizer):
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype,
                          stochastic_rounding=stochastic_rounding)  # fmt: skip
 
-    def _validate_group(self, group) -> None:
+    _HYPER_KEYS = ("betas", "eps", "weight_decay")
+
+    def _validate_group(self, group, read_tensors: bool = True) -> None:
         """torch.optim.Adam's checks and messages (numpy scalars accepted, as there)."""
         betas = group["betas"]
         if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
@@ -85,6 +87,8 @@ class Adam(FusedOptimizer):
                 # a tensor beta is read on the device every step; its value is checked once, here, as torch does
                 if b.numel() != 1 or not b.is_floating_point():
                     raise ValueError("Tensor betas[{}] must be 1-element".format(i) if b.numel() != 1 else f"Invalid beta parameter at index {i}: a tensor beta must be a floating tensor")
+                if not read_tensors and b.device.type != "cpu":
+                    continue  # its value is read on the device (no sync)
                 b = float(b)
             if not _is_real(b) or not 0.0 <= b < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {i}: {b!r}")

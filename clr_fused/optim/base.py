@@ -77,6 +77,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         self._applied: list[Tensor] | None = None  # the LR each group's last update applied (ScheduleView)
         self._backend_cache: dict[torch.device, str] = {}
         self._plan: plan_mod.LaunchPlan | None = None
+        self._hyper_seen: dict[int, tuple] = {}  # each group's hyperparameter objects when last validated
         super().__init__(params, defaults)
         if not any(g["params"] for g in self.param_groups):
             raise ValueError("optimizer got an empty parameter list")
@@ -87,8 +88,48 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             self._group_lr(gi)  # group["lr"] reads as the live value from here on
 
     # ------------------------------------------------------------ param groups
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        """Raise ValueError naming a bad hyperparameter (subclasses extend)."""
+    #: The group keys ``_validate_group`` checks (re-checked in ``step()`` when one is re-assigned).
+    _HYPER_KEYS: tuple[str, ...] = ()
+
+    def _validate_group(self, group: dict[str, Any], read_tensors: bool = True) -> None:
+        """Raise ValueError naming a bad hyperparameter (subclasses extend);
+        ``read_tensors=False``: a device tensor's value is not read (no sync)."""
+
+    def _check_groups(self) -> None:
+        """Every group's LR and hyperparameters, before anything of this step
+        is created or written: a value edited between steps in a later group
+        must not leave the earlier groups updated (torch checks them all
+        before its update too).  An identity check per value; the full
+        validation only for a group whose values were re-assigned."""
+        seen = self._hyper_seen
+        for gi, group in enumerate(self.param_groups):
+            values = tuple(group.get(k) for k in self._HYPER_KEYS)
+            old = seen.get(gi)
+            if old is not None and len(old) == len(values) and all(a is b for a, b in zip(old, values)):
+                self._group_lr(gi)  # a re-assigned lr is validated here
+                continue
+            try:
+                checked = group
+                rec = self._lr_recs.get(gi)
+                if rec is not None and self._is_schedule_momentum(rec, self._momentum_value(group)):
+                    checked = dict(group)  # a cycled momentum / beta1: the schedule's, checked with the schedule
+                    self._set_momentum_value(checked, 0.5)
+                # the hyperparameters first: the LR record reads a tensor momentum
+                self._validate_group(checked, read_tensors=False)
+                self._group_lr(gi)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"param group {gi}: {exc}") from None
+            seen[gi] = values
+
+    @staticmethod
+    def _is_schedule_momentum(rec, value) -> bool:
+        """Whether ``value`` is a cycled momentum / beta1 this optimizer put in the
+        group (its schedule's live value, or the one a number written to ``lr``
+        left there when it detached the schedule), not the user's."""
+        for r in (rec, rec.detached):
+            if r is not None and r.live is not None and r.mom is not None and value is r.mom:
+                return True
+        return False
 
     # ------------------------------------------------------------ the step
     def _backend_for(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
@@ -193,7 +234,8 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Bad input is refused while (re)building the plan, before anything moves.
+        # Bad input is refused here and while (re)building the plan, before anything moves.
+        self._check_groups()
         plan = self._launch_plan()
         try:
             advanced, skip = self._run_plan(plan)

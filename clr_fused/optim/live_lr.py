@@ -284,8 +284,8 @@ class LiveLR:
                 mom = live[1]
                 self._set_momentum_value(group, mom)
         mom_value = self._momentum_value(group)
-        if mom is None and self._momentum_key == "momentum" and isinstance(mom_value, Tensor):
-            mom = scalar_on(mom_value, dev)  # SGD: a tensor momentum is read on the device
+        if mom is None and self._momentum_key == "momentum" and isinstance(mom_value, Tensor) and mom_value.numel() == 1:
+            mom = scalar_on(mom_value, dev)  # SGD: a tensor momentum is read on the device (any other is refused by step())
         seen = (group["lr"], group.get("schedule"), mom_value)
         detached = None
         if spec is None and old is not None:

@@ -139,6 +139,13 @@ def validate(
             if g is None:
                 continue
             where = f"param group {gi}, parameter {i}"
+            if p.is_inference():
+                # torch's optimizers fail on it too (its in-place update is refused); the Triton
+                # kernels write through raw pointers and would not notice
+                raise RuntimeError(
+                    f"{where}: Inplace update to inference tensor outside InferenceMode is not allowed "
+                    "(the parameter was created under torch.inference_mode(); clone() it outside to train it)"
+                )
             if g.is_sparse or g.layout != torch.strided:
                 raise RuntimeError("clr_fused optimizers do not support sparse gradients; use torch.optim.SparseAdam")
             if g.shape != p.shape or g.device != p.device:

@@ -186,6 +186,9 @@ class StateDictProtocol:
             where = f"loaded param group {gi}"
             if isinstance(saved.get("schedule"), Schedule) or isinstance(saved.get("lr"), Schedule):
                 raise ValueError("a saved param group holds a schedule object; save with optimizer.state_dict()")
+            if "lr" not in saved and saved.get(_KEY_SCHEDULE) is None:
+                # torch would take it and fail at the next step (KeyError 'lr'); refused here, before anything changed
+                raise ValueError(f"{where} has no 'lr' (and no {_KEY_SCHEDULE!r} to take it from)")
             try:
                 _check_lr_value(saved.get("lr", self.defaults["lr"]))
                 self._validate_group({**self.defaults, **{k: v for k, v in saved.items() if k != "params"}})
@@ -230,7 +233,7 @@ class StateDictProtocol:
         # Also what torch's load_state_dict calls, with state and param_groups only.
         super().__setstate__(state)
         self._plan = None  # derived caches: rebuilt on the next step
-        self._backend_cache, self._lr_recs, self._orphans = {}, {}, []
+        self._backend_cache, self._lr_recs, self._orphans, self._hyper_seen = {}, {}, [], {}
         for group in self.param_groups:
             for key, value in self._LEGACY_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)

@@ -76,19 +76,38 @@ class SGD(FusedOptimizer):
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype,
                          stochastic_rounding=stochastic_rounding)  # fmt: skip
 
-    def _validate_group(self, group) -> None:
+    _HYPER_KEYS = ("momentum", "weight_decay", "dampening", "nesterov")
+
+    def _validate_group(self, group, read_tensors: bool = True) -> None:
         for name in ("momentum", "weight_decay", "dampening"):
             v = group[name]
-            if isinstance(v, torch.Tensor) and v.numel() == 1 and name == "momentum":
+            if isinstance(v, torch.Tensor) and name == "momentum":
+                if v.numel() != 1 or not (v.is_floating_point() or v.dtype in (torch.int32, torch.int64)):
+                    raise ValueError(f"Invalid momentum value: a tensor momentum must be a 1-element real tensor, got {tuple(v.shape)} {v.dtype}")
+                if not read_tensors and v.device.type != "cpu":
+                    continue  # its value is read on the device (no sync)
                 v = float(v)
             if not _is_real(v) or not v >= 0.0:
                 raise ValueError(f"Invalid {name} value: {v!r}")
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+        m = group["momentum"]
+        if group["nesterov"] and isinstance(m, torch.Tensor) and not read_tensors and m.device.type != "cpu":
+            m = 1.0  # (checked with its value when it was given)
+        if group["nesterov"] and (m <= 0 or group["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
     def _uses_momentum(self, group_index: int, group) -> bool:
         m = group["momentum"]
-        return self._group_lr(group_index).mom is not None or isinstance(m, torch.Tensor) or m != 0
+        rec = self._group_lr(group_index)
+        if rec.live is not None and rec.mom is not None:
+            return True  # a cycled momentum
+        if isinstance(m, torch.Tensor):
+            # torch's test is `momentum != 0`, read every step.  Without dampening a
+            # zero momentum gives the same update either way (the buffer is the
+            # gradient), so a device tensor is not read then (no sync).
+            if m.device.type != "cpu" and group["dampening"] == 0:
+                return True
+            return bool(m != 0)
+        return m != 0
 
     def _plan_key(self, group_index: int, group) -> bool:
         return self._uses_momentum(group_index, group)
