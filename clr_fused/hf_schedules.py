@@ -14,6 +14,7 @@ none of them on the device: it builds a ``LambdaLR`` over Python functions.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from .schedules import Constant, InverseSqrt, LambdaLR, Schedule, WarmupCosine, WarmupStableDecay, _check_int, _check_lr
@@ -30,9 +31,11 @@ def _warmup(k: int, w: int) -> float:
 
 
 def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: dict[str, Any]):
-    """(factor(k), table length) for a table-backed name."""
+    """(factor(k), table length) for a table-backed name: the table runs to the
+    first step from which transformers' factor is constant (warm-up longer
+    than training included: it keeps warming up, then drops)."""
     if name == "linear":
-        return (lambda k: _warmup(k, w) if k < w else max(0.0, float(total - k) / float(max(1, total - w)))), total + 1
+        return (lambda k: _warmup(k, w) if k < w else max(0.0, float(total - k) / float(max(1, total - w)))), max(total, w) + 1
     if name == "cosine_with_restarts":
         nc = kw.get("num_cycles", 1)
 
@@ -44,11 +47,14 @@ def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: 
                 return 0.0
             return max(0.0, 0.5 * (1.0 + math.cos(math.pi * ((float(nc) * progress) % 1.0))))
 
-        return restarts, total + 1
+        return restarts, w + max(1, total - w) + 1
     if name == "polynomial":
         lr_end, power = kw.get("lr_end", 1e-7), kw.get("power", 1.0)
         if not base_lr > lr_end:
             raise ValueError(f"lr_end ({lr_end}) must be smaller than base_lr ({base_lr})")
+        if total == w:
+            # transformers divides by num_training_steps - num_warmup_steps at that step
+            raise ValueError(f"polynomial needs num_training_steps != num_warmup_steps (both {w}): transformers divides by their difference")
 
         def poly(k):
             if k < w:
@@ -58,10 +64,45 @@ def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: 
             pct_remaining = 1 - (k - w) / (total - w)
             return ((base_lr - lr_end) * pct_remaining**power + lr_end) / base_lr
 
-        return poly, total + 2
+        return poly, max(total + 2, w + 1)
     if name == "constant_with_warmup":
         return (lambda k: float(k) / float(max(1.0, w)) if k < w else 1.0), w + 1
     raise AssertionError(name)
+
+
+# The keywords transformers' schedule functions take besides the optimizer and
+# the two step counts (an unknown one is its TypeError); constant and
+# constant_with_warmup are called without them (ignored there, so here).
+_KEYWORDS = {
+    "linear": ("get_linear_schedule_with_warmup", ()),
+    "cosine": ("get_cosine_schedule_with_warmup", ("num_cycles",)),
+    "cosine_with_restarts": ("get_cosine_with_hard_restarts_schedule_with_warmup", ("num_cycles",)),
+    "polynomial": ("get_polynomial_decay_schedule_with_warmup", ("lr_end", "power")),
+    "inverse_sqrt": ("get_inverse_sqrt_schedule", ("timescale",)),
+    "cosine_with_min_lr": ("get_cosine_with_min_lr_schedule_with_warmup", ("num_cycles", "min_lr", "min_lr_rate")),
+    "cosine_warmup_with_min_lr": ("get_cosine_with_min_lr_schedule_with_warmup_lr_rate",
+                                  ("num_cycles", "min_lr", "min_lr_rate", "warmup_lr_rate")),
+    "warmup_stable_decay": ("get_wsd_schedule", ("num_decay_steps", "num_stable_steps", "warmup_type", "decay_type",
+                                                 "min_lr_ratio", "num_cycles")),
+}  # fmt: skip
+
+
+def _keywords(name: str, given: dict[str, Any] | None) -> dict[str, Any]:
+    """``scheduler_specific_kwargs`` as transformers takes them for ``name``."""
+    if name not in _KEYWORDS:
+        return {}
+    func, known = _KEYWORDS[name]
+    kw = dict(given or {})
+    for key in kw:
+        if key not in known and key != "last_epoch":
+            raise TypeError(f"{func}() got an unexpected keyword argument {key!r}")
+    last_epoch = kw.pop("last_epoch", -1)
+    if last_epoch != -1:
+        raise ValueError(
+            f"last_epoch={last_epoch!r}: the schedule's step is the optimizer's counter here; "
+            "resume by loading the optimizer's state_dict (or setting optimizer.schedule_step)"
+        )
+    return kw
 
 
 def get_schedule(
@@ -80,7 +121,7 @@ def get_schedule(
     if name not in NAMES:
         raise ValueError(f"unknown schedule name {name!r}; known: {list(NAMES)}")
     base_lr = _check_lr("base_lr", base_lr)
-    kw = dict(scheduler_specific_kwargs or {})
+    kw = _keywords(name, scheduler_specific_kwargs)
     if name == "constant":
         return Constant(base_lr)
     if num_warmup_steps is None:
@@ -94,7 +135,11 @@ def get_schedule(
         if stable is None:
             if num_training_steps is None:
                 raise ValueError("warmup_stable_decay needs num_training_steps or num_stable_steps")
-            stable = num_training_steps - w - decay
+            # negative where the decay is longer than the steps after warm-up: as in
+            # transformers, the decay then starts part-way through
+            stable = _check_int("num_training_steps", num_training_steps, 0, "an integer number of steps >= 0") - w - decay
+        elif num_training_steps is not None:
+            warnings.warn("Both num_training_steps and num_stable_steps are specified. num_stable_steps will be used.", stacklevel=2)
         return WarmupStableDecay(base_lr, w, stable, decay, **kw)
     if name == "inverse_sqrt":
         return InverseSqrt(base_lr, w, kw.get("timescale"))

@@ -697,8 +697,11 @@ class WarmupStableDecay(Schedule):
 
     def __post_init__(self):
         _norm(self, "base_lr", _check_lr)
-        for name in ("num_warmup_steps", "num_stable_steps", "num_decay_steps"):
+        for name in ("num_warmup_steps", "num_decay_steps"):
             _norm(self, name, _check_int, 0, "an integer number of steps >= 0")
+        # negative as transformers computes it for a decay longer than the steps after
+        # warm-up (num_training_steps - warm-up - decay): the decay starts part-way
+        _norm(self, "num_stable_steps", _check_int, -sm.MAX_TABLE, "an integer number of steps > -2**24")
         _norm(self, "warmup_type", _check_choice, _WSD_SHAPES)
         _norm(self, "decay_type", _check_choice, _WSD_SHAPES)
         _norm(self, "min_lr_ratio", _check_unit, low_open=False, high_open=False)
@@ -707,7 +710,8 @@ class WarmupStableDecay(Schedule):
             raise ValueError(f"num_warmup_steps + num_stable_steps + num_decay_steps must be below 2**24, got {self._total()}")
 
     def _total(self) -> int:
-        return self.num_warmup_steps + self.num_stable_steps + self.num_decay_steps
+        """The first step from which the factor is constant (min_lr_ratio)."""
+        return max(self.num_warmup_steps, self.num_warmup_steps + self.num_stable_steps + self.num_decay_steps)
 
     def _table(self) -> LambdaLR:
         cached = self.__dict__.get("_lambda")
