@@ -40,6 +40,46 @@ def num_blocks(numel: int) -> int:
     return (numel + QBLOCK - 1) // QBLOCK
 
 
+def check_scales(codes: Tensor, scales: object, what: str = "int8 state") -> None:
+    """What every backend relies on of an int8 state's scales, checked before
+    anything is written: float32, one per block of the codes' (local)
+    elements, contiguous (the kernels index them as a flat array: a strided
+    or expanded view would be read past its elements), on the codes' device;
+    and codes dense in memory (blocks run along memory)."""
+    c = codes.to_local() if hasattr(codes, "to_local") else codes
+    nb = num_blocks(c.numel())
+    if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or scales.shape != (nb,) or scales.device != c.device or not scales.is_contiguous():
+        got = f"{scales.dtype} {tuple(scales.shape)} strides {scales.stride()} on {scales.device}" if isinstance(scales, Tensor) else type(scales).__name__
+        raise RuntimeError(f"{what}: its scales must be a contiguous float32 ({nb},) tensor on {c.device}, got {got}")
+    if c.dtype not in (torch.int8, torch.uint8) or not is_dense(c):
+        raise RuntimeError(f"{what}: its codes must be int8 / uint8 and dense in memory, got {c.dtype} strides {c.stride()}")
+
+
+def check_state_lists(codes: list[list[Tensor]], scales: list[list[Tensor]]) -> None:
+    """``check_scales`` over a bucket's int8 state lists (code lists, scale lists)."""
+    if len(codes) != len(scales):
+        raise RuntimeError(f"int8 states: {len(codes)} code lists with {len(scales)} scale lists")
+    for cs, ss in zip(codes, scales):
+        for c, sc in zip(cs, ss):
+            check_scales(c, sc)
+
+
+def adopt(codes: Tensor, scales: Tensor, like: Tensor, key: str) -> tuple[Tensor, Tensor]:
+    """An int8 state (codes, scales) of any layout -- loaded from a checkpoint
+    of other layouts, a non-dense view, or left by a parameter whose memory
+    format changed -- as the kernels take it: codes in ``like``'s layout (its
+    memory order sets the blocks) and contiguous scales.  Returned as they are
+    when they already fit; scales only copied dense (exact); codes of another
+    layout re-quantized from their values in ``like``'s layout."""
+    scales = scales if scales.is_contiguous() else scales.contiguous()
+    c, p = (codes.to_local(), like.to_local()) if hasattr(codes, "to_local") else (codes, like)
+    if is_dense(c) and (p.numel() <= 1 or c.stride() == p.stride()):
+        return codes, scales
+    order = memory_order(c)
+    values = unflat(decode(flat(c, order), scales), c, order)
+    return quantize(torch.empty_like(like, dtype=torch.float32).copy_(values), key)
+
+
 # ------------------------------------------------------------ memory order
 def memory_order(t: Tensor) -> list[int]:
     """Dimensions from the largest stride to the smallest: ``t.permute(order)``

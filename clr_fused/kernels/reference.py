@@ -57,14 +57,8 @@ class _Storage:
         self.q8 = bool(states) and states[0][0].dtype == torch.int8
         self.ns = len(states) // 2 if self.q8 else len(states)
         self.codes, self.scales = states[: self.ns], states[self.ns :]
-        for cs, ss in zip(self.codes, self.scales):  # checked before anything is written
-            for c, sc in zip(cs, ss):
-                nb = lp.num_blocks(c.numel())
-                if sc.dtype != torch.float32 or sc.shape != (nb,) or c.dtype not in (torch.int8, torch.uint8):
-                    raise RuntimeError(
-                        f"int8 state: a scale tensor is {sc.dtype} {tuple(sc.shape)}, its {c.dtype} codes need float32 "
-                        f"({nb},) (was a state replaced between steps?)"
-                    )
+        if self.q8:
+            lp.check_state_lists(self.codes, self.scales)  # before anything is written
         self.stochastic = stochastic
         self.bases = [lp.stream_bases(counter, p.numel()) for p in bucket.params] if stochastic else None
 

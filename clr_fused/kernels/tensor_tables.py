@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .low_precision import check_state_lists
+
 
 @dataclass
 class TensorTables:
@@ -118,6 +120,8 @@ class Densified:
         self.lists = [list(ts) for ts in lists]
         self.write_back: list[tuple[Tensor, Tensor]] = []
         shaped = len(lists) if shaped is None else shaped
+        if shaped < len(lists):  # int8 states: the codes are the last shaped lists, one per scale list
+            check_state_lists(lists[2 * shaped - len(lists) : shaped], lists[shaped:])
         for i in range(len(lists[0])):
             group = [ts[i] for ts in lists[:shaped]]
             if not same_dense_layout(group):

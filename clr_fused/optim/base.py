@@ -29,6 +29,7 @@ from .hyper import _check_lr_value, _is_real
 from .live_lr import LiveLR
 from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
 from .protocol import StateDictProtocol, _check_step
+from .state_store import StateStore
 
 
 
@@ -79,6 +80,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         self._plan: plan_mod.LaunchPlan | None = None
         self._hyper_seen: dict[int, tuple] = {}  # each group's hyperparameter objects when last validated
         super().__init__(params, defaults)
+        self.state = StateStore(self.state)
         if not any(g["params"] for g in self.param_groups):
             raise ValueError("optimizer got an empty parameter list")
         # One schedule step counter per optimizer, on the first parameter's device.
@@ -168,7 +170,15 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         codes = t.dtype in (torch.int8, torch.uint8)
         if self._int8_for(p):
             if not codes:
-                t, st[lp.scale_key(key)] = lp.quantize(t, key)
+                # quantized in the parameter's layout (its memory order sets the blocks)
+                fits = local(t).stride() == local(p).stride() or p.numel() <= 1
+                t, st[lp.scale_key(key)] = lp.quantize(t if fits else torch.empty_like(p, dtype=t.dtype).copy_(t), key)
+                st[key] = t
+            else:
+                # codes of another layout (a checkpoint of other layouts, a non-dense view, a
+                # parameter whose memory format changed) and strided scales: adopted, re-laid out
+                skey = lp.scale_key(key)
+                t, st[skey] = lp.adopt(t, st[skey], p, key)
                 st[key] = t
             return t
         if codes:
@@ -258,10 +268,15 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             (id(group["params"]), len(group["params"]), self.backend, self._plan_key(gi, group))
             for gi, group in enumerate(self.param_groups)
         ]
+        store = self.state
+        if type(store) is not StateStore:
+            store = self.state = StateStore(store)  # a mapping assigned to opt.state: adopted (and the plan rebuilt)
         plan = self._plan
-        if plan is None or not plan.valid(keys):
+        if plan is None or plan.state is not store or plan.state_version != store.version or not plan.valid(keys):
+            # (a state entry written since the last step: the kernels take what opt.state holds now)
             self._plan = None
             plan = plan_mod.build(self.param_groups, keys, self._backend_for, self._check_state, self._make_states, _chunk_for)
+            plan.state, plan.state_version = store, store.version
             self._plan = plan
         return plan
 
@@ -408,8 +423,7 @@ def _check_codes(t: Tensor, scales: Any, p: Tensor, key: str, where: str) -> Non
     if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or scales.shape != (nb,) or scales.device != p.device:
         what = f"{scales.dtype} {tuple(scales.shape)} on {scales.device}" if isinstance(scales, Tensor) else type(scales).__name__
         raise RuntimeError(f"{where}: int8 state {key!r} needs {skey!r}, float32 ({nb},) on {p.device}; got {what}")
-    if not lp.is_dense(local(t)) or (p.numel() > 1 and local(t).stride() != local(p).stride()):
-        raise RuntimeError(f"{where}: int8 state {key!r} must have its parameter's (dense) layout")
+    # (codes of another layout and strided scales are adopted by _kernel_state, re-laid out)
 
 
 def _hooks_or_profiler(opt: torch.optim.Optimizer) -> bool:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from ..kernels import low_precision as lp
 from ..kernels.tensor_tables import aligned_16, build_tables, same_dense_layout
 
 
@@ -93,6 +94,9 @@ class LaunchPlan:
         self.groups = groups  # the params lists, as objects (identity)
         self.buckets = buckets
         self.native = native
+        # the optimizer's state store and its write count when the plan was built (base._launch_plan)
+        self.state: Any = None
+        self.state_version = -1
         if native is None:
             # the Python check: (param, its geometry, kind of grad) per parameter
             self._expect = [(p, _geometry(p), _grad_kind(p)) for g in groups for p in g]
@@ -237,6 +241,8 @@ def _subset(b: Bucket, sel: list[int]) -> Bucket:
 
 def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk: int) -> None:
     """Build the bucket's address tables and hand it to the C++ plan."""
+    if b.scale_lists:  # int8 states: the kernels index the scales flat (the C++ check keeps their geometry)
+        lp.check_state_lists(b.states[len(b.states) - 2 * b.scale_lists : len(b.states) - b.scale_lists], b.states[len(b.states) - b.scale_lists :])
     grads = b.grads()
     b.grad_dtype = grads[0].dtype
     tables = build_tables([b.params, grads, *b.states], chunk, b.device)

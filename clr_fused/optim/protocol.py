@@ -20,6 +20,7 @@ from .. import schedule_math as sm
 from ..schedules import Schedule, schedule_from_dict
 from .hyper import _check_lr_value, _is_real
 from .live_lr import LIVE_DTYPE
+from .state_store import SlotDict, StateStore
 
 # Plain-data keys in each saved param group (see StateDictProtocol.state_dict).
 _KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU = "clr_fused_schedule", "clr_fused_step", "clr_fused_plateau"
@@ -61,6 +62,8 @@ class StateDictProtocol:
                 # The live group's "schedule" key, as the same plain data: tools that rebuild a
                 # group from the live group's keys alone (torchtitan's FQN-keyed checkpoints) keep it.
                 packed["schedule"] = {k: packed[k] for k in (_KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU)}
+        # plain dicts (torch's own state_dict shares the live ones): weights_only loads take them anywhere
+        sd["state"] = {k: dict(v) if isinstance(v, SlotDict) else v for k, v in sd["state"].items()}
         self._sharded_codes_as_floats(sd)
         for hook in post.values():
             out = hook(self, sd)
@@ -232,6 +235,7 @@ class StateDictProtocol:
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Also what torch's load_state_dict calls, with state and param_groups only.
         super().__setstate__(state)
+        self.state = StateStore(self.state)  # (torch's load_state_dict hands a plain defaultdict)
         self._plan = None  # derived caches: rebuilt on the next step
         self._backend_cache, self._lr_recs, self._orphans, self._hyper_seen = {}, {}, [], {}
         for group in self.param_groups:
