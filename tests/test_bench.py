@@ -8,7 +8,7 @@ import sys
 import torch
 
 from clr_fused.bench.param_sets import many_small, numel, resnet50, transformer
-from clr_fused.bench.run import bytes_per_param
+from clr_fused.bench.run import bytes_per_param, footprint_per_param
 
 
 def test_param_sets_have_the_real_shapes():
@@ -24,6 +24,7 @@ def test_bytes_per_param():
     assert bytes_per_param("adam", torch.float32) == 28
     assert bytes_per_param("sgd", torch.float32) == 20
     assert bytes_per_param("adamw", torch.bfloat16) == 14
+    assert footprint_per_param("adam", torch.float32) == 16 and footprint_per_param("sgd", torch.float32) == 12
 
 
 def test_bench_quick_smoke(tmp_path):
@@ -35,14 +36,50 @@ def test_bench_quick_smoke(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     (js,) = tmp_path.glob("*.json")
     data = json.loads(js.read_text())
-    assert data["copy_bandwidth_gbps"] > 0 and data["torch"]
+    assert data["torch"] and data["threads"] == torch.get_num_threads() and data["load"]["before"]["cores"] > 0
     providers = {r["provider"] for r in data["rows"]}
     assert {"torch-foreach+CyclicLR", "torch-fused+CyclicLR", "cf-torch"} <= providers
     for r in data["rows"]:
-        assert r["ms"] > 0 and r["gbps"] > 0
+        assert r["ms"] > 0 and r["gbps"] > 0 and r["copy_gbps"] > 0
         assert "vs torch-fused+CyclicLR" in r["ratios"]
+        footprint = r["n_params"] * footprint_per_param(r["algo"], getattr(torch, r["dtype"]))
+        if footprint <= data["last_level_cache_bytes"]:
+            assert r["pct_copy_bw"] is None  # printed as "fits in cache"
+    md = (tmp_path / js.name.replace(".json", ".md")).read_text()
+    assert "| % of copy |" in md and ("x faster" in md or "x slower" in md)
+    pcts = [float(c.strip().rstrip("%")) for line in md.splitlines() for c in line.split("|") if c.strip().endswith("%")]
+    assert all(0 < p <= 100 for p in pcts), pcts
     assert (tmp_path / js.name.replace(".json", ".png")).read_bytes()[:4] == b"\x89PNG"
     assert "| provider |" in (tmp_path / js.name.replace(".json", ".md")).read_text()
+
+
+def test_report_cells():
+    from clr_fused.bench import report
+
+    assert report.speed_text(0.5) == "2x faster" and report.speed_text(4.0) == "4x slower"
+    assert report.speed_text(8 / 5368) == "671x faster"  # the contended case that printed "0.00x"
+    assert report.speed_text(1.002) == "same" and report.speed_text(0.8123) == "1.23x faster"
+    assert report.pct_text(None) == "fits in cache" and report.pct_text(73.4) == "73%"
+    assert "%" not in report.pct_text(153.0)  # never a percentage above 100
+    assert report.pct_of_copy(10.0, 8.0, step_bytes=1 << 20, cache=32 << 20) is None
+    assert report.pct_of_copy(6.0, 8.0, step_bytes=1 << 30, cache=32 << 20) == 75.0
+    quiet, busy = dict(load=0.3, cores=2, high=False), dict(load=5.4, cores=2, high=True)
+    assert report.load_note(quiet, quiet) == ""
+    assert "5.4 on 2 cores" in report.load_note(quiet, busy)
+
+
+def test_copy_bandwidth_is_the_best_trial_at_the_step_size(monkeypatch):
+    from clr_fused.bench import report
+
+    sizes = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda n, **kw: sizes.append(n) or real_empty(n, **kw))
+    gbps = report.copy_bandwidth(torch.device("cpu"), 1 << 22, trials=3, reps=2)
+    assert gbps > 0 and sizes == [(1 << 22) // 8]  # source and destination span the step's footprint
+    assert report.copy_cap(torch.device("cpu")) >= max(report.COPY_CAP_BYTES, 4 * report.cache_bytes(torch.device("cpu")))
+    monkeypatch.setattr(report, "copy_cap", lambda device: 1 << 24)
+    report.copy_bandwidth(torch.device("cpu"), 1 << 40, trials=1, reps=1)
+    assert sizes[-1] == (1 << 24) // 8
 
 
 def test_bench_host_quick_smoke(tmp_path):
@@ -71,13 +108,15 @@ def test_bench_host_quick_smoke(tmp_path):
 def test_low_precision_bytes_per_param():
     import torch
 
-    from clr_fused.bench.low_precision import bytes_per_param
+    from clr_fused.bench.low_precision import bytes_per_param, footprint_per_param
 
     assert bytes_per_param("adamw", torch.float32, "fp32") == 28  # p r/w, g, m r/w, v r/w
     assert bytes_per_param("adamw", torch.float32, "bf16") == 20
     assert bytes_per_param("adamw", torch.float32, "int8") == 12 + 4 * (1 + 4 / 128)  # codes + a scale per 128
     assert bytes_per_param("adamw", torch.bfloat16, "param") == 14
     assert bytes_per_param("sgd-momentum", torch.bfloat16, "int8") == 6 + 2 * (1 + 4 / 128)
+    assert footprint_per_param("adamw", torch.float32, "fp32") == 16  # p, g, m, v: each read once, written in place
+    assert footprint_per_param("adamw", torch.bfloat16, "int8") == 4 + 2 * (1 + 4 / 128)
 
 
 def test_bench_low_precision_quick_smoke(tmp_path):
@@ -139,8 +178,8 @@ def test_gpu_rows_carry_the_model_prediction():
     assert run.predicted_ms("torch-fused+CyclicLR", case) == r["torch_fused_ms"]
     assert run.predicted_ms("cf-cuda-graph", case) == r["ours_ms"]
     assert run.predicted_ms("torch-foreach+CyclicLR", case) is None
-    row = run.Row("resnet50", "sgd", "bfloat16", "cf-cuda", 0.2, 0.01, 1000.0, 50.0, 10.0, 1, 1, r["ours_ms"])
-    text = run.markdown("GPU", 2000.0, [row])
+    row = run.Row("resnet50", "sgd", "bfloat16", "cf-cuda", 0.2, 0.01, 1000.0, 2000.0, 50.0, 10.0, 1, 1, r["ours_ms"])
+    text = run.markdown("GPU", 50 << 20, [row])
     assert "not a measurement" in text and f"{r['ours_ms']:.3f} (model)" in text
 
 

@@ -36,9 +36,10 @@ from torch.optim import lr_scheduler as L
 import clr_fused as cf
 
 from .. import _ext
+from . import report
 from .param_sets import many_small, resnet50, transformer
 from .run import _params as run_params
-from .run import bytes_per_param
+from .run import bytes_per_param, footprint_per_param
 
 BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
 ALGOS = {"sgd-momentum": ("SGD", dict(momentum=0.9)), "adam": ("Adam", {})}
@@ -178,21 +179,8 @@ def host_cost(sets: dict[str, list], rounds: int, progress) -> list[dict]:
     return rows
 
 
-def _copy_gbps(n_bytes: int = 1 << 28) -> float:
-    src = torch.empty(n_bytes // 4)
-    src.normal_()
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    ts = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        ts.append(time.perf_counter() - t0)
-    return 2 * n_bytes / statistics.median(ts) / 1e9
-
-
-def cpu_backend(sets: dict[str, list], rounds: int, steps: int, progress) -> tuple[list[dict], float]:
-    copy_bw = _copy_gbps()
+def cpu_backend(sets: dict[str, list], rounds: int, steps: int, progress) -> list[dict]:
+    cpu, cache = torch.device("cpu"), report.cache_bytes(torch.device("cpu"))
     rows = []
     for set_name, shapes in sets.items():
         n = sum(math.prod(s) for s in shapes)
@@ -202,16 +190,18 @@ def cpu_backend(sets: dict[str, list], rounds: int, steps: int, progress) -> tup
                     "torch fused + CyclicLR": (_torch_provider(algo, _params(shapes, dtype), "fused"), contextlib.nullcontext),
                     "clr_fused cpu": (_ours_provider(algo, _params(shapes, dtype)), contextlib.nullcontext),
                 }
+                step_bytes, footprint = bytes_per_param(algo, dtype) * n, footprint_per_param(algo, dtype) * n
+                copy_bw = report.copy_bandwidth(cpu, footprint)
                 med = _interleaved(providers, steps, rounds)
                 ref = med["torch fused + CyclicLR"]
                 for name, ms in med.items():
-                    gbps = bytes_per_param(algo, dtype) * n / (ms / 1e3) / 1e9
+                    gbps = step_bytes / (ms / 1e3) / 1e9
                     rows.append(dict(set=set_name, params=n, tensors=len(shapes), dtype=str(dtype).replace("torch.", ""),
                                      algo=algo, provider=name, ms_per_step=ms, ratio_to_torch_fused=ms / ref,
-                                     gbps=gbps, pct_copy_bw=100 * gbps / copy_bw))  # fmt: skip
+                                     gbps=gbps, copy_gbps=copy_bw, pct_copy_bw=report.pct_of_copy(gbps, copy_bw, footprint, cache)))  # fmt: skip
                 del providers
                 progress.update(1)
-    return rows, copy_bw
+    return rows
 
 
 def main(out_dir: str, quick: bool = False) -> int:
@@ -229,13 +219,15 @@ def main(out_dir: str, quick: bool = False) -> int:
         size_sets = {"many-small-1000": many_small(1000)}
         rounds, steps = 3, 2
     total = len(host_sets) * len(ALGOS) + len(size_sets) * 2 * len(ALGOS)
+    load_before = report.machine_load()
     with tqdm(total=total, desc="bench --host", unit="case") as bar:
         host_rows = host_cost(host_sets, rounds, bar)
-        size_rows, copy_bw = cpu_backend(size_sets, max(3, rounds // 2), steps, bar)
+        size_rows = cpu_backend(size_sets, max(3, rounds // 2), steps, bar)
     meta = dict(
         date=datetime.date.today().isoformat(), device=f"cpu ({platform.processor() or platform.machine()})",
         threads=torch.get_num_threads(), torch=torch.__version__, python=platform.python_version(),
-        copy_gbps=copy_bw, quick=quick,
+        last_level_cache_bytes=report.cache_bytes(torch.device("cpu")), quick=quick,
+        load=dict(before=load_before, after=report.machine_load()),
     )  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"host-{meta['date']}{'-quick' if quick else ''}")
@@ -251,12 +243,16 @@ def main(out_dir: str, quick: bool = False) -> int:
 
 def _markdown(meta, host_rows, size_rows) -> str:
     lines = [f"# Host cost and CPU backend, {meta['date']}, {meta['device']}, {meta['threads']} threads, torch {meta['torch']}", ""]
+    note = report.load_note(meta["load"]["before"], meta["load"]["after"]).strip()
+    lines += [note, ""] if note else []
     lines += ["## Host cost per step (tensors of 1-16 elements, real tensor counts; median us, ratio to torch fused + CyclicLR with its kernels stubbed; the float lr write rows: a new float written to group[lr] before every step, ratio to torch fused doing the same)", ""]
     lines += ["| set | tensors | algo | provider | us/step | ratio |", "|---|---|---|---|---|---|"]
     for r in host_rows:
-        lines.append(f"| {r['set']} | {r['tensors']} | {r['algo']} | {r['provider']} | {r['us_per_step']:.1f} | {r['ratio_to_torch_fused_host']:.3f} |")
-    lines += ["", f"## CPU backend at real sizes (median ms/step; copy bandwidth {meta['copy_gbps']:.1f} GB/s)", ""]
-    lines += ["| set | params | dtype | algo | provider | ms/step | ratio to torch fused | GB/s | % copy BW |", "|---|---|---|---|---|---|---|---|---|"]
+        lines.append(f"| {r['set']} | {r['tensors']} | {r['algo']} | {r['provider']} | {r['us_per_step']:.1f} | {report.speed_text(r['ratio_to_torch_fused_host'])} |")
+    lines += ["", f"## CPU backend at real sizes (median ms/step; copy GB/s: a copy over the step's memory, same threads, "
+              f"best of 5, beside the case; 'fits in cache': that memory fits in the last-level cache of {meta['last_level_cache_bytes'] / 2**20:.0f} MiB)", ""]
+    lines += ["| set | params | dtype | algo | provider | ms/step | vs torch fused | GB/s | copy GB/s | % of copy |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in size_rows:
-        lines.append(f"| {r['set']} | {r['params']:,} | {r['dtype']} | {r['algo']} | {r['provider']} | {r['ms_per_step']:.2f} | {r['ratio_to_torch_fused']:.3f} | {r['gbps']:.1f} | {r['pct_copy_bw']:.0f} |")
+        lines.append(f"| {r['set']} | {r['params']:,} | {r['dtype']} | {r['algo']} | {r['provider']} | {r['ms_per_step']:.4g} | "
+                     f"{report.speed_text(r['ratio_to_torch_fused'])} | {r['gbps']:.3g} | {r['copy_gbps']:.3g} | {report.pct_text(r['pct_copy_bw'])} |")
     return "\n".join(lines) + "\n"

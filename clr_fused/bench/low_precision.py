@@ -32,11 +32,15 @@ import clr_fused as cf
 from .. import _ext
 from . import counted
 from ..kernels import low_precision as lp
-from .host import _copy_gbps, _interleaved
+from . import report
+from .host import _interleaved
 from .model import H100
 from .param_sets import resnet50, transformer
 
 BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
+
+
+_STATE_BYTES = {"fp32": lambda p: 4.0, "bf16": lambda p: 2.0, "int8": lambda p: 1.0 + 4.0 / lp.QBLOCK, "param": float}
 
 
 def bytes_per_param(algo: str, param: torch.dtype, state: str) -> float:
@@ -45,8 +49,15 @@ def bytes_per_param(algo: str, param: torch.dtype, state: str) -> float:
     int8 states also read and write one float32 scale per 128 elements."""
     p = torch.empty((), dtype=param).element_size()
     n_states = 2 if algo == "adamw" else 1
-    per_state = {"fp32": 4.0, "bf16": 2.0, "int8": 1.0 + 4.0 / lp.QBLOCK, "param": float(p)}[state]
-    return 3 * p + n_states * 2 * per_state
+    return 3 * p + n_states * 2 * _STATE_BYTES[state](p)
+
+
+def footprint_per_param(algo: str, param: torch.dtype, state: str) -> float:
+    """Distinct bytes per parameter (an in-place update reads each once): the
+    parameter, its gradient and each state (int8: with its share of a scale)."""
+    p = torch.empty((), dtype=param).element_size()
+    n_states = 2 if algo == "adamw" else 1
+    return 2 * p + n_states * _STATE_BYTES[state](p)
 
 
 def _bytes(provider: str, algo: str, param: torch.dtype, state: str) -> float:
@@ -119,8 +130,9 @@ def _peers(algo: str, shapes, grads, dtype) -> tuple[dict, dict]:
     return found, missing
 
 
-def run_set(set_name: str, shapes, rounds: int, steps: int, copy_bw: float, progress) -> tuple[list[dict], dict]:
+def run_set(set_name: str, shapes, rounds: int, steps: int, progress) -> tuple[list[dict], dict]:
     n = sum(math.prod(s) for s in shapes)
+    cpu, cache = torch.device("cpu"), report.cache_bytes(torch.device("cpu"))
     rows, missing_all = [], {}
     gen = torch.Generator().manual_seed(0)
     grads32 = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
@@ -140,6 +152,7 @@ def run_set(set_name: str, shapes, rounds: int, steps: int, copy_bw: float, prog
             for name, fn in peers.items():
                 providers[name] = (fn, "int8")
             missing_all.update({f"{k} ({set_name}, {pdt})": v for k, v in missing.items()})
+            copy_bw = report.copy_bandwidth(cpu, footprint_per_param(algo, pdt, "param") * n)
             med = _interleaved({k: (fn, contextlib.nullcontext) for k, (fn, _) in providers.items()}, steps, rounds)
             ref = med[ref_name]
             for name, ms in med.items():
@@ -149,7 +162,7 @@ def run_set(set_name: str, shapes, rounds: int, steps: int, copy_bw: float, prog
                 model_ms = b * n / H100.bandwidth * 1e3
                 rows.append(dict(set=set_name, params=n, algo=algo, param_dtype=str(pdt).replace("torch.", ""),
                                  provider=name, state=state, bytes_per_param=b, ms_per_step=ms, ratio_to_torch_fused=ms / ref,
-                                 gbps=gbps, pct_copy_bw=100 * gbps / copy_bw, h100_model_ms=model_ms,
+                                 gbps=gbps, copy_gbps=copy_bw, pct_copy_bw=report.pct_of_copy(gbps, copy_bw, footprint_per_param(algo, pdt, state) * n, cache), h100_model_ms=model_ms,
                                  h100_model_ratio=b / bytes_per_param(algo, pdt, "param")))  # fmt: skip
             del providers, peers
             progress.update(1)
@@ -167,16 +180,17 @@ def main(out_dir: str, quick: bool = False) -> int:
     if quick:
         sets = {"small": [(256, 200), (1000,), (3, 3, 64, 64), (17,)]}
         rounds, steps = 3, 1
-    copy_bw = _copy_gbps()
+    load_before = report.machine_load()
     rows, missing = [], {}
     with tqdm(total=len(sets) * 4, desc="bench --low-precision", unit="case") as bar:
         for name, shapes in sets.items():
-            r, m = run_set(name, shapes, rounds, steps, copy_bw, bar)
+            r, m = run_set(name, shapes, rounds, steps, bar)
             rows += r
             missing.update(m)
     meta = dict(
         date=datetime.date.today().isoformat(), device=f"cpu ({platform.processor() or platform.machine()})",
-        threads=torch.get_num_threads(), torch=torch.__version__, copy_gbps=copy_bw, quick=quick,
+        threads=torch.get_num_threads(), torch=torch.__version__, quick=quick,
+        last_level_cache_bytes=report.cache_bytes(torch.device("cpu")), load=dict(before=load_before, after=report.machine_load()),
         isa=_ext.load().cpu_isa() if hasattr(_ext.load(), "cpu_isa") else None, peers_missing=missing,
     )  # fmt: skip
     os.makedirs(out_dir, exist_ok=True)
@@ -193,16 +207,18 @@ def main(out_dir: str, quick: bool = False) -> int:
 
 def markdown(meta, rows) -> str:
     lines = [f"# Low-precision states, CPU step, {meta['date']}, {meta['device']}, {meta['threads']} threads, "
-             f"torch {meta['torch']}, copy bandwidth {meta['copy_gbps']:.1f} GB/s", "",
+             f"torch {meta['torch']}, last-level cache {meta['last_level_cache_bytes'] / 2**20:.0f} MiB", "",
              "Median ms per step (optimizer + LR schedule), providers of one parameter dtype interleaved; ratio to "
              "torch fused at the same parameter dtype. B/param: bytes a step moves per parameter (clr_fused rows: counted from "
              "the CUDA kernels' own loads and stores by the CUDA emulator, tests/gpu_sim). H100 columns: a "
-             "roofline MODEL (bytes / 3.0 TB/s), not a measurement.", "",
-             "| set | algo | params | provider | B/param | ms/step | ratio to torch fused | GB/s | % copy BW | H100 model ms | model ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "roofline MODEL (bytes / 3.0 TB/s), not a measurement. copy GB/s: a copy over the memory of torch's step at this "
+             "parameter dtype, same threads, best of 5, beside the case; 'fits in cache': the row's parameters, gradients and "
+             "states fit in the last-level cache." + report.load_note(meta["load"]["before"], meta["load"]["after"]), "",
+             "| set | algo | params | provider | B/param | ms/step | vs torch fused | GB/s | copy GB/s | % of copy | H100 model ms | model ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['set']} | {r['algo']} | {r['param_dtype']} | {r['provider']} | {r['bytes_per_param']:.2f} | "
-                     f"{r['ms_per_step']:.2f} | {r['ratio_to_torch_fused']:.3f} | {r['gbps']:.1f} | {r['pct_copy_bw']:.0f} | "
+                     f"{r['ms_per_step']:.4g} | {report.speed_text(r['ratio_to_torch_fused'])} | {r['gbps']:.3g} | {r['copy_gbps']:.3g} | {report.pct_text(r['pct_copy_bw'])} | "
                      f"{r['h100_model_ms']:.3f} | {r['h100_model_ratio']:.3f} |")  # fmt: skip
     if meta["peers_missing"]:
         lines += ["", "Peers that did not run here:", ""] + [f"- {k}: {v}" for k, v in meta["peers_missing"].items()]

@@ -7,8 +7,9 @@ clr_fused with every backend that works here, eager and (on CUDA) graph
 captured; plus the full mixed-precision step (unscale + inf check + clip +
 schedule + update).  Figures: median ms/step (CUDA events on a GPU,
 perf_counter on the CPU), host ms per ``step()`` call, achieved GB/s from the
-bytes a step must move against a copy bandwidth measured in the same run,
-ratios to each torch provider, peak memory.
+bytes a step must move against a copy of the same traffic measured beside
+it (bench/report.py: "fits in cache" where the step's bytes do), ratios to
+each torch provider, peak memory, the machine's load.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch.optim import lr_scheduler as L
 import clr_fused as cf
 
 from .. import backends
+from . import report
 from .param_sets import numel, param_sets
 
 BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
@@ -43,7 +45,8 @@ class Row:
     ms: float
     host_ms: float
     gbps: float
-    pct_copy_bw: float
+    copy_gbps: float  # a copy moving this step's bytes, measured beside it (report.copy_bandwidth)
+    pct_copy_bw: float | None  # None: the step's bytes fit in the last-level cache
     peak_mib: float | None
     n_params: int
     n_tensors: int
@@ -79,19 +82,18 @@ def _time(fn: Callable[[], None], device, warmup: int, reps: int) -> tuple[float
     return statistics.median(dev), statistics.median(host)
 
 
-def copy_bandwidth(device, nbytes: int) -> float:
-    """GB/s of a same-device copy (bytes read + written)."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    ms, _ = _time(lambda: dst.copy_(src), device, 3, 10)
-    return 2 * nbytes / (ms * 1e-3) / 1e9
-
-
 def bytes_per_param(algo: str, dtype: torch.dtype) -> int:
     """Bytes one step must move per parameter: Adam reads p, g, m, v and
     writes p, m, v (28 B in fp32); SGD-momentum reads p, g, buf, writes p, buf (20 B)."""
     size = torch.empty((), dtype=dtype).element_size()
     return size * (7 if algo.startswith("adam") else 5)
+
+
+def footprint_per_param(algo: str, dtype: torch.dtype) -> int:
+    """Distinct bytes a step touches per parameter (updated in place: what it reads):
+    Adam p, g, m, v (16 B in fp32); SGD-momentum p, g, buf (12 B)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return size * (4 if algo.startswith("adam") else 3)
 
 
 def _params(shapes, dtype, device):
@@ -206,7 +208,7 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
     reps = reps or (50 if cuda else 5)
     from tqdm.auto import tqdm
 
-    copy_bw = copy_bandwidth(device, 2**30 if cuda else 2**27)
+    cache = report.cache_bytes(device)
     rows: list[Row] = []
     sets = param_sets(full)
     dts = dtypes if cuda else (torch.float32,)
@@ -219,6 +221,8 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
                 bar.set_postfix_str(f"{set_name} {algo} {str(dtype).replace('torch.', '')}")
                 bar.update(1)
                 model = model_prediction(set_name, shapes, algo, dtype) if cuda else None
+                step_bytes, footprint = n * bytes_per_param(algo, dtype), n * footprint_per_param(algo, dtype)
+                copy_bw = report.copy_bandwidth(device, footprint)
                 for name, build in providers(algo, params, device, include_amp=dtype == torch.float32).items():
                     if cuda:
                         torch.cuda.reset_peak_memory_stats(device)
@@ -228,16 +232,17 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
                     except Exception as exc:  # a provider that cannot run here is reported, not fatal
                         print(f"  {set_name} {algo} {name}: skipped ({type(exc).__name__}: {exc})")
                         continue
-                    gbps = n * bytes_per_param(algo, dtype) / (ms * 1e-3) / 1e9
+                    gbps = step_bytes / (ms * 1e-3) / 1e9
                     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-                    rows.append(Row(set_name, algo, str(dtype).replace("torch.", ""), name, ms, host_ms, gbps, 100 * gbps / copy_bw, peak, n,
+                    rows.append(Row(set_name, algo, str(dtype).replace("torch.", ""), name, ms, host_ms, gbps, copy_bw,
+                                    report.pct_of_copy(gbps, copy_bw, footprint, cache), peak, n,
                                     len(shapes), None if model is None else predicted_ms(name, model)))  # fmt: skip
                     del step
             del params
             if cuda:
                 torch.cuda.empty_cache()
     bar.close()
-    return copy_bw, rows
+    return cache, rows
 
 
 def model_prediction(set_name: str, shapes, algo: str, dtype: torch.dtype) -> dict:
@@ -274,25 +279,28 @@ def _ratios(rows: list[Row]) -> dict[tuple, dict[str, float]]:
     return out
 
 
-def markdown(device_name: str, copy_bw: float, rows: list[Row]) -> str:
+def markdown(device_name: str, cache: int, rows: list[Row], load: str = "") -> str:
     ratios = _ratios(rows)
     modelled = any(r.model_ms is not None for r in rows)  # on a GPU: the model's column
     lines = [
-        f"Device: {device_name}; measured copy bandwidth {copy_bw:.0f} GB/s; torch {torch.__version__}; "
-        f"CyclicLR stepped on the host for torch providers."
+        f"Device: {device_name}; {torch.get_num_threads()} threads; last-level cache {cache / 2**20:.0f} MiB; torch {torch.__version__}; "
+        f"CyclicLR stepped on the host for torch providers. 'copy GB/s': a copy over the step's memory "
+        f"(parameters, gradients, states; at most {report.copy_cap(torch.device('cuda' if modelled else 'cpu')) >> 20} MiB), "
+        "same threads, best of 5, measured beside the case; 'fits in cache': that memory fits in the last-level cache."
+        + load
         + (" 'H100 model ms' is the roofline MODEL's prediction (`clr-fused bench --model h100`), not a measurement."
            if modelled else ""),
         "",
-        "| set | algo | dtype | provider | ms/step | host ms/call | GB/s | % copy BW | vs torch-fused+CyclicLR | peak MiB |"
+        "| set | algo | dtype | provider | ms/step | host ms/call | GB/s | copy GB/s | % of copy | vs torch-fused+CyclicLR | peak MiB |"
         + (" H100 model ms |" if modelled else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if modelled else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if modelled else ""),
     ]  # fmt: skip
     for r in rows:
         rel = ratios[((r.param_set, r.algo, r.dtype), r.provider)]
         vs = rel.get("vs torch-fused+CyclicLR", rel.get("vs amp:torch-fused+clip+CyclicLR"))
         lines.append(
-            f"| {r.param_set} | {r.algo} | {r.dtype} | {r.provider} | {r.ms:.3f} | {r.host_ms:.3f} | {r.gbps:.0f} | "
-            f"{r.pct_copy_bw:.0f}% | {'' if vs is None else f'{vs:.2f}x'} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} |"
+            f"| {r.param_set} | {r.algo} | {r.dtype} | {r.provider} | {r.ms:.4g} | {r.host_ms:.4g} | {r.gbps:.3g} | {r.copy_gbps:.3g} | "
+            f"{report.pct_text(r.pct_copy_bw)} | {'' if vs is None else report.speed_text(vs)} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} |"
             + ("" if not modelled else f" {'' if r.model_ms is None else f'{r.model_ms:.3f} (model)'} |")
         )
     return "\n".join(lines) + "\n"
@@ -323,8 +331,10 @@ def main(quick: bool = False, out_dir: str = "clr-fused-bench") -> int:
     device_name = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     if not cuda:
         print("No CUDA device: CPU-sized sets; torch providers, clr_fused's torch and cpu backends. GPU figures need a GPU: run `clr-fused bench` there.")
-    copy_bw, rows = run(device, full=cuda and not quick, algos=("adam",) if quick else ("adam", "sgd"))
-    table = markdown(device_name, copy_bw, rows)
+    load_before = report.machine_load()
+    cache, rows = run(device, full=cuda and not quick, algos=("adam",) if quick else ("adam", "sgd"))
+    load_after = report.machine_load()
+    table = markdown(device_name, cache, rows, report.load_note(load_before, load_after))
     print(table)
     os.makedirs(out_dir, exist_ok=True)
     date = datetime.date.today().isoformat()
@@ -337,7 +347,9 @@ def main(quick: bool = False, out_dir: str = "clr-fused-bench") -> int:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
-        "copy_bandwidth_gbps": copy_bw,
+        "threads": torch.get_num_threads(),
+        "last_level_cache_bytes": cache,
+        "load": {"before": load_before, "after": load_after},
         "quick": quick,
     }
     try:
