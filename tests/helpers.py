@@ -26,6 +26,26 @@ def torch_lr_trace(make_sched, n, *, base_lr=0.1, opt_cls=torch.optim.SGD, **opt
     return lrs, moms
 
 
+def transformers_lr_trace(name, base_lr, warmup, total, kw, n):
+    """LRs transformers.get_scheduler(name, ...) holds before each of ``n`` updates."""
+    import warnings
+
+    import transformers
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base_lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # WSD's "both given" warning
+        sched = transformers.get_scheduler(name, opt, num_warmup_steps=warmup, num_training_steps=total,
+                                           scheduler_specific_kwargs=dict(kw))  # fmt: skip
+    out = []
+    for _ in range(n):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
 def updates_with_ones(opt_factory, n, *, dtype=torch.float64):
     """Per-step parameter deltas when every gradient is one (SGD: -lr each)."""
     p = torch.nn.Parameter(torch.zeros(3, dtype=dtype))

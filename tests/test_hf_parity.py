@@ -6,12 +6,12 @@ every step equals transformers' LR exactly, past the end of training too."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
 import clr_fused as cf
+
+from .helpers import transformers_lr_trace
 
 transformers = pytest.importorskip("transformers")
 
@@ -40,18 +40,7 @@ NAMES_KW = [
 
 
 def _hf_lrs(name, w, total, kw, n):
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=BASE)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # WSD's "both given" warning
-        sched = transformers.get_scheduler(name, opt, num_warmup_steps=w, num_training_steps=total,
-                                           scheduler_specific_kwargs=dict(kw))  # fmt: skip
-    out = []
-    for _ in range(n):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return transformers_lr_trace(name, BASE, w, total, kw, n)
 
 
 def _hf_raises(name, w, total, kw):

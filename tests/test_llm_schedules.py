@@ -14,6 +14,8 @@ import torch
 import clr_fused as cf
 from clr_fused import _ext
 
+from .helpers import transformers_lr_trace
+
 transformers = pytest.importorskip("transformers")
 
 BACKENDS = ["torch", "triton"] + (["cpu"] if _ext.load() is not None else [])
@@ -35,16 +37,7 @@ CLOSED_FORMS = {"constant": "Constant", "cosine": "WarmupCosine", "cosine_with_m
 
 
 def _hf_lrs(name, kw, n):
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=BASE)
-    sched = transformers.get_scheduler(name, opt, num_warmup_steps=WARMUP, num_training_steps=TOTAL,
-                                       scheduler_specific_kwargs=dict(kw))  # fmt: skip
-    out = []
-    for _ in range(n):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return out
+    return transformers_lr_trace(name, BASE, WARMUP, TOTAL, kw, n)
 
 
 def test_every_step_driven_name_is_covered():
