@@ -49,35 +49,39 @@ __device__ __forceinline__ uint32_t mix32(uint32_t x) {
   return x;
 }
 
-// Per chunk: one base per stream (0: the parameter, 1 + j: state list j).
+// Per chunk: one base and one multiplier per stream (0: the parameter, 1 + j:
+// state list j), drawn from the tensor's step seed.
 struct RandomBits {
   uint32_t base[4];
+  uint32_t mul[4];
 };
 
 __device__ __forceinline__ RandomBits random_bits(int64_t step, int64_t numel) {
   RandomBits r;
   const uint32_t seed = mix32(static_cast<uint32_t>(step) ^ mix32(static_cast<uint32_t>(numel)));
 #pragma unroll
-  for (int j = 0; j < 4; ++j) r.base[j] = mix32(seed + kGolden * static_cast<uint32_t>(j + 1));
+  for (int j = 0; j < 4; ++j) {
+    r.base[j] = mix32(seed + kGolden * static_cast<uint32_t>(j + 1));
+    r.mul[j] = (mix32(seed + kGolden * static_cast<uint32_t>(j + 5)) >> 1) | 1u;
+  }
   return r;
 }
 
 // The 32 random bits of element i in stream j (index taken modulo 2**32): a
-// Weyl sequence, base_j + i * kStreamMul[j] -- one multiply-add per element,
-// where a hash per element (mix32: two multiplies, six shifts and xors) made
-// the stochastic-rounding kernels compute-bound on the CPU.  Across steps an
-// element's bits are the hashed base's (mix32 of the step): uniform and
-// independent; across the elements of one step they are equidistributed (a
-// low-discrepancy sequence, which only helps rounding errors cancel); the
-// streams' odd multipliers differ, so a parameter's and its states' bits are
-// not a fixed offset apart.  The multipliers are below 2**31 so the torch
-// backend computes the product in int64 without overflow.
-__device__ __forceinline__ uint32_t stream_mul(int stream) {
-  return stream == 0 ? 0x61c88647u : stream == 1 ? 0x27d4eb2fu : stream == 2 ? 0x165667b1u : 0x2c1b3c6du;
-}
-
+// Weyl sequence, base_j + i * mul_j -- one multiply-add per element, where a
+// hash per element (mix32: two multiplies, six shifts and xors) made the
+// stochastic-rounding kernels compute-bound on the CPU.  Both base and
+// multiplier are drawn afresh each step: with a fixed multiplier two elements'
+// bits would stay a fixed offset apart at every step (elements 144 apart, 0.3%
+// of the range), so their rounding decisions would repeat together and the
+// drift of a parameter would follow a few random numbers per step, not one per
+// element (tests/test_low_precision.py: the drift variance).  With a random odd
+// multiplier the offset of any two elements is uniform and new each step;
+// within a step the sequence stays equidistributed.  The multipliers are odd
+// and below 2**31 so the torch backend computes the product in int64 without
+// overflow.
 __device__ __forceinline__ uint32_t element_bits(const RandomBits& rb, int stream, int64_t i) {
-  return rb.base[stream] + static_cast<uint32_t>(i) * stream_mul(stream);
+  return rb.base[stream] + static_cast<uint32_t>(i) * rb.mul[stream];
 }
 
 // float -> bfloat16 bits, rounded stochastically: the 16 random bits are

@@ -120,7 +120,7 @@ def test_memory_per_element():
 def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour():
     values = [1.0 + 2**-9, -3.3, 1e-3, 65504.7, -1e-30, 1.0]
     x = torch.tensor(values).repeat_interleave(4096)
-    y = lp.bf16_stochastic(x, lp.element_bits(lp.stream_bases(torch.tensor(12345), x.numel())[0], x.numel(), 0))
+    y = lp.bf16_stochastic(x, lp.element_bits(lp.stream_bases(torch.tensor(12345), x.numel()), x.numel(), 0))
     for i, v in enumerate(values):
         xi = torch.tensor([v])
         bits = xi.view(torch.int32) & ~0xFFFF
@@ -141,17 +141,24 @@ def test_random_bits_depend_on_step_size_and_index_only():
     assert torch.equal(a, lp.stream_bases(torch.tensor(7), 1000))
     assert not torch.equal(a, lp.stream_bases(torch.tensor(8), 1000))
     assert not torch.equal(a, lp.stream_bases(torch.tensor(7), 1001))
-    assert len(set(a.tolist())) == 4
-    bits = lp.element_bits(a[0], 1 << 16, 0)
+    assert len(set(a.tolist())) == 8
+    assert ((a[4:] & 1) == 1).all() and (a[4:] < 2**31).all()  # odd multipliers, products fit int64
+    bits = lp.element_bits(a, 1 << 16, 0)
     assert 0 <= int(bits.min()) and int(bits.max()) < 2**32
     # across the elements of a step: equidistributed (each of the 16 high-bit buckets near 1/16)
     counts = torch.bincount((bits >> 28).long(), minlength=16).double() / bits.numel()
     assert (counts - 1 / 16).abs().max() < 0.01
     # across steps, one element's 16 bits (what rounding uses): uniform too, and streams differ
-    per_step = torch.stack([lp.element_bits(lp.stream_bases(torch.tensor(k), 1000)[1], 8, 1)[5] for k in range(4096)])
+    per_step = torch.stack([lp.element_bits(lp.stream_bases(torch.tensor(k), 1000), 8, 1)[5] for k in range(4096)])
     counts = torch.bincount((per_step >> 28).long(), minlength=16).double() / per_step.numel()
     assert (counts - 1 / 16).abs().max() < 0.02
-    assert not torch.equal(lp.element_bits(a[0], 64, 0) - a[0], lp.element_bits(a[0], 64, 1) - a[0])
+    assert not torch.equal(lp.element_bits(a, 64, 0) - a[0], lp.element_bits(a, 64, 1) - a[1])
+    # two elements' bits are not a fixed offset apart from step to step (elements 144 apart were
+    # 0.3% of the range apart at every step with a fixed multiplier): their rounding decisions
+    # (u < 0.44) agree as often as independent coins' would, 0.44^2 + 0.56^2 = 0.507
+    u = torch.stack([lp.element_bits(lp.stream_bases(torch.tensor(k), 1000), 145, 0)[[0, 144]] for k in range(4096)])
+    agree = float(((u[:, 0] < 0.44 * 2**32) == (u[:, 1] < 0.44 * 2**32)).double().mean())
+    assert abs(agree - 0.507) < 0.03, agree
 
 
 # ------------------------------------------------------------------ backends agree
@@ -283,6 +290,39 @@ def test_stochastic_rounding_moves_bf16_parameters_by_sub_ulp_updates(backend):
     assert (out[False] == 1.0).all()
     expected = 1.0 - 1e-4 * steps
     assert abs(float(out[True].mean()) - expected) < 0.002, float(out[True].mean())
+
+
+@pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
+def test_stochastic_rounding_draws_fresh_bits_every_step(backend):
+    """An update of 0.44 ulp on bf16 parameters, 32 steps: each element then
+    moves down one ulp at each step with probability 0.44, independently, so
+    its drift is Binomial(32, 0.44) ulps (variance 7.89 ulp^2).  Bits that
+    repeat or correlate across steps widen (or narrow) that variance: the
+    pooled variance over ~25,000 paths (11 tensors of odd sizes, three
+    seeds) must be within 10% of the binomial's; its standard error is ~1%."""
+    if backend != "torch":
+        _needs(backend)
+    ulp, frac, steps = 2.0**-7, 0.44, 32  # 1.5 lies in [1, 2): one bf16 ulp is 2**-7
+    drifts = []
+    for seed in (0, 1, 2):
+        sizes = [1, 3, 17, 127, 128, 129, 255, 1000, 2049, 4097 + seed, 16_385]
+        ps = [torch.full((n,), 1.5, dtype=torch.bfloat16, requires_grad=True) for n in sizes]
+        opt = cf.SGD(ps, lr=frac * ulp, backend=backend, stochastic_rounding=True)
+        for _ in range(seed):  # the three seeds start at different schedule steps
+            for p in ps:
+                p.grad = torch.zeros_like(p)
+            opt.step()
+        for _ in range(steps):
+            for p in ps:
+                p.grad = torch.ones_like(p)
+            opt.step()
+        drifts += [(1.5 - p.detach().double()) / ulp for p in ps]
+    d = torch.cat(drifts)
+    assert torch.equal(d, d.round()) and d.min() >= 0 and d.max() <= steps  # whole ulps, never past the update
+    mean, var = steps * frac, steps * frac * (1 - frac)
+    n = d.numel()
+    assert abs(float(d.mean()) - mean) < 5 * (var / n) ** 0.5, float(d.mean())
+    assert abs(float(d.var()) / var - 1) < 0.10, (float(d.var()), var)
 
 
 # ------------------------------------------------------------------ state dicts, copies, errors

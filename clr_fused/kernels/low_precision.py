@@ -72,12 +72,21 @@ def adopt(codes: Tensor, scales: Tensor, like: Tensor, key: str) -> tuple[Tensor
     when they already fit; scales only copied dense (exact); codes of another
     layout re-quantized from their values in ``like``'s layout."""
     scales = scales if scales.is_contiguous() else scales.contiguous()
-    c, p = (codes.to_local(), like.to_local()) if hasattr(codes, "to_local") else (codes, like)
-    if is_dense(c) and (p.numel() <= 1 or c.stride() == p.stride()):
+    if fits_layout(codes, like):
         return codes, scales
+    c = codes.to_local() if hasattr(codes, "to_local") else codes
     order = memory_order(c)
     values = unflat(decode(flat(c, order), scales), c, order)
     return quantize(torch.empty_like(like, dtype=torch.float32).copy_(values), key)
+
+
+def fits_layout(state: Tensor, like: Tensor) -> bool:
+    """Whether a state (codes or float values) has its parameter's layout, so
+    its memory order -- which sets the int8 blocks -- is the parameter's
+    (DTensors: their local shards)."""
+    s = state.to_local() if hasattr(state, "to_local") else state
+    p = like.to_local() if hasattr(like, "to_local") else like
+    return is_dense(s) and (p.numel() <= 1 or s.stride() == p.stride())
 
 
 # ------------------------------------------------------------ memory order
@@ -121,21 +130,20 @@ def _mix32_int(x: int) -> int:
 
 
 def stream_bases(step: Tensor, numel: int) -> Tensor:
-    """int64 [4] on step's device: the bases of streams 0 (parameter) and 1.. (state lists)
-    for one tensor at schedule step ``step`` (an int64 device scalar; no host read)."""
+    """int64 [8] on step's device: the bases (0..3) and odd multipliers (4..7) of
+    streams 0 (parameter) and 1.. (state lists) for one tensor at schedule step
+    ``step`` (an int64 device scalar; no host read): random_bits in low_precision.cuh."""
     seed = mix32((step.reshape(()) & MASK32) ^ _mix32_int(numel & MASK32))
-    golden = (torch.arange(1, 5, dtype=torch.int64, device=step.device) * _GOLDEN) & MASK32  # a device op: no copy
-    return mix32((seed + golden) & MASK32)
+    golden = (torch.arange(1, 9, dtype=torch.int64, device=step.device) * _GOLDEN) & MASK32  # a device op: no copy
+    h = mix32((seed + golden) & MASK32)
+    return torch.cat([h[:4], (h[4:] >> 1) | 1])
 
 
-#: the streams' Weyl multipliers (csrc's stream_mul): 0 the parameter, 1 + j state list j
-STREAM_MUL = (0x61C88647, 0x27D4EB2F, 0x165667B1, 0x2C1B3C6D)
-
-
-def element_bits(base: Tensor, n: int, stream: int) -> Tensor:
-    """The 32 random bits of elements 0..n-1 of a stream: base + i * multiplier (mod 2**32)."""
-    idx = torch.arange(n, dtype=torch.int64, device=base.device) & MASK32
-    return (base + idx * STREAM_MUL[stream]) & MASK32
+def element_bits(rb: Tensor, n: int, stream: int) -> Tensor:
+    """The 32 random bits of elements 0..n-1 of a stream: base + i * multiplier
+    (mod 2**32), both drawn afresh every step (why: element_bits in low_precision.cuh)."""
+    idx = torch.arange(n, dtype=torch.int64, device=rb.device) & MASK32
+    return (rb[stream] + idx * rb[4 + stream]) & MASK32
 
 
 def bf16_stochastic(x: Tensor, random: Tensor) -> Tensor:

@@ -50,7 +50,7 @@ class _Storage:
     per-block scales -- the kernels' low_precision.cuh in torch ops.
 
     ``states`` is the bucket's state lists (for int8: the code lists, then
-    as many scale lists); ``bases[i]`` tensor i's random-bit stream bases."""
+    as many scale lists); ``bases[i]`` tensor i's random-bit stream bases and multipliers."""
 
     def __init__(self, bucket, stochastic: bool, counter: Tensor | None) -> None:
         states = bucket.states
@@ -89,7 +89,7 @@ class _Storage:
         for i, (d, n) in enumerate(zip(dst, new)):
             order = lp.memory_order(d)
             x = lp.flat(n.to(torch.float32), order)
-            v = lp.unflat(lp.bf16_stochastic(x, lp.element_bits(self.bases[i][stream], x.numel(), stream)), d, order)
+            v = lp.unflat(lp.bf16_stochastic(x, lp.element_bits(self.bases[i], x.numel(), stream)), d, order)
             d.copy_(v if skip is None else torch.where(skip, d, v))
 
 

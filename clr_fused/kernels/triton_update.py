@@ -89,31 +89,22 @@ def _mix32(x):
 
 @triton.jit
 def _stream_base(k, numel, J: tl.constexpr):
-    """Stochastic rounding's base of stream J (0: the parameter, 1 + j: state
-    list j) for one tensor at schedule step k (random_bits in low_precision.cuh)."""
+    """Stochastic rounding's (base, odd multiplier) of stream J (0: the
+    parameter, 1 + j: state list j) for one tensor at schedule step k
+    (random_bits in low_precision.cuh)."""
     seed = _mix32((k & 0xFFFFFFFF).to(tl.uint32) ^ _mix32((numel & 0xFFFFFFFF).to(tl.uint32)))
-    return _mix32(seed + ((0x9E3779B9 * (J + 1)) & 0xFFFFFFFF))
+    base = _mix32(seed + ((0x9E3779B9 * (J + 1)) & 0xFFFFFFFF))
+    mul = (_mix32(seed + ((0x9E3779B9 * (J + 5)) & 0xFFFFFFFF)) >> 1) | 1
+    return base, mul
 
 
 @triton.jit
-def _stream_mul(J: tl.constexpr):
-    """csrc/low_precision.cuh's stream_mul: the Weyl multiplier of stream J."""
-    if J == 0:
-        return 0x61C88647
-    elif J == 1:
-        return 0x27D4EB2F
-    elif J == 2:
-        return 0x165667B1
-    else:
-        return 0x2C1B3C6D
-
-
-@triton.jit
-def _store_val(x, DT: tl.constexpr, SR: tl.constexpr, base, idx, J: tl.constexpr):
+def _store_val(x, DT: tl.constexpr, SR: tl.constexpr, k, numel, idx, J: tl.constexpr):
     """x rounded to DT: to nearest, or (SR, bfloat16) stochastically with
-    element idx's bits of stream J (base: _stream_base; bf16_bits_stochastic)."""
+    element idx's bits of stream J at step k (element_bits, bf16_bits_stochastic)."""
     if SR and DT == tl.bfloat16:
-        r = base + (idx & 0xFFFFFFFF).to(tl.uint32) * _stream_mul(J)
+        base, mul = _stream_base(k, numel, J)
+        r = base + (idx & 0xFFFFFFFF).to(tl.uint32) * mul
         sr = (x.to(tl.uint32, bitcast=True) + (r >> 16)) >> 16  # (+-inf stays itself)
         half = tl.where(x != x, 0x7FC0, sr)
         return half.to(tl.uint16).to(tl.bfloat16, bitcast=True)
@@ -164,12 +155,12 @@ def _state_ld(base, scale_base, offs, mask, rows, row_mask, SIGNED: tl.constexpr
 
 
 @triton.jit
-def _state_st(x, base, scale_base, offs, mask, rows, row_mask, DT: tl.constexpr, SR: tl.constexpr, sbase, idx,
+def _state_st(x, base, scale_base, offs, mask, rows, row_mask, DT: tl.constexpr, SR: tl.constexpr, k, numel, idx,
               SIGNED: tl.constexpr, Q8: tl.constexpr, VEC: tl.constexpr, J: tl.constexpr):  # fmt: skip
     if Q8:
         _q8_store(x, base + offs, scale_base + rows, mask, row_mask, SIGNED)
     else:
-        tl.store(_at(base, offs, VEC), _store_val(x, DT, SR, sbase, idx, J), mask=mask)
+        tl.store(_at(base, offs, VEC), _store_val(x, DT, SR, k, numel, idx, J), mask=mask)
 
 
 @triton.jit
@@ -291,12 +282,12 @@ def _sgd_block(
         b = _state_ld(b_base, bs_base, offs, mask, rows, row_mask, True, Q8, VEC)
         # torch starts the buffer at the first gradient, undamped
         b = tl.where(is_fresh, d, d * one_minus_dampening + b * mom)
-        _state_st(b, b_base, bs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC, 1)
+        _state_st(b, b_base, bs_base, offs, mask, rows, row_mask, S_DT, SR, k, numel, idx, True, Q8, VEC, 1)
         if NESTEROV:
             d = b * mom + d
         else:
             d = b
-    tl.store(p_ptrs, _store_val(d * -lr + p, P_DT, SR, _stream_base(k, numel, 0), idx, 0), mask=mask)
+    tl.store(p_ptrs, _store_val(d * -lr + p, P_DT, SR, k, numel, idx, 0), mask=mask)
 
 
 @triton.jit
@@ -377,16 +368,16 @@ def _adam_block(
     m_old = _state_ld(m_base, ms_base, offs, mask, rows, row_mask, True, Q8, VEC)
     m = coeff * (g - m_old) + tl.where(small_w, m_old, g)
     v = (one_minus_beta2 * g) * g + _state_ld(v_base, vs_base, offs, mask, rows, row_mask, False, Q8, VEC) * beta2
-    _state_st(m, m_base, ms_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 1), idx, True, Q8, VEC, 1)
-    _state_st(v, v_base, vs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 2), idx, False, Q8, VEC, 2)
+    _state_st(m, m_base, ms_base, offs, mask, rows, row_mask, S_DT, SR, k, numel, idx, True, Q8, VEC, 1)
+    _state_st(v, v_base, vs_base, offs, mask, rows, row_mask, S_DT, SR, k, numel, idx, False, Q8, VEC, 2)
     if AMSGRAD:
         vmax = _state_ld(vmax_base, vmaxs_base, offs, mask, rows, row_mask, False, Q8, VEC)
         # torch.maximum: NaN wins
         v = tl.where((vmax != vmax) | (vmax > v), vmax, v)
-        _state_st(v, vmax_base, vmaxs_base, offs, mask, rows, row_mask, S_DT, SR, _stream_base(k, numel, 3), idx,
+        _state_st(v, vmax_base, vmaxs_base, offs, mask, rows, row_mask, S_DT, SR, k, numel, idx,
                   False, Q8, VEC, 3)  # fmt: skip
     denom = tl.sqrt(v) / bc2_sqrt + eps
-    tl.store(p_ptrs, _store_val(p + (neg_step_size * m) / denom, P_DT, SR, _stream_base(k, numel, 0), idx, 0), mask=mask)
+    tl.store(p_ptrs, _store_val(p + (neg_step_size * m) / denom, P_DT, SR, k, numel, idx, 0), mask=mask)
 
 
 @triton.jit
