@@ -113,7 +113,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             try:
                 checked = group
                 rec = self._lr_recs.get(gi)
-                if rec is not None and self._is_schedule_momentum(rec, self._momentum_value(group)):
+                if rec is not None and rec.owns_momentum(self._momentum_value(group)):
                     checked = dict(group)  # a cycled momentum / beta1: the schedule's, checked with the schedule
                     self._set_momentum_value(checked, 0.5)
                 # the hyperparameters first: the LR record reads a tensor momentum
@@ -122,16 +122,6 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"param group {gi}: {exc}") from None
             seen[gi] = values
-
-    @staticmethod
-    def _is_schedule_momentum(rec, value) -> bool:
-        """Whether ``value`` is a cycled momentum / beta1 this optimizer put in the
-        group (its schedule's live value, or the one a number written to ``lr``
-        left there when it detached the schedule), not the user's."""
-        for r in (rec, rec.detached):
-            if r is not None and r.live is not None and r.mom is not None and value is r.mom:
-                return True
-        return False
 
     # ------------------------------------------------------------ the step
     def _backend_for(self, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
@@ -171,7 +161,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         if self._int8_for(p):
             if not codes:
                 # quantized in the parameter's layout (its memory order sets the blocks)
-                fits = local(t).stride() == local(p).stride() or p.numel() <= 1
+                fits = lp.fits_layout(t, p)
                 t, st[lp.scale_key(key)] = lp.quantize(t if fits else torch.empty_like(p, dtype=t.dtype).copy_(t), key)
                 st[key] = t
             else:

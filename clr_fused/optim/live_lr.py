@@ -78,6 +78,15 @@ class GroupLR:
         lr = self.user_lr if self.user_lr is not None else self.lr  # a user's tensor is re-read: it may live elsewhere
         return rows, scalar_on(lr, device), None if self.mom is None else scalar_on(self.mom, device)
 
+    def owns_momentum(self, value: Any) -> bool:
+        """Whether ``value`` is a cycled momentum / beta1 this record put in the
+        group (its schedule's live value, or the one a number written to ``lr``
+        left there when it detached the schedule), not the user's."""
+        for r in (self, self.detached):
+            if r is not None and r.live is not None and r.mom is not None and value is r.mom:
+                return True
+        return False
+
 
 def _is_plain_number(v: Any) -> bool:
     """``_is_number`` with Python's float and int answered before the ABC checks
