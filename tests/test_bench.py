@@ -61,8 +61,8 @@ def test_report_cells():
     assert report.speed_text(1.002) == "same" and report.speed_text(0.8123) == "1.23x faster"
     assert report.pct_text(None) == "fits in cache" and report.pct_text(73.4) == "73%"
     assert "%" not in report.pct_text(153.0)  # never a percentage above 100
-    assert report.pct_of_copy(10.0, 8.0, step_bytes=1 << 20, cache=32 << 20) is None
-    assert report.pct_of_copy(6.0, 8.0, step_bytes=1 << 30, cache=32 << 20) == 75.0
+    assert report.pct_of_copy(10.0, 8.0, footprint=1 << 20, cache=32 << 20) is None
+    assert report.pct_of_copy(6.0, 8.0, footprint=1 << 30, cache=32 << 20) == 75.0
     quiet, busy = dict(load=0.3, cores=2, high=False), dict(load=5.4, cores=2, high=True)
     assert report.load_note(quiet, quiet) == ""
     assert "5.4 on 2 cores" in report.load_note(quiet, busy)
@@ -76,8 +76,8 @@ def test_copy_bandwidth_is_the_best_trial_at_the_step_size(monkeypatch):
     monkeypatch.setattr(torch, "empty", lambda n, **kw: sizes.append(n) or real_empty(n, **kw))
     gbps = report.copy_bandwidth(torch.device("cpu"), 1 << 22, trials=3, reps=2)
     assert gbps > 0 and sizes == [(1 << 22) // 8]  # source and destination span the step's footprint
-    assert report.copy_cap(torch.device("cpu")) >= max(report.COPY_CAP_BYTES, 4 * report.cache_bytes(torch.device("cpu")))
-    monkeypatch.setattr(report, "copy_cap", lambda device: 1 << 24)
+    assert report.copy_cap(0) == report.COPY_CAP_BYTES and report.copy_cap(1 << 30) == 4 << 30
+    monkeypatch.setattr(report, "copy_cap", lambda cache: 1 << 24)
     report.copy_bandwidth(torch.device("cpu"), 1 << 40, trials=1, reps=1)
     assert sizes[-1] == (1 << 24) // 8
 
@@ -181,6 +181,9 @@ def test_gpu_rows_carry_the_model_prediction():
     row = run.Row("resnet50", "sgd", "bfloat16", "cf-cuda", 0.2, 0.01, 1000.0, 2000.0, 50.0, 10.0, 1, 1, r["ours_ms"])
     text = run.markdown("GPU", 50 << 20, [row])
     assert "not a measurement" in text and f"{r['ours_ms']:.3f} (model)" in text
+    assert "'alone'" not in text and "timed interleaved" in text
+    alone = run.Row("resnet50", "sgd", "bfloat16", "cf-cuda", 0.2, 0.01, 1000.0, 2000.0, 50.0, 10.0, 1, 1, None, False)
+    assert "cf-cuda (alone)" in run.markdown("GPU", 50 << 20, [row, alone])
 
 
 def test_bench_model_writes_a_labelled_table(tmp_path):
@@ -190,3 +193,15 @@ def test_bench_model_writes_a_labelled_table(tmp_path):
     data = json.loads((tmp_path / "model-h100.json").read_text())
     assert data["label"] == "model, not a measurement" and len(data["rows"]) == 16
     assert "MODEL, not a measurement" in (tmp_path / "model-h100.md").read_text()
+
+
+def test_providers_are_timed_interleaved():
+    """Every round times one call of each provider, in a rotating order."""
+    from clr_fused.bench import run
+
+    calls = []
+    steps = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    out = run._time_interleaved(steps, torch.device("cpu"), warmup=1, reps=3)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert set(out) == set("abc") and all(d >= 0 and h >= 0 for d, h in out.values())

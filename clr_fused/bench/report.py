@@ -30,15 +30,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def copy_cap(device: torch.device) -> int:
-    return max(COPY_CAP_BYTES, 4 * cache_bytes(device))
+def copy_cap(cache: int) -> int:
+    """The largest copy measured: 4x the last-level cache, at least COPY_CAP_BYTES."""
+    return max(COPY_CAP_BYTES, 4 * cache)
 
 
 def copy_bandwidth(device: torch.device, footprint: int, trials: int = 5, reps: int = 5) -> float:
     """GB/s (bytes read + written) of a same-device copy whose source and
     destination together span ``footprint`` bytes (capped at ``copy_cap``):
     the best of ``trials`` medians of ``reps``."""
-    nbytes = max(4096, min(int(footprint), copy_cap(device)))
+    nbytes = max(4096, min(int(footprint), copy_cap(cache_bytes(device))))
     src = torch.empty(nbytes // 8, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     dst.copy_(src)

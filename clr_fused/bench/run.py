@@ -51,6 +51,7 @@ class Row:
     n_params: int
     n_tensors: int
     model_ms: float | None = None  # on a GPU: the H100 roofline MODEL's prediction for this provider (bench/model.py)
+    interleaved: bool = True  # timed interleaved with the case's other providers (False: one at a time, memory)
 
 
 def _sync(device):
@@ -58,28 +59,45 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _time_one(fn: Callable[[], None], device) -> tuple[float, float]:
+    """(device ms, host ms) of one call: CUDA events on a GPU, perf_counter on the CPU."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        t0 = time.perf_counter()
+        fn()
+        host = (time.perf_counter() - t0) * 1e3
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end), host
+    t0 = time.perf_counter()
+    fn()
+    host = (time.perf_counter() - t0) * 1e3
+    return host, host
+
+
 def _time(fn: Callable[[], None], device, warmup: int, reps: int) -> tuple[float, float]:
     """(median device ms per call, median host ms per call)."""
-    for _ in range(warmup):
-        fn()
+    return _time_interleaved({"": fn}, device, warmup, reps)[""]
+
+
+def _time_interleaved(steps: dict[str, Callable[[], None]], device, warmup: int, reps: int) -> dict[str, tuple[float, float]]:
+    """Median (device ms, host ms) per call of each step; every round times one
+    call of each, in a rotating order, so a machine's drift or a neighbour's
+    load hits all providers alike (the ratios are of these medians)."""
+    names = list(steps)
+    for n in names:
+        for _ in range(warmup):
+            steps[n]()
     _sync(device)
-    host, dev = [], []
-    for _ in range(reps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1e3)
-            end.record()
-            end.synchronize()
-            dev.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1e3)
-            dev.append(host[-1])
-    return statistics.median(dev), statistics.median(host)
+    dev: dict[str, list[float]] = {n: [] for n in names}
+    host: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            d, h = _time_one(steps[n], device)
+            dev[n].append(d)
+            host[n].append(h)
+    return {n: (statistics.median(dev[n]), statistics.median(host[n])) for n in names}
 
 
 def bytes_per_param(algo: str, dtype: torch.dtype) -> int:
@@ -217,32 +235,62 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
         n = numel(shapes)
         for dtype in dts:
             params = _params(shapes, dtype, device)
+            base_mem = torch.cuda.memory_allocated(device) if cuda else 0  # parameters and gradients
             for algo in algos:
                 bar.set_postfix_str(f"{set_name} {algo} {str(dtype).replace('torch.', '')}")
                 bar.update(1)
                 model = model_prediction(set_name, shapes, algo, dtype) if cuda else None
                 step_bytes, footprint = n * bytes_per_param(algo, dtype), n * footprint_per_param(algo, dtype)
                 copy_bw = report.copy_bandwidth(device, footprint)
-                for name, build in providers(algo, params, device, include_amp=dtype == torch.float32).items():
+                makers = providers(algo, params, device, include_amp=dtype == torch.float32)
+                state_bytes = n * (footprint_per_param(algo, dtype) - 2 * torch.empty((), dtype=dtype).element_size())
+                together = _fits_together(device, len(makers) * state_bytes)
+                built: dict[str, Callable[[], None]] = {}
+                peaks: dict[str, float | None] = {}
+                timed: dict[str, tuple[float, float]] = {}
+                for name, build in makers.items():
+                    before = torch.cuda.memory_allocated(device) if cuda else 0
                     if cuda:
                         torch.cuda.reset_peak_memory_stats(device)
                     try:
-                        step = build()
-                        ms, host_ms = _time(step, device, warmup, reps)
+                        built[name] = build()
+                        built[name]()  # it runs here, or it is reported
                     except Exception as exc:  # a provider that cannot run here is reported, not fatal
+                        built.pop(name, None)
                         print(f"  {set_name} {algo} {name}: skipped ({type(exc).__name__}: {exc})")
                         continue
+                    # its own peak: parameters, gradients and what it allocated (not the other providers' states)
+                    peaks[name] = (torch.cuda.max_memory_allocated(device) - before + base_mem) / 2**20 if cuda else None
+                    if not together:  # too big to hold every provider's states at once: one at a time
+                        timed.update(_time_interleaved({name: built.pop(name)}, device, warmup, reps))
+                        if cuda:
+                            torch.cuda.empty_cache()
+                if together:
+                    timed = _time_interleaved(built, device, warmup, reps)
+                for name, (ms, host_ms) in timed.items():
                     gbps = step_bytes / (ms * 1e-3) / 1e9
-                    peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
                     rows.append(Row(set_name, algo, str(dtype).replace("torch.", ""), name, ms, host_ms, gbps, copy_bw,
-                                    report.pct_of_copy(gbps, copy_bw, footprint, cache), peak, n,
-                                    len(shapes), None if model is None else predicted_ms(name, model)))  # fmt: skip
-                    del step
+                                    report.pct_of_copy(gbps, copy_bw, footprint, cache), peaks[name], n,
+                                    len(shapes), None if model is None else predicted_ms(name, model), together))  # fmt: skip
+                del built, timed
             del params
             if cuda:
                 torch.cuda.empty_cache()
     bar.close()
     return cache, rows
+
+
+def _fits_together(device, nbytes: int) -> bool:
+    """Whether every provider's states fit in memory at once (with room to
+    spare), so their steps can be timed interleaved."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return True
+    return nbytes * 1.25 < 0.6 * free
 
 
 def model_prediction(set_name: str, shapes, algo: str, dtype: torch.dtype) -> dict:
@@ -285,8 +333,11 @@ def markdown(device_name: str, cache: int, rows: list[Row], load: str = "") -> s
     lines = [
         f"Device: {device_name}; {torch.get_num_threads()} threads; last-level cache {cache / 2**20:.0f} MiB; torch {torch.__version__}; "
         f"CyclicLR stepped on the host for torch providers. 'copy GB/s': a copy over the step's memory "
-        f"(parameters, gradients, states; at most {report.copy_cap(torch.device('cuda' if modelled else 'cpu')) >> 20} MiB), "
-        "same threads, best of 5, measured beside the case; 'fits in cache': that memory fits in the last-level cache."
+        f"(parameters, gradients, states; at most {report.copy_cap(cache) >> 20} MiB), "
+        "same threads, best of 5, measured beside the case; 'fits in cache': that memory fits in the last-level cache. "
+        "A case's providers are timed interleaved (one call each per round, rotating order); ratios are of medians."
+        + ("" if all(r.interleaved for r in rows) else " Rows marked 'alone' were timed one provider at a time "
+           "(every provider's states together did not fit in memory).")
         + load
         + (" 'H100 model ms' is the roofline MODEL's prediction (`clr-fused bench --model h100`), not a measurement."
            if modelled else ""),
@@ -299,7 +350,7 @@ def markdown(device_name: str, cache: int, rows: list[Row], load: str = "") -> s
         rel = ratios[((r.param_set, r.algo, r.dtype), r.provider)]
         vs = rel.get("vs torch-fused+CyclicLR", rel.get("vs amp:torch-fused+clip+CyclicLR"))
         lines.append(
-            f"| {r.param_set} | {r.algo} | {r.dtype} | {r.provider} | {r.ms:.4g} | {r.host_ms:.4g} | {r.gbps:.3g} | {r.copy_gbps:.3g} | "
+            f"| {r.param_set} | {r.algo} | {r.dtype} | {r.provider}{'' if r.interleaved else ' (alone)'} | {r.ms:.4g} | {r.host_ms:.4g} | {r.gbps:.3g} | {r.copy_gbps:.3g} | "
             f"{report.pct_text(r.pct_copy_bw)} | {'' if vs is None else report.speed_text(vs)} | {'' if r.peak_mib is None else f'{r.peak_mib:.0f}'} |"
             + ("" if not modelled else f" {'' if r.model_ms is None else f'{r.model_ms:.3f} (model)'} |")
         )
