@@ -205,3 +205,10 @@ def test_providers_are_timed_interleaved():
     assert calls[:3] == ["a", "b", "c"]  # warm-up
     assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert set(out) == set("abc") and all(d >= 0 and h >= 0 for d, h in out.values())
+
+
+def test_a_step_faster_than_the_copy_is_explained():
+    from clr_fused.bench import report
+
+    assert report.above_copy_note([None, 80.0]) == ""
+    assert "read for ownership" in report.above_copy_note([None, 170.0])

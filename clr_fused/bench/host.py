@@ -250,7 +250,8 @@ def _markdown(meta, host_rows, size_rows) -> str:
     for r in host_rows:
         lines.append(f"| {r['set']} | {r['tensors']} | {r['algo']} | {r['provider']} | {r['us_per_step']:.1f} | {report.speed_text(r['ratio_to_torch_fused_host'])} |")
     lines += ["", f"## CPU backend at real sizes (median ms/step; copy GB/s: a copy over the step's memory, same threads, "
-              f"best of 5, beside the case; 'fits in cache': that memory fits in the last-level cache of {meta['last_level_cache_bytes'] / 2**20:.0f} MiB)", ""]
+              f"best of 5, beside the case; 'fits in cache': that memory fits in the last-level cache of {meta['last_level_cache_bytes'] / 2**20:.0f} MiB)"
+              + report.above_copy_note(r["pct_copy_bw"] for r in size_rows), ""]
     lines += ["| set | params | dtype | algo | provider | ms/step | vs torch fused | GB/s | copy GB/s | % of copy |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in size_rows:
         lines.append(f"| {r['set']} | {r['params']:,} | {r['dtype']} | {r['algo']} | {r['provider']} | {r['ms_per_step']:.4g} | "

@@ -213,7 +213,7 @@ def markdown(meta, rows) -> str:
              "the CUDA kernels' own loads and stores by the CUDA emulator, tests/gpu_sim). H100 columns: a "
              "roofline MODEL (bytes / 3.0 TB/s), not a measurement. copy GB/s: a copy over the memory of torch's step at this "
              "parameter dtype, same threads, best of 5, beside the case; 'fits in cache': the row's parameters, gradients and "
-             "states fit in the last-level cache." + report.load_note(meta["load"]["before"], meta["load"]["after"]), "",
+             "states fit in the last-level cache." + report.above_copy_note(r["pct_copy_bw"] for r in rows) + report.load_note(meta["load"]["before"], meta["load"]["after"]), "",
              "| set | algo | params | provider | B/param | ms/step | vs torch fused | GB/s | copy GB/s | % of copy | H100 model ms | model ratio |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:

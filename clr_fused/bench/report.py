@@ -91,6 +91,15 @@ def pct_text(pct: float | None) -> str:
     return f"{pct:.0f}%"
 
 
+def above_copy_note(pcts) -> str:
+    """A sentence for a report with a step faster than the copy (a '≥ copy' cell)."""
+    if not any(p is not None and p > 100 for p in pcts):
+        return ""
+    return (" '≥ copy': the step moved its bytes faster than the copy moved its own. On a CPU a copy's stores "
+            "first read their destination lines (read for ownership), which its byte count leaves out, while an "
+            "in-place update writes lines it has just read; a GPU's copy has no such reads.")
+
+
 def speed_text(ratio: float) -> str:
     """``ours_ms / theirs_ms`` as a reader wants it: "2.41x faster", "1.30x slower"."""
     if not ratio > 0:

@@ -336,6 +336,7 @@ def markdown(device_name: str, cache: int, rows: list[Row], load: str = "") -> s
         f"(parameters, gradients, states; at most {report.copy_cap(cache) >> 20} MiB), "
         "same threads, best of 5, measured beside the case; 'fits in cache': that memory fits in the last-level cache. "
         "A case's providers are timed interleaved (one call each per round, rotating order); ratios are of medians."
+        + report.above_copy_note(r.pct_copy_bw for r in rows)
         + ("" if all(r.interleaved for r in rows) else " Rows marked 'alone' were timed one provider at a time "
            "(every provider's states together did not fit in memory).")
         + load
