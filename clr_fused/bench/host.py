@@ -140,8 +140,8 @@ def _interleaved(providers: dict[str, tuple[Callable[[], None], Callable[[], con
         with ctx():
             fn()
             fn()
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+    for order in report.rotations(names, rounds):
+        for n in order:
             fn, ctx = providers[n]
             with ctx():
                 t0 = time.perf_counter()

@@ -14,6 +14,7 @@ next (a 480 MiB L3 holds ResNet-50's fp32 Adam: 409 MB), so its row says
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import statistics
@@ -56,6 +57,15 @@ def copy_bandwidth(device: torch.device, footprint: int, trials: int = 5, reps: 
     return best
 
 
+def rotations(names: list[str], rounds: int):
+    """The providers' order for each round of an interleaved timing: rotated by
+    one each round, so no provider always runs first (or right after another)."""
+    for r in range(rounds):
+        k = r % len(names)
+        yield names[k:] + names[:k]
+
+
+@functools.lru_cache(maxsize=None)
 def cache_bytes(device: torch.device) -> int:
     """The last-level cache: the GPU's L2, or the CPU's largest cache level (0 if unknown)."""
     if device.type == "cuda":

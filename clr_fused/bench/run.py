@@ -76,11 +76,6 @@ def _time_one(fn: Callable[[], None], device) -> tuple[float, float]:
     return host, host
 
 
-def _time(fn: Callable[[], None], device, warmup: int, reps: int) -> tuple[float, float]:
-    """(median device ms per call, median host ms per call)."""
-    return _time_interleaved({"": fn}, device, warmup, reps)[""]
-
-
 def _time_interleaved(steps: dict[str, Callable[[], None]], device, warmup: int, reps: int) -> dict[str, tuple[float, float]]:
     """Median (device ms, host ms) per call of each step; every round times one
     call of each, in a rotating order, so a machine's drift or a neighbour's
@@ -92,8 +87,8 @@ def _time_interleaved(steps: dict[str, Callable[[], None]], device, warmup: int,
     _sync(device)
     dev: dict[str, list[float]] = {n: [] for n in names}
     host: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(reps):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+    for order in report.rotations(names, reps):
+        for n in order:
             d, h = _time_one(steps[n], device)
             dev[n].append(d)
             host[n].append(h)
