@@ -1,6 +1,6 @@
 """How the int8 state codec was chosen: code map and block size, measured.
 
-1. Real Adam states: the char-level GPT (clr_fused/charlm_demo.py) trained
+1. Real Adam states: the char-level GPT (clr_fused/demos/charlm.py) trained
    with fp32 AdamW; its exp_avg / exp_avg_sq after 50, 200 and 600 steps are
    quantized with each candidate (map x block size) and the Adam update
    direction m / (sqrt(v) + eps) compared with the fp32 one: relative L2
@@ -28,7 +28,7 @@ import statistics
 import torch
 
 import clr_fused as cf
-from clr_fused import charlm_demo as c
+from clr_fused.demos import charlm as c
 
 
 # ------------------------------------------------------------------ candidate codecs (1-D, memory order)

@@ -11,6 +11,7 @@ from .schedules import (
     CosineAnnealingWarmRestarts,
     CyclicLR,
     ExponentialLR,
+    InverseSqrt,
     LambdaLR,
     LinearLR,
     MultiStepLR,
@@ -20,6 +21,7 @@ from .schedules import (
     Schedule,
     SequentialLR,
     StepLR,
+    WarmupCosine,
     WarmupStableDecay,
 )
 
@@ -48,6 +50,8 @@ __all__ = [
     "ConstantLR",
     "LambdaLR",
     "WarmupStableDecay",
+    "WarmupCosine",
+    "InverseSqrt",
     "get_schedule",
     "SequentialLR",
     "ReduceLROnPlateau",

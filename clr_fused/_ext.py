@@ -74,15 +74,33 @@ def load():
                 from . import _C  # type: ignore[attr-defined]  # built by setup.py
 
                 _module = _C
+            _check_constants(_module)
         except ImportError as prebuilt_error:
+            _module = None
             if os.environ.get("CLR_FUSED_NO_JIT", "0") == "1":
                 _error = prebuilt_error
             else:
                 try:
                     _module = _jit_build()
+                    _check_constants(_module)
                 except Exception as exc:  # noqa: BLE001 - kept and reported, never raised here
+                    _module = None
                     _error = ImportError(f"{prebuilt_error}; JIT build: {exc}")
     return _module
+
+
+def _check_constants(module) -> None:
+    """The numbers Python and the C++ build must share: the chunk size and the
+    schedule kind codes (one definition each: ``kernels/compiled.py`` and
+    ``schedule_math.py``).  An extension built from other sources is refused."""
+    from . import schedule_math as sm
+    from .kernels.compiled import CHUNK
+
+    if getattr(module, "CHUNK", None) != CHUNK:
+        raise ImportError(f"clr_fused._C has chunk size {getattr(module, 'CHUNK', None)}, Python {CHUNK}: rebuild it")
+    kinds = dict(getattr(module, "SCHEDULE_KINDS", {}))
+    if kinds != sm.KINDS:
+        raise ImportError(f"clr_fused._C's schedule kinds {kinds} differ from schedule_math.KINDS {sm.KINDS}: rebuild it")
 
 
 def error() -> BaseException | None:

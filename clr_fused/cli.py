@@ -63,185 +63,19 @@ def _info(_args) -> int:
 
 
 def _range_test(args) -> int:
-    import os
-
-    from . import demo
-
     if not args.demo:
         print("clr-fused range-test: error: only --demo is available from the command line; call clr_fused.range_test() in code",
               file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    data = demo.load_digits_data()
-    result = demo.run_range_test(data, num_steps=args.steps, progress=True)
-    s = result.suggest()
-    print(f"range test on digits: {len(result.lrs)} steps, stopped early: {result.stopped_early}")
-    print(f"suggested base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g} ({s.reason})")
-    png, csv_path = os.path.join(args.out, "range_test.png"), os.path.join(args.out, "range_test.csv")
-    result.plot(png, title="LR range test, digits MLP, SGD momentum 0.9")
-    result.to_csv(csv_path)
-    print(f"wrote {png} and {csv_path}")
-    return 0
+    from .demos import digits
+
+    return digits.range_test_main(args)
 
 
 def _demo(args) -> int:
-    if args.dataset == "mnist1d":
-        return _demo_mnist1d(args)
-    if args.dataset == "charlm":
-        return _demo_charlm(args)
-    if args.dataset == "states":
-        return _demo_states(args)
-    import json
-    import os
+    import importlib
 
-    from . import demo
-
-    args.iterations = args.iterations or 1200
-    args.seeds = args.seeds or 3
-    os.makedirs(args.out, exist_ok=True)
-    data = demo.load_digits_data()
-    seeds = tuple(range(args.seeds))
-    rt, policies, curves, table = demo.compare_policies(data, iterations=args.iterations, seeds=seeds, target=args.target)
-    s = rt.suggest()
-    print(f"range test: base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g}; {args.iterations} iterations, seeds {list(seeds)}")
-    key = f"iterations_to_{args.target:.0%}"
-    print(f"| policy | final accuracy | {key} |")
-    print("|---|---|---|")
-    for row in table:
-        print(f"| {row['policy']} | {row['final_accuracy']:.4f} | {row[key] if row[key] is not None else 'not reached'} |")
-    demo.plot_curves(curves, os.path.join(args.out, "demo_accuracy.png"), eval_every=20)
-    with open(os.path.join(args.out, "demo.json"), "w") as f:
-        json.dump({"suggestion": s.__dict__, "table": table, "policies": {k: repr(v) for k, v in policies.items()}}, f, indent=2)
-    print(f"wrote {args.out}/demo_accuracy.png and {args.out}/demo.json")
-    return 0
-
-
-def _demo_mnist1d(args) -> int:
-    import datetime
-    import json
-    import os
-    import platform
-    import time
-
-    import torch
-
-    from . import mnist1d_demo as m
-
-    iterations, seeds = args.iterations or 3000, tuple(range(args.seeds or 5))
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.perf_counter()
-    exp = m.run(m.load_mnist1d(), iterations=iterations, seeds=seeds)
-    took = time.perf_counter() - t0
-    s = exp.suggestion
-    print(f"range test (ours): base_lr={s['base_lr']:.4g} max_lr={s['max_lr']:.4g} ({s['reason']})")
-    print(f"torch-lr-finder steepest gradient: {exp.peers['torch_lr_finder']:.4g}; valley: {exp.peers['valley']:.4g}")
-    print("fixed-LR grid (mean final accuracy): " + ", ".join(f"{lr:g}: {a:.4f}" for lr, a in exp.fixed_grid.items()))
-    print(f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
-    print("| policy | final test accuracy (mean ± std) | iterations to the best fixed LR's final accuracy |")
-    print("|---|---|---|")
-    rows = exp.table()
-    for r in rows:
-        reach = r["iterations_to_best_fixed"] if r["iterations_to_best_fixed"] is not None else "not reached"
-        print(f"| {r['policy']} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {reach} |")
-    png = os.path.join(args.out, "mnist1d_policies.png")
-    m.plot(exp, png, title=f"MNIST-1D CNN, SGD momentum 0.9, {len(seeds)} seeds")
-    exp.range_test.plot(os.path.join(args.out, "mnist1d_range_test.png"), title="LR range test, MNIST-1D CNN")
-    out = {
-        "date": datetime.date.today().isoformat(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "seconds": took, "iterations": iterations, "seeds": list(seeds), "suggestion": s, "peers": exp.peers,
-        "fixed_grid": exp.fixed_grid, "table": rows, "curves": exp.curves, "eval_every": exp.eval_every,
-    }  # fmt: skip
-    with open(os.path.join(args.out, "mnist1d.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {png} and {args.out}/mnist1d.json")
-    return 0
-
-
-def _demo_charlm(args) -> int:
-    import datetime
-    import json
-    import os
-    import platform
-    import sys
-    import time
-
-    import torch
-
-    from . import charlm_demo as m
-
-    iterations, seeds = args.iterations or 600, tuple(range(args.seeds or 3))
-    eval_every = max(1, iterations // 20)
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.perf_counter()
-    corpus = m.load_stdlib()
-    exp = m.run(corpus, iterations=iterations, seeds=seeds, eval_every=eval_every)
-    took = time.perf_counter() - t0
-    s = exp.suggestion
-    print(f"corpus: Python {platform.python_version()} standard library, {corpus.files[0]} files ({len(corpus.train):,} bytes) "
-          f"train, {corpus.files[1]} files ({len(corpus.val):,} bytes) validation")  # fmt: skip
-    print(f"range test: base_lr={s['base_lr']:.4g} max_lr={s['max_lr']:.4g} ({s['reason']})")
-    print("constant-LR grid (mean final validation loss): " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in exp.constant_grid.items()))
-    print(f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
-    print("| policy | final validation loss (mean ± std) | iterations to the constant LR's final loss |")
-    print("|---|---|---|")
-    rows = exp.table()
-    for r in rows:
-        reach = r["iterations_to_constant_final"] if r["iterations_to_constant_final"] is not None else "not reached"
-        print(f"| {r['policy']} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {reach} |")
-    png = os.path.join(args.out, "charlm_policies.png")
-    m.plot(exp, png, title=f"char-level GPT on the standard library, AdamW, {len(seeds)} seeds")
-    exp.range_test.plot(os.path.join(args.out, "charlm_range_test.png"), title="LR range test, char-level GPT, AdamW")
-    out = {
-        "date": datetime.date.today().isoformat(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "python": sys.version.split()[0], "seconds": took, "iterations": iterations, "seeds": list(seeds),
-        "suggestion": s, "constant_grid": exp.constant_grid, "table": rows, "curves": exp.curves, "eval_every": eval_every,
-    }  # fmt: skip
-    with open(os.path.join(args.out, "charlm.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {png} and {args.out}/charlm.json")
-    return 0
-
-
-def _demo_states(args) -> int:
-    import datetime
-    import json
-    import os
-    import platform
-    import time
-
-    import torch
-
-    from . import states_demo as m
-
-    # the char-LM with bf16 parameters is ~8x slower on a CPU without bf16 matmul units: fewer iterations there
-    its = {"digits": 600, "mnist1d": 1500, "charlm": 200}
-    if args.iterations:
-        its = {k: args.iterations for k in its}
-    seeds = tuple(range(args.seeds or 3))
-    os.makedirs(args.out, exist_ok=True)
-    t0 = time.perf_counter()
-    tasks, skipped = m.run(iterations=its, seeds=seeds)
-    took = time.perf_counter() - t0
-    print(f"{len(seeds)} seeds, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
-    rows = [r for t in tasks for r in t.table()]
-    print("| task | variant | final (mean ± std over seeds) |")
-    print("|---|---|---|")
-    for r in rows:
-        unit = "accuracy" if r["metric"] == "accuracy" else "validation loss"
-        print(f"| {r['task']} | {r['variant']} | {unit} {r['mean']:.4f} ± {r['std']:.4f} |")
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
-    png = os.path.join(args.out, "states.png")
-    m.plot(tasks, png)
-    out = {
-        "date": datetime.date.today().isoformat(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-        "seconds": took, "seeds": list(seeds), "skipped": skipped, "table": rows,
-        "tasks": [{"name": t.name, "metric": t.metric, "setup": t.setup, "eval_every": t.eval_every, "curves": t.curves} for t in tasks],
-    }  # fmt: skip
-    with open(os.path.join(args.out, "states.json"), "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {png} and {args.out}/states.json")
-    return 0
+    return importlib.import_module(f".demos.{args.dataset}", __package__).main(args)
 
 
 def _bench(args) -> int:

@@ -42,7 +42,7 @@ MAX_SEGMENTS = 8  # rows per schedule (SequentialLR pieces after flattening)
 MAX_MILESTONES = NUM_PARAMS - 3  # MultiStepLR: base_lr, gamma, count, milestones...
 MAX_INT = 2**53  # largest length, milestone, T_mult or step counter accepted
 
-# Kind codes.  Kernels switch on these numbers: never renumber, only append.
+# Kind codes: the one definition.  Kernels switch on these numbers: never renumber, only append.
 KIND_CONSTANT = 0  # [lr]
 KIND_CYCLIC = 1  # [base_lr, max_lr, up, down, mode, gamma, base_m, max_m]
 KIND_ONE_CYCLE = 2  # [initial_lr, max_lr, min_lr, end1, end2, three_phase, linear, base_m, max_m, total]
@@ -59,6 +59,11 @@ KIND_TABLE = 12  # [base_lr, n, offset]: base_lr * table[min(k, n - 1)], the tab
 KIND_TABLE_DATA = 13  # ends the segment rows; the tables' float64 values follow it, ROW_WIDTH per row
 KIND_WARMUP_COSINE = 14  # [base_lr, W, T, num_cycles, min_rate, shifted, warmup_rate]: transformers' cosine family
 KIND_INVERSE_SQRT = 15  # [base_lr, W, timescale]: transformers' inverse_sqrt
+
+#: every kind by name (``KIND_<NAME>``): the C++ build's table (csrc/schedule_kinds.h,
+#: exported as ``_C.SCHEDULE_KINDS``) must equal it, or the extension is refused
+#: (``_ext.py``); the Triton kernels read the codes as constexprs from here.
+KINDS = {name[len("KIND_"):]: code for name, code in dict(globals()).items() if name.startswith("KIND_")}
 
 # A table (LambdaLR) holds at most this many steps: 2**24 float64 = 128 MiB.
 MAX_TABLE = 2**24
@@ -427,8 +432,8 @@ def evaluate_rows(rows, k, ops, plateau_lr=None, table=None):
         row = rows[s]
         start = int(row[0])
         local = ops.maximum(k - start, 0)
-        seg_lr, seg_mom = evaluate_row(row, local, ops, plateau_lr, _fetcher(rows, s, ops, table))
+        seg_lr, _ = evaluate_row(row, local, ops, plateau_lr, _fetcher(rows, s, ops, table))
         lr = ops.where(k >= start, seg_lr, lr)
-        if mom is not None and seg_mom is not None:
-            mom = ops.where(k >= start, seg_mom, mom)
+    # The momentum is the first segment's, on every path (the kernels read only
+    # its row): SequentialLR refuses segments that cycle momentum.
     return lr, mom

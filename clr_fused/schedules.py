@@ -18,8 +18,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +41,10 @@ __all__ = [
     "ConstantLR",
     "SequentialLR",
     "ReduceLROnPlateau",
+    "LambdaLR",
+    "WarmupStableDecay",
+    "WarmupCosine",
+    "InverseSqrt",
     "schedule_from_dict",
 ]
 

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "constants.h"
+#include "schedule_kinds.h"
 #include "step_api.h"
 
 namespace clr_fused {
@@ -14,6 +15,11 @@ const char* cpu_isa();
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "clr_fused kernels: multi-tensor SGD/Adam with the LR schedule evaluated on the device (CPU and CUDA)";
   m.attr("CHUNK") = clr_fused::kChunk;
+  py::dict kinds;
+#define CLR_FUSED_KIND_ENTRY(name, enumerator, code) kinds[#name] = static_cast<int>(clr_fused::enumerator);
+  CLR_FUSED_SCHEDULE_KINDS(CLR_FUSED_KIND_ENTRY)
+#undef CLR_FUSED_KIND_ENTRY
+  m.attr("SCHEDULE_KINDS") = kinds;
 #ifdef CLR_FUSED_WITH_CUDA
   m.attr("HAS_CUDA_KERNELS") = true;
 #else
@@ -22,6 +28,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_kernels_stubbed", &clr_fused::set_kernels_stubbed, py::arg("on"),
         "benchmarks only: pack arguments but run no kernel (host-cost timing)");
   m.def("kernels_stubbed", &clr_fused::kernels_stubbed);
-  m.def("cpu_isa", &clr_fused::cpu_isa, "the instruction set the CPU kernels run with here: avx2 or baseline (x86-64 SSE2)");
+  m.def("cpu_isa", &clr_fused::cpu_isa, "the instruction set the CPU kernels run with here: avx512, avx2 or baseline (x86-64 SSE2)");
   clr_fused::bind_step_plan(m);
 }

@@ -7,28 +7,13 @@
 #include <cmath>
 #include <cstdint>
 
+#include "schedule_kinds.h"
+
 namespace clr_fused {
 
 constexpr int kRowWidth = 16;
 
-enum Kind : int {
-  kConstant = 0,
-  kCyclic = 1,
-  kOneCycle = 2,
-  kCosine = 3,
-  kWarmRestarts = 4,
-  kExponential = 5,
-  kStep = 6,
-  kMultiStep = 7,
-  kPolynomial = 8,
-  kLinear = 9,
-  kConstantFactor = 10,
-  kPlateau = 11,
-  kTable = 12,      // [base_lr, n, offset]: base_lr * row[offset + min(k, n - 1)] (LambdaLR)
-  kTableData = 13,  // ends the segment rows; the tables' values follow
-  kWarmupCosine = 14,  // [base_lr, W, T, num_cycles, min_rate, shifted, warmup_rate]: transformers' cosine family
-  kInverseSqrt = 15,   // [base_lr, W, timescale]: transformers' inverse_sqrt
-};
+// Kind codes (kConstant, kCyclic, ...): schedule_kinds.h, checked against schedule_math.py at import.
 
 // Everything below is float64, rounded once to float32 by the caller
 // (finish_step): the rows keep every parameter in float64 (gamma**k must not

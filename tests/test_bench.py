@@ -8,7 +8,7 @@ import sys
 import torch
 
 from clr_fused.bench.param_sets import many_small, numel, resnet50, transformer
-from clr_fused.bench.run import bytes_per_param, footprint_per_param
+from clr_fused.bench.traffic import bytes_per_param, footprint_per_param
 
 
 def test_param_sets_have_the_real_shapes():

@@ -7,7 +7,7 @@ import sysconfig
 
 import torch
 
-from clr_fused import charlm_demo as m
+from clr_fused.demos import charlm as m
 
 
 def test_corpus_is_the_stdlib_split_by_file():

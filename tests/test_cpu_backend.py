@@ -22,7 +22,7 @@ import torch
 import clr_fused as cf
 from clr_fused import _ext
 
-from .test_triton import ADAM_FLAGS, SCHEDULES, SCHED_IDS, SGD_FLAGS, _assert_same, _run_pair
+from .test_triton import ADAM_FLAGS, SCHED_IDS, SCHEDULES, SGD_FLAGS, _assert_same, _run_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [1, 3, 127, 128, 129, 1000, 4097, 16385, 65537]

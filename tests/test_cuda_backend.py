@@ -11,7 +11,7 @@ import torch
 import clr_fused as cf
 from clr_fused import _ext
 
-from .test_triton import ADAM_FLAGS, SCHEDULES, SCHED_IDS, SGD_FLAGS, SIZES, _assert_same, _run_pair
+from .test_triton import ADAM_FLAGS, SCHED_IDS, SCHEDULES, SGD_FLAGS, SIZES, _assert_same, _run_pair
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -192,7 +192,7 @@ def test_digits_mlp_adamw_600_steps_stays_with_torch():
     for-loop AdamW from the same weights and batches.  The CPU kernels round
     as torch does (fused_kernels.cuh), so the runs stay within 1e-5 (before
     they drifted 0.12 apart); torch's fused AdamW is the yardstick."""
-    from clr_fused import demo
+    from clr_fused.demos import digits as demo
 
     data = demo.load_digits_data()
     ours = demo.make_model(0)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from clr_fused import _ext
 

@@ -13,7 +13,7 @@ import torch
 
 mnist1d = pytest.importorskip("mnist1d", reason="the MNIST-1D demo needs the mnist1d package (dev extra)")
 
-from clr_fused import mnist1d_demo as m  # noqa: E402
+from clr_fused.demos import mnist1d as m  # noqa: E402
 
 
 def test_data_is_generated_without_the_network(monkeypatch):

@@ -181,7 +181,7 @@ def test_non_contiguous_and_zero_size_params(cls):
     assert not a[0].is_contiguous() and not a[1].is_contiguous()
     oa = getattr(cf, cls)(a, lr=0.01, backend="torch", **kw)
     ob = getattr(torch.optim, cls)(b, lr=0.01, **kw)
-    for i in range(20):
+    for _i in range(20):
         gs = [torch.randn(p.shape) for p in a]
         for ps, o in ((a, oa), (b, ob)):
             for p, g in zip(ps, gs):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import clr_fused as cf
-from clr_fused import demo
+from clr_fused.demos import digits as demo
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ state):
 - no float64 and no integer division inside an element loop (a loop that
   stores to global memory): the schedule is evaluated once per step, by the
   last block, and every block only reads the live LR
-  (clr_fused/kernels/sass_loops.py; Triton's kernels too);
+  (tools/sass_loops.py; Triton's kernels too);
 and a scalar-only build (CLR_FUSED_SCALAR_ONLY) must fail the vector gate,
 a kernel that evaluates a schedule per element (tests/cpp/loop_probe.cu)
 the loop gate.
@@ -34,7 +34,7 @@ import subprocess
 import pytest
 
 from clr_fused._build_flags import NVCC_FLAGS
-from clr_fused.kernels import sass_loops
+from tools import sass_loops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_REGISTERS = 64
@@ -206,8 +206,8 @@ def test_triton_aligned_kernels_use_128_bit_global_accesses():
     pytest.importorskip("triton")
     _tools()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "clr_fused.kernels.triton_aot_check", "--memory-ops"],
-                         capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "tools.triton_aot_check", "--memory-ops"],
+                         capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     ops = json.loads(run.stdout.strip().splitlines()[-1])
     assert ops.pop("loop_violations") == []  # no float64 / integer division in any element loop

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clr_fused import cli
-from clr_fused import states_demo as m
+from clr_fused.demos import states as m
 
 
 def test_in_dtype_wrapper_trains_bf16_parameters():

@@ -98,3 +98,41 @@ def test_float_lr_comes_back_exactly():
     opt.step()
     assert opt.get_last_lr() == [0.005]
     assert opt.state_dict()["param_groups"][0]["lr"] == 0.005
+
+
+def test_every_spec_is_exported():
+    """Each public spec is in ``clr_fused.schedules.__all__`` and at the top level."""
+    from clr_fused import schedules as S
+
+    specs = {n for n, v in vars(S).items() if isinstance(v, type) and issubclass(v, S.Schedule) and not n.startswith("_")}
+    specs -= {"Constant"}  # internal: what a number lr is
+    assert specs <= set(S.__all__), specs - set(S.__all__)
+    assert specs <= set(cf.__all__), specs - set(cf.__all__)
+    assert {"LambdaLR", "WarmupStableDecay", "WarmupCosine", "InverseSqrt"} <= specs
+
+
+def test_schedule_of_a_tensor_lr_has_a_plain_dict():
+    p = [torch.nn.Parameter(torch.randn(3))]
+    opt = cf.SGD(p, lr=torch.tensor(0.25), backend="torch")
+    assert opt.schedule(0).to_dict() == {"type": "TensorLR", "lr": 0.25}
+    assert "TensorLR" in repr(opt.schedule(0))
+
+
+def test_an_extension_with_other_schedule_kinds_is_refused():
+    """The kind codes are defined once (schedule_math.KINDS); a C++ build whose
+    table differs is refused when it loads, as one with another chunk size."""
+    from types import SimpleNamespace
+
+    from clr_fused import _ext
+    from clr_fused import schedule_math as sm
+    from clr_fused.kernels.compiled import CHUNK
+
+    _ext._check_constants(SimpleNamespace(CHUNK=CHUNK, SCHEDULE_KINDS=dict(sm.KINDS)))
+    bad = {**sm.KINDS, "COSINE": 99}
+    with pytest.raises(ImportError, match="schedule kinds"):
+        _ext._check_constants(SimpleNamespace(CHUNK=CHUNK, SCHEDULE_KINDS=bad))
+    with pytest.raises(ImportError, match="chunk size"):
+        _ext._check_constants(SimpleNamespace(CHUNK=CHUNK * 2, SCHEDULE_KINDS=dict(sm.KINDS)))
+    module = _ext.load()
+    if module is not None:  # the real build agrees with Python
+        assert dict(module.SCHEDULE_KINDS) == sm.KINDS

@@ -28,7 +28,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.optim import lr_scheduler as L
@@ -39,7 +39,7 @@ from .. import _ext
 from . import report
 from .param_sets import many_small, resnet50, transformer
 from .run import _params as run_params
-from .run import bytes_per_param, footprint_per_param
+from .traffic import bytes_per_param, footprint_per_param
 
 BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
 ALGOS = {"sgd-momentum": ("SGD", dict(momentum=0.9)), "adam": ("Adam", {})}

@@ -22,7 +22,7 @@ import json
 import math
 import os
 import platform
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.optim import lr_scheduler as L
@@ -30,9 +30,8 @@ from torch.optim import lr_scheduler as L
 import clr_fused as cf
 
 from .. import _ext
-from . import counted
 from ..kernels import low_precision as lp
-from . import report
+from . import counted, report
 from .host import _interleaved
 from .model import H100
 from .param_sets import resnet50, transformer

@@ -8,7 +8,7 @@ figures can be checked against a real run once one exists.
 Model, per parameter set, algorithm and dtype:
 - bytes = parameters x bytes per parameter, as COUNTED from the CUDA
   kernels' own loads and stores by the CUDA emulator (``counted.py``; the
-  formula ``run.bytes_per_param`` gives the same: Adam reads p, g, m, v and
+  formula ``traffic.bytes_per_param`` gives the same: Adam reads p, g, m, v and
   writes p, m, v; SGD-momentum reads p, g, buf and writes p, buf);
 - time = launches x launch cost + bytes / bandwidth (memory-bound: the
   arithmetic is a few flops per byte);
@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .param_sets import numel, param_sets
 from . import counted
-from .run import bytes_per_param
+from .param_sets import numel, param_sets
+from .traffic import bytes_per_param
 
 
 @dataclass(frozen=True)

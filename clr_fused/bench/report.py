@@ -65,7 +65,7 @@ def rotations(names: list[str], rounds: int):
         yield names[k:] + names[:k]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cache_bytes(device: torch.device) -> int:
     """The last-level cache: the GPU's L2, or the CPU's largest cache level (0 if unknown)."""
     if device.type == "cuda":

@@ -21,8 +21,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 from torch.optim import lr_scheduler as L
@@ -32,6 +32,7 @@ import clr_fused as cf
 from .. import backends
 from . import report
 from .param_sets import numel, param_sets
+from .traffic import bytes_per_param, footprint_per_param
 
 BASE_LR, MAX_LR, STEP_UP = 1e-4, 1e-3, 2000
 
@@ -93,20 +94,6 @@ def _time_interleaved(steps: dict[str, Callable[[], None]], device, warmup: int,
             dev[n].append(d)
             host[n].append(h)
     return {n: (statistics.median(dev[n]), statistics.median(host[n])) for n in names}
-
-
-def bytes_per_param(algo: str, dtype: torch.dtype) -> int:
-    """Bytes one step must move per parameter: Adam reads p, g, m, v and
-    writes p, m, v (28 B in fp32); SGD-momentum reads p, g, buf, writes p, buf (20 B)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    return size * (7 if algo.startswith("adam") else 5)
-
-
-def footprint_per_param(algo: str, dtype: torch.dtype) -> int:
-    """Distinct bytes a step touches per parameter (updated in place: what it reads):
-    Adam p, g, m, v (16 B in fp32); SGD-momentum p, g, buf (12 B)."""
-    size = torch.empty((), dtype=dtype).element_size()
-    return size * (4 if algo.startswith("adam") else 3)
 
 
 def _params(shapes, dtype, device):

@@ -17,7 +17,7 @@ of place and committed with ``torch.where``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

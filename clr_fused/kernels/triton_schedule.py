@@ -16,8 +16,23 @@ import triton.language as tl
 
 from .. import schedule_math as sm
 
-# Literals below, not module-level constexprs: the interpreter (Triton 3.8)
+# The kind codes, read from their one definition (schedule_math.py) as
+# constexprs.  Float constants stay literals: the interpreter (Triton 3.8)
 # cannot pass a constexpr-derived value to tl.cos.
+_CYCLIC = tl.constexpr(sm.KIND_CYCLIC)
+_ONE_CYCLE = tl.constexpr(sm.KIND_ONE_CYCLE)
+_COSINE = tl.constexpr(sm.KIND_COSINE)
+_WARM_RESTARTS = tl.constexpr(sm.KIND_WARM_RESTARTS)
+_EXPONENTIAL = tl.constexpr(sm.KIND_EXPONENTIAL)
+_STEP = tl.constexpr(sm.KIND_STEP)
+_MULTI_STEP = tl.constexpr(sm.KIND_MULTI_STEP)
+_POLYNOMIAL = tl.constexpr(sm.KIND_POLYNOMIAL)
+_LINEAR = tl.constexpr(sm.KIND_LINEAR)
+_CONSTANT_FACTOR = tl.constexpr(sm.KIND_CONSTANT_FACTOR)
+_PLATEAU = tl.constexpr(sm.KIND_PLATEAU)
+_TABLE = tl.constexpr(sm.KIND_TABLE)
+_WARMUP_COSINE = tl.constexpr(sm.KIND_WARMUP_COSINE)
+_INVERSE_SQRT = tl.constexpr(sm.KIND_INVERSE_SQRT)
 assert sm.ROW_WIDTH == 16, "evaluate_rows strides rows by 16"
 
 
@@ -201,12 +216,12 @@ def _lr_only(kind, p, k):
     constant_factor = b0 * tl.where(k < _i64(p, 2), _f64(p, 1), 1.0)
 
     lr = b0  # KIND_CONSTANT and KIND_PLATEAU's static value
-    lr = tl.where(kind == 3, _cosine(p, k), lr)
-    lr = tl.where(kind == 5, exponential, lr)
-    lr = tl.where(kind == 6, step, lr)
-    lr = tl.where(kind == 8, poly, lr)
-    lr = tl.where(kind == 9, linear, lr)
-    lr = tl.where(kind == 10, constant_factor, lr)
+    lr = tl.where(kind == _COSINE, _cosine(p, k), lr)
+    lr = tl.where(kind == _EXPONENTIAL, exponential, lr)
+    lr = tl.where(kind == _STEP, step, lr)
+    lr = tl.where(kind == _POLYNOMIAL, poly, lr)
+    lr = tl.where(kind == _LINEAR, linear, lr)
+    lr = tl.where(kind == _CONSTANT_FACTOR, constant_factor, lr)
     return lr
 
 
@@ -216,24 +231,24 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
     kind = _i64(row, 1)
     p = row + 2
     lr = _lr_only(kind, p, k)
-    if kind == 4:
+    if kind == _WARM_RESTARTS:
         lr = _warm_restarts(p, k)
-    if kind == 7:
+    if kind == _MULTI_STEP:
         lr = _multi_step(p, k)
-    if kind == 14:
+    if kind == _WARMUP_COSINE:
         lr = _warmup_cosine(p, k)
-    if kind == 15:
+    if kind == _INVERSE_SQRT:
         lr = _inverse_sqrt(p, k)
-    if kind == 12:  # LambdaLR table [base_lr, n, offset]: row[offset + min(k, n - 1)]
+    if kind == _TABLE:  # LambdaLR table [base_lr, n, offset]: row[offset + min(k, n - 1)]
         j = tl.minimum(k, _i64(p, 1) - 1)
         lr = _f64(p, 0) * tl.load(row + _i64(p, 2) + j)
     cyc_lr, cyc_mom = _cyclic(p, k)
     one_lr, one_mom = _one_cycle(p, k)
-    lr = tl.where(kind == 1, cyc_lr, lr)
-    lr = tl.where(kind == 2, one_lr, lr)
+    lr = tl.where(kind == _CYCLIC, cyc_lr, lr)
+    lr = tl.where(kind == _ONE_CYCLE, one_lr, lr)
     if HAS_PLATEAU:
-        lr = tl.where(kind == 11, tl.load(plateau_lr).to(tl.float64), lr)
-    mom = tl.where(kind == 1, cyc_mom, one_mom)
+        lr = tl.where(kind == _PLATEAU, tl.load(plateau_lr).to(tl.float64), lr)
+    mom = tl.where(kind == _CYCLIC, cyc_mom, one_mom)
     return lr, mom
 
 
@@ -245,6 +260,6 @@ def evaluate_rows(rows, n_rows, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
     for s in range(1, n_rows):
         row = rows + s * 16  # ROW_WIDTH
         start = _i64(row, 0)
-        seg_lr, seg_mom = evaluate_row(row, tl.maximum(k - start, 0), plateau_lr, HAS_PLATEAU)
+        seg_lr, _ = evaluate_row(row, tl.maximum(k - start, 0), plateau_lr, HAS_PLATEAU)
         lr = tl.where(k >= start, seg_lr, lr)
     return lr, mom

@@ -47,7 +47,7 @@ QBLOCK = tl.constexpr(128)  # csrc/low_precision.cuh kQBlock: int8 states' block
 
 def loop_constexprs(aligned: bool, *dtypes: torch.dtype) -> dict:
     """The element loops' shape for a bucket (the launches and
-    triton_aot_check): ALIGNED, the block sizes, and VEC, the elements per
+    tools/triton_aot_check.py): ALIGNED, the block sizes, and VEC, the elements per
     vector access of the ALIGNED loop: 16 bytes of the widest type, the same
     count for every list (bf16 params with fp32 state: 4, as 64-bit and
     128-bit accesses), so all share one register layout (8 bf16 beside 4 fp32

@@ -12,7 +12,8 @@ An algorithm subclass supplies ``_validate_group``, ``_plan_key``,
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.optim.optimizer as _optim_mod
@@ -30,8 +31,6 @@ from .live_lr import LiveLR
 from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
 from .protocol import StateDictProtocol, _check_step
 from .state_store import StateStore
-
-
 
 INT8 = "int8"  # state_dtype for block-quantized states (kernels/low_precision.py)
 
@@ -182,7 +181,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         a state made for a parameter that has since changed shape, device or
         dtype (``p.data = ...``), or a loaded one of the wrong kind.  torch's
         own step fails on these too, with a size or dtype mismatch."""
-        if getattr(self, "stochastic_rounding", False) and p.dtype == torch.float16:
+        if self.stochastic_rounding and p.dtype == torch.float16:
             raise ValueError(
                 f"param group {group_index}, parameter {index}: stochastic_rounding=True rounds bfloat16 writes; "
                 "float16 parameters are not supported (use bfloat16, or an fp32 master copy)"
@@ -249,7 +248,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
                 self._step_counter.add_((~skip).to(torch.int64))
         for rec in self._orphans:
             live_lr.write_schedule(rec.live, rec.rows, self._step_counter, rec.rows_device)
-        self._host_steps = getattr(self, "_host_steps", 0) + 1
+        self._host_steps += 1
         return loss
 
     def _launch_plan(self) -> plan_mod.LaunchPlan:

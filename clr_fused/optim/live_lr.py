@@ -161,6 +161,15 @@ class TensorLR(Schedule):
     def rows(self) -> list[list[float]]:
         return [[0.0, float(sm.KIND_PLATEAU)] + [0.0] * sm.NUM_PARAMS]
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: the tensor's value now (reads it: a host sync on a
+        device tensor).  A snapshot, not a spec: the optimizer's
+        ``state_dict()`` saves the tensor itself, as torch does."""
+        return {"type": "TensorLR", "lr": float(self.tensor.detach().reshape(()))}
+
+    def __repr__(self) -> str:
+        return f"TensorLR({self.tensor!r})"
+
     def _evaluate(self, step):
         lr = self.tensor.detach().reshape(())
         if isinstance(step, Tensor):
@@ -351,7 +360,7 @@ class LiveLR:
     def _keep_applied(self, recs: list[GroupLR]) -> None:
         """With a ScheduleView: copy (on the device) the LR this step applies, for
         the view's ``get_last_lr()`` between ``step()`` and the view's ``step()``."""
-        applied = getattr(self, "_applied", None)
+        applied = self._applied
         if applied is None:
             return
         if len(applied) != len(recs):
@@ -375,7 +384,7 @@ class LiveLR:
             out.append(float(rec.mom if rec.mom is not None else self._momentum_value(group)))
         return out
 
-    def as_lr_scheduler(self) -> "ScheduleView":
+    def as_lr_scheduler(self) -> ScheduleView:
         """A ``torch.optim.lr_scheduler.LRScheduler`` view for trainers that
         insist on a scheduler object: ``step()`` is a no-op (the schedule
         advances inside ``optimizer.step()``), ``get_last_lr()`` reads the
@@ -397,9 +406,9 @@ class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
         self.optimizer = optimizer
         self.base_lrs = [optimizer.schedule(gi).initial_lr for gi in range(len(optimizer.param_groups))]
         self._last_lr = None
-        if getattr(optimizer, "_applied", None) is None:
+        if optimizer._applied is None:
             optimizer._applied = []  # the optimizer keeps each step's applied LR from now on
-        self._seen = getattr(optimizer, "_host_steps", 0)
+        self._seen = optimizer._host_steps
 
     @property
     def last_epoch(self) -> int:  # type: ignore[override]

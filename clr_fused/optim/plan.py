@@ -24,8 +24,9 @@ Without the compiled extension the whole check is the Python loop of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -13,13 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..kernels import low_precision as lp
-from .plan import local
-
 from .. import schedule_math as sm
+from ..kernels import low_precision as lp
 from ..schedules import Schedule, schedule_from_dict
 from .hyper import _check_lr_value, _is_real
 from .live_lr import LIVE_DTYPE
+from .plan import local
 from .state_store import SlotDict, StateStore
 
 # Plain-data keys in each saved param group (see StateDictProtocol.state_dict).
@@ -224,6 +223,9 @@ class StateDictProtocol:
     #: What a pickle / deepcopy carries besides torch's defaults, state and param_groups.
     _PICKLED = ("backend", "max_grad_norm", "state_dtype", "stochastic_rounding", "last_grad_norm", "_step_counter", "_plateau", "_counter_device")
 
+    #: Attributes absent from older pickles (or not pickled), with the value they start at.
+    _PICKLE_DEFAULTS: dict[str, Any] = {"stochastic_rounding": False, "_host_steps": 0, "_applied": None}
+
     def __getstate__(self) -> dict[str, Any]:
         st = super().__getstate__()
         st.update({name: self.__dict__[name] for name in self._PICKLED if name in self.__dict__})
@@ -238,6 +240,10 @@ class StateDictProtocol:
         self.state = StateStore(self.state)  # (torch's load_state_dict hands a plain defaultdict)
         self._plan = None  # derived caches: rebuilt on the next step
         self._backend_cache, self._lr_recs, self._orphans, self._hyper_seen = {}, {}, [], {}
+        # what a pickle from an older version (or one without them) lacks: set once here,
+        # so no call site needs a getattr default
+        for name, default in self._PICKLE_DEFAULTS.items():
+            self.__dict__.setdefault(name, default)
         for group in self.param_groups:
             for key, value in self._LEGACY_GROUP_DEFAULTS.items():
                 group.setdefault(key, value)

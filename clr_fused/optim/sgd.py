@@ -146,5 +146,5 @@ class SGD(FusedOptimizer):
             grad_mul=grad_mul,
             skip=skip,
             advance=advance,
-            stochastic=getattr(self, "stochastic_rounding", False),  # (absent from older pickles)
+            stochastic=self.stochastic_rounding,
         )

@@ -3,7 +3,7 @@
 The interpreter runs kernels as numpy and accepts code that the real
 compiler rejects (types that differ between branches, unsupported casts), so
 CI also compiles every kernel variant here for sm_80 and sm_90:
-``python -m clr_fused.kernels.triton_aot_check``.
+``python -m tools.triton_aot_check`` (from the repository root).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-
 
 _PTR_ARGS = {
     "p_addrs": "*i64", "g_addrs": "*i64", "buf_addrs": "*i64", "m_addrs": "*i64", "v_addrs": "*i64",
@@ -49,7 +48,7 @@ def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
     import torch
     import triton.language as tl
 
-    from . import triton_update as tu
+    from clr_fused.kernels import triton_update as tu
 
     out = dict(P_DT=p_dt, G_DT=p_dt, S_DT=s_dt, MAXIMIZE=False, HAS_WD=True, HAS_GRAD_MUL=False, HAS_SKIP=False,
                NEXT=True, ADVANCE=True, SR=False, Q8=False)  # fmt: skip
@@ -71,7 +70,7 @@ def variant_constexprs(kernel, p_dt, s_dt, flags: dict, **extra) -> dict:
 def _compile_all(arch: int) -> int:
     import triton.language as tl
 
-    from . import triton_update as tu
+    from clr_fused.kernels import triton_update as tu
 
     count = 0
     dtypes = [(tl.float32, tl.float32), (tl.bfloat16, tl.bfloat16), (tl.float16, tl.float32)]
@@ -114,9 +113,8 @@ def memory_ops(arch: int = 90) -> dict:
     import triton
     import triton.language as tl
 
-    from . import triton_update as tu
-
-    from .sass_loops import element_loop_violations
+    from clr_fused.kernels import triton_update as tu
+    from tools.sass_loops import element_loop_violations
 
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     out: dict = {"loop_violations": []}

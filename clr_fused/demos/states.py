@@ -8,9 +8,9 @@ bf16 or int8 states), on three tasks of the other demos:
 - digits (scikit-learn's bundled set): the MLP, SGD-momentum, CLR
   triangular2 between the range test's bounds (``demo.py``);
 - MNIST-1D: the 1-D CNN, SGD-momentum, CLR triangular2 from its range test
-  (``mnist1d_demo.py``; needs the ``mnist1d`` package, skipped without it);
+  (``demos/mnist1d.py``; needs the ``mnist1d`` package, skipped without it);
 - the character-level GPT on the standard library's sources: AdamW, warm-up
-  + cosine (``charlm_demo.py``).
+  + cosine (``demos/charlm.py``).
 
 Reports, per task and variant, the final held-out accuracy (loss for the
 LM) as mean and standard deviation over the seeds, and the curves.
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import importlib.util
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from . import schedules as S
-from .hf_schedules import get_schedule
-from .optim import AdamW
+from .. import schedules as S
+from ..hf_schedules import get_schedule
+from ..optim import AdamW
 
 #: variant -> (parameter dtype, optimizer keywords)
 VARIANTS: dict[str, tuple[torch.dtype, dict[str, Any]]] = {
@@ -74,7 +75,7 @@ class Task:
 
 def _sgd_task(name: str, make_model: Callable[[int], nn.Module], epoch_batches, evaluate, lr, *, iterations: int,
               seeds, eval_every: int, bar) -> Task:  # fmt: skip
-    from .demo import train_curve
+    from .digits import train_curve
 
     task = Task(name, "accuracy", eval_every=eval_every)
     for variant, (dtype, kw) in VARIANTS.items():
@@ -88,7 +89,7 @@ def _sgd_task(name: str, make_model: Callable[[int], nn.Module], epoch_batches, 
 
 
 def digits_task(*, iterations: int, seeds, bar) -> Task:
-    from . import demo
+    from . import digits as demo
 
     data = demo.load_digits_data()
     s = demo.run_range_test(data, seed=0).suggest()
@@ -102,7 +103,7 @@ def digits_task(*, iterations: int, seeds, bar) -> Task:
 
 
 def mnist1d_task(*, iterations: int, seeds, bar) -> Task:
-    from . import mnist1d_demo as m
+    from . import mnist1d as m
 
     data = m.load_mnist1d()
     rt = m.run_range_test(data, num_steps=200)
@@ -115,7 +116,7 @@ def mnist1d_task(*, iterations: int, seeds, bar) -> Task:
 
 
 def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes: int | None = None) -> Task:
-    from . import charlm_demo as c
+    from . import charlm as c
 
     corpus = c.load_stdlib(max_bytes)
     gen = torch.Generator().manual_seed(123)
@@ -188,3 +189,44 @@ def plot(tasks: list[Task], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def main(args) -> int:
+    """`clr-fused demo --dataset states`: the report of :func:`run`."""
+    import datetime
+    import json
+    import os
+    import platform
+    import time
+
+    import torch
+
+    # the char-LM with bf16 parameters is ~8x slower on a CPU without bf16 matmul units: fewer iterations there
+    its = {"digits": 600, "mnist1d": 1500, "charlm": 200}
+    if args.iterations:
+        its = {k: args.iterations for k in its}
+    seeds = tuple(range(args.seeds or 3))
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    tasks, skipped = run(iterations=its, seeds=seeds)
+    took = time.perf_counter() - t0
+    print(f"{len(seeds)} seeds, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
+    rows = [r for t in tasks for r in t.table()]
+    print("| task | variant | final (mean ± std over seeds) |")
+    print("|---|---|---|")
+    for r in rows:
+        unit = "accuracy" if r["metric"] == "accuracy" else "validation loss"
+        print(f"| {r['task']} | {r['variant']} | {unit} {r['mean']:.4f} ± {r['std']:.4f} |")
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    png = os.path.join(args.out, "states.png")
+    plot(tasks, png)
+    out = {
+        "date": datetime.date.today().isoformat(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "seconds": took, "seeds": list(seeds), "skipped": skipped, "table": rows,
+        "tasks": [{"name": t.name, "metric": t.metric, "setup": t.setup, "eval_every": t.eval_every, "curves": t.curves} for t in tasks],
+    }  # fmt: skip
+    with open(os.path.join(args.out, "states.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {png} and {args.out}/states.json")
+    return 0

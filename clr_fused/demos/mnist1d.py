@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import schedules as S
-from .demo import plot_policies, train_curve
-from .optim import SGD
-from .range_test import RangeTestResult, range_test
+from .. import schedules as S
+from ..optim import SGD
+from ..range_test import RangeTestResult, range_test
+from .digits import plot_policies, train_curve
 
 BATCH = 100
 FIXED_GRID = (0.01, 0.03, 0.1, 0.3)
@@ -136,9 +136,8 @@ def lr_finder_suggestion(data: MNIST1D, *, num_steps: int = 100, seed: int = 0) 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from torch_lr_finder import LRFinder
-
     from torch.utils.data import DataLoader, TensorDataset
+    from torch_lr_finder import LRFinder
 
     model = make_model(seed)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -251,3 +250,43 @@ def plot(exp: Experiment, path: str, *, title: str) -> None:
     """Mean test accuracy vs iteration per policy, the LR underneath."""
     plot_policies(exp.curves, exp.policies, path, eval_every=exp.eval_every, iterations=exp.iterations, title=title,
                   ylabel=f"test accuracy (mean of {len(exp.seeds)} seeds)")  # fmt: skip
+
+
+def main(args) -> int:
+    """`clr-fused demo --dataset mnist1d`: the report of :func:`run`."""
+    import datetime
+    import json
+    import os
+    import platform
+    import time
+
+    import torch
+
+    iterations, seeds = args.iterations or 3000, tuple(range(args.seeds or 5))
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    exp = run(load_mnist1d(), iterations=iterations, seeds=seeds)
+    took = time.perf_counter() - t0
+    s = exp.suggestion
+    print(f"range test (ours): base_lr={s['base_lr']:.4g} max_lr={s['max_lr']:.4g} ({s['reason']})")
+    print(f"torch-lr-finder steepest gradient: {exp.peers['torch_lr_finder']:.4g}; valley: {exp.peers['valley']:.4g}")
+    print("fixed-LR grid (mean final accuracy): " + ", ".join(f"{lr:g}: {a:.4f}" for lr, a in exp.fixed_grid.items()))
+    print(f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
+    print("| policy | final test accuracy (mean ± std) | iterations to the best fixed LR's final accuracy |")
+    print("|---|---|---|")
+    rows = exp.table()
+    for r in rows:
+        reach = r["iterations_to_best_fixed"] if r["iterations_to_best_fixed"] is not None else "not reached"
+        print(f"| {r['policy']} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {reach} |")
+    png = os.path.join(args.out, "mnist1d_policies.png")
+    plot(exp, png, title=f"MNIST-1D CNN, SGD momentum 0.9, {len(seeds)} seeds")
+    exp.range_test.plot(os.path.join(args.out, "mnist1d_range_test.png"), title="LR range test, MNIST-1D CNN")
+    out = {
+        "date": datetime.date.today().isoformat(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "seconds": took, "iterations": iterations, "seeds": list(seeds), "suggestion": s, "peers": exp.peers,
+        "fixed_grid": exp.fixed_grid, "table": rows, "curves": exp.curves, "eval_every": exp.eval_every,
+    }  # fmt: skip
+    with open(os.path.join(args.out, "mnist1d.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {png} and {args.out}/mnist1d.json")
+    return 0

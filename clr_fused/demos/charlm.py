@@ -34,11 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import schedules as S
-from .demo import plot_policies
-from .hf_schedules import get_schedule
-from .optim import AdamW
-from .range_test import RangeTestResult, range_test
+from .. import schedules as S
+from ..hf_schedules import get_schedule
+from ..optim import AdamW
+from ..range_test import RangeTestResult, range_test
+from .digits import plot_policies
 
 BLOCK, BATCH = 64, 16
 CONSTANT_GRID = (1e-3, 3e-3)
@@ -234,3 +234,47 @@ def plot(exp: Experiment, path: str, *, title: str) -> None:
     best = min(statistics.fmean(r[-1] for r in runs) for runs in exp.curves.values())
     plot_policies(exp.curves, exp.policies, path, eval_every=exp.eval_every, iterations=exp.iterations, title=title,
                   ylabel=f"validation loss (nats/char, mean of {len(exp.seeds)} seeds)", ylim=(best * 0.95, best * 1.6))  # fmt: skip
+
+
+def main(args) -> int:
+    """`clr-fused demo --dataset charlm`: the report of :func:`run`."""
+    import datetime
+    import json
+    import os
+    import platform
+    import sys
+    import time
+
+    import torch
+
+    iterations, seeds = args.iterations or 600, tuple(range(args.seeds or 3))
+    eval_every = max(1, iterations // 20)
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    corpus = load_stdlib()
+    exp = run(corpus, iterations=iterations, seeds=seeds, eval_every=eval_every)
+    took = time.perf_counter() - t0
+    s = exp.suggestion
+    print(f"corpus: Python {platform.python_version()} standard library, {corpus.files[0]} files ({len(corpus.train):,} bytes) "
+          f"train, {corpus.files[1]} files ({len(corpus.val):,} bytes) validation")  # fmt: skip
+    print(f"range test: base_lr={s['base_lr']:.4g} max_lr={s['max_lr']:.4g} ({s['reason']})")
+    print("constant-LR grid (mean final validation loss): " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in exp.constant_grid.items()))
+    print(f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
+    print("| policy | final validation loss (mean ± std) | iterations to the constant LR's final loss |")
+    print("|---|---|---|")
+    rows = exp.table()
+    for r in rows:
+        reach = r["iterations_to_constant_final"] if r["iterations_to_constant_final"] is not None else "not reached"
+        print(f"| {r['policy']} | {r['final_mean']:.4f} ± {r['final_std']:.4f} | {reach} |")
+    png = os.path.join(args.out, "charlm_policies.png")
+    plot(exp, png, title=f"char-level GPT on the standard library, AdamW, {len(seeds)} seeds")
+    exp.range_test.plot(os.path.join(args.out, "charlm_range_test.png"), title="LR range test, char-level GPT, AdamW")
+    out = {
+        "date": datetime.date.today().isoformat(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
+        "python": sys.version.split()[0], "seconds": took, "iterations": iterations, "seeds": list(seeds),
+        "suggestion": s, "constant_grid": exp.constant_grid, "table": rows, "curves": exp.curves, "eval_every": eval_every,
+    }  # fmt: skip
+    with open(os.path.join(args.out, "charlm.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"wrote {png} and {args.out}/charlm.json")
+    return 0

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import schedules as S
-from .optim import SGD
-from .range_test import RangeTestResult, range_test
+from .. import schedules as S
+from ..optim import SGD
+from ..range_test import RangeTestResult, range_test
 
 
 @dataclass
@@ -184,3 +184,44 @@ def plot_policies(curves, policies, path, *, eval_every: int, iterations: int, t
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def main(args) -> int:
+    """`clr-fused demo` (digits): fixed LR, exponential decay and CLR after a range test."""
+    import json
+    import os
+
+    args.iterations = args.iterations or 1200
+    args.seeds = args.seeds or 3
+    os.makedirs(args.out, exist_ok=True)
+    data = load_digits_data()
+    seeds = tuple(range(args.seeds))
+    rt, policies, curves, table = compare_policies(data, iterations=args.iterations, seeds=seeds, target=args.target)
+    s = rt.suggest()
+    print(f"range test: base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g}; {args.iterations} iterations, seeds {list(seeds)}")
+    key = f"iterations_to_{args.target:.0%}"
+    print(f"| policy | final accuracy | {key} |")
+    print("|---|---|---|")
+    for row in table:
+        print(f"| {row['policy']} | {row['final_accuracy']:.4f} | {row[key] if row[key] is not None else 'not reached'} |")
+    plot_curves(curves, os.path.join(args.out, "demo_accuracy.png"), eval_every=20)
+    with open(os.path.join(args.out, "demo.json"), "w") as f:
+        json.dump({"suggestion": s.__dict__, "table": table, "policies": {k: repr(v) for k, v in policies.items()}}, f, indent=2)
+    print(f"wrote {args.out}/demo_accuracy.png and {args.out}/demo.json")
+    return 0
+
+def range_test_main(args) -> int:
+    """`clr-fused range-test --demo`: the range test on the digits MLP."""
+    import os
+
+    os.makedirs(args.out, exist_ok=True)
+    data = load_digits_data()
+    result = run_range_test(data, num_steps=args.steps, progress=True)
+    s = result.suggest()
+    print(f"range test on digits: {len(result.lrs)} steps, stopped early: {result.stopped_early}")
+    print(f"suggested base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g} ({s.reason})")
+    png, csv_path = os.path.join(args.out, "range_test.png"), os.path.join(args.out, "range_test.csv")
+    result.plot(png, title="LR range test, digits MLP, SGD momentum 0.9")
+    result.to_csv(csv_path)
+    print(f"wrote {png} and {csv_path}")
+    return 0

@@ -1,0 +1,33 @@
+// The schedule kind codes, as clr_fused/schedule_math.py defines them (the
+// one definition: KIND_<NAME> there).  The bindings export this table as
+// _C.SCHEDULE_KINDS and clr_fused/_ext.py refuses an extension whose codes
+// differ from Python's, as it does for the chunk size.  Plain C++: the
+// kernels (schedule.cuh) and the bindings include it.
+#pragma once
+
+// X(NAME, enumerator, code): never renumber, only append.
+#define CLR_FUSED_SCHEDULE_KINDS(X)  \
+  X(CONSTANT, kConstant, 0)          \
+  X(CYCLIC, kCyclic, 1)              \
+  X(ONE_CYCLE, kOneCycle, 2)         \
+  X(COSINE, kCosine, 3)              \
+  X(WARM_RESTARTS, kWarmRestarts, 4) \
+  X(EXPONENTIAL, kExponential, 5)    \
+  X(STEP, kStep, 6)                  \
+  X(MULTI_STEP, kMultiStep, 7)       \
+  X(POLYNOMIAL, kPolynomial, 8)      \
+  X(LINEAR, kLinear, 9)              \
+  X(CONSTANT_FACTOR, kConstantFactor, 10) \
+  X(PLATEAU, kPlateau, 11)           \
+  X(TABLE, kTable, 12)               \
+  X(TABLE_DATA, kTableData, 13)      \
+  X(WARMUP_COSINE, kWarmupCosine, 14) \
+  X(INVERSE_SQRT, kInverseSqrt, 15)
+
+namespace clr_fused {
+
+#define CLR_FUSED_KIND_ENUMERATOR(name, enumerator, code) enumerator = code,
+enum Kind : int { CLR_FUSED_SCHEDULE_KINDS(CLR_FUSED_KIND_ENUMERATOR) };
+#undef CLR_FUSED_KIND_ENUMERATOR
+
+}  // namespace clr_fused
