@@ -40,7 +40,9 @@ def _find_cuda_home() -> None:
     nvcc = shutil.which("nvcc")
     candidates = ([os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []) + ["/usr/local/cuda"]
     for home in candidates:
-        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")) and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")) and os.path.exists(
+            os.path.join(home, "bin", "nvcc")
+        ):
             os.environ["CUDA_HOME"] = home
             return
 
@@ -51,7 +53,9 @@ def _nvidia_includes() -> list:
         import nvidia
     except ImportError:
         return []
-    return [os.path.join(b, "cu13", "include") for b in nvidia.__path__ if os.path.isdir(os.path.join(b, "cu13", "include"))]
+    return [
+        os.path.join(b, "cu13", "include") for b in nvidia.__path__ if os.path.isdir(os.path.join(b, "cu13", "include"))
+    ]
 
 
 def _extension():
@@ -68,7 +72,9 @@ def _extension():
     with_cuda = os.environ.get("CLR_FUSED_SKIP_CUDA_BUILD", "0") != "1"
     if with_cuda:
         home = cpp_extension.CUDA_HOME
-        with_cuda = torch.version.cuda is not None and home is not None and os.path.exists(os.path.join(home, "bin", "nvcc"))
+        with_cuda = (
+            torch.version.cuda is not None and home is not None and os.path.exists(os.path.join(home, "bin", "nvcc"))
+        )
         if not with_cuda:
             _say("no CUDA torch or no nvcc: building the CPU kernels only")
     else:

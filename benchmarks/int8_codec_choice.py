@@ -66,7 +66,11 @@ def _dynamic_map(signed: bool) -> torch.Tensor:
     non_sign_bits = total_bits - (1 if signed else 0)
     values = []
     for i in range(max_exponent_bits):
-        n = int(2 ** (i + non_sign_bits - max_exponent_bits) + 1 if signed else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1)
+        n = int(
+            2 ** (i + non_sign_bits - max_exponent_bits) + 1
+            if signed
+            else 2 ** (i + non_sign_bits - max_exponent_bits + 1) + 1
+        )
         bounds = torch.linspace(0.1, 1, n)
         means = (bounds[:-1] + bounds[1:]) / 2.0
         values += (10 ** (-(max_exponent_bits - 1) + i) * means).tolist()
@@ -118,7 +122,9 @@ def train(codec=None, *, steps: int, seed: int, snapshots=(), corpus=None, val=N
     itself uses the unquantized new states, as the kernels do)."""
     model = c.make_model(seed)
     sched = cf.get_schedule("cosine", 1e-3, num_warmup_steps=steps // 10, num_training_steps=steps)
-    opt = cf.AdamW(model.parameters(), lr=sched, betas=(0.9, 0.95), weight_decay=0.1, max_grad_norm=1.0, backend="torch")
+    opt = cf.AdamW(
+        model.parameters(), lr=sched, betas=(0.9, 0.95), weight_decay=0.1, max_grad_norm=1.0, backend="torch"
+    )
     gen = torch.Generator().manual_seed(seed)
     snaps = {}
     for it in range(1, steps + 1):
@@ -133,7 +139,9 @@ def train(codec=None, *, steps: int, seed: int, snapshots=(), corpus=None, val=N
                         t = st[key]
                         t.copy_(codec(t.reshape(-1), signed, 128).view_as(t))
         if it in snapshots:
-            snaps[it] = [(st["exp_avg"].clone().reshape(-1), st["exp_avg_sq"].clone().reshape(-1)) for st in opt.state.values()]
+            snaps[it] = [
+                (st["exp_avg"].clone().reshape(-1), st["exp_avg_sq"].clone().reshape(-1)) for st in opt.state.values()
+            ]
     return model, snaps
 
 
@@ -179,7 +187,9 @@ def main() -> None:
              "elements whose v decodes to 0 while their m does not), on the fp32 run's states at each step:", "",
              "| codec | block | bytes/element | step | direction rel. L2 | v = 0 beside m != 0 |", "|---|---|---|---|---|---|"]  # fmt: skip
     for e in errors:
-        lines.append(f"| {e['codec']} | {e['block']} | {e['bytes_per_element']:.3f} | {e['step']} | {e['direction_rel_l2']:.4f} | {e['v_zero_beside_m']:.2e} |")
+        lines.append(
+            f"| {e['codec']} | {e['block']} | {e['bytes_per_element']:.3f} | {e['step']} | {e['direction_rel_l2']:.4f} | {e['v_zero_beside_m']:.2e} |"
+        )
     lines += ["", f"Training with the states quantized by the candidate after every step (block 128), {args.steps} steps, "
               f"{args.seeds} seeds, final validation loss:", "", "| codec | final validation loss (per seed) | mean |", "|---|---|---|"]  # fmt: skip
     for r in losses:

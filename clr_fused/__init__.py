@@ -4,6 +4,7 @@ from . import schedules
 from .backends import BackendUnavailable
 from .hf_schedules import get_schedule
 from .optim import SGD, Adam, AdamW, FusedOptimizer
+from .optim.lion import Lion
 from .range_test import RangeTestResult, Suggestion, range_test
 from .schedules import (
     ConstantLR,
@@ -31,6 +32,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Lion",
     "FusedOptimizer",
     "BackendUnavailable",
     "range_test",

@@ -34,7 +34,11 @@ def _jit_build():
     try:
         import nvidia
 
-        include += [os.path.join(b, "cu13", "include") for b in nvidia.__path__ if os.path.isdir(os.path.join(b, "cu13", "include"))]
+        include += [
+            os.path.join(b, "cu13", "include")
+            for b in nvidia.__path__
+            if os.path.isdir(os.path.join(b, "cu13", "include"))
+        ]
     except ImportError:
         pass
     sources = ["bindings.cpp", "ops.cpp", "cpu_ops.cpp", "step_plan.cpp", "fused_optim.cu"]
@@ -100,7 +104,9 @@ def _check_constants(module) -> None:
         raise ImportError(f"clr_fused._C has chunk size {getattr(module, 'CHUNK', None)}, Python {CHUNK}: rebuild it")
     kinds = dict(getattr(module, "SCHEDULE_KINDS", {}))
     if kinds != sm.KINDS:
-        raise ImportError(f"clr_fused._C's schedule kinds {kinds} differ from schedule_math.KINDS {sm.KINDS}: rebuild it")
+        raise ImportError(
+            f"clr_fused._C's schedule kinds {kinds} differ from schedule_math.KINDS {sm.KINDS}: rebuild it"
+        )
 
 
 def error() -> BaseException | None:

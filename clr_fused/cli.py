@@ -41,7 +41,9 @@ def _info(_args) -> int:
     except ImportError as exc:
         print(f"triton    not installed ({exc})")
     cuda = torch.cuda.is_available()
-    print(f"CUDA      {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available (no CUDA device here)'}")
+    print(
+        f"CUDA      {'available: ' + torch.cuda.get_device_name(0) if cuda else 'not available (no CUDA device here)'}"
+    )
     ext_err = _ext.error()
     if ext_err is None:
         kinds = "CPU and CUDA kernels" if _ext.load().HAS_CUDA_KERNELS else "CPU kernels only (built without CUDA)"
@@ -56,16 +58,23 @@ def _info(_args) -> int:
             print(f"  {dev.type:5s} {name:7s} {'works' if reason is None else 'no: ' + reason}")
         print(f"  {dev.type:5s} auto -> {backends.resolve('auto', dev)}")
     cpu_auto = backends.resolve("auto", torch.device("cpu"))
-    what = {"cpu": "the compiled CPU kernels (parallel, from the csrc/ templates)", "torch": "the pure-PyTorch reference path"}
+    what = {
+        "cpu": "the compiled CPU kernels (parallel, from the csrc/ templates)",
+        "torch": "the pure-PyTorch reference path",
+    }
     print(f"a CPU user gets backend {cpu_auto!r}: {what.get(cpu_auto, cpu_auto)}")
-    print("float64 parameters: backend 'auto' sends them to 'torch' (the fused kernels take float32, bfloat16, float16)")
+    print(
+        "float64 parameters: backend 'auto' sends them to 'torch' (the fused kernels take float32, bfloat16, float16)"
+    )
     return 0
 
 
 def _range_test(args) -> int:
     if not args.demo:
-        print("clr-fused range-test: error: only --demo is available from the command line; call clr_fused.range_test() in code",
-              file=sys.stderr)
+        print(
+            "clr-fused range-test: error: only --demo is available from the command line; call clr_fused.range_test() in code",
+            file=sys.stderr,
+        )
         return 2
     from .demos import digits
 
@@ -122,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="clr-fused", description=__doc__, formatter_class=fmt)
     parser.add_argument("--version", action="version", version=f"clr-fused {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="versions, device and which backends work here (and why not)", formatter_class=fmt).set_defaults(func=_info)
-    bn = sub.add_parser("bench", help="optimizer-step microbenchmark against torch.optim + lr_scheduler", formatter_class=fmt)
+    sub.add_parser(
+        "info", help="versions, device and which backends work here (and why not)", formatter_class=fmt
+    ).set_defaults(func=_info)
+    bn = sub.add_parser(
+        "bench", help="optimizer-step microbenchmark against torch.optim + lr_scheduler", formatter_class=fmt
+    )
     bn.add_argument("--quick", action="store_true", help="Adam only, small sets (the test suite's smoke run)")
     bn.add_argument(
         "--host",
@@ -155,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     rt = sub.add_parser("range-test", help="the LR range test (--demo: scikit-learn digits)", formatter_class=fmt)
     rt.add_argument("--demo", action="store_true", help="run on scikit-learn's bundled digits data set")
     rt.add_argument("--steps", type=_at_least(10), default=100, help="LR values tried (batches), >= 10")
-    rt.add_argument("--out", default=None, help="folder for range_test.png and range_test.csv (default: a new range-test-<timestamp> folder)")
+    rt.add_argument(
+        "--out",
+        default=None,
+        help="folder for range_test.png and range_test.csv (default: a new range-test-<timestamp> folder)",
+    )
     rt.set_defaults(func=_range_test)
     dm = sub.add_parser(
         "demo",
@@ -170,9 +187,18 @@ def main(argv: list[str] | None = None) -> int:
                     "states and bf16 parameters (stochastic rounding)")  # fmt: skip
     dm.add_argument("--iterations", type=_at_least(1), default=None,
                     help="iterations per run (None: 1200 digits, 3000 mnist1d, 600 charlm; states: 600 / 1500 / 200)")  # fmt: skip
-    dm.add_argument("--seeds", type=_at_least(1), default=None, help="number of seeds (None: 3 digits, 5 mnist1d, 3 charlm, 3 states)")
-    dm.add_argument("--target", type=_accuracy, default=0.95, help="digits: the accuracy in (0, 1] whose first crossing is reported")
-    dm.add_argument("--out", default=None, help="folder for the plots and the JSON (default: a new demo-<timestamp> folder)")
+    dm.add_argument(
+        "--seeds",
+        type=_at_least(1),
+        default=None,
+        help="number of seeds (None: 3 digits, 5 mnist1d, 3 charlm, 3 states)",
+    )
+    dm.add_argument(
+        "--target", type=_accuracy, default=0.95, help="digits: the accuracy in (0, 1] whose first crossing is reported"
+    )
+    dm.add_argument(
+        "--out", default=None, help="folder for the plots and the JSON (default: a new demo-<timestamp> folder)"
+    )
     dm.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     if getattr(args, "out", "") is None:  # never overwrite an earlier run's folder

@@ -35,7 +35,9 @@ def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: 
     first step from which transformers' factor is constant (warm-up longer
     than training included: it keeps warming up, then drops)."""
     if name == "linear":
-        return (lambda k: _warmup(k, w) if k < w else max(0.0, float(total - k) / float(max(1, total - w)))), max(total, w) + 1
+        return (lambda k: _warmup(k, w) if k < w else max(0.0, float(total - k) / float(max(1, total - w)))), max(
+            total, w
+        ) + 1
     if name == "cosine_with_restarts":
         nc = kw.get("num_cycles", 1)
 
@@ -54,7 +56,9 @@ def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: 
             raise ValueError(f"lr_end ({lr_end}) must be smaller than base_lr ({base_lr})")
         if total == w:
             # transformers divides by num_training_steps - num_warmup_steps at that step
-            raise ValueError(f"polynomial needs num_training_steps != num_warmup_steps (both {w}): transformers divides by their difference")
+            raise ValueError(
+                f"polynomial needs num_training_steps != num_warmup_steps (both {w}): transformers divides by their difference"
+            )
 
         def poly(k):
             if k < w:
@@ -117,7 +121,9 @@ def get_schedule(
     ``lr=base_lr`` (see the module docstring)."""
     name = getattr(name, "value", name)  # a transformers.SchedulerType
     if name in METRIC_DRIVEN:
-        raise ValueError(f"{name!r} is driven by a metric, not the step: use clr_fused.ReduceLROnPlateau and optimizer.report()")
+        raise ValueError(
+            f"{name!r} is driven by a metric, not the step: use clr_fused.ReduceLROnPlateau and optimizer.report()"
+        )
     if name not in NAMES:
         raise ValueError(f"unknown schedule name {name!r}; known: {list(NAMES)}")
     base_lr = _check_lr("base_lr", base_lr)
@@ -137,9 +143,14 @@ def get_schedule(
                 raise ValueError("warmup_stable_decay needs num_training_steps or num_stable_steps")
             # negative where the decay is longer than the steps after warm-up: as in
             # transformers, the decay then starts part-way through
-            stable = _check_int("num_training_steps", num_training_steps, 0, "an integer number of steps >= 0") - w - decay
+            stable = (
+                _check_int("num_training_steps", num_training_steps, 0, "an integer number of steps >= 0") - w - decay
+            )
         elif num_training_steps is not None:
-            warnings.warn("Both num_training_steps and num_stable_steps are specified. num_stable_steps will be used.", stacklevel=2)
+            warnings.warn(
+                "Both num_training_steps and num_stable_steps are specified. num_stable_steps will be used.",
+                stacklevel=2,
+            )
         return WarmupStableDecay(base_lr, w, stable, decay, **kw)
     if name == "inverse_sqrt":
         return InverseSqrt(base_lr, w, kw.get("timescale"))

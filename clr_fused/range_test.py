@@ -116,13 +116,23 @@ class RangeTestResult:
         # diverged early would otherwise flatten the useful part into a line.
         finite = [v for v in self.smoothed_losses if math.isfinite(v)]
         best = min(finite) if finite else 1.0
-        body = [v for v in self.smoothed_losses + self.losses if math.isfinite(v) and v <= 4.0 * abs(best) + 1e-12] or [best]
+        body = [v for v in self.smoothed_losses + self.losses if math.isfinite(v) and v <= 4.0 * abs(best) + 1e-12] or [
+            best
+        ]
         lo, hi = min(body), max(body)
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo) + 1e-12)
         if self.stopped_early and self.lrs:
             ax.axvline(self.lrs[-1], color="tab:red", linestyle=":", alpha=0.6)
-            ax.text(self.lrs[-1], 0.02, f" stopped: diverged at lr {self.lrs[-1]:.2g}", transform=ax.get_xaxis_transform(),
-                    color="tab:red", fontsize=8, ha="right", va="bottom")
+            ax.text(
+                self.lrs[-1],
+                0.02,
+                f" stopped: diverged at lr {self.lrs[-1]:.2g}",
+                transform=ax.get_xaxis_transform(),
+                color="tab:red",
+                fontsize=8,
+                ha="right",
+                va="bottom",
+            )
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss", color="tab:blue")
         handles, labels = ax.get_legend_handles_labels()
@@ -136,8 +146,18 @@ class RangeTestResult:
             s = self.suggest()
         except ValueError as exc:  # an unusable run is still worth looking at
             s = None
-            ax.text(0.5, 0.95, "no usable bounds: " + str(exc).split(":")[0], transform=ax.transAxes, ha="center", va="top", fontsize=8)
-        for lr, name, color in (() if s is None else ((s.base_lr, "base_lr", "tab:orange"), (s.max_lr, "max_lr", "tab:red"))):
+            ax.text(
+                0.5,
+                0.95,
+                "no usable bounds: " + str(exc).split(":")[0],
+                transform=ax.transAxes,
+                ha="center",
+                va="top",
+                fontsize=8,
+            )
+        for lr, name, color in (
+            () if s is None else ((s.base_lr, "base_lr", "tab:orange"), (s.max_lr, "max_lr", "tab:red"))
+        ):
             handles.append(ax.axvline(lr, color=color, linestyle="--"))
             labels.append(f"{name} = {lr:.3g}")
         ax.legend(handles, labels, loc="upper left", fontsize=8)
@@ -283,7 +303,14 @@ def range_test(
             m.training = mode
         optimizer.load_state_dict(saved_opt)  # ours: schedules and step counter too
     # Keep the run up to (and including) the first diverged step.
-    cut = next((i + 1 for i, s in enumerate(smoothed) if not math.isfinite(s) or s > diverge_threshold * min(smoothed[: i + 1])), done)
+    cut = next(
+        (
+            i + 1
+            for i, s in enumerate(smoothed)
+            if not math.isfinite(s) or s > diverge_threshold * min(smoothed[: i + 1])
+        ),
+        done,
+    )
     return RangeTestResult(
         lrs=[ramp(k) for k in range(cut)],
         losses=host_losses[:cut],

@@ -63,7 +63,7 @@ KIND_INVERSE_SQRT = 15  # [base_lr, W, timescale]: transformers' inverse_sqrt
 #: every kind by name (``KIND_<NAME>``): the C++ build's table (csrc/schedule_kinds.h,
 #: exported as ``_C.SCHEDULE_KINDS``) must equal it, or the extension is refused
 #: (``_ext.py``); the Triton kernels read the codes as constexprs from here.
-KINDS = {name[len("KIND_"):]: code for name, code in dict(globals()).items() if name.startswith("KIND_")}
+KINDS = {name[len("KIND_") :]: code for name, code in dict(globals()).items() if name.startswith("KIND_")}
 
 # A table (LambdaLR) holds at most this many steps: 2**24 float64 = 128 MiB.
 MAX_TABLE = 2**24
@@ -177,7 +177,10 @@ def _restart_tensors(t_0: int, t_mult: int, device: torch.device):
     out = _RESTART_TENSORS.get(key)
     if out is None:
         starts, lengths = restart_table(t_0, t_mult)
-        out = (torch.tensor(starts, dtype=torch.int64, device=device), torch.tensor(lengths, dtype=torch.float64, device=device))
+        out = (
+            torch.tensor(starts, dtype=torch.int64, device=device),
+            torch.tensor(lengths, dtype=torch.float64, device=device),
+        )
         _RESTART_TENSORS[key] = out
     return out
 
@@ -228,7 +231,11 @@ def _one_cycle(p, k, ops):
         lr = ops.where(
             kf <= end1,
             _anneal(initial_lr, max_lr, pct1, linear, ops),
-            ops.where(kf <= end2, _anneal(max_lr, initial_lr, pct2, linear, ops), _anneal(initial_lr, min_lr, pct3, linear, ops)),
+            ops.where(
+                kf <= end2,
+                _anneal(max_lr, initial_lr, pct2, linear, ops),
+                _anneal(initial_lr, min_lr, pct3, linear, ops),
+            ),
         )
         mom = ops.where(
             kf <= end1,
@@ -237,8 +244,12 @@ def _one_cycle(p, k, ops):
         )
     else:
         pct2 = (kf - end1) / ((total - 1) - end1)
-        lr = ops.where(kf <= end1, _anneal(initial_lr, max_lr, pct1, linear, ops), _anneal(max_lr, min_lr, pct2, linear, ops))
-        mom = ops.where(kf <= end1, _anneal(max_m, base_m, pct1, linear, ops), _anneal(base_m, max_m, pct2, linear, ops))
+        lr = ops.where(
+            kf <= end1, _anneal(initial_lr, max_lr, pct1, linear, ops), _anneal(max_lr, min_lr, pct2, linear, ops)
+        )
+        mom = ops.where(
+            kf <= end1, _anneal(max_m, base_m, pct1, linear, ops), _anneal(base_m, max_m, pct2, linear, ops)
+        )
     return lr, mom
 
 
@@ -403,6 +414,7 @@ def _fetcher(rows, s: int, ops, table):
     """fetch(offset, j) for segment ``s``: flat element ``s * ROW_WIDTH + offset + j``
     of the rows (``table``: the same rows as a float64 tensor on the step's device)."""
     if ops is PY_OPS:
+
         def fetch(offset, j):
             i = s * ROW_WIDTH + offset + j
             return rows[i // ROW_WIDTH][i % ROW_WIDTH]

@@ -211,7 +211,11 @@ class Constant(Schedule):
 
 
 # ---------------------------------------------------------------- cyclical
-_CYCLIC_MODES = {"triangular": sm.CYCLIC_TRIANGULAR, "triangular2": sm.CYCLIC_TRIANGULAR2, "exp_range": sm.CYCLIC_EXP_RANGE}
+_CYCLIC_MODES = {
+    "triangular": sm.CYCLIC_TRIANGULAR,
+    "triangular2": sm.CYCLIC_TRIANGULAR2,
+    "exp_range": sm.CYCLIC_EXP_RANGE,
+}
 
 
 @dataclass(frozen=True)
@@ -268,7 +272,9 @@ class CyclicLR(Schedule):
             _norm(self, "base_momentum", _check_unit, low_open=False)
             _norm(self, "max_momentum", _check_unit, low_open=False)
             if self.max_momentum < self.base_momentum:
-                raise ValueError(f"max_momentum must be >= base_momentum ({self.base_momentum}), got {self.max_momentum}")
+                raise ValueError(
+                    f"max_momentum must be >= base_momentum ({self.base_momentum}), got {self.max_momentum}"
+                )
 
     @property
     def cycles_momentum(self) -> bool:  # type: ignore[override]
@@ -655,7 +661,9 @@ class LambdaLR(Schedule):
 _WSD_SHAPES = ("linear", "cosine", "1-sqrt")
 
 
-def _wsd_factor(k: int, w: int, s: int, d: int, warmup_type: str, decay_type: str, min_lr_ratio: float, num_cycles: float) -> float:
+def _wsd_factor(
+    k: int, w: int, s: int, d: int, warmup_type: str, decay_type: str, min_lr_ratio: float, num_cycles: float
+) -> float:
     """transformers' WSD factor at step k (its float64 operations, in its order)."""
     if k < w:
         progress = float(k) / float(max(1, w))
@@ -712,7 +720,9 @@ class WarmupStableDecay(Schedule):
         _norm(self, "min_lr_ratio", _check_unit, low_open=False, high_open=False)
         _norm(self, "num_cycles", _check_positive)
         if self._total() > sm.MAX_TABLE - 1:
-            raise ValueError(f"num_warmup_steps + num_stable_steps + num_decay_steps must be below 2**24, got {self._total()}")
+            raise ValueError(
+                f"num_warmup_steps + num_stable_steps + num_decay_steps must be below 2**24, got {self._total()}"
+            )
 
     def _total(self) -> int:
         """The first step from which the factor is constant (min_lr_ratio)."""

@@ -20,6 +20,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   CLR_FUSED_SCHEDULE_KINDS(CLR_FUSED_KIND_ENTRY)
 #undef CLR_FUSED_KIND_ENTRY
   m.attr("SCHEDULE_KINDS") = kinds;
+  py::dict algorithms;  // the generic step's algorithms (algorithms.h): class name -> id
+  for (const auto& [name, id] : clr_fused::algorithm_ids()) algorithms[py::str(name)] = id;
+  m.attr("ALGORITHMS") = algorithms;
 #ifdef CLR_FUSED_WITH_CUDA
   m.attr("HAS_CUDA_KERNELS") = true;
 #else

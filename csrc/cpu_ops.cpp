@@ -154,6 +154,31 @@ struct CpuAdam {
   }
 };
 
+// The generic step (algorithm_kernel.cuh) of algorithm A on the CPU.
+template <typename A>
+struct CpuAlgorithm {
+  template <typename P, typename S>
+  struct On {
+    static void run(unsigned grid, const Tables& tb, const StepInputs& in, const typename A::Hyper& h, bool stochastic) {
+      const int64_t grain = grain_for(tb, grid);
+      const auto go = [&](auto sr) {
+        constexpr bool kSr = decltype(sr)::value;
+        run_kernel<typename A::Hyper, algorithm_kernel<A, P, S, false, kSr>, algorithm_kernel<A, P, S, true, kSr>>(
+            grid, grain, tb, in, h);
+      };
+      if constexpr (kCanRoundStochastically<P, S>) {
+        if (stochastic) return go(std::true_type{});
+      }
+      go(std::false_type{});
+    }
+  };
+};
+
+void step_cpu(CLR_FUSED_STEP_PARAMS) {
+  TORCH_CHECK(counter.is_cpu() && params[0].is_cpu(), "clr_fused CPU kernels need CPU tensors");
+  algorithm_step_impl<CpuAlgorithm>(CLR_FUSED_STEP_NAMES);
+}
+
 void sgd_step_cpu(CLR_FUSED_SGD_PARAMS) {
   TORCH_CHECK(counter.is_cpu() && params[0].is_cpu(), "clr_fused CPU kernels need CPU tensors");
   sgd_step_impl<CpuSgd>(CLR_FUSED_SGD_NAMES);
@@ -165,6 +190,14 @@ void adam_step_cpu(CLR_FUSED_ADAM_PARAMS) {
 }
 
 }  // namespace
+
+std::vector<std::pair<std::string, int64_t>> algorithm_ids() {
+  std::vector<std::pair<std::string, int64_t>> out;
+#define CLR_FUSED_ALGORITHM_ENTRY(id, A) out.emplace_back(A::kName, id);
+  CLR_FUSED_ALGORITHMS(CLR_FUSED_ALGORITHM_ENTRY)
+#undef CLR_FUSED_ALGORITHM_ENTRY
+  return out;
+}
 
 // What the CPU kernels run as here ("avx512", "avx2" or "baseline"), for `clr-fused info` and the tests.
 const char* cpu_isa() {
@@ -183,4 +216,5 @@ const char* cpu_isa() {
 TORCH_LIBRARY_IMPL(clr_fused, CPU, m) {
   m.impl("sgd_step", &clr_fused::sgd_step_cpu);
   m.impl("adam_step", &clr_fused::adam_step_cpu);
+  m.impl("step", &clr_fused::step_cpu);
 }

@@ -31,6 +31,30 @@ struct AdamLaunch {
   }
 };
 
+// The generic step (algorithm_kernel.cuh) of algorithm A on the GPU.
+template <typename A>
+struct CudaAlgorithm {
+  template <typename P, typename S>
+  struct On {
+    static void run(unsigned grid, const Tables& tb, const StepInputs& in, const typename A::Hyper& h, bool stochastic) {
+      const auto go = [&](auto sr) {
+        algorithm_kernel<A, P, S, kDeviceFma, decltype(sr)::value><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(tb, in, h);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      };
+      if constexpr (kCanRoundStochastically<P, S>) {
+        if (stochastic) return go(std::true_type{});
+      }
+      go(std::false_type{});
+    }
+  };
+};
+
+void step_cuda(CLR_FUSED_STEP_PARAMS) {
+  TORCH_CHECK(counter.is_cuda(), "clr_fused CUDA kernels need CUDA tensors");
+  const c10::cuda::CUDAGuard guard(counter.device());
+  algorithm_step_impl<CudaAlgorithm>(CLR_FUSED_STEP_NAMES);
+}
+
 void sgd_step_cuda(CLR_FUSED_SGD_PARAMS) {
   TORCH_CHECK(counter.is_cuda(), "clr_fused CUDA kernels need CUDA tensors");
   const c10::cuda::CUDAGuard guard(counter.device());
@@ -50,4 +74,5 @@ void adam_step_cuda(CLR_FUSED_ADAM_PARAMS) {
 TORCH_LIBRARY_IMPL(clr_fused, CUDA, m) {
   m.impl("sgd_step", &clr_fused::sgd_step_cuda);
   m.impl("adam_step", &clr_fused::adam_step_cuda);
+  m.impl("step", &clr_fused::step_cuda);
 }

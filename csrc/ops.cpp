@@ -62,6 +62,18 @@ void adam_step_autograd(CLR_FUSED_ADAM_PARAMS) {
   op.call(CLR_FUSED_ADAM_NAMES);
 }
 
+void step_autograd(CLR_FUSED_STEP_PARAMS) {
+  prepare_mutation(params);
+  prepare_mutation(states);
+  prepare_mutation(scales);
+  prepare_mutation(counter);
+  prepare_mutation(ticket);
+  prepare_mutation(next);
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::step", "").typed<void(CLR_FUSED_STEP_PARAMS)>();
+  at::AutoDispatchBelowADInplaceOrView below;
+  op.call(CLR_FUSED_STEP_NAMES);
+}
+
 }  // namespace
 
 bool kernels_stubbed() { return g_stubbed.load(std::memory_order_relaxed); }
@@ -72,9 +84,11 @@ void set_kernels_stubbed(bool on) { g_stubbed.store(on, std::memory_order_relaxe
 TORCH_LIBRARY(clr_fused, m) {
   m.def(clr_fused::kSgdSchema);
   m.def(clr_fused::kAdamSchema);
+  m.def(clr_fused::kStepSchema);
 }
 
 TORCH_LIBRARY_IMPL(clr_fused, Autograd, m) {
   m.impl("sgd_step", &clr_fused::sgd_step_autograd);
   m.impl("adam_step", &clr_fused::adam_step_autograd);
+  m.impl("step", &clr_fused::step_autograd);
 }

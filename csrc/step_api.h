@@ -1,4 +1,4 @@
-// The two fused ops, as registered with the dispatcher (ops.cpp): their C++
+// The fused ops, as registered with the dispatcher (ops.cpp): their C++
 // argument lists (macros, so the schema's CPU, CUDA and autograd kernels
 // cannot drift) and the schema strings.  Host-compiler safe: no device code.
 #pragma once
@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 // scales: the int8 states' per-block scales (every state list's, flattened;
 // empty otherwise; the kernels find them through the tables).  stochastic:
@@ -41,7 +44,27 @@
       next, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay, amsgrad, decoupled, maximize, stochastic,   \
       advance
 
+// The generic step of an algorithm on algorithm_kernel.cuh (algorithms.h):
+// `algorithm` its id, `states` its state lists flattened list by list
+// (kStates * n tensors), `scales` the int8 states' scales likewise, `hyper`
+// its hyperparameters (Algorithm::from reads them).
+#define CLR_FUSED_STEP_PARAMS                                                                                       \
+  int64_t algorithm, at::TensorList params, at::TensorList grads, at::TensorList states, at::TensorList scales,    \
+      at::TensorList tables, const at::Tensor &rows, const at::Tensor &counter, const at::Tensor &lr,              \
+      const std::optional<at::Tensor>&mom, const std::optional<at::Tensor>&next,                                    \
+      const std::optional<at::Tensor>&grad_mul, const std::optional<at::Tensor>&skip, const at::Tensor &ticket,     \
+      at::ArrayRef<double> hyper, bool stochastic, bool advance
+
+#define CLR_FUSED_STEP_NAMES                                                                                      \
+  algorithm, params, grads, states, scales, tables, rows, counter, lr, mom, next, grad_mul, skip, ticket, hyper,  \
+      stochastic, advance
+
 namespace clr_fused {
+
+constexpr const char* kStepSchema =
+    "step(int algorithm, Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] states, Tensor(c!)[] scales, "
+    "Tensor[] tables, Tensor rows, Tensor(d!) counter, Tensor lr, Tensor? mom, Tensor(e!)? next, Tensor? grad_mul, "
+    "Tensor? skip, Tensor(f!) ticket, float[] hyper, bool stochastic, bool advance) -> ()";
 
 constexpr const char* kSgdSchema =
     "sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(f!)[] scales, "
@@ -61,6 +84,9 @@ constexpr const char* kAdamSchema =
 // kernels pack their arguments and return without running the grid, so the
 // host cost of a step can be timed alone.  Counters do not advance then.
 bool kernels_stubbed();
+
+// The generic step's algorithms (algorithms.h) as (class name, id): _C.ALGORITHMS.
+std::vector<std::pair<std::string, int64_t>> algorithm_ids();
 void set_kernels_stubbed(bool on);
 
 }  // namespace clr_fused

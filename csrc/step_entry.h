@@ -3,6 +3,7 @@
 // kernel grid.
 #pragma once
 
+#include "algorithms.h"
 #include "fused_kernels.cuh"
 #include "kernel_variants.h"
 #include "launch_args.h"
@@ -57,6 +58,40 @@ void adam_step_impl(CLR_FUSED_ADAM_PARAMS) {
     h.betas = betas->data_ptr<float>();
   }
   dispatch_types<Launch>(params[0].scalar_type(), exp_avgs[0].scalar_type(), num_chunks(tables), tb, in, h);
+}
+
+// The generic step: Launch<A>::template On<P, S>::run(grid, tables, inputs,
+// hyper, stochastic) runs algorithm A's kernel grid.
+template <typename A, template <typename> class Launch>
+void typed_step(CLR_FUSED_STEP_PARAMS) {
+  const size_t n = params.size();
+  constexpr size_t ns = A::kStates;
+  TORCH_CHECK(n > 0 && grads.size() == n && states.size() == ns * n, "step (", A::kName,
+              "): params, grads and every state list must be non-empty lists of one length (", ns, " state lists)");
+  TORCH_CHECK(hyper.size() == static_cast<size_t>(A::kHyper), "step (", A::kName, "): ", A::kHyper,
+              " hyperparameters expected, got ", hyper.size());
+  const at::ScalarType state = ns > 0 ? states[0].scalar_type() : params[0].scalar_type();
+  check_scales(state, scales, ns, n, tables, "step");
+  TORCH_CHECK(state == at::kChar || tables.size() == 2 + ns + 3, "step (", A::kName, "): ", 2 + ns + 3,
+              " tables expected, got ", tables.size());
+  if (kernels_stubbed()) return;
+  const Tables tb = make_tables(tables);
+  const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
+  const typename A::Hyper h = A::from(hyper.data());
+  dispatch_types<Launch<A>::template On>(params[0].scalar_type(), state, num_chunks(tables), tb, in, h, stochastic);
+}
+
+template <template <typename> class Launch>
+void algorithm_step_impl(CLR_FUSED_STEP_PARAMS) {
+  switch (algorithm) {
+#define CLR_FUSED_STEP_CASE(id, A) \
+  case id:                         \
+    return typed_step<A, Launch>(CLR_FUSED_STEP_NAMES);
+    CLR_FUSED_ALGORITHMS(CLR_FUSED_STEP_CASE)
+#undef CLR_FUSED_STEP_CASE
+    default:
+      TORCH_CHECK(false, "step: unknown algorithm ", algorithm);
+  }
 }
 
 }  // namespace clr_fused

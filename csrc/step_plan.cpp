@@ -249,6 +249,26 @@ class __attribute__((visibility("hidden"))) StepPlan {
     release(b);
   }
 
+  // The generic step (algorithms.h) of a bucket: its state lists, then (int8
+  // states) as many scale lists, flattened for the op.
+  void step(int64_t bucket, int64_t algorithm, const at::Tensor& rows, const at::Tensor& counter, const at::Tensor& lr,
+            const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
+            const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
+            const std::vector<double>& hyper, bool stochastic, bool advance) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::step", "").typed<void(CLR_FUSED_STEP_PARAMS)>();
+    Bucket& b = get(bucket);
+    const bool q8 = !b.states.empty() && !b.states[0].empty() && b.states[0][0].scalar_type() == at::kChar;
+    const size_t ns = q8 ? b.states.size() / 2 : b.states.size();
+    std::vector<at::Tensor> states, scales;
+    for (size_t j = 0; j < b.states.size(); ++j) {
+      auto& out = j < ns ? states : scales;
+      out.insert(out.end(), b.states[j].begin(), b.states[j].end());
+    }
+    op.call(algorithm, b.params, b.grads, states, scales, b.tables, rows, counter, lr, mom, next, grad_mul, skip, ticket,
+            hyper, stochastic, advance);
+    release(b);
+  }
+
   // Drops the gradient references check() took (the plan must not keep freed
   // gradients alive across zero_grad(set_to_none=True)).
   void release_all() {
@@ -346,6 +366,7 @@ void bind_step_plan(py::module& m) {
       .def("grads", &StepPlan::grads, py::arg("bucket"))
       .def("sgd", &StepPlan::sgd)
       .def("adam", &StepPlan::adam)
+      .def("step", &StepPlan::step)
       .def("release_all", &StepPlan::release_all);
 }
 

@@ -21,6 +21,19 @@ def _seed():
         yield
 
 
+@pytest.fixture(params=["torch", "triton", "cpu"])
+def backend(request):
+    """Every backend that runs on CPU tensors (tests/cases.py decides what runs
+    here; one that cannot is skipped, saying why).  A test taking ``backend``
+    runs once per backend; files that mean a subset name it with
+    ``cases.backends(...)``."""
+    from .cases import backends
+
+    if request.param not in backends(request.param):
+        pytest.skip(f"backend {request.param!r} does not run here")
+    return request.param
+
+
 # The quick command (README: python -m pytest -q tests -m "not slow") leaves out
 # what takes most of the full suite's time on a 2-core CPU: the sanitizer, GPU
 # emulator and SASS builds, multi-process and demo runs, the benchmark smoke

@@ -99,7 +99,11 @@ def max_rel_diff(m1, m2):
 def schedule_pairs():
     return [
         ("cyclic-triangular", cf.CyclicLR(0.01, 0.1, 7), lambda o: L.CyclicLR(o, 0.01, 0.1, 7)),
-        ("cyclic-asym", cf.CyclicLR(0.01, 0.1, 5, 11, "triangular2"), lambda o: L.CyclicLR(o, 0.01, 0.1, 5, 11, "triangular2")),
+        (
+            "cyclic-asym",
+            cf.CyclicLR(0.01, 0.1, 5, 11, "triangular2"),
+            lambda o: L.CyclicLR(o, 0.01, 0.1, 5, 11, "triangular2"),
+        ),
         (
             "cyclic-exp",
             cf.CyclicLR(0.01, 0.1, 9, 4, "exp_range", gamma=0.995),
@@ -112,7 +116,11 @@ def schedule_pairs():
             lambda o: L.OneCycleLR(o, 0.1, 300, pct_start=0.25, anneal_strategy="linear", three_phase=True),
         ),
         ("cosine", cf.CosineAnnealingLR(0.1, 37, 0.001), lambda o: L.CosineAnnealingLR(o, 37, 0.001)),
-        ("sgdr-mult2", cf.CosineAnnealingWarmRestarts(0.1, 7, 2, 0.001), lambda o: L.CosineAnnealingWarmRestarts(o, 7, 2, 0.001)),
+        (
+            "sgdr-mult2",
+            cf.CosineAnnealingWarmRestarts(0.1, 7, 2, 0.001),
+            lambda o: L.CosineAnnealingWarmRestarts(o, 7, 2, 0.001),
+        ),
         ("sgdr-mult3", cf.CosineAnnealingWarmRestarts(0.1, 3, 3), lambda o: L.CosineAnnealingWarmRestarts(o, 3, 3)),
         ("sgdr-mult1", cf.CosineAnnealingWarmRestarts(0.1, 11), lambda o: L.CosineAnnealingWarmRestarts(o, 11)),
         ("exponential", cf.ExponentialLR(0.1, 0.99), lambda o: L.ExponentialLR(o, 0.99)),
@@ -129,7 +137,9 @@ def schedule_pairs():
         (
             "sequential-3",
             cf.SequentialLR([cf.ConstantLR(0.1, 0.5, 20), cf.ExponentialLR(0.1, 0.98), cf.StepLR(0.1, 10)], [30, 100]),
-            lambda o: L.SequentialLR(o, [L.ConstantLR(o, 0.5, 20), L.ExponentialLR(o, 0.98), L.StepLR(o, 10)], [30, 100]),
+            lambda o: L.SequentialLR(
+                o, [L.ConstantLR(o, 0.5, 20), L.ExponentialLR(o, 0.98), L.StepLR(o, 10)], [30, 100]
+            ),
         ),
         # a table: sampled for 250 steps, held after (this lambda is constant from step 227 on)
         ("lambda-table", cf.LambdaLR(0.1, _warmup_linear, 250), lambda o: L.LambdaLR(o, _warmup_linear)),
@@ -146,7 +156,9 @@ def schedule_pairs():
         (
             "wsd-1sqrt",
             cf.WarmupStableDecay(0.1, 9, 31, 77, warmup_type="cosine", decay_type="1-sqrt"),
-            lambda o: _transformers().get_wsd_schedule(o, 9, 77, num_stable_steps=31, warmup_type="cosine", decay_type="1-sqrt"),
+            lambda o: _transformers().get_wsd_schedule(
+                o, 9, 77, num_stable_steps=31, warmup_type="cosine", decay_type="1-sqrt"
+            ),
         ),
     ]
 

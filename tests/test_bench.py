@@ -47,7 +47,9 @@ def test_bench_quick_smoke(tmp_path):
             assert r["pct_copy_bw"] is None  # printed as "fits in cache"
     md = (tmp_path / js.name.replace(".json", ".md")).read_text()
     assert "| % of copy |" in md and ("x faster" in md or "x slower" in md)
-    pcts = [float(c.strip().rstrip("%")) for line in md.splitlines() for c in line.split("|") if c.strip().endswith("%")]
+    pcts = [
+        float(c.strip().rstrip("%")) for line in md.splitlines() for c in line.split("|") if c.strip().endswith("%")
+    ]
     assert all(0 < p <= 100 for p in pcts), pcts
     assert (tmp_path / js.name.replace(".json", ".png")).read_bytes()[:4] == b"\x89PNG"
     assert "| provider |" in (tmp_path / js.name.replace(".json", ".md")).read_text()
@@ -97,9 +99,14 @@ def test_bench_host_quick_smoke(tmp_path):
     (js,) = tmp_path.glob("host-*.json")
     data = json.loads(js.read_text())
     providers = {r["provider"] for r in data["host_cost"]}
-    assert {"torch fused + CyclicLR, kernels stubbed", "clr_fused cpu, kernels stubbed", "clr_fused cpu",
-            "torch fused + float lr write, kernels stubbed", "clr_fused cpu + float lr write, kernels stubbed",
-            "clr_fused cpu + LambdaLR table, kernels stubbed"} <= providers
+    assert {
+        "torch fused + CyclicLR, kernels stubbed",
+        "clr_fused cpu, kernels stubbed",
+        "clr_fused cpu",
+        "torch fused + float lr write, kernels stubbed",
+        "clr_fused cpu + float lr write, kernels stubbed",
+        "clr_fused cpu + LambdaLR table, kernels stubbed",
+    } <= providers
     assert all(r["us_per_step"] > 0 for r in data["host_cost"])
     assert {r["dtype"] for r in data["cpu_backend"]} == {"float32", "bfloat16"}
     assert all(r["gbps"] > 0 for r in data["cpu_backend"])
@@ -163,7 +170,9 @@ def test_roofline_model_counts():
     assert model.block_sizes([16385, 0, 7]) == [16384, 1, 0, 7]
     assert model.tail_bound([10, 10, 10, 10], 2) == 0.0
     assert model.tail_bound([10, 10, 20], 2) == 0.5  # the 20 starts when a 10 ends: 30 against a balanced 20
-    assert r["partial_blocks"] == sum(1 for b in model.block_sizes([__import__("math").prod(s) for s in resnet50()]) if b < 16384)
+    assert r["partial_blocks"] == sum(
+        1 for b in model.block_sizes([__import__("math").prod(s) for s in resnet50()]) if b < 16384
+    )
     assert 0.0 <= r["tail_bound"] < 0.05
 
 

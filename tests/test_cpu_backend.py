@@ -22,7 +22,7 @@ import torch
 import clr_fused as cf
 from clr_fused import _ext
 
-from .test_triton import ADAM_FLAGS, SCHED_IDS, SCHEDULES, SGD_FLAGS, _assert_same, _run_pair
+from .cases import ADAM_FLAGS, SCHED_IDS, SCHEDULES, SGD_FLAGS, assert_same, run_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = [1, 3, 127, 128, 129, 1000, 4097, 16385, 65537]
@@ -40,13 +40,13 @@ def threads(request):
 
 def _cpu_pair(*args, **kwargs):
     kwargs.setdefault("sizes", SIZES)
-    return _run_pair(*args, backend="cpu", device="cpu", **kwargs)
+    return run_pair(*args, backend="cpu", device="cpu", **kwargs)
 
 
 @pytest.mark.parametrize("spec", SCHEDULES, ids=SCHED_IDS)
 @pytest.mark.parametrize("cls,kw", [("SGD", dict(momentum=0.9)), ("Adam", {})], ids=["sgd", "adam"])
 def test_every_schedule_kind(threads, cls, kw, spec):
-    _assert_same(*_cpu_pair(cls, kw, spec))
+    assert_same(*_cpu_pair(cls, kw, spec))
 
 
 @pytest.mark.parametrize("cycled", [False, True], ids=["fixed-momentum", "cycled-momentum"])
@@ -57,14 +57,18 @@ def test_every_schedule_kind(threads, cls, kw, spec):
 )
 def test_every_flag(cls, kw, cycled):
     spec = cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=cycled, base_momentum=0.7, max_momentum=0.9)
-    _assert_same(*_cpu_pair(cls, kw, spec))
+    assert_same(*_cpu_pair(cls, kw, spec))
 
 
 @pytest.mark.parametrize("state_dtype", [None, torch.float32], ids=["state-as-param", "state-fp32"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("cls,kw", [("SGD", dict(momentum=0.9, weight_decay=1e-3)), ("Adam", dict(eps=1e-4)), ("AdamW", dict(eps=1e-4))])
+@pytest.mark.parametrize(
+    "cls,kw", [("SGD", dict(momentum=0.9, weight_decay=1e-3)), ("Adam", dict(eps=1e-4)), ("AdamW", dict(eps=1e-4))]
+)
 def test_low_precision(cls, kw, dtype, state_dtype):
-    a, b, oa, ob = _cpu_pair(cls, kw, cf.CyclicLR(1e-3, 1e-2, 3, cycle_momentum=False), dtype=dtype, state_dtype=state_dtype)
+    a, b, oa, ob = _cpu_pair(
+        cls, kw, cf.CyclicLR(1e-3, 1e-2, 3, cycle_momentum=False), dtype=dtype, state_dtype=state_dtype
+    )
     ulp = {torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
     for x, y in zip(a, b):
         assert x.dtype == dtype
@@ -117,7 +121,7 @@ def test_found_inf_clip_and_misaligned_views(threads):
                 if i == 3:
                     p.grad[(0,) * p.grad.dim()] = float("inf")
             o.step()
-    _assert_same(a, b, oa, ob)
+    assert_same(a, b, oa, ob)
     assert oa.schedule_step.item() == 4
     kept = [bk for bk in oa._plan.buckets if bk.native_index >= 0]
     assert len(kept) == 1 and oa._plan.buckets[0].native is not None
@@ -170,7 +174,9 @@ def test_ticket_thread_sanitizer_catches_a_relaxed_ticket(tmp_path):
     assert "ThreadSanitizer: data race" in run.stderr
 
 
-def packed_float_ops(objdump_text: str, pattern: str = r"v?(?:mul|add|sub|div|sqrt)ps|vfn?m(?:add|sub)\d+ps") -> dict[str, int]:
+def packed_float_ops(
+    objdump_text: str, pattern: str = r"v?(?:mul|add|sub|div|sqrt)ps|vfn?m(?:add|sub)\d+ps"
+) -> dict[str, int]:
     """Per kernel symbol in ``objdump -d -C`` output: how many packed fp32 SSE/AVX
     arithmetic instructions (mulps, addps, subps, divps, sqrtps, v-prefixed
     too, and the FMA forms vfmadd...ps), or of ``pattern``."""
@@ -196,7 +202,9 @@ def _probe(tmp_path, *extra, pattern=None):
     torch_includes = [f"-I{d}" for d in include_paths()]  # c10/util/BFloat16.h
     subprocess.run([gxx, "-std=c++20", *CXX_FLAGS, *extra, "-I", os.path.join(ROOT, "csrc"), *torch_includes, "-c",
                     os.path.join(ROOT, "tests", "cpp", "vectorize_probe.cpp"), "-o", str(obj)], check=True)  # fmt: skip
-    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", str(obj)], check=True, capture_output=True, text=True).stdout
+    text = subprocess.run(
+        [objdump, "-d", "--no-show-raw-insn", "-C", str(obj)], check=True, capture_output=True, text=True
+    ).stdout
     return packed_float_ops(text) if pattern is None else packed_float_ops(text, pattern)
 
 
@@ -333,7 +341,9 @@ def test_each_isa_copy_rounds_as_torch_at_that_capability(tmp_path):
     for isa in isas:
         env = {**os.environ, "CLR_FUSED_CPU_ISA": isa, "ATEN_CPU_CAPABILITY": _TORCH_CAPABILITY[isa]}
         out = tmp_path / f"{isa}.json"
-        run = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=900)
+        run = subprocess.run(
+            [sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, capture_output=True, text=True, timeout=900
+        )
         assert run.returncode == 0, run.stderr[-2000:]
         result = json.loads(out.read_text())
         assert result["isa"] == isa

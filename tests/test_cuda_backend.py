@@ -11,7 +11,7 @@ import torch
 import clr_fused as cf
 from clr_fused import _ext
 
-from .test_triton import ADAM_FLAGS, SCHED_IDS, SCHEDULES, SGD_FLAGS, SIZES, _assert_same, _run_pair
+from .cases import ADAM_FLAGS, SCHED_IDS, SCHEDULES, SGD_FLAGS, SIZES, assert_same, run_pair
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -41,7 +41,9 @@ def test_ops_registered_for_torch_compile():
                           ("adam_step", ["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "scales", "steps", "counter", "ticket", "next"])):  # fmt: skip
         op = getattr(torch.ops.clr_fused, name).default
         args = {a.name: a for a in op._schema.arguments}
-        assert sorted(n for n, a in args.items() if a.alias_info is not None and a.alias_info.is_write) == sorted(mutated)
+        assert sorted(n for n, a in args.items() if a.alias_info is not None and a.alias_info.is_write) == sorted(
+            mutated
+        )
         for key in ["CPU", "Autograd"] + (["CUDA"] if mod.HAS_CUDA_KERNELS else []):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key), key
     # the fake impl runs on fake tensors without touching data
@@ -49,7 +51,11 @@ def test_ops_registered_for_torch_compile():
 
     with FakeTensorMode():
         p, g = torch.empty(4), torch.empty(4)
-        t = [torch.empty(1, dtype=torch.int64)] * 2 + [torch.empty(1, dtype=torch.int64), torch.empty(1, dtype=torch.int32), torch.empty(1, dtype=torch.int64)]
+        t = [torch.empty(1, dtype=torch.int64)] * 2 + [
+            torch.empty(1, dtype=torch.int64),
+            torch.empty(1, dtype=torch.int32),
+            torch.empty(1, dtype=torch.int64),
+        ]
         torch.ops.clr_fused.sgd_step([p], [g], [], [], t, torch.empty(1, dtype=torch.int8), torch.empty(1, 16, dtype=torch.float64),
                                      torch.empty((), dtype=torch.int64), torch.empty(()), None, torch.empty(2), None, None,
                                      torch.empty(1, dtype=torch.int32), 0.0, 0.0, 0.0, False, False, False, False, True)  # fmt: skip
@@ -67,14 +73,16 @@ def test_cuda_backend_by_name_on_cpu_raises_with_reason():
 @pytest.mark.parametrize("spec", SCHEDULES, ids=SCHED_IDS)
 @pytest.mark.parametrize("cls,kw", [("SGD", dict(momentum=0.9)), ("Adam", {})], ids=["sgd", "adam"])
 def test_every_schedule_kind(cls, kw, spec):
-    _assert_same(*_run_pair(cls, kw, spec, backend="cuda"))
+    assert_same(*run_pair(cls, kw, spec, backend="cuda"))
 
 
 @cuda
-@pytest.mark.parametrize("cls,kw", [("SGD", f) for f in SGD_FLAGS] + [(c, f) for c in ("Adam", "AdamW") for f in ADAM_FLAGS])
+@pytest.mark.parametrize(
+    "cls,kw", [("SGD", f) for f in SGD_FLAGS] + [(c, f) for c in ("Adam", "AdamW") for f in ADAM_FLAGS]
+)
 def test_every_flag(cls, kw):
     spec = cf.CyclicLR(0.001, 0.02, 3, 2, base_momentum=0.7, max_momentum=0.9)
-    _assert_same(*_run_pair(cls, kw, spec, backend="cuda"))
+    assert_same(*run_pair(cls, kw, spec, backend="cuda"))
 
 
 @cuda
@@ -82,7 +90,9 @@ def test_every_flag(cls, kw):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cls,kw", [("SGD", dict(momentum=0.9)), ("Adam", dict(eps=1e-4))])
 def test_low_precision(cls, kw, dtype, state_dtype):
-    a, b, oa, ob = _run_pair(cls, kw, cf.CyclicLR(1e-3, 1e-2, 3), dtype=dtype, state_dtype=state_dtype, sizes=SIZES, backend="cuda")
+    a, b, oa, ob = run_pair(
+        cls, kw, cf.CyclicLR(1e-3, 1e-2, 3), dtype=dtype, state_dtype=state_dtype, sizes=SIZES, backend="cuda"
+    )
     ulp = {torch.bfloat16: 2**-7, torch.float16: 2**-10}[dtype]
     for x, y in zip(a, b):
         # float32 op order differs between paths: a few units in the last place

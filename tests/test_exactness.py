@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import clr_fused as cf
-from clr_fused import _ext
 
+from .cases import backends
 from .helpers import schedule_pairs, torch_lr_trace
 
-BACKENDS = ["torch"] + (["cpu"] if _ext.load() is not None else [])
+BACKENDS = backends("torch", "cpu")
 PAIRS = schedule_pairs()
 IDS = [name for name, _, _ in PAIRS]
 
@@ -214,7 +214,32 @@ def test_digits_mlp_adamw_600_steps_stays_with_torch():
 
 # One optimizer over many sizes (1 .. 65,537 elements: the vector body, every
 # tail length, several chunks), as the issue measured it.
-_EXACT_SIZES = [1, 2, 3, 5, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 127, 129, 255, 257, 511, 1000, 1023, 1025, 2049, 65537]
+_EXACT_SIZES = [
+    1,
+    2,
+    3,
+    5,
+    7,
+    8,
+    15,
+    16,
+    17,
+    31,
+    33,
+    63,
+    64,
+    65,
+    127,
+    129,
+    255,
+    257,
+    511,
+    1000,
+    1023,
+    1025,
+    2049,
+    65537,
+]
 
 
 def _exact_run(make_ours, make_torch, threads, steps=30, seed=0):
@@ -255,7 +280,9 @@ def test_fp32_cpu_adam_equals_torch_fused_at_any_lr(name, ours, theirs, kw, lr, 
     """lr = 1e-3 is not a float32 number: the step size lr / (1 - beta1**t) and
     AdamW's 1 - lr * wd come from the double, as torch computes them; then
     every element equals torch's fused CPU step."""
-    a, b = _exact_run(lambda ps: ours(ps, lr=lr, backend="cpu", **kw), lambda ps: theirs(ps, lr=lr, fused=True, **kw), threads)
+    a, b = _exact_run(
+        lambda ps: ours(ps, lr=lr, backend="cpu", **kw), lambda ps: theirs(ps, lr=lr, fused=True, **kw), threads
+    )
     assert int((a != b).sum()) == 0, f"{int((a != b).sum())} of {a.numel()} elements differ"
 
 
@@ -264,7 +291,11 @@ def test_fp32_cpu_adam_equals_torch_fused_at_any_lr(name, ours, theirs, kw, lr, 
 @pytest.mark.parametrize("lr", [1e-3, 3e-3])
 def test_fp32_cpu_sgd_equals_torch_for_loop_at_any_lr(lr, threads):
     kw = dict(momentum=0.9, weight_decay=1e-4, nesterov=True)
-    a, b = _exact_run(lambda ps: cf.SGD(ps, lr=lr, backend="cpu", **kw), lambda ps: torch.optim.SGD(ps, lr=lr, foreach=False, **kw), threads)
+    a, b = _exact_run(
+        lambda ps: cf.SGD(ps, lr=lr, backend="cpu", **kw),
+        lambda ps: torch.optim.SGD(ps, lr=lr, foreach=False, **kw),
+        threads,
+    )
     assert int((a != b).sum()) == 0, f"{int((a != b).sum())} of {a.numel()} elements differ"
 
 

@@ -10,9 +10,6 @@ import pytest
 import torch
 
 import clr_fused as cf
-from clr_fused import _ext
-
-BACKENDS = ["torch", "triton"] + (["cpu"] if _ext.load() is not None else [])
 
 
 def _params(n_groups=2, seed=0):
@@ -29,7 +26,9 @@ def _grads(groups, seed):
 
 def _snapshot(opt):
     params = [p.detach().clone() for grp in opt.param_groups for p in grp["params"]]
-    states = {id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for p, s in opt.state.items()}
+    states = {
+        id(p): {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in s.items()} for p, s in opt.state.items()
+    }
     return params, states, int(opt.schedule_step)
 
 
@@ -59,8 +58,9 @@ BAD_LATER_GROUP = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("cls,key,value", BAD_LATER_GROUP, ids=[f"{c}-{k}-{i}" for i, (c, k, _) in enumerate(BAD_LATER_GROUP)])
+@pytest.mark.parametrize(
+    "cls,key,value", BAD_LATER_GROUP, ids=[f"{c}-{k}-{i}" for i, (c, k, _) in enumerate(BAD_LATER_GROUP)]
+)
 def test_a_bad_value_in_a_later_group_refuses_the_whole_step(backend, cls, key, value):
     """Every group is checked before any is updated: the step raises a
     ValueError naming the group, and nothing moved (a retry after the fix
@@ -84,7 +84,6 @@ def test_a_bad_value_in_a_later_group_refuses_the_whole_step(backend, cls, key, 
     assert int(opt.schedule_step) == 2
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_nan_lr_before_the_first_step_creates_no_state(backend):
     groups = _params(1)
     opt = cf.Adam(groups[0], lr=1e-3, backend=backend, max_grad_norm=1.0)
@@ -99,7 +98,6 @@ def test_a_nan_lr_before_the_first_step_creates_no_state(backend):
 
 
 # ------------------------------------------------------------ torch's semantics
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_tensor_momentum_with_dampening_is_torchs(backend, momentum):
     """torch tests `momentum != 0` on the value: a tensor(0.0) with dampening is plain SGD."""
@@ -119,7 +117,6 @@ def test_tensor_momentum_with_dampening_is_torchs(backend, momentum):
     assert ("momentum_buffer" in opt.state[groups[0][0]]) == (momentum != 0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_inference_mode_parameter_is_refused_as_torch_does(backend):
     with torch.inference_mode():
         p = torch.nn.Parameter(torch.randn(9))
@@ -193,7 +190,6 @@ def _reset(kind, opt, p):
 RESETS = ["replace-tensor", "replace-dict", "delete", "clear", "new-mapping", "zero-in-place"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", RESETS)
 def test_state_written_between_steps_is_what_the_next_step_uses(backend, kind):
     """As torch.optim.Adam, which reads opt.state every step: the next update
@@ -225,7 +221,6 @@ def test_state_written_between_steps_is_what_the_next_step_uses(backend, kind):
         assert type(sd["state"][i]) is dict  # plain data: weights_only loads take it
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_an_emptied_momentum_state_restarts_as_torchs(backend):
     """SGD: a deleted momentum buffer is the gradient again at the next step (torch's first-step rule)."""
     groups = _params(1, seed=4)
@@ -242,7 +237,9 @@ def test_an_emptied_momentum_state_restarts_as_torchs(backend):
         ref.step()
     for p, q in zip(groups[0], twin[0]):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(
+            ours.state[p]["momentum_buffer"], ref.state[q]["momentum_buffer"], rtol=1e-6, atol=1e-7
+        )
 
 
 def test_the_state_store_counts_writes_and_copies_as_plain_data():
@@ -266,9 +263,13 @@ def test_the_state_store_counts_writes_and_copies_as_plain_data():
     _ = store[p]["exp_avg"], p in store, len(store), list(store.items()), store.setdefault(p, {})  # reads count nothing
     assert store.version == v
     twin = copy.deepcopy(opt)
-    assert isinstance(twin.state, StateStore) and all(isinstance(s, SlotDict) and s._store is twin.state for s in twin.state.values())
+    assert isinstance(twin.state, StateStore) and all(
+        isinstance(s, SlotDict) and s._store is twin.state for s in twin.state.values()
+    )
     back = pickle.loads(pickle.dumps(opt))
-    assert isinstance(back.state, StateStore) and torch.equal(next(iter(back.state.values()))["exp_avg"], opt.state[p]["exp_avg"])
+    assert isinstance(back.state, StateStore) and torch.equal(
+        next(iter(back.state.values()))["exp_avg"], opt.state[p]["exp_avg"]
+    )
     import io
 
     buf = io.BytesIO()
@@ -282,12 +283,15 @@ def _int8_run(backend, p, steps, opt=None, seed=0):
     opt = opt or cf.Adam([p], lr=1e-2, backend=backend, state_dtype="int8")
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        p.grad = torch.randn(p.shape, generator=g).to(memory_format=torch.channels_last) if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) else torch.randn(p.shape, generator=g)
+        p.grad = (
+            torch.randn(p.shape, generator=g).to(memory_format=torch.channels_last)
+            if p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+            else torch.randn(p.shape, generator=g)
+        )
         opt.step()
     return opt
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("how", ["every-other", "expanded"])
 def test_strided_scales_in_a_checkpoint_are_adopted_dense(backend, how):
     """A scales view (every other element of a bigger tensor, one float expanded
@@ -316,7 +320,6 @@ def test_strided_scales_in_a_checkpoint_are_adopted_dense(backend, how):
     assert opt.state[p]["exp_avg_scale"].is_contiguous()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_scales_made_strided_in_place_are_refused_or_adopted_never_misread(backend):
     """The same view written into the live state between steps: the next step
     adopts or refuses it, and never reads past the view (the base is intact)."""
@@ -350,7 +353,6 @@ def _channels_last(t):
     return t.to(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("direction", ["cl-into-contiguous", "contiguous-into-cl"])
 def test_a_checkpoint_of_another_layout_loads_and_steps(backend, direction):
     """torch.optim.Adam state of channels_last parameters loaded into
@@ -363,8 +365,12 @@ def test_a_checkpoint_of_another_layout_loads_and_steps(backend, direction):
     dst_data = w.clone() if direction == "cl-into-contiguous" else _channels_last(w.clone())
     torch_opt = torch.optim.Adam([src], lr=1e-2)
     for s in range(3):
-        src.grad = torch.randn(w.shape, generator=torch.Generator().manual_seed(s)).to(memory_format=torch.preserve_format)
-        src.grad = src.grad.contiguous(memory_format=torch.channels_last) if not src.is_contiguous() else src.grad.contiguous()
+        src.grad = torch.randn(w.shape, generator=torch.Generator().manual_seed(s)).to(
+            memory_format=torch.preserve_format
+        )
+        src.grad = (
+            src.grad.contiguous(memory_format=torch.channels_last) if not src.is_contiguous() else src.grad.contiguous()
+        )
         torch_opt.step()
     sd = torch_opt.state_dict()
     p = torch.nn.Parameter(dst_data.copy_(src.detach()))
@@ -385,7 +391,6 @@ def test_a_checkpoint_of_another_layout_loads_and_steps(backend, direction):
     torch.testing.assert_close(p.detach(), f.detach(), rtol=0, atol=2e-3)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_memory_format_change_mid_run_requantizes_the_states(backend):
     """p.data = p.data.to(channels_last) with int8 states: the next steps run
     (states re-laid out in the new layout), as close to the float run as int8 is."""
@@ -407,7 +412,6 @@ def test_a_memory_format_change_mid_run_requantizes_the_states(backend):
     torch.testing.assert_close(p.detach(), f.detach(), rtol=0, atol=2e-3)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_int8_codes_that_are_a_non_dense_view_load_and_step(backend):
     p = torch.nn.Parameter(torch.randn(300))
     opt = _int8_run(backend, p, 2)

@@ -31,7 +31,9 @@ def test_hundred_steps_without_host_sync(cls, backend, lowp):
     dtype, lkw = LOWP[lowp]
     m = _model().to(dtype)
     kw = dict(momentum=0.9) if cls == "SGD" else {}
-    opt = getattr(cf, cls)(m.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 7), backend=backend, max_grad_norm=1.0, **kw, **lkw)
+    opt = getattr(cf, cls)(
+        m.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 7), backend=backend, max_grad_norm=1.0, **kw, **lkw
+    )
     x, y = torch.randn(32, 64, device="cuda", dtype=dtype), torch.randint(0, 10, (32,), device="cuda")
     opt.zero_grad()
     torch.nn.functional.cross_entropy(m(x).float(), y).backward()

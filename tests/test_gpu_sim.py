@@ -25,7 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIM = os.path.join(ROOT, "tests", "gpu_sim")
 GXX = shutil.which("g++")
 
-pytestmark = pytest.mark.skipif(GXX is None or not sys.platform.startswith("linux"), reason="the emulator needs g++ and Linux (ucontext)")
+pytestmark = pytest.mark.skipif(
+    GXX is None or not sys.platform.startswith("linux"), reason="the emulator needs g++ and Linux (ucontext)"
+)
 
 
 def _reference_fuses() -> None:
@@ -91,7 +93,9 @@ def _line_coverage_of_the_kernels(ops, lib, floor=0.95):
     if gcov is None or not ops.coverage_dump():
         return
     obj = sim_build.kernel_object(lib)
-    run = subprocess.run([gcov, "--json-format", "--stdout", obj], capture_output=True, text=True, cwd=os.path.dirname(obj))
+    run = subprocess.run(
+        [gcov, "--json-format", "--stdout", obj], capture_output=True, text=True, cwd=os.path.dirname(obj)
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     lines: dict[str, dict[int, int]] = {}
     for doc in run.stdout.splitlines():
@@ -101,7 +105,9 @@ def _line_coverage_of_the_kernels(ops, lib, floor=0.95):
             name = os.path.basename(f["file"])
             if name in ("multi_tensor.cuh", "fused_kernels.cuh", "low_precision.cuh", "schedule.cuh"):
                 for ln in f["lines"]:
-                    lines.setdefault(name, {})[ln["line_number"]] = max(lines.get(name, {}).get(ln["line_number"], 0), ln["count"])
+                    lines.setdefault(name, {})[ln["line_number"]] = max(
+                        lines.get(name, {}).get(ln["line_number"], 0), ln["count"]
+                    )
     assert set(lines) == {"multi_tensor.cuh", "fused_kernels.cuh", "low_precision.cuh", "schedule.cuh"}, sorted(lines)
     for name, counts in lines.items():
         done = sum(1 for c in counts.values() if c > 0) / len(counts)
@@ -130,10 +136,15 @@ def test_counted_bytes_equal_the_model(ops):
         assert row["element_bytes_per_param"] == pytest.approx(row["model_bytes_per_param"], abs=1e-9), (key, row)
         widths = row["widths"]
         vec = 16 if row["param_dtype"] == "float32" else 8
-        assert set(widths["params"]["loads"]) == {str(vec)} and set(widths["grads"]["loads"]) == {str(vec)}, (key, widths)
+        assert set(widths["params"]["loads"]) == {str(vec)} and set(widths["grads"]["loads"]) == {str(vec)}, (
+            key,
+            widths,
+        )
         if row["state"] in ("fp32", "param") and row["param_dtype"] == "float32":
             assert set(widths["state0"]["loads"]) == {"16"} and set(widths["state0"]["stores"]) == {"16"}, (key, widths)
-    assert counted.load() == json.loads(json.dumps(fresh)), "clr_fused/bench/counted_bytes.json is stale: python -m tests.gpu_sim.report"
+    assert counted.load() == json.loads(json.dumps(fresh)), (
+        "clr_fused/bench/counted_bytes.json is stale: python -m tests.gpu_sim.report"
+    )
 
 
 def _planted_builds(build_dir):

@@ -83,8 +83,15 @@ ACCEPTED = {
     "inverse_sqrt": {"timescale", "last_epoch"},
     "cosine_with_min_lr": {"num_cycles", "last_epoch", "min_lr", "min_lr_rate"},
     "cosine_warmup_with_min_lr": {"num_cycles", "last_epoch", "min_lr", "min_lr_rate", "warmup_lr_rate"},
-    "warmup_stable_decay": {"num_decay_steps", "num_stable_steps", "warmup_type", "decay_type", "min_lr_ratio",
-                            "num_cycles", "last_epoch"},  # fmt: skip
+    "warmup_stable_decay": {
+        "num_decay_steps",
+        "num_stable_steps",
+        "warmup_type",
+        "decay_type",
+        "min_lr_ratio",
+        "num_cycles",
+        "last_epoch",
+    },  # fmt: skip
 }
 NEEDED = {"cosine_with_min_lr": {"min_lr": 1e-5}, "cosine_warmup_with_min_lr": {"min_lr": 1e-5},
           "warmup_stable_decay": {"num_decay_steps": 3}}  # fmt: skip

@@ -119,9 +119,13 @@ def test_bit_identical_run_to_run():
 def test_checkpoint_kill_resume_equals_uninterrupted(tmp_path):
     path = str(tmp_path / "ckpt.pt")
     worker = resume_worker.__file__
-    first = subprocess.run([sys.executable, worker, "first", path, "11", "25"], capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, worker, "first", path, "11", "25"], capture_output=True, text=True, timeout=300
+    )
     assert first.returncode == -9, first.stderr  # killed by SIGKILL mid-cycle
-    second = subprocess.run([sys.executable, worker, "resume", path, "11", "25"], capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [sys.executable, worker, "resume", path, "11", "25"], capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 0, second.stderr
     resumed = torch.load(path + ".final")
     m, opt = resume_worker.build()

@@ -24,7 +24,9 @@ import clr_fused as cf
 from clr_fused import _ext
 from clr_fused.kernels import low_precision as lp
 
-BACKENDS = ["cpu", "triton"]
+from .cases import backends
+
+BACKENDS = backends("cpu", "triton")
 SIZES = [1, 5, 127, 128, 129, 1000, 16_385]  # partial blocks, a block edge, a chunk edge (16,384)
 
 
@@ -56,7 +58,9 @@ def _train(cls, backend, dtype, steps=6, sizes=SIZES, **kw):
 def test_codec_error_bounds_and_idempotence(signed):
     g = torch.Generator().manual_seed(0)
     # magnitudes over 12 decades, blocks of very different scales, a zero block
-    x = torch.randn(128 * 40 + 17, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(-10, 2, (128 * 40 + 17,), generator=g)
+    x = torch.randn(128 * 40 + 17, generator=g, dtype=torch.float64) * 10.0 ** torch.randint(
+        -10, 2, (128 * 40 + 17,), generator=g
+    )
     x = x.float() if signed else (x * x).float()
     x[128:256] = 0.0
     codes, scales = lp.encode(x, signed)
@@ -124,7 +128,10 @@ def test_stochastic_rounding_is_unbiased_and_picks_a_neighbour():
     for i, v in enumerate(values):
         xi = torch.tensor([v])
         bits = xi.view(torch.int32) & ~0xFFFF
-        down, up = bits.view(torch.float32), (bits + 0x10000).view(torch.float32)  # bf16 neighbours toward / away from 0
+        down, up = (
+            bits.view(torch.float32),
+            (bits + 0x10000).view(torch.float32),
+        )  # bf16 neighbours toward / away from 0
         yi = y[i * 4096 : (i + 1) * 4096].float()
         assert ((yi == down) | (yi == up)).all(), v
         ulp = float((up - down).abs())
@@ -205,7 +212,9 @@ def test_sgd_bit_identical_on_every_backend():
     (torch.float32, torch.bfloat16, False), (torch.float32, torch.bfloat16, True), (torch.float32, "int8", False),
     (torch.bfloat16, "int8", True), (torch.bfloat16, torch.bfloat16, True),
 ], ids=["fp32-bf16", "fp32-bf16-sr", "fp32-int8", "bf16-int8-sr", "bf16-bf16-sr"])  # fmt: skip
-@pytest.mark.parametrize("cls,kw", [("Adam", {}), ("AdamW", dict(amsgrad=True, weight_decay=0.1)), ("SGD", dict(momentum=0.9))])
+@pytest.mark.parametrize(
+    "cls,kw", [("Adam", {}), ("AdamW", dict(amsgrad=True, weight_decay=0.1)), ("SGD", dict(momentum=0.9))]
+)
 def test_kernels_match_the_torch_backend(backend, cls, kw, pdt, sdt, sr):
     _needs(backend)
     spec = cf.CyclicLR(1e-3, 1e-2, 3)
@@ -241,10 +250,16 @@ def test_kernels_match_the_torch_backend(backend, cls, kw, pdt, sdt, sr):
                 assert float(differ.float().mean()) < 0.002, (key, int(differ.sum()))
                 torch.testing.assert_close(va.float(), vb.float(), rtol=2**-5, atol=1e-6)
             elif key != "step":
-                torch.testing.assert_close(va.float(), vb.float(), rtol=2**-7 if va.dtype == torch.bfloat16 else 1e-5, atol=1e-6)
+                torch.testing.assert_close(
+                    va.float(), vb.float(), rtol=2**-7 if va.dtype == torch.bfloat16 else 1e-5, atol=1e-6
+                )
     if sdt == "int8":
         st = oa.state[a[-1]]
-        keys = {"momentum_buffer"} if cls == "SGD" else {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if kw.get("amsgrad") else set())
+        keys = (
+            {"momentum_buffer"}
+            if cls == "SGD"
+            else {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if kw.get("amsgrad") else set())
+        )
         for k in keys:
             assert st[k].dtype == lp.code_dtype(k) and st[lp.scale_key(k)].shape == (lp.num_blocks(a[-1].numel()),)
 

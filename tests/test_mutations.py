@@ -18,17 +18,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clr_fused as cf
-from clr_fused import _ext
 
-BACKENDS = ["torch"] + (["cpu"] if _ext.load() is not None else [])
+from .cases import backends
+
+BACKENDS = backends("torch", "cpu")
 TRITON = importlib.util.find_spec("triton") is not None and os.environ.get("TRITON_INTERPRET") == "1"
 ALL = BACKENDS + (["triton"] if TRITON else [])
 
 
 def _snapshot(opt):
     """Every bit of an optimizer's state that a refused call must leave alone."""
-    groups = [{k: (v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)) for k, v in g.items() if k != "params"} for g in opt.param_groups]
-    state = {id(p): {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()} for p, s in opt.state.items()}
+    groups = [
+        {k: (v.clone() if isinstance(v, torch.Tensor) else copy.copy(v)) for k, v in g.items() if k != "params"}
+        for g in opt.param_groups
+    ]
+    state = {
+        id(p): {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in s.items()}
+        for p, s in opt.state.items()
+    }
     params = [p.detach().clone() for g in opt.param_groups for p in g["params"]]
     return groups, state, params, int(opt.schedule_step), opt.get_last_lr()
 
@@ -89,13 +96,17 @@ def _close(ps, qs, theirs=None):
         # rounds every intermediate (and updates from the rounded buffer), the
         # kernels once (a few bf16 ulps over a sequence)
         states = theirs.state.get(q, {}).values() if theirs is not None else ()
-        low = p.dtype == torch.bfloat16 or any(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 for t in states)
+        low = p.dtype == torch.bfloat16 or any(
+            isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 for t in states
+        )
         tol = dict(rtol=3e-2, atol=3e-2) if low else dict(rtol=2e-6, atol=2e-7)
         torch.testing.assert_close(p.detach().float(), q.detach().float(), **tol)
 
 
 @pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("cls,kw", [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01))])
+@pytest.mark.parametrize(
+    "cls,kw", [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01))]
+)
 @pytest.mark.parametrize("change", ["shrink_data", "grow_data", "set_bigger", "resize_smaller", "resize_bigger"])
 def test_size_changes_between_steps(backend, cls, kw, change):
     ps, qs, ours, theirs = _pair(cls, backend, **kw)
@@ -199,7 +210,11 @@ def test_bad_param_group_changes_nothing(backend):
     ours.step()
     before = _snapshot(ours)
     extra = torch.nn.Parameter(torch.randn(4))
-    for bad in ({"params": [extra], "schedule": "cosine"}, {"params": [extra], "lr": -1.0}, {"params": [extra], "momentum": -1}):
+    for bad in (
+        {"params": [extra], "schedule": "cosine"},
+        {"params": [extra], "lr": -1.0},
+        {"params": [extra], "momentum": -1},
+    ):
         with pytest.raises(ValueError):
             ours.add_param_group(bad)
         _same(before, _snapshot(ours))

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import clr_fused as cf
-from clr_fused import _ext
 
+from .cases import backends
 from .helpers import small_model
 
 
@@ -39,7 +39,7 @@ SPECS = [
 ]
 
 
-BACKENDS = ["torch"] + (["cpu"] if _ext.load() is not None else [])
+BACKENDS = backends("torch", "cpu")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

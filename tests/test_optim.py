@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from torch.optim import lr_scheduler as L
 
 import clr_fused as cf
 
+from .cases import ADAM_FLAG_PRODUCT, SGD_FLAG_PRODUCT
 from .helpers import max_rel_diff, train_pair
 
 STEPS = 60
 
-SGD_FLAGS = [
-    dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
-    for m, d, n, wd, mx in itertools.product([0.0, 0.9], [0.0, 0.3], [False, True], [0.0, 1e-2], [False, True])
-    if not (n and (m == 0 or d != 0))
-]
+SGD_FLAGS = SGD_FLAG_PRODUCT
 
 
 def _sgd_schedules():
@@ -42,15 +37,19 @@ def test_sgd_flags_match_torch(flags, sched_name):
         o = torch.optim.SGD(ps, lr=0.05, **flags)
         return o, None if make is None else make(o)
 
-    m1, m2, _, _ = train_pair(lambda ps: cf.SGD(ps, lr=lr, backend="torch", **flags), theirs, STEPS, dtype=torch.float64, maximize=flags["maximize"])
+    m1, m2, _, _ = train_pair(
+        lambda ps: cf.SGD(ps, lr=lr, backend="torch", **flags),
+        theirs,
+        STEPS,
+        dtype=torch.float64,
+        maximize=flags["maximize"],
+    )
     # LR and momentum are float32 device scalars (torch's are float64): 1e-4
     # over 60 steps; a wrong flag is off by orders of magnitude more.
     assert max_rel_diff(m1, m2) < 1e-4
 
 
-ADAM_FLAGS = [
-    dict(amsgrad=a, weight_decay=wd, maximize=mx) for a, wd, mx in itertools.product([False, True], [0.0, 0.05], [False, True])
-]
+ADAM_FLAGS = ADAM_FLAG_PRODUCT
 
 
 def _adam_schedules():
@@ -78,7 +77,11 @@ def test_adam_flags_match_torch(cls, flags, sched_name):
         return o, None if make is None else make(o)
 
     m1, m2, _, _ = train_pair(
-        lambda ps: ours_cls(ps, lr=lr, betas=(0.85, 0.99), backend="torch", **flags), theirs, STEPS, dtype=torch.float64, maximize=flags["maximize"]
+        lambda ps: ours_cls(ps, lr=lr, betas=(0.85, 0.99), backend="torch", **flags),
+        theirs,
+        STEPS,
+        dtype=torch.float64,
+        maximize=flags["maximize"],
     )
     assert max_rel_diff(m1, m2) < 1e-4
 

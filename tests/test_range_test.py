@@ -45,7 +45,9 @@ def _trained_a_bit(digits):
 def test_state_restored_bit_identically_after_a_run(digits):
     model, opt = _trained_a_bit(digits)
     snap = _snapshot(model, opt)
-    result = cf.range_test(model, torch.nn.functional.cross_entropy, digits.batches(64, 1), opt, num_steps=30, progress=False)
+    result = cf.range_test(
+        model, torch.nn.functional.cross_entropy, digits.batches(64, 1), opt, num_steps=30, progress=False
+    )
     assert len(result.lrs) == 30
     _assert_restored(model, opt, snap)
     assert opt.schedule_step.item() == 7 and isinstance(opt.param_groups[0]["schedule"], cf.CyclicLR)
@@ -72,7 +74,15 @@ def test_lrs_strictly_increase_and_follow_the_ramp(digits, mode):
     model = demo.make_model(0)
     opt = cf.SGD(model.parameters(), lr=0.01)
     r = cf.range_test(
-        model, torch.nn.functional.cross_entropy, digits.batches(64, 0), opt, start_lr=1e-4, end_lr=1e-1, num_steps=25, mode=mode, progress=False
+        model,
+        torch.nn.functional.cross_entropy,
+        digits.batches(64, 0),
+        opt,
+        start_lr=1e-4,
+        end_lr=1e-1,
+        num_steps=25,
+        mode=mode,
+        progress=False,
     )
     assert all(b > a for a, b in zip(r.lrs, r.lrs[1:]))
     assert r.lrs[0] == pytest.approx(1e-4) and r.lrs[-1] == pytest.approx(1e-1)
@@ -82,7 +92,16 @@ def test_lrs_strictly_increase_and_follow_the_ramp(digits, mode):
 def test_divergence_stops_early(digits):
     model = demo.make_model(0)
     opt = cf.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    r = cf.range_test(model, torch.nn.functional.cross_entropy, digits.batches(64, 0), opt, start_lr=1e-3, end_lr=1e3, num_steps=100, progress=False)
+    r = cf.range_test(
+        model,
+        torch.nn.functional.cross_entropy,
+        digits.batches(64, 0),
+        opt,
+        start_lr=1e-3,
+        end_lr=1e3,
+        num_steps=100,
+        progress=False,
+    )
     assert r.stopped_early and len(r.lrs) < 100
     assert r.smoothed_losses[-1] > 5.0 * min(r.smoothed_losses)
 
@@ -91,7 +110,17 @@ def test_plain_torch_optimizer_and_validation_loss(digits):
     model = demo.make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     val = [(digits.x_test, digits.y_test)]
-    r = cf.range_test(model, torch.nn.functional.cross_entropy, digits.batches(64, 0), opt, end_lr=1.0, num_steps=20, val_data=val, accumulation_steps=2, progress=False)
+    r = cf.range_test(
+        model,
+        torch.nn.functional.cross_entropy,
+        digits.batches(64, 0),
+        opt,
+        end_lr=1.0,
+        num_steps=20,
+        val_data=val,
+        accumulation_steps=2,
+        progress=False,
+    )
     assert len(r.losses) == 20 and opt.param_groups[0]["lr"] == 0.01
 
 
@@ -99,7 +128,9 @@ def test_suggestion_trains_digits_to_95_percent(digits):
     result = demo.run_range_test(digits)
     s = result.suggest()
     assert 0 < s.base_lr < s.max_lr and s.reason
-    spec = cf.CyclicLR.from_range_test(result, iters_per_epoch=demo.iterations_per_epoch(digits), mode="triangular2", cycle_momentum=False)
+    spec = cf.CyclicLR.from_range_test(
+        result, iters_per_epoch=demo.iterations_per_epoch(digits), mode="triangular2", cycle_momentum=False
+    )
     curve = demo.train(digits, spec, iterations=600)
     assert curve[-1] >= 0.95
 
@@ -114,7 +145,12 @@ def test_suggestion_at_least_as_good_as_torch_lr_finder(digits):
 
     model = demo.make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    loader = DataLoader(TensorDataset(digits.x_train, digits.y_train), batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        TensorDataset(digits.x_train, digits.y_train),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     finder = LRFinder(model, opt, torch.nn.CrossEntropyLoss(), device="cpu")
     finder.range_test(loader, end_lr=10, num_iter=100)
     _, their_lr = finder.plot(suggest_lr=True)

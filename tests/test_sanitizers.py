@@ -60,7 +60,11 @@ def _run(asan_build, args, code=None):
         UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=67",
         PYTHONPATH=ROOT,
     )
-    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    cmd = (
+        [sys.executable, "-c", code]
+        if code
+        else [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    )
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=2400)
 
 

@@ -92,7 +92,11 @@ def _compile(tmp_path, *defines):
     try:
         import nvidia
 
-        includes += [f"-I{os.path.join(b, 'cu13', 'include')}" for b in nvidia.__path__ if os.path.isdir(os.path.join(b, "cu13", "include"))]
+        includes += [
+            f"-I{os.path.join(b, 'cu13', 'include')}"
+            for b in nvidia.__path__
+            if os.path.isdir(os.path.join(b, "cu13", "include"))
+        ]
     except ImportError:
         pass
     cubin = tmp_path / "fused.cubin"
@@ -100,7 +104,9 @@ def _compile(tmp_path, *defines):
            "-o", str(cubin), os.path.join(ROOT, "csrc", "fused_optim.cu")]  # fmt: skip
     built = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert built.returncode == 0, built.stderr[-3000:]
-    sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True, timeout=300).stdout
+    sass = subprocess.run(
+        [cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
     return ptxas_resources(built.stdout + built.stderr), sass_memory_ops(sass), sass
 
 
@@ -108,10 +114,11 @@ def vector_gate_failures(ops: dict[str, collections.Counter]) -> list[str]:
     """What breaks the vector-access gates, per kernel (empty: all pass)."""
     bad = []
     for name, c in ops.items():
-        fp32 = re.search(r"IffLi\d", name) is not None  # float params, float state
+        # float params, float state (SGD / Adam: IffLi<states>; the generic step's algorithms: <Algo>EffLb)
+        fp32 = re.search(r"IffLi\d|LionEffLb", name) is not None
         half_state = re.search(r"I(N3c104HalfES2_|N3c108BFloat16ES2_)Li[1-3]", name) is not None
         # float params with bf16 or int8 (Q8) states: the params and grads still as 128-bit vectors
-        fp32_low = re.search(r"If(N3c108BFloat16E|NS_2Q8E)Li[1-3]", name) is not None
+        fp32_low = re.search(r"If(N3c108BFloat16E|NS_2Q8E)Li[1-3]|LionEf(N3c108BFloat16E|NS_2Q8E)Lb", name) is not None
         if fp32_low:
             if c["LDG.E.128"] < 2 or c["STG.E.128"] == 0:
                 bad.append(f"{name}: fp32 params without 128-bit global loads/stores ({dict(c)})")
@@ -140,10 +147,18 @@ def test_every_kernel_variant_is_compiled(compiled):
     # bf16 with bf16 / fp32 / int8, fp16 with fp16 / fp32 / int8 (9 pairs, 18 kernels); SGD with and
     # without momentum (int8 only with), Adam with and without amsgrad: 15 + 18; and the stochastic
     # rounding copies where a store is bf16 (fp32/bf16, bf16/bf16, bf16/fp32, bf16/int8): 7 + 8
+    # the generic step (csrc/algorithms.h): one kernel per algorithm, (param, state) pair and SR copy
+    generic = [n for n in ops if "algorithm_kernel" in n]
+    kernels = {k for k in kernels if "algorithm_kernel" not in k}
     assert len(kernels) == 18, sorted(kernels)
-    assert len(ops) == 48, sorted(ops)
+    assert len(ops) - len(generic) == 48, sorted(ops)
     stochastic = [n for n in ops if re.search(r"Li\dELb[01]ELb1E", n)]
     assert len(stochastic) == 15 and all("BFloat16" in n for n in stochastic), stochastic
+    # Lion: the 9 (param, state) pairs, and the stochastic-rounding copies where a store is bf16
+    lion = [n for n in generic if "4Lion" in n]
+    assert len(generic) == len(lion) == 13, sorted(generic)
+    lion_sr = [n for n in lion if re.search(r"Lb1ELb1E", n)]
+    assert len(lion_sr) == 4 and all("BFloat16" in n for n in lion_sr), lion_sr
 
 
 def test_no_spills_no_stack_and_registers_for_two_blocks_per_sm(compiled):
@@ -174,7 +189,9 @@ def test_the_loop_gate_rejects_a_schedule_evaluated_per_element(tmp_path):
     cubin = tmp_path / "probe.cubin"
     cmd = [nvcc, "-O3", "-arch=sm_90", "-cubin", "-o", str(cubin), os.path.join(ROOT, "tests", "cpp", "loop_probe.cu")]
     subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
-    sass = subprocess.run([cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True, timeout=300).stdout
+    sass = subprocess.run(
+        [cuobjdump, "-sass", str(cubin)], capture_output=True, text=True, check=True, timeout=300
+    ).stdout
     bad = sass_loops.element_loop_violations(sass)
     assert any(sass_loops.FP64.search(b) for b in bad) and any(sass_loops.INT_DIV.search(b) for b in bad), bad
 
@@ -182,7 +199,7 @@ def test_the_loop_gate_rejects_a_schedule_evaluated_per_element(tmp_path):
 def test_the_gate_rejects_a_scalarised_build(tmp_path):
     _, ops, _ = _compile(tmp_path, "-DCLR_FUSED_SCALAR_ONLY")
     failures = vector_gate_failures(ops)
-    assert len([f for f in failures if "no 128-bit" in f]) == 4, failures  # every fp32 kernel
+    assert len([f for f in failures if "no 128-bit" in f]) == 5, failures  # every fp32 kernel (SGD x2, Adam x2, Lion)
 
 
 def test_parsers_on_known_text():

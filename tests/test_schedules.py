@@ -88,7 +88,9 @@ def test_random_cyclic_configs(seed):
 
 def test_cycled_beta1_matches_torch_adam():
     spec = cf.OneCycleLR(0.1, 300, base_momentum=0.8, max_momentum=0.95)
-    _, moms = torch_lr_trace(lambda o: L.OneCycleLR(o, 0.1, 300, base_momentum=0.8, max_momentum=0.95), N, opt_cls=torch.optim.Adam)
+    _, moms = torch_lr_trace(
+        lambda o: L.OneCycleLR(o, 0.1, 300, base_momentum=0.8, max_momentum=0.95), N, opt_cls=torch.optim.Adam
+    )
     assert [spec.momentum(k) for k in range(N)] == pytest.approx(moms, rel=1e-12)
 
 
@@ -148,7 +150,9 @@ def test_nested_sequential_flattens():
     inner = cf.SequentialLR([cf.ConstantLR(0.1, 0.5, 5), cf.ExponentialLR(0.1, 0.9)], [10])
     outer = cf.SequentialLR([inner, cf.StepLR(0.2, 3)], [25])
     for k in range(60):
-        want = (0.05 if k < 5 else 0.1) if k < 10 else (0.1 * 0.9 ** (k - 10) if k < 25 else 0.2 * 0.1 ** ((k - 25) // 3))
+        want = (
+            (0.05 if k < 5 else 0.1) if k < 10 else (0.1 * 0.9 ** (k - 10) if k < 25 else 0.2 * 0.1 ** ((k - 25) // 3))
+        )
         assert outer(k) == pytest.approx(want, rel=1e-12)
         assert outer(torch.tensor(k)).item() == pytest.approx(want, rel=1e-5)
 

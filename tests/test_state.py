@@ -39,7 +39,12 @@ def _roundtrip(sd):
     [
         lambda ps: cf.SGD(ps, lr=cf.CyclicLR(0.01, 0.1, 7, 3, "triangular2"), momentum=0.9, backend="torch"),
         lambda ps: cf.Adam(ps, lr=cf.OneCycleLR(0.05, 100, three_phase=True), amsgrad=True, backend="torch"),
-        lambda ps: cf.AdamW(ps, lr=cf.SequentialLR([cf.LinearLR(0.02, 0.1, 1.0, 5), cf.CosineAnnealingWarmRestarts(0.02, 4, 2)], [6]), backend="torch", max_grad_norm=0.5),
+        lambda ps: cf.AdamW(
+            ps,
+            lr=cf.SequentialLR([cf.LinearLR(0.02, 0.1, 1.0, 5), cf.CosineAnnealingWarmRestarts(0.02, 4, 2)], [6]),
+            backend="torch",
+            max_grad_norm=0.5,
+        ),
         lambda ps: cf.SGD(ps, lr=cf.ReduceLROnPlateau(0.05, patience=0), momentum=0.5, backend="torch"),
     ],
     ids=["sgd-cyclic", "adam-onecycle", "adamw-sequential-clip", "sgd-plateau"],

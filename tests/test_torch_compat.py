@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import clr_fused as cf
-from clr_fused import _ext
 
-BACKENDS = ["torch"] + (["cpu"] if _ext.load() is not None else [])
+from .cases import backends
+
+BACKENDS = backends("torch", "cpu")
 if os.environ.get("TRITON_INTERPRET") == "1":
     BACKENDS.append("triton")
 TORCH_CLS = {"SGD": torch.optim.SGD, "Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
@@ -90,7 +91,10 @@ def test_optim_db_inputs_match_torch(name, kwargs, dtype, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name,kwargs", [("SGD", dict(momentum=0.9, weight_decay=0.1)), ("Adam", dict(amsgrad=True, weight_decay=0.1)), ("AdamW", {})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("SGD", dict(momentum=0.9, weight_decay=0.1)), ("Adam", dict(amsgrad=True, weight_decay=0.1)), ("AdamW", {})],
+)
 def test_complex_parameters_match_torch(name, kwargs, backend):
     a = _params(torch.complex64, complex_=True)
     b = _clone(a)
@@ -155,7 +159,16 @@ def test_old_checkpoint_without_newer_group_keys(name):
     theirs.step()
     sd = copy.deepcopy(theirs.state_dict())
     for group in sd["param_groups"]:
-        for key in ("maximize", "nesterov", "amsgrad", "foreach", "fused", "capturable", "differentiable", "decoupled_weight_decay"):
+        for key in (
+            "maximize",
+            "nesterov",
+            "amsgrad",
+            "foreach",
+            "fused",
+            "capturable",
+            "differentiable",
+            "decoupled_weight_decay",
+        ):
             group.pop(key, None)
     ours = getattr(cf, name)(a, lr=0.01, backend="torch")
     ours.load_state_dict(copy.deepcopy(sd))
@@ -289,7 +302,9 @@ def test_tensor_betas_are_read_on_the_device_every_step(name, backend):
     a = _params()
     b = _clone(a)
     ours = getattr(cf, name)(a, lr=0.01, betas=(b1, b2), weight_decay=0.1, backend=backend)
-    theirs = TORCH_CLS[name](b, lr=0.01, betas=(torch.tensor(0.9), torch.tensor(0.999)), weight_decay=0.1, foreach=False)
+    theirs = TORCH_CLS[name](
+        b, lr=0.01, betas=(torch.tensor(0.9), torch.tensor(0.999)), weight_decay=0.1, foreach=False
+    )
     _steps(ours, theirs, a, b, n=2)
     b1.fill_(0.5)  # written in place between steps
     b2.fill_(0.99)

@@ -183,7 +183,12 @@ def test_hf_trainer_with_its_own_scheduler_drives_the_lr(tmp_path):
 
 @pytest.mark.parametrize(
     "name,kw",
-    [("linear", {}), ("cosine", {}), ("cosine_with_min_lr", {"min_lr": 1e-5}), ("warmup_stable_decay", {"num_decay_steps": 4})],
+    [
+        ("linear", {}),
+        ("cosine", {}),
+        ("cosine_with_min_lr", {"min_lr": 1e-5}),
+        ("warmup_stable_decay", {"num_decay_steps": 4}),
+    ],
 )
 def test_hf_trainer_get_schedule_on_the_device_matches_its_lr_scheduler_type(name, kw, tmp_path):
     """Trainer(lr_scheduler_type=name) on torch's AdamW, and Trainer with our
@@ -194,8 +199,12 @@ def test_hf_trainer_get_schedule_on_the_device_matches_its_lr_scheduler_type(nam
         transformers, model, data, args = _hf_setup(tmp_path / str(ours), max_steps=10)
         args.warmup_steps, args.lr_scheduler_type, args.lr_scheduler_kwargs = 3, name, dict(kw)
         if ours:
-            opt = cf.AdamW(model.parameters(), lr=cf.get_schedule(name, 1e-3, 3, 10, kw), backend="cpu" if _cpu() else "torch")
-            trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(opt, opt.as_lr_scheduler()))
+            opt = cf.AdamW(
+                model.parameters(), lr=cf.get_schedule(name, 1e-3, 3, 10, kw), backend="cpu" if _cpu() else "torch"
+            )
+            trainer = transformers.Trainer(
+                model=model, args=args, train_dataset=data, optimizers=(opt, opt.as_lr_scheduler())
+            )
         else:
             trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
                                            optimizers=(torch.optim.AdamW(model.parameters(), lr=1e-3), None))  # fmt: skip
@@ -203,7 +212,9 @@ def test_hf_trainer_get_schedule_on_the_device_matches_its_lr_scheduler_type(nam
         runs.append((_hf_logged_lrs(trainer), [p.detach().clone() for p in model.parameters()]))
     (lrs, weights), (torch_lrs, torch_weights) = runs
     assert len(lrs) == 10
-    assert [torch.tensor(v, dtype=torch.float32).item() for v in lrs] == [torch.tensor(v, dtype=torch.float32).item() for v in torch_lrs]
+    assert [torch.tensor(v, dtype=torch.float32).item() for v in lrs] == [
+        torch.tensor(v, dtype=torch.float32).item() for v in torch_lrs
+    ]
     for a, b in zip(weights, torch_weights):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

@@ -41,7 +41,10 @@ SCHEDULES = [
     cf.SequentialLR([cf.LinearLR(0.01, 0.5, 1.0, 2), cf.CosineAnnealingLR(0.01, 4), cf.StepLR(0.005, 1)], [3, 6]),
     cf.ReduceLROnPlateau(0.01, patience=0, factor=0.5),
     cf.LambdaLR(0.01, [1.0, 0.5, 0.75, 0.25, 0.125], 5),
-    cf.SequentialLR([cf.LambdaLR(0.01, [0.5, 1.0], 2), cf.CosineAnnealingLR(0.01, 3), cf.LambdaLR(0.005, [1.0, 0.3, 0.1], 3)], [2, 4]),
+    cf.SequentialLR(
+        [cf.LambdaLR(0.01, [0.5, 1.0], 2), cf.CosineAnnealingLR(0.01, 3), cf.LambdaLR(0.005, [1.0, 0.3, 0.1], 3)],
+        [2, 4],
+    ),
     cf.WarmupStableDecay(0.01, 2, 2, 3, decay_type="linear", min_lr_ratio=0.2),
     cf.get_schedule("cosine_with_min_lr", 0.01, 2, 6, {"min_lr_rate": 0.1}),
     cf.get_schedule("cosine_warmup_with_min_lr", 0.01, 3, 6, {"min_lr_rate": 0.1, "warmup_lr_rate": 0.2}),
@@ -55,7 +58,19 @@ def _params(sizes, dtype, seed=0, device=DEVICE):
     return [torch.nn.Parameter(torch.randn(n, generator=gen).to(device, dtype)) for n in sizes]
 
 
-def _run_pair(cls, kw, spec, *, sizes=SIZES, dtype=torch.float32, steps=STEPS, state_dtype=None, scale=1.0, backend="triton", device=DEVICE):
+def _run_pair(
+    cls,
+    kw,
+    spec,
+    *,
+    sizes=SIZES,
+    dtype=torch.float32,
+    steps=STEPS,
+    state_dtype=None,
+    scale=1.0,
+    backend="triton",
+    device=DEVICE,
+):
     """Same params and grads through ``backend`` and backend="torch"."""
     a, b = _params(sizes, dtype, device=device), _params(sizes, dtype, device=device)
     oa = getattr(cf, cls)(a, lr=spec, backend=backend, state_dtype=state_dtype, **kw)
@@ -118,7 +133,9 @@ def test_every_flag(cls, kw, cycled):
 
 @pytest.mark.parametrize("state_dtype", [None, torch.float32], ids=["state-as-param", "state-fp32"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("cls,kw", [("SGD", dict(momentum=0.9, weight_decay=1e-3)), ("Adam", dict(eps=1e-4)), ("AdamW", dict(eps=1e-4))])
+@pytest.mark.parametrize(
+    "cls,kw", [("SGD", dict(momentum=0.9, weight_decay=1e-3)), ("Adam", dict(eps=1e-4)), ("AdamW", dict(eps=1e-4))]
+)
 def test_low_precision_matches_torch_backend(cls, kw, dtype, state_dtype):
     """Both backends do float32 math and round once: they agree to a few units
     in the last place of the storage dtype (bf16 states compound roundings)."""
@@ -207,7 +224,10 @@ def test_fused_clipping_and_non_finite_skip():
 def test_non_contiguous_and_zero_size_params():
     def make():
         torch.manual_seed(4)
-        ps = [torch.nn.Parameter(torch.randn(9, 7, device=DEVICE).t()), torch.nn.Parameter(torch.randn(10, device=DEVICE)[::3])]
+        ps = [
+            torch.nn.Parameter(torch.randn(9, 7, device=DEVICE).t()),
+            torch.nn.Parameter(torch.randn(10, device=DEVICE)[::3]),
+        ]
         ps += [torch.nn.Parameter(torch.randn(s, device=DEVICE)) for s in [(0,), (3, 0), (129,)]]
         return ps
 
@@ -282,7 +302,11 @@ def test_kernels_compile_for_sm80_and_sm90():
     """The interpreter is lenient; the real compiler must accept every variant."""
     env = {**__import__("os").environ, "TRITON_INTERPRET": "0"}
     out = subprocess.run(
-        [sys.executable, "-m", "tools.triton_aot_check"], capture_output=True, text=True, env=env, timeout=1200,
+        [sys.executable, "-m", "tools.triton_aot_check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -346,7 +370,10 @@ def test_alignment_flag_routes_unaligned_tensors_to_the_scalar_variant():
 
     def make():
         torch.manual_seed(0)
-        return [torch.nn.Parameter(torch.randn(2053, device=DEVICE)), torch.nn.Parameter(torch.randn(3000, device=DEVICE))]
+        return [
+            torch.nn.Parameter(torch.randn(2053, device=DEVICE)),
+            torch.nn.Parameter(torch.randn(3000, device=DEVICE)),
+        ]
 
     for unaligned_view in (False, True):
         a, b = make(), make()

@@ -49,7 +49,9 @@ def test_suggest_refuses_a_run_whose_loss_never_fell():
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "clr_fused", *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "clr_fused", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
 
 
 def test_cli_version_and_help():
@@ -104,7 +106,9 @@ def test_every_spec_is_exported():
     """Each public spec is in ``clr_fused.schedules.__all__`` and at the top level."""
     from clr_fused import schedules as S
 
-    specs = {n for n, v in vars(S).items() if isinstance(v, type) and issubclass(v, S.Schedule) and not n.startswith("_")}
+    specs = {
+        n for n, v in vars(S).items() if isinstance(v, type) and issubclass(v, S.Schedule) and not n.startswith("_")
+    }
     specs -= {"Constant"}  # internal: what a number lr is
     assert specs <= set(S.__all__), specs - set(S.__all__)
     assert specs <= set(cf.__all__), specs - set(cf.__all__)

@@ -58,9 +58,9 @@ def _build(impl: str):
                                         implementation="for-loop")  # fmt: skip
     container_cls = OptimizersContainer if impl == "torch" else ClrFusedOptimizers.get()
     optimizers = container_cls(config, model_parts=[model.module])
-    schedulers = LRSchedulersContainer.Config(warmup_steps=3, decay_ratio=0.5, decay_type="cosine", min_lr_factor=0.1).build(
-        optimizers=optimizers, training_steps=STEPS
-    )
+    schedulers = LRSchedulersContainer.Config(
+        warmup_steps=3, decay_ratio=0.5, decay_type="cosine", min_lr_factor=0.1
+    ).build(optimizers=optimizers, training_steps=STEPS)
     if impl == "table":
         # torchtitan's own lambda, sampled onto the device: its scheduler is no longer stepped
         lam = schedulers.schedulers[0].lr_lambdas[0]
@@ -92,7 +92,11 @@ def _steps(impl, model, optimizers, schedulers, batches, start, end, lrs):
 
 
 def _checkpoint_state(model, optimizers, schedulers):
-    return {"model": model.module.state_dict(), "optimizer": optimizers.state_dict(), "lr_scheduler": schedulers.state_dict()}
+    return {
+        "model": model.module.state_dict(),
+        "optimizer": optimizers.state_dict(),
+        "lr_scheduler": schedulers.state_dict(),
+    }
 
 
 def _train(rank: int, world: int, impl: str, ckpt: str) -> dict:

@@ -37,9 +37,15 @@ def compile_variant(kernel, constexprs: dict, arch: int):
     # As the JIT specialises a launch: every pointer argument 16-byte aligned
     # (torch's allocations are).  The element pointers come from the address
     # tables, so this says nothing about them: ALIGNED does.
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if signature[name].startswith("*")}
-    src = ASTSource(fn=kernel, signature=signature, constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
-                    attrs=attrs)
+    attrs = {
+        (i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names) if signature[name].startswith("*")
+    }
+    src = ASTSource(
+        fn=kernel,
+        signature=signature,
+        constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()},
+        attrs=attrs,
+    )
     return triton.compile(src, target=GPUTarget("cuda", arch, 32))
 
 
@@ -127,7 +133,9 @@ def memory_ops(arch: int = 90) -> dict:
                 f.write(compiled.asm["cubin"])
                 f.flush()
                 sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-            ops = collections.Counter(re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*|(?:STS|LDS)(?:\.\w+)*|BAR\.SYNC)\b", sass))
+            ops = collections.Counter(
+                re.findall(r"\b((?:LDG|STG|LD|ST)\.E(?:\.\w+)*|(?:STS|LDS)(?:\.\w+)*|BAR\.SYNC)\b", sass)
+            )
             out["loop_violations"] += element_loop_violations(sass)
             out.setdefault(kernel.__name__, {})[("aligned" if aligned else "scalar") + suffix] = dict(ops)
     return out

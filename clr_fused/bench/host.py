@@ -86,7 +86,9 @@ def _torch_provider(algo: str, params, impl: str) -> Callable[[], None]:
 
 def _ours_provider(algo: str, params) -> Callable[[], None]:
     cls, kw = ALGOS[algo]
-    opt = getattr(cf, cls)(params, lr=cf.CyclicLR(BASE_LR, MAX_LR, STEP_UP, cycle_momentum=cls == "SGD"), backend="cpu", **kw)
+    opt = getattr(cf, cls)(
+        params, lr=cf.CyclicLR(BASE_LR, MAX_LR, STEP_UP, cycle_momentum=cls == "SGD"), backend="cpu", **kw
+    )
     return opt.step
 
 
@@ -158,14 +160,23 @@ def host_cost(sets: dict[str, list], rounds: int, progress) -> list[dict]:
         for algo in ALGOS:
             providers = {}
             for impl in ("foreach", "fused"):
-                providers[f"torch {impl} + CyclicLR"] = (_torch_provider(algo, _params(shapes, tiny=True), impl), contextlib.nullcontext)
+                providers[f"torch {impl} + CyclicLR"] = (
+                    _torch_provider(algo, _params(shapes, tiny=True), impl),
+                    contextlib.nullcontext,
+                )
             providers["torch fused + CyclicLR, kernels stubbed"] = (
                 _torch_provider(algo, _params(shapes, tiny=True), "fused"),
                 _torch_fused_stubbed,
             )
             providers["clr_fused cpu"] = (_ours_provider(algo, _params(shapes, tiny=True)), contextlib.nullcontext)
-            providers["clr_fused cpu, kernels stubbed"] = (_ours_provider(algo, _params(shapes, tiny=True)), _ours_stubbed)
-            providers["clr_fused cpu + LambdaLR table, kernels stubbed"] = (_ours_table_provider(algo, _params(shapes, tiny=True)), _ours_stubbed)
+            providers["clr_fused cpu, kernels stubbed"] = (
+                _ours_provider(algo, _params(shapes, tiny=True)),
+                _ours_stubbed,
+            )
+            providers["clr_fused cpu + LambdaLR table, kernels stubbed"] = (
+                _ours_table_provider(algo, _params(shapes, tiny=True)),
+                _ours_stubbed,
+            )
             providers.update(_write_providers(algo, shapes))
             med = _interleaved(providers, steps, rounds)
             ref = med["torch fused + CyclicLR, kernels stubbed"]
@@ -187,7 +198,10 @@ def cpu_backend(sets: dict[str, list], rounds: int, steps: int, progress) -> lis
         for dtype in (torch.float32, torch.bfloat16):
             for algo in ALGOS:
                 providers = {
-                    "torch fused + CyclicLR": (_torch_provider(algo, _params(shapes, dtype), "fused"), contextlib.nullcontext),
+                    "torch fused + CyclicLR": (
+                        _torch_provider(algo, _params(shapes, dtype), "fused"),
+                        contextlib.nullcontext,
+                    ),
                     "clr_fused cpu": (_ours_provider(algo, _params(shapes, dtype)), contextlib.nullcontext),
                 }
                 step_bytes, footprint = bytes_per_param(algo, dtype) * n, footprint_per_param(algo, dtype) * n
@@ -242,18 +256,35 @@ def main(out_dir: str, quick: bool = False) -> int:
 
 
 def _markdown(meta, host_rows, size_rows) -> str:
-    lines = [f"# Host cost and CPU backend, {meta['date']}, {meta['device']}, {meta['threads']} threads, torch {meta['torch']}", ""]
+    lines = [
+        f"# Host cost and CPU backend, {meta['date']}, {meta['device']}, {meta['threads']} threads, torch {meta['torch']}",
+        "",
+    ]
     note = report.load_note(meta["load"]["before"], meta["load"]["after"]).strip()
     lines += [note, ""] if note else []
-    lines += ["## Host cost per step (tensors of 1-16 elements, real tensor counts; median us, ratio to torch fused + CyclicLR with its kernels stubbed; the float lr write rows: a new float written to group[lr] before every step, ratio to torch fused doing the same)", ""]
+    lines += [
+        "## Host cost per step (tensors of 1-16 elements, real tensor counts; median us, ratio to torch fused + CyclicLR with its kernels stubbed; the float lr write rows: a new float written to group[lr] before every step, ratio to torch fused doing the same)",
+        "",
+    ]
     lines += ["| set | tensors | algo | provider | us/step | ratio |", "|---|---|---|---|---|---|"]
     for r in host_rows:
-        lines.append(f"| {r['set']} | {r['tensors']} | {r['algo']} | {r['provider']} | {r['us_per_step']:.1f} | {report.speed_text(r['ratio_to_torch_fused_host'])} |")
-    lines += ["", f"## CPU backend at real sizes (median ms/step; copy GB/s: a copy over the step's memory, same threads, "
-              f"best of 5, beside the case; 'fits in cache': that memory fits in the last-level cache of {meta['last_level_cache_bytes'] / 2**20:.0f} MiB)"
-              + report.above_copy_note(r["pct_copy_bw"] for r in size_rows), ""]
-    lines += ["| set | params | dtype | algo | provider | ms/step | vs torch fused | GB/s | copy GB/s | % of copy |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['set']} | {r['tensors']} | {r['algo']} | {r['provider']} | {r['us_per_step']:.1f} | {report.speed_text(r['ratio_to_torch_fused_host'])} |"
+        )
+    lines += [
+        "",
+        f"## CPU backend at real sizes (median ms/step; copy GB/s: a copy over the step's memory, same threads, "
+        f"best of 5, beside the case; 'fits in cache': that memory fits in the last-level cache of {meta['last_level_cache_bytes'] / 2**20:.0f} MiB)"
+        + report.above_copy_note(r["pct_copy_bw"] for r in size_rows),
+        "",
+    ]
+    lines += [
+        "| set | params | dtype | algo | provider | ms/step | vs torch fused | GB/s | copy GB/s | % of copy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in size_rows:
-        lines.append(f"| {r['set']} | {r['params']:,} | {r['dtype']} | {r['algo']} | {r['provider']} | {r['ms_per_step']:.4g} | "
-                     f"{report.speed_text(r['ratio_to_torch_fused'])} | {r['gbps']:.3g} | {r['copy_gbps']:.3g} | {report.pct_text(r['pct_copy_bw'])} |")
+        lines.append(
+            f"| {r['set']} | {r['params']:,} | {r['dtype']} | {r['algo']} | {r['provider']} | {r['ms_per_step']:.4g} | "
+            f"{report.speed_text(r['ratio_to_torch_fused'])} | {r['gbps']:.3g} | {r['copy_gbps']:.3g} | {report.pct_text(r['pct_copy_bw'])} |"
+        )
     return "\n".join(lines) + "\n"

@@ -64,7 +64,9 @@ def _bytes(provider: str, algo: str, param: torch.dtype, state: str) -> float:
     if provider.startswith("clr_fused"):
         pname = str(param).replace("torch.", "")
         same = {"float32": "fp32", "bfloat16": "bf16"}.get(pname)
-        got = counted.bytes_per_param(algo, pname, "param" if state == same else state, "stochastic rounding" in provider)
+        got = counted.bytes_per_param(
+            algo, pname, "param" if state == same else state, "stochastic rounding" in provider
+        )
         if got is not None:
             return got
     return bytes_per_param(algo, param, state)
@@ -142,7 +144,10 @@ def run_set(set_name: str, shapes, rounds: int, steps: int, progress) -> tuple[l
             providers = {ref_name: (_torch(algo, _params(shapes, pdt, grads)), "param")}
             if pdt == torch.float32:
                 for state, sdt in (("fp32", None), ("bf16", torch.bfloat16), ("int8", "int8")):
-                    providers[f"clr_fused cpu, {state} states"] = (_ours(algo, _params(shapes, pdt, grads), state_dtype=sdt), state)
+                    providers[f"clr_fused cpu, {state} states"] = (
+                        _ours(algo, _params(shapes, pdt, grads), state_dtype=sdt),
+                        state,
+                    )
             else:
                 for state, sdt in (("bf16", None), ("int8", "int8")):
                     providers[f"clr_fused cpu, {state} states, stochastic rounding"] = (

@@ -73,7 +73,11 @@ def torch_launches(sizes: list[int], algo: str) -> int:
         for c in range(chunks):
             blocks += 1
             last_chunk = c == chunks - 1
-            if (tensors == max_tensors and last_chunk) or blocks == TORCH_MAX_CHUNKS or (i == len(nonempty) - 1 and last_chunk):
+            if (
+                (tensors == max_tensors and last_chunk)
+                or blocks == TORCH_MAX_CHUNKS
+                or (i == len(nonempty) - 1 and last_chunk)
+            ):
                 launches += 1
                 blocks = 0
                 tensors = 0 if last_chunk else 1

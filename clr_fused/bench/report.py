@@ -105,9 +105,11 @@ def above_copy_note(pcts) -> str:
     """A sentence for a report with a step faster than the copy (a '≥ copy' cell)."""
     if not any(p is not None and p > 100 for p in pcts):
         return ""
-    return (" '≥ copy': the step moved its bytes faster than the copy moved its own. On a CPU a copy's stores "
-            "first read their destination lines (read for ownership), which its byte count leaves out, while an "
-            "in-place update writes lines it has just read; a GPU's copy has no such reads.")
+    return (
+        " '≥ copy': the step moved its bytes faster than the copy moved its own. On a CPU a copy's stores "
+        "first read their destination lines (read for ownership), which its byte count leaves out, while an "
+        "in-place update writes lines it has just read; a GPU's copy has no such reads."
+    )
 
 
 def speed_text(ratio: float) -> str:
@@ -134,5 +136,7 @@ def load_note(before: dict, after: dict) -> str:
     loads = [x["load"] for x in (before, after) if x["load"] is not None]
     if not loads or not (before["high"] or after["high"]):
         return ""
-    return (f" Machine load {max(loads):.1f} on {before['cores']} cores (high): other work competed with these "
-            "steps, so absolute times are noisy; the ratios of interleaved medians are the figures to read.")
+    return (
+        f" Machine load {max(loads):.1f} on {before['cores']} cores (high): other work competed with these "
+        "steps, so absolute times are noisy; the ratios of interleaved medians are the figures to read."
+    )

@@ -77,7 +77,9 @@ def _time_one(fn: Callable[[], None], device) -> tuple[float, float]:
     return host, host
 
 
-def _time_interleaved(steps: dict[str, Callable[[], None]], device, warmup: int, reps: int) -> dict[str, tuple[float, float]]:
+def _time_interleaved(
+    steps: dict[str, Callable[[], None]], device, warmup: int, reps: int
+) -> dict[str, tuple[float, float]]:
     """Median (device ms, host ms) per call of each step; every round times one
     call of each, in a rotating order, so a machine's drift or a neighbour's
     load hits all providers alike (the ratios are of these medians)."""
@@ -202,7 +204,14 @@ def _amp_providers(algo, params, device):
     return out
 
 
-def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.float32, torch.bfloat16), warmup=None, reps=None):
+def run(
+    device: torch.device,
+    full: bool,
+    algos=("adam", "sgd"),
+    dtypes=(torch.float32, torch.bfloat16),
+    warmup=None,
+    reps=None,
+):
     cuda = device.type == "cuda"
     warmup = warmup or (10 if cuda else 2)
     reps = reps or (50 if cuda else 5)
@@ -242,7 +251,9 @@ def run(device: torch.device, full: bool, algos=("adam", "sgd"), dtypes=(torch.f
                         print(f"  {set_name} {algo} {name}: skipped ({type(exc).__name__}: {exc})")
                         continue
                     # its own peak: parameters, gradients and what it allocated (not the other providers' states)
-                    peaks[name] = (torch.cuda.max_memory_allocated(device) - before + base_mem) / 2**20 if cuda else None
+                    peaks[name] = (
+                        (torch.cuda.max_memory_allocated(device) - before + base_mem) / 2**20 if cuda else None
+                    )
                     if not together:  # too big to hold every provider's states at once: one at a time
                         timed.update(_time_interleaved({name: built.pop(name)}, device, warmup, reps))
                         if cuda:
@@ -294,7 +305,12 @@ def predicted_ms(provider: str, model: dict) -> float | None:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -304,8 +320,14 @@ def _ratios(rows: list[Row]) -> dict[tuple, dict[str, float]]:
     out = {}
     for r in rows:
         key = (r.param_set, r.algo, r.dtype)
-        base = {b.provider: b.ms for b in rows if (b.param_set, b.algo, b.dtype) == key and b.provider.startswith(("torch-", "amp:torch"))}
-        out[(key, r.provider)] = {f"vs {k}": r.ms / v for k, v in base.items() if (k.startswith("amp:") == r.provider.startswith("amp:"))}
+        base = {
+            b.provider: b.ms
+            for b in rows
+            if (b.param_set, b.algo, b.dtype) == key and b.provider.startswith(("torch-", "amp:torch"))
+        }
+        out[(key, r.provider)] = {
+            f"vs {k}": r.ms / v for k, v in base.items() if (k.startswith("amp:") == r.provider.startswith("amp:"))
+        }
     return out
 
 
@@ -350,7 +372,11 @@ def plot(rows: list[Row], path: str) -> None:
     fig, axes = plt.subplots(len(groups), 1, figsize=(8, 2.2 * len(groups)), squeeze=False)
     for ax, key in zip(axes[:, 0], groups):
         sel = [r for r in rows if (r.param_set, r.algo, r.dtype) == key]
-        ax.barh([r.provider for r in sel], [r.ms for r in sel], color=["tab:gray" if r.provider.startswith(("torch", "amp:torch")) else "tab:blue" for r in sel])
+        ax.barh(
+            [r.provider for r in sel],
+            [r.ms for r in sel],
+            color=["tab:gray" if r.provider.startswith(("torch", "amp:torch")) else "tab:blue" for r in sel],
+        )
         ax.set_title(" / ".join(key), fontsize=9)
         ax.set_xlabel("ms per step (median)")
         ax.tick_params(labelsize=7)
@@ -362,9 +388,15 @@ def plot(rows: list[Row], path: str) -> None:
 def main(quick: bool = False, out_dir: str = "clr-fused-bench") -> int:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda") if cuda else torch.device("cpu")
-    device_name = torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    device_name = (
+        torch.cuda.get_device_name(0)
+        if cuda
+        else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    )
     if not cuda:
-        print("No CUDA device: CPU-sized sets; torch providers, clr_fused's torch and cpu backends. GPU figures need a GPU: run `clr-fused bench` there.")
+        print(
+            "No CUDA device: CPU-sized sets; torch providers, clr_fused's torch and cpu backends. GPU figures need a GPU: run `clr-fused bench` there."
+        )
     load_before = report.machine_load()
     cache, rows = run(device, full=cuda and not quick, algos=("adam",) if quick else ("adam", "sgd"))
     load_after = report.machine_load()
@@ -394,7 +426,14 @@ def main(quick: bool = False, out_dir: str = "clr-fused-bench") -> int:
         meta["triton"] = None
     ratios = _ratios(rows)
     with open(stem + ".json", "w") as f:
-        json.dump({**meta, "rows": [{**asdict(r), "ratios": ratios[((r.param_set, r.algo, r.dtype), r.provider)]} for r in rows]}, f, indent=1)
+        json.dump(
+            {
+                **meta,
+                "rows": [{**asdict(r), "ratios": ratios[((r.param_set, r.algo, r.dtype), r.provider)]} for r in rows],
+            },
+            f,
+            indent=1,
+        )
     with open(stem + ".md", "w") as f:
         f.write(table)
     plot(rows, stem + ".png")

@@ -73,7 +73,9 @@ def load_stdlib(max_bytes: int | None = None) -> Corpus:
             break
     if max_bytes is not None:
         train, val = train[:max_bytes], val[: max(max_bytes // 10, BLOCK + 2)]
-    return Corpus(torch.frombuffer(train, dtype=torch.uint8), torch.frombuffer(val, dtype=torch.uint8), (counts[0], counts[1]))
+    return Corpus(
+        torch.frombuffer(train, dtype=torch.uint8), torch.frombuffer(val, dtype=torch.uint8), (counts[0], counts[1])
+    )
 
 
 class Block(nn.Module):
@@ -190,7 +192,9 @@ def policies_from(rt: RangeTestResult, best_constant: float, iterations: int) ->
         "warmup_cosine": get_schedule("cosine", s.max_lr, warmup, iterations),
         "wsd": S.WarmupStableDecay(s.max_lr, warmup, iterations - warmup - decay, decay, decay_type="1-sqrt"),
         "onecycle": S.OneCycleLR(s.max_lr, iterations),  # torch's defaults: beta1 cycled 0.85-0.95
-        "clr": S.CyclicLR(s.base_lr, s.max_lr, step_size_up=max(1, iterations // 8), mode="triangular2", cycle_momentum=False),
+        "clr": S.CyclicLR(
+            s.base_lr, s.max_lr, step_size_up=max(1, iterations // 8), mode="triangular2", cycle_momentum=False
+        ),
     }
 
 
@@ -209,7 +213,9 @@ def run(corpus: Corpus, *, iterations: int = 1000, seeds=(0, 1, 2), eval_every: 
     for lr in CONSTANT_GRID:
         grid[lr] = []
         for sd in seeds:
-            grid[lr].append(train(corpus, lr, iterations=iterations, seed=sd, eval_every=eval_every, val_batches=val_batches))
+            grid[lr].append(
+                train(corpus, lr, iterations=iterations, seed=sd, eval_every=eval_every, val_batches=val_batches)
+            )
             bar.update(1)
         final = statistics.fmean(c[-1] for c in grid[lr])
         exp.constant_grid[lr] = final if math.isfinite(final) else math.inf
@@ -221,7 +227,9 @@ def run(corpus: Corpus, *, iterations: int = 1000, seeds=(0, 1, 2), eval_every: 
             continue
         exp.curves[name] = []
         for sd in seeds:
-            exp.curves[name].append(train(corpus, lr, iterations=iterations, seed=sd, eval_every=eval_every, val_batches=val_batches))
+            exp.curves[name].append(
+                train(corpus, lr, iterations=iterations, seed=sd, eval_every=eval_every, val_batches=val_batches)
+            )
             bar.update(1)
     bar.close()
     exp.range_test = rt  # type: ignore[attr-defined]
@@ -258,8 +266,13 @@ def main(args) -> int:
     print(f"corpus: Python {platform.python_version()} standard library, {corpus.files[0]} files ({len(corpus.train):,} bytes) "
           f"train, {corpus.files[1]} files ({len(corpus.val):,} bytes) validation")  # fmt: skip
     print(f"range test: base_lr={s['base_lr']:.4g} max_lr={s['max_lr']:.4g} ({s['reason']})")
-    print("constant-LR grid (mean final validation loss): " + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in exp.constant_grid.items()))
-    print(f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
+    print(
+        "constant-LR grid (mean final validation loss): "
+        + ", ".join(f"{lr:g}: {v:.4f}" for lr, v in exp.constant_grid.items())
+    )
+    print(
+        f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)"
+    )
     print("| policy | final validation loss (mean ± std) | iterations to the constant LR's final loss |")
     print("|---|---|---|")
     rows = exp.table()

@@ -108,7 +108,9 @@ def iterations_per_epoch(data: Digits, batch_size: int = 64) -> int:
     return math.ceil(len(data.x_train) / batch_size)
 
 
-def compare_policies(data: Digits, *, iterations: int = 1200, seeds=(0, 1, 2), eval_every: int = 20, target: float = 0.95):
+def compare_policies(
+    data: Digits, *, iterations: int = 1200, seeds=(0, 1, 2), eval_every: int = 20, target: float = 0.95
+):
     """The paper's comparison: fixed LR, exponential decay and CLR triangular2."""
     rt = run_range_test(data, seed=0)
     s = rt.suggest()
@@ -116,7 +118,9 @@ def compare_policies(data: Digits, *, iterations: int = 1200, seeds=(0, 1, 2), e
     policies = {
         "fixed": s.max_lr / 2,
         "exp_decay": S.ExponentialLR(s.max_lr, 0.1 ** (1.0 / iterations)),
-        "clr_triangular2": S.CyclicLR(s.base_lr, s.max_lr, step_size_up=4 * epoch, mode="triangular2", cycle_momentum=False),
+        "clr_triangular2": S.CyclicLR(
+            s.base_lr, s.max_lr, step_size_up=4 * epoch, mode="triangular2", cycle_momentum=False
+        ),
     }
     from tqdm.auto import tqdm
 
@@ -155,7 +159,9 @@ def plot_curves(curves, path, *, eval_every: int) -> None:
     plt.close(fig)
 
 
-def plot_policies(curves, policies, path, *, eval_every: int, iterations: int, title: str, ylabel: str, ylim=None) -> None:
+def plot_policies(
+    curves, policies, path, *, eval_every: int, iterations: int, title: str, ylabel: str, ylim=None
+) -> None:
     """Seed-mean curve per policy (``curves``: policy -> per-seed lists, one
     value every ``eval_every`` iterations), each policy's LR underneath."""
     import statistics
@@ -172,7 +178,9 @@ def plot_policies(curves, policies, path, *, eval_every: int, iterations: int, t
         mean = [statistics.fmean(r[i] for r in runs) for i in range(len(xs))]
         (line,) = ax.plot(xs, mean, label=name)
         lr = policies[name]
-        axlr.plot(list(grid), [lr(k) if isinstance(lr, S.Schedule) else float(lr) for k in grid], color=line.get_color())
+        axlr.plot(
+            list(grid), [lr(k) if isinstance(lr, S.Schedule) else float(lr) for k in grid], color=line.get_color()
+        )
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_ylabel(ylabel)
@@ -198,17 +206,26 @@ def main(args) -> int:
     seeds = tuple(range(args.seeds))
     rt, policies, curves, table = compare_policies(data, iterations=args.iterations, seeds=seeds, target=args.target)
     s = rt.suggest()
-    print(f"range test: base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g}; {args.iterations} iterations, seeds {list(seeds)}")
+    print(
+        f"range test: base_lr={s.base_lr:.4g} max_lr={s.max_lr:.4g}; {args.iterations} iterations, seeds {list(seeds)}"
+    )
     key = f"iterations_to_{args.target:.0%}"
     print(f"| policy | final accuracy | {key} |")
     print("|---|---|---|")
     for row in table:
-        print(f"| {row['policy']} | {row['final_accuracy']:.4f} | {row[key] if row[key] is not None else 'not reached'} |")
+        print(
+            f"| {row['policy']} | {row['final_accuracy']:.4f} | {row[key] if row[key] is not None else 'not reached'} |"
+        )
     plot_curves(curves, os.path.join(args.out, "demo_accuracy.png"), eval_every=20)
     with open(os.path.join(args.out, "demo.json"), "w") as f:
-        json.dump({"suggestion": s.__dict__, "table": table, "policies": {k: repr(v) for k, v in policies.items()}}, f, indent=2)
+        json.dump(
+            {"suggestion": s.__dict__, "table": table, "policies": {k: repr(v) for k, v in policies.items()}},
+            f,
+            indent=2,
+        )
     print(f"wrote {args.out}/demo_accuracy.png and {args.out}/demo.json")
     return 0
+
 
 def range_test_main(args) -> int:
     """`clr-fused range-test --demo`: the range test on the digits MLP."""

@@ -229,7 +229,9 @@ def run(data: MNIST1D, *, iterations: int = 3000, seeds=(0, 1, 2, 3, 4), eval_ev
         "step": S.MultiStepLR(best, [iterations // 2, 3 * iterations // 4], gamma=0.1),
         "exp": S.ExponentialLR(best, 0.01 ** (1.0 / iterations)),
         "onecycle": S.OneCycleLR(s.max_lr, iterations),  # torch's defaults (momentum cycled 0.85-0.95)
-        "clr": S.CyclicLR.from_range_test(rt, iters_per_epoch=iters_per_epoch(), mode="triangular2", cycle_momentum=False),
+        "clr": S.CyclicLR.from_range_test(
+            rt, iters_per_epoch=iters_per_epoch(), mode="triangular2", cycle_momentum=False
+        ),
         "clr_lrfinder": clr_from_bounds(exp.peers["torch_lr_finder"] / 4, exp.peers["torch_lr_finder"]),
         "clr_valley": clr_from_bounds(exp.peers["valley"] / 4, exp.peers["valley"]),
     }
@@ -271,7 +273,9 @@ def main(args) -> int:
     print(f"range test (ours): base_lr={s['base_lr']:.4g} max_lr={s['max_lr']:.4g} ({s['reason']})")
     print(f"torch-lr-finder steepest gradient: {exp.peers['torch_lr_finder']:.4g}; valley: {exp.peers['valley']:.4g}")
     print("fixed-LR grid (mean final accuracy): " + ", ".join(f"{lr:g}: {a:.4f}" for lr, a in exp.fixed_grid.items()))
-    print(f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
+    print(
+        f"{iterations} iterations, seeds {list(seeds)}, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)"
+    )
     print("| policy | final test accuracy (mean ± std) | iterations to the best fixed LR's final accuracy |")
     print("|---|---|---|")
     rows = exp.table()

@@ -98,7 +98,9 @@ def digits_task(*, iterations: int, seeds, bar) -> Task:
     task = _sgd_task("digits", demo.make_model, lambda e: data.batches(64, e),
                      lambda m: demo.accuracy(m, data.x_test, data.y_test), lr, iterations=iterations, seeds=seeds,
                      eval_every=max(1, iterations // 30), bar=bar)  # fmt: skip
-    task.setup = dict(optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations)
+    task.setup = dict(
+        optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations
+    )
     return task
 
 
@@ -111,7 +113,9 @@ def mnist1d_task(*, iterations: int, seeds, bar) -> Task:
     task = _sgd_task("mnist1d", m.make_model, data.batches, lambda mod: m.accuracy(mod, data.x_test, data.y_test), lr,
                      iterations=iterations, seeds=seeds, eval_every=max(1, iterations // 30), bar=bar)  # fmt: skip
     s = rt.suggest()
-    task.setup = dict(optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations)
+    task.setup = dict(
+        optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations
+    )
     return task
 
 
@@ -140,7 +144,11 @@ def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes
                     curve.append(c.val_loss(model, val))
             task.curves[variant].append(torch.stack(curve).tolist())
             bar.update(1)
-    task.setup = dict(optimizer="AdamW 0.9/0.95, wd 0.1, clip 1.0", schedule=f"warm-up + cosine, peak {peak_lr:g}", iterations=iterations)
+    task.setup = dict(
+        optimizer="AdamW 0.9/0.95, wd 0.1, clip 1.0",
+        schedule=f"warm-up + cosine, peak {peak_lr:g}",
+        iterations=iterations,
+    )
     return task
 
 
@@ -154,7 +162,9 @@ def run(*, iterations: dict[str, int], seeds=(0, 1, 2), tasks=("digits", "mnist1
         skipped["mnist1d"] = "the mnist1d package is not installed (pip install -e '.[demo]')"
         tasks = tuple(t for t in tasks if t != "mnist1d")
     out = []
-    with tqdm(total=len(tasks) * len(VARIANTS) * len(seeds), desc="states demo", unit="run", disable=not progress) as bar:
+    with tqdm(
+        total=len(tasks) * len(VARIANTS) * len(seeds), desc="states demo", unit="run", disable=not progress
+    ) as bar:
         for t in tasks:
             if t == "digits":
                 out.append(digits_task(iterations=iterations["digits"], seeds=seeds, bar=bar))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .tensor_tables import TableCache, adam_tables, fresh_flags, sgd_tables
+from .tensor_tables import Densified, TableCache, adam_tables, fresh_flags, sgd_tables
 
 CHUNK = 16384  # csrc/constants.h kChunk; _ext.py refuses an extension with another _C.CHUNK
 
@@ -38,7 +38,7 @@ def _ops():
 
 def _register_fakes() -> None:
     # The ops return nothing and only write their inputs in place.
-    for name in ("sgd_step", "adam_step"):
+    for name in ("sgd_step", "adam_step", "step"):
         torch.library.register_fake(f"clr_fused::{name}")(lambda *args, **kwargs: None)
 
 
@@ -92,6 +92,38 @@ def adam_(
     ops.adam_step(
         dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
         [s for ss in scales for s in ss], list(bucket.steps), tables.flat(), step_table, *live, gm, skip, bucket.ticket, betas, *scalars,
+    )  # fmt: skip
+    dense.finish()
+    return advance
+
+
+def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance, stochastic=False) -> bool:
+    """One bucket of an algorithm on the generic fused step: ``_C.ALGORITHMS``
+    names its id (csrc/algorithms.h, by the class's name)."""
+    ops = _ops()
+    ids = _ext.load().ALGORITHMS
+    name = algorithm.__name__
+    if name not in ids:
+        raise RuntimeError(f"the compiled kernels have no {name} (csrc/algorithms.h lists {sorted(ids)})")
+    live = (sched.rows_device, sched.counter, sched.lr, sched.mom, sched.next)
+    hyper = [float(x) for x in hyper]
+    gm = _grad_mul(grad_mul)
+    if bucket.native_index >= 0:
+        bucket.native.step(
+            bucket.native_index, ids[name], *live, gm, skip, bucket.ticket, hyper, bool(stochastic), advance
+        )
+        return advance
+    states = bucket.states
+    q8 = bool(states) and states[0][0].dtype == torch.int8
+    ns = len(states) // 2 if q8 else len(states)
+    params = bucket.params
+    shaped = [params, bucket.grads(), *states[:ns]]
+    dense = Densified(shaped + list(states[ns:]), len(shaped))
+    tables = _tables.get(("step", name, id(params[0]), len(params), len(states)), dense.lists, params[0].device)
+    ops.step(
+        ids[name], dense.lists[0], dense.lists[1], [t for ts in dense.lists[2 : 2 + ns] for t in ts],
+        [t for ts in states[ns:] for t in ts], tables.flat(), *live, gm, skip, bucket.ticket, hyper,
+        bool(stochastic), advance,
     )  # fmt: skip
     dense.finish()
     return advance

@@ -48,11 +48,23 @@ def check_scales(codes: Tensor, scales: object, what: str = "int8 state") -> Non
     and codes dense in memory (blocks run along memory)."""
     c = codes.to_local() if hasattr(codes, "to_local") else codes
     nb = num_blocks(c.numel())
-    if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or scales.shape != (nb,) or scales.device != c.device or not scales.is_contiguous():
-        got = f"{scales.dtype} {tuple(scales.shape)} strides {scales.stride()} on {scales.device}" if isinstance(scales, Tensor) else type(scales).__name__
+    if (
+        not isinstance(scales, Tensor)
+        or scales.dtype != torch.float32
+        or scales.shape != (nb,)
+        or scales.device != c.device
+        or not scales.is_contiguous()
+    ):
+        got = (
+            f"{scales.dtype} {tuple(scales.shape)} strides {scales.stride()} on {scales.device}"
+            if isinstance(scales, Tensor)
+            else type(scales).__name__
+        )
         raise RuntimeError(f"{what}: its scales must be a contiguous float32 ({nb},) tensor on {c.device}, got {got}")
     if c.dtype not in (torch.int8, torch.uint8) or not is_dense(c):
-        raise RuntimeError(f"{what}: its codes must be int8 / uint8 and dense in memory, got {c.dtype} strides {c.stride()}")
+        raise RuntimeError(
+            f"{what}: its codes must be int8 / uint8 and dense in memory, got {c.dtype} strides {c.stride()}"
+        )
 
 
 def check_state_lists(codes: list[list[Tensor]], scales: list[list[Tensor]]) -> None:

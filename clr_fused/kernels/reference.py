@@ -1,4 +1,4 @@
-"""The ``torch`` backend: SGD and Adam updates from ``torch._foreach_*`` ops.
+"""The ``torch`` backend: SGD, Adam and the generic step from ``torch._foreach_*`` ops.
 
 This is the reference the Triton and CUDA kernels are tested against, so it
 follows the kernel rules: math in float32 (float64 for float64 params), one
@@ -142,7 +142,9 @@ def sgd_(
         else:
             d_p = new_bufs
         store.commit_state(0, new_bufs, skip)
-    store.commit_params(params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt) if isinstance(lr, Tensor) else lr)), skip)
+    store.commit_params(
+        params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt) if isinstance(lr, Tensor) else lr)), skip
+    )
     sched.write_next(skip)
     return False
 
@@ -222,6 +224,25 @@ def adam_(
     if amsgrad:
         store.commit_state(2, v_max, skip)
     _commit(steps, new_steps, skip)
+    sched.write_next(skip)
+    return False
+
+
+def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance=False, stochastic=False) -> bool:
+    """One bucket of an algorithm on the generic fused step (``optim/algorithm.py``):
+    its ``reference`` update on the bucket's states as float32 (int8 codes decoded,
+    re-encoded after), committed unless ``skip``.  Leaves the step counter to the
+    caller (returns False)."""
+    params, grads = bucket.params, bucket.grads()
+    store = _Storage(bucket, stochastic, sched.counter)
+    dt = math_dtype(params[0].dtype)
+    p = _upcast(params, dt)
+    g = _scaled_grads(grads, dt, grad_mul, False)
+    states = [store.load(j, dt) for j in range(store.ns)]
+    new_p, new_states = algorithm.reference(p, g, states, sched.lr, sched.mom, tuple(hyper))
+    store.commit_params(params, new_p, skip)
+    for j, s in enumerate(new_states):
+        store.commit_state(j, s, skip)
     sched.write_next(skip)
     return False
 

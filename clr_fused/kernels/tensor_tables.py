@@ -130,9 +130,17 @@ class Densified:
                 for ts in self.lists[:shaped]:
                     orig = ts[i]
                     if like is not None:
-                        ts[i] = orig if orig.stride() == like.stride() else torch.empty_like(like, dtype=orig.dtype).copy_(orig)
+                        ts[i] = (
+                            orig
+                            if orig.stride() == like.stride()
+                            else torch.empty_like(like, dtype=orig.dtype).copy_(orig)
+                        )
                     else:
-                        ts[i] = orig.contiguous() if orig.is_contiguous() else orig.clone(memory_format=torch.contiguous_format)
+                        ts[i] = (
+                            orig.contiguous()
+                            if orig.is_contiguous()
+                            else orig.clone(memory_format=torch.contiguous_format)
+                        )
                     if ts is not self.lists[1]:  # gradients are read only
                         self.write_back.append((orig, ts[i]))
 
@@ -166,7 +174,9 @@ def sgd_tables(cache: TableCache, params, grads, momentum_buffers, use_momentum:
     return dense, tables
 
 
-def adam_tables(cache: TableCache, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad: bool, scales=()):
+def adam_tables(
+    cache: TableCache, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad: bool, scales=()
+):
     """(dense lists, tables, step address table) of an Adam bucket
     (``scales``: the int8 states' scale lists, after the states)."""
     device = params[0].device

@@ -178,9 +178,15 @@ def _warmup_cosine(p, k):
     kf = k.to(tl.float64)
     wf = w.to(tl.float64)
     tf = t.to(tl.float64)
-    warm_plain = tl.where(warm < 0.0, (kf + 1.0) / tl.maximum(wf, 1.0), warm + (1.0 - warm) * kf / tl.maximum(w - 1, 1).to(tl.float64))
+    warm_plain = tl.where(
+        warm < 0.0, (kf + 1.0) / tl.maximum(wf, 1.0), warm + (1.0 - warm) * kf / tl.maximum(w - 1, 1).to(tl.float64)
+    )
     warmup = tl.where(shifted, warm_plain, kf / tl.maximum(w, 1).to(tl.float64))
-    progress = tl.where(shifted, (kf - wf + 1.0) / tl.maximum(tf - wf, 1.0), (k - w).to(tl.float64) / tl.maximum(t - w, 1).to(tl.float64))
+    progress = tl.where(
+        shifted,
+        (kf - wf + 1.0) / tl.maximum(tf - wf, 1.0),
+        (k - w).to(tl.float64) / tl.maximum(t - w, 1).to(tl.float64),
+    )
     factor = 0.5 * (1.0 + tl.cos(3.141592653589793 * num_cycles * 2.0 * progress))
     factor = tl.maximum(factor * (1.0 - min_rate) + min_rate, 0.0)
     return _f64(p, 0) * tl.where(k < w, warmup, factor)

@@ -56,6 +56,7 @@ def loop_constexprs(aligned: bool, *dtypes: torch.dtype) -> dict:
     return dict(ALIGNED=aligned, CHUNK=CHUNK, BLOCK=BLOCK, TAIL=TAIL_ALIGNED if aligned else BLOCK,
                 VEC=16 // max(dt.itemsize for dt in dtypes))  # fmt: skip
 
+
 _tables = TableCache(CHUNK)
 _dummies: dict[tuple, Tensor] = {}  # placeholders for absent optional pointers
 
@@ -580,3 +581,6 @@ def adam_(
     if dense is not None:
         dense.finish()
     return advance
+
+
+# The generic step (optim/algorithm.py): its own module, which uses the helpers above.

@@ -86,7 +86,11 @@ class Adam(FusedOptimizer):
             if isinstance(b, torch.Tensor):
                 # a tensor beta is read on the device every step; its value is checked once, here, as torch does
                 if b.numel() != 1 or not b.is_floating_point():
-                    raise ValueError(f"Tensor betas[{i}] must be 1-element" if b.numel() != 1 else f"Invalid beta parameter at index {i}: a tensor beta must be a floating tensor")
+                    raise ValueError(
+                        f"Tensor betas[{i}] must be 1-element"
+                        if b.numel() != 1
+                        else f"Invalid beta parameter at index {i}: a tensor beta must be a floating tensor"
+                    )
                 if not read_tensors and b.device.type != "cpu":
                     continue  # its value is read on the device (no sync)
                 b = float(b)

@@ -55,9 +55,15 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         stochastic_rounding: bool = False,
     ) -> None:
         backends.check_name(backend)
-        if max_grad_norm is not None and (not _is_real(max_grad_norm) or not max_grad_norm > 0 or not math.isfinite(max_grad_norm)):
+        if max_grad_norm is not None and (
+            not _is_real(max_grad_norm) or not max_grad_norm > 0 or not math.isfinite(max_grad_norm)
+        ):
             raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
-        if not (state_dtype is None or state_dtype == INT8 or state_dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)):
+        if not (
+            state_dtype is None
+            or state_dtype == INT8
+            or state_dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        ):
             raise ValueError(
                 f"state_dtype must be None, a floating dtype (torch.float32, torch.bfloat16, ...) or 'int8', got {state_dtype!r}"
             )
@@ -172,7 +178,11 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             return t
         if codes:
             t = st[key] = lp.dequantize(t, st.pop(lp.scale_key(key))).to(self._state_dtype_for(p))
-        if t.dtype not in (p.dtype, torch.float32, self._state_dtype_for(p)) and not p.is_complex() and self._backend_for(p.device, p.dtype) != "torch":
+        if (
+            t.dtype not in (p.dtype, torch.float32, self._state_dtype_for(p))
+            and not p.is_complex()
+            and self._backend_for(p.device, p.dtype) != "torch"
+        ):
             t = st[key] = t.to(torch.float32)
         return t
 
@@ -264,7 +274,9 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         if plan is None or plan.state is not store or plan.state_version != store.version or not plan.valid(keys):
             # (a state entry written since the last step: the kernels take what opt.state holds now)
             self._plan = None
-            plan = plan_mod.build(self.param_groups, keys, self._backend_for, self._check_state, self._make_states, _chunk_for)
+            plan = plan_mod.build(
+                self.param_groups, keys, self._backend_for, self._check_state, self._make_states, _chunk_for
+            )
             plan.state, plan.state_version = store, store.version
             self._plan = plan
         return plan
@@ -359,7 +371,9 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         skip = None if found_inf is None else found_inf.to(dev, non_blocking=True).reshape(()) > 0
-        inv_scale = None if grad_scale is None else 1.0 / grad_scale.to(dev, torch.float32, non_blocking=True).reshape(())
+        inv_scale = (
+            None if grad_scale is None else 1.0 / grad_scale.to(dev, torch.float32, non_blocking=True).reshape(())
+        )
         if self.max_grad_norm is None:
             return skip, inv_scale
         # One reduction pass over the grads gives the norm and detects inf/nan.
@@ -390,8 +404,12 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
             f"{p.device}: the parameter changed (through .data, set_() or resize_()) since the state was made, "
             "or a checkpoint of another model was loaded"
         )
-    if t.layout != torch.strided or not (t.is_floating_point() or t.is_complex() or t.dtype in (torch.int8, torch.uint8)):
-        raise RuntimeError(f"{where}: state {key!r} must be a dense floating tensor (or int8 codes), got {t.layout} {t.dtype}")
+    if t.layout != torch.strided or not (
+        t.is_floating_point() or t.is_complex() or t.dtype in (torch.int8, torch.uint8)
+    ):
+        raise RuntimeError(
+            f"{where}: state {key!r} must be a dense floating tensor (or int8 codes), got {t.layout} {t.dtype}"
+        )
     # A real parameter's floating state of another dtype is converted once by
     # _kernel_state; a complex one is updated through real views of both, so
     # they must agree.
@@ -409,8 +427,17 @@ def _check_codes(t: Tensor, scales: Any, p: Tensor, key: str, where: str) -> Non
         raise RuntimeError(f"{where}: state {key!r} holds {t.dtype} codes, expected {lp.code_dtype(key)}")
     skey = lp.scale_key(key)
     nb = lp.num_blocks(local(p).numel())
-    if not isinstance(scales, Tensor) or scales.dtype != torch.float32 or scales.shape != (nb,) or scales.device != p.device:
-        what = f"{scales.dtype} {tuple(scales.shape)} on {scales.device}" if isinstance(scales, Tensor) else type(scales).__name__
+    if (
+        not isinstance(scales, Tensor)
+        or scales.dtype != torch.float32
+        or scales.shape != (nb,)
+        or scales.device != p.device
+    ):
+        what = (
+            f"{scales.dtype} {tuple(scales.shape)} on {scales.device}"
+            if isinstance(scales, Tensor)
+            else type(scales).__name__
+        )
         raise RuntimeError(f"{where}: int8 state {key!r} needs {skey!r}, float32 ({nb},) on {p.device}; got {what}")
     # (codes of another layout and strided scales are adopted by _kernel_state, re-laid out)
 

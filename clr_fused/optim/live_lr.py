@@ -264,7 +264,9 @@ class LiveLR:
         if spec is None:
             _check_lr_value(lr, read_tensor=False)
         dev = self._live_device()
-        kept_live = old is not None and old.spec is spec and spec is not None and old.live is not None and lr is old.seen[0]
+        kept_live = (
+            old is not None and old.spec is spec and spec is not None and old.live is not None and lr is old.seen[0]
+        )
         user_lr = None
         live = None
         if spec is None:
@@ -302,8 +304,15 @@ class LiveLR:
                 mom = live[1]
                 self._set_momentum_value(group, mom)
         mom_value = self._momentum_value(group)
-        if mom is None and self._momentum_key == "momentum" and isinstance(mom_value, Tensor) and mom_value.numel() == 1:
-            mom = scalar_on(mom_value, dev)  # SGD: a tensor momentum is read on the device (any other is refused by step())
+        if (
+            mom is None
+            and self._momentum_key == "momentum"
+            and isinstance(mom_value, Tensor)
+            and mom_value.numel() == 1
+        ):
+            mom = scalar_on(
+                mom_value, dev
+            )  # SGD: a tensor momentum is read on the device (any other is refused by step())
         seen = (group["lr"], group.get("schedule"), mom_value)
         detached = None
         if spec is None and old is not None:
@@ -429,7 +438,11 @@ class ScheduleView(torch.optim.lr_scheduler.LRScheduler):
         ``step()`` (where Hugging Face's Trainer logs) the LR that step applied,
         otherwise the next update's."""
         applied = getattr(self.optimizer, "_applied", None)
-        if applied and getattr(self.optimizer, "_host_steps", 0) != self._seen and len(applied) == len(self.optimizer.param_groups):
+        if (
+            applied
+            and getattr(self.optimizer, "_host_steps", 0) != self._seen
+            and len(applied) == len(self.optimizer.param_groups)
+        ):
             return [float(t) for t in applied]
         return self.optimizer.get_last_lr()
 

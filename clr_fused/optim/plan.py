@@ -172,7 +172,9 @@ def build(
     keys: list[tuple],
     backend_for: Callable[[torch.device, torch.dtype], str],
     check_state: Callable[[Tensor, str, int, int], None],
-    make_states: Callable[[int, dict[str, Any], list[Tensor]], tuple[list[list[Tensor]], list[Tensor], list[bool] | None]],
+    make_states: Callable[
+        [int, dict[str, Any], list[Tensor]], tuple[list[list[Tensor]], list[Tensor], list[bool] | None]
+    ],
     chunk_for: Callable[[str], int | None],
 ) -> LaunchPlan:
     """Validate every gradient, create missing states, group into buckets.
@@ -243,7 +245,10 @@ def _subset(b: Bucket, sel: list[int]) -> Bucket:
 def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk: int) -> None:
     """Build the bucket's address tables and hand it to the C++ plan."""
     if b.scale_lists:  # int8 states: the kernels index the scales flat (the C++ check keeps their geometry)
-        lp.check_state_lists(b.states[len(b.states) - 2 * b.scale_lists : len(b.states) - b.scale_lists], b.states[len(b.states) - b.scale_lists :])
+        lp.check_state_lists(
+            b.states[len(b.states) - 2 * b.scale_lists : len(b.states) - b.scale_lists],
+            b.states[len(b.states) - b.scale_lists :],
+        )
     grads = b.grads()
     b.grad_dtype = grads[0].dtype
     tables = build_tables([b.params, grads, *b.states], chunk, b.device)

@@ -82,7 +82,11 @@ class StateDictProtocol:
             p = params[idx] if isinstance(idx, int) and idx < len(params) else None
             if p is None or not hasattr(p, "to_local") or not isinstance(st, dict):
                 continue
-            keys = [k for k in self._STATE_KEYS if isinstance(st.get(k), Tensor) and st[k].dtype in (torch.int8, torch.uint8)]
+            keys = [
+                k
+                for k in self._STATE_KEYS
+                if isinstance(st.get(k), Tensor) and st[k].dtype in (torch.int8, torch.uint8)
+            ]
             if keys:
                 st = dict(st)  # (torch's packed state holds the live dict)
                 for k in keys:
@@ -118,10 +122,15 @@ class StateDictProtocol:
         for hook in post.values():
             hook(self)
 
-    def _load(self, state_dict: dict[str, Any], saved_groups: list[dict[str, Any]], specs: list[Schedule | None]) -> None:
+    def _load(
+        self, state_dict: dict[str, Any], saved_groups: list[dict[str, Any]], specs: list[Schedule | None]
+    ) -> None:
         pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
         specs_before = [self._group_lr(gi).spec for gi in range(len(self.param_groups))]
-        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = OrderedDict(), OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = (
+            OrderedDict(),
+            OrderedDict(),
+        )
         try:
             super().load_state_dict(state_dict)
         finally:
@@ -142,7 +151,9 @@ class StateDictProtocol:
                 group["lr"] = group.get("schedule", self.defaults["lr"])
             if saved.get(_KEY_PLATEAU) is not None:
                 plateau[gi] = {
-                    k: torch.tensor(v, dtype=torch.int64 if k in _PLATEAU_COUNTS else LIVE_DTYPE, device=self._live_device())
+                    k: torch.tensor(
+                        v, dtype=torch.int64 if k in _PLATEAU_COUNTS else LIVE_DTYPE, device=self._live_device()
+                    )
                     for k, v in saved[_KEY_PLATEAU].items()
                 }
         self._plan = None
@@ -181,7 +192,9 @@ class StateDictProtocol:
         """Refuse a state dict this optimizer cannot load, naming what is wrong;
         returns each group's saved schedule spec (None: none saved)."""
         if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
-            raise ValueError("a state dict must be a dict with 'state' and 'param_groups' (from optimizer.state_dict())")
+            raise ValueError(
+                "a state dict must be a dict with 'state' and 'param_groups' (from optimizer.state_dict())"
+            )
         self._check_shapes(state_dict)
         specs: list[Schedule | None] = []
         for gi, saved in enumerate(state_dict["param_groups"]):
@@ -206,11 +219,15 @@ class StateDictProtocol:
             if _KEY_STEP in saved:
                 step = saved[_KEY_STEP]
                 if not _is_whole(step) or not 0 <= step <= sm.MAX_INT:
-                    raise ValueError(f"{where}: {_KEY_STEP!r} must be a whole number of steps in [0, 2**53], got {step!r}")
+                    raise ValueError(
+                        f"{where}: {_KEY_STEP!r} must be a whole number of steps in [0, 2**53], got {step!r}"
+                    )
             plateau = saved.get(_KEY_PLATEAU)
             if plateau is not None:
                 if not isinstance(plateau, dict) or set(plateau) != {"lr", "best", *_PLATEAU_COUNTS}:
-                    raise ValueError(f"{where}: {_KEY_PLATEAU!r} must be a dict of lr, best, num_bad_epochs, cooldown_counter")
+                    raise ValueError(
+                        f"{where}: {_KEY_PLATEAU!r} must be a dict of lr, best, num_bad_epochs, cooldown_counter"
+                    )
                 for k, v in plateau.items():
                     ok = _is_whole(v) and v >= 0 if k in _PLATEAU_COUNTS else _is_real(v)
                     if not ok or (k == "lr" and not (math.isfinite(v) and v >= 0)):
@@ -221,7 +238,16 @@ class StateDictProtocol:
     #: Group keys torch's own optimizers fill in when a checkpoint predates them (subclasses).
     _LEGACY_GROUP_DEFAULTS: dict[str, Any] = {}
     #: What a pickle / deepcopy carries besides torch's defaults, state and param_groups.
-    _PICKLED = ("backend", "max_grad_norm", "state_dtype", "stochastic_rounding", "last_grad_norm", "_step_counter", "_plateau", "_counter_device")
+    _PICKLED = (
+        "backend",
+        "max_grad_norm",
+        "state_dtype",
+        "stochastic_rounding",
+        "last_grad_norm",
+        "_step_counter",
+        "_plateau",
+        "_counter_device",
+    )
 
     #: Attributes absent from older pickles (or not pickled), with the value they start at.
     _PICKLE_DEFAULTS: dict[str, Any] = {"stochastic_rounding": False, "_host_steps": 0, "_applied": None}
@@ -265,7 +291,9 @@ class StateDictProtocol:
         params = {}
         for saved, group in zip(saved_groups, self.param_groups):
             if len(saved["params"]) != len(group["params"]):
-                raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+                )
             params.update(zip(saved["params"], group["params"]))
         for idx, st in state_dict.get("state", {}).items():
             p = params.get(idx)
@@ -280,7 +308,9 @@ class StateDictProtocol:
                     # int8 states' block scales: float32, one per block of the (local) parameter
                     nb = lp.num_blocks(local(p).numel())
                     if not isinstance(value, Tensor) or value.dtype != torch.float32 or value.shape != (nb,):
-                        what = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                        what = (
+                            f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                        )
                         raise ValueError(f"state {key!r} of parameter {idx} has {what}, expected float32 ({nb},)")
                 elif key in self._STATE_KEYS:
                     if value is None and key == "momentum_buffer":
@@ -292,8 +322,16 @@ class StateDictProtocol:
                             f"{lp.code_dtype(key)} codes with their {lp.scale_key(key)!r}"
                         )
                     # 0-dim included: a 0-dim state of a non-0-dim parameter is refused
-                    if not isinstance(value, Tensor) or value.shape != p.shape or not (value.is_floating_point() or value.is_complex() or codes):
-                        what = f"shape {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+                    if (
+                        not isinstance(value, Tensor)
+                        or value.shape != p.shape
+                        or not (value.is_floating_point() or value.is_complex() or codes)
+                    ):
+                        what = (
+                            f"shape {tuple(value.shape)} {value.dtype}"
+                            if isinstance(value, Tensor)
+                            else type(value).__name__
+                        )
                         raise ValueError(
                             f"state {key!r} of parameter {idx} has {what}, the parameter has shape {tuple(p.shape)}"
                         )
@@ -316,7 +354,9 @@ class StateDictProtocol:
             if p is None or not isinstance(st, dict) or p not in self.state:
                 continue
             for key, value in st.items():
-                codes = isinstance(value, Tensor) and value.dtype in (torch.int8, torch.uint8) and key in self._STATE_KEYS
+                codes = (
+                    isinstance(value, Tensor) and value.dtype in (torch.int8, torch.uint8) and key in self._STATE_KEYS
+                )
                 if codes or (key.endswith("_scale") and key[: -len("_scale")] in self._STATE_KEYS):
                     self.state[p][key] = value.to(device=p.device)
 

@@ -83,7 +83,9 @@ class SGD(FusedOptimizer):
             v = group[name]
             if isinstance(v, torch.Tensor) and name == "momentum":
                 if v.numel() != 1 or not (v.is_floating_point() or v.dtype in (torch.int32, torch.int64)):
-                    raise ValueError(f"Invalid momentum value: a tensor momentum must be a 1-element real tensor, got {tuple(v.shape)} {v.dtype}")
+                    raise ValueError(
+                        f"Invalid momentum value: a tensor momentum must be a 1-element real tensor, got {tuple(v.shape)} {v.dtype}"
+                    )
                 if not read_tensors and v.device.type != "cpu":
                     continue  # its value is read on the device (no sync)
                 v = float(v)
@@ -129,7 +131,11 @@ class SGD(FusedOptimizer):
                 buf = self._kernel_state(p, st, "momentum_buffer")
             bufs.append(buf)
         if bufs[0].dtype == torch.int8:  # int8: the codes, then their scales
-            return [bufs, [self.state[p][lp.scale_key("momentum_buffer")] for p in params]], [], fresh if any(fresh) else None
+            return (
+                [bufs, [self.state[p][lp.scale_key("momentum_buffer")] for p in params]],
+                [],
+                fresh if any(fresh) else None,
+            )
         return [bufs], [], fresh if any(fresh) else None
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:

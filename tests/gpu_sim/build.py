@@ -52,7 +52,9 @@ def _digest(cmd: list[str], inputs: list[str]) -> str:
 
 def _compile_jobs(jobs: list[tuple[list[str], str]]) -> None:
     """Runs the compiles at once (they are independent); raises with the first error."""
-    procs = [(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out) for cmd, out in jobs]
+    procs = [
+        (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), out) for cmd, out in jobs
+    ]
     errors = []
     for p, out in procs:
         text, _ = p.communicate(timeout=1800)
@@ -80,7 +82,13 @@ def build(out_dir: str, variant: str = "count", csrc: str = CSRC, fp32_only: boo
     base = [gxx, "-std=c++20", "-fPIC", "-Wno-unknown-pragmas", f"-I{csrc}", f"-I{HERE}", *tflags]
     san = SANITIZE if variant == "asan" else []
     opt = ["-O1", "-g"] if variant == "asan" else ["-O2"]
-    kernel_flags = [*(opt if kernel_opt is None else [kernel_opt]), *KERNEL_MATH, "-Dclr_fused=clr_fused_gpusim", *san, *extra]
+    kernel_flags = [
+        *(opt if kernel_opt is None else [kernel_opt]),
+        *KERNEL_MATH,
+        "-Dclr_fused=clr_fused_gpusim",
+        *san,
+        *extra,
+    ]
     if variant == "count":
         # -fno-tree-sra: a Vec<float> load stays one 16-byte access (see cuda_sim.h)
         kernel_flags += ["-fsanitize=thread", "-fno-tree-sra", "-DCUDA_SIM_COUNT_ACCESSES"]

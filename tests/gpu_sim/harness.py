@@ -159,14 +159,18 @@ def run_case(ops, case: Case) -> dict[str, Any]:
             if key in ga:
                 diffs[f"group{gi}.{key}"] = _diff(ga[key], gb[key])
     diffs["schedule_step"] = _diff(ref.schedule_step, sim.schedule_step)
-    assert sim._plan is not None and all(bk.native_index < 0 for bk in sim._plan.buckets), "the emulated run took the native path"
+    assert sim._plan is not None and all(bk.native_index < 0 for bk in sim._plan.buckets), (
+        "the emulated run took the native path"
+    )
     tickets = [int(bk.ticket.sum()) for bk in sim._plan.buckets]
     bad = {k: v for k, v in diffs.items() if v}
     return {"case": case.name, "differing_bytes": sum(bad.values()), "where": bad, "compared_bytes": compared,
             "tickets": tickets, "schedule_step": int(sim.schedule_step)}  # fmt: skip
 
 
-def counted_bytes(ops, cls: str, kw: dict[str, Any], dtype: torch.dtype, n: int = 4 * CHUNK, steps: int = 2) -> dict[str, Any]:
+def counted_bytes(
+    ops, cls: str, kw: dict[str, Any], dtype: torch.dtype, n: int = 4 * CHUNK, steps: int = 2
+) -> dict[str, Any]:
     """Bytes the kernel moves per parameter per step in the element data
     (``ELEMENT``), by category (distinct bytes per launch: what DRAM moves
     when each byte crosses once; and every thread's accesses) and access
@@ -214,7 +218,13 @@ def variant_case(name: str) -> Case:
         # (a schedule that cycles momentum makes SGD keep a buffer: NS=0 needs one that does not)
         return Case(f"variant-{name}", "SGD", kw, cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=bool(ns)), dtype=dtype)
     kw.update(amsgrad=ns == 3, eps=1e-4 if dtype != torch.float32 else 1e-8, weight_decay=0.05 if odd else 0.0)
-    return Case(f"variant-{name}", "AdamW" if odd else "Adam", kw, cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=odd), dtype=dtype)
+    return Case(
+        f"variant-{name}",
+        "AdamW" if odd else "Adam",
+        kw,
+        cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=odd),
+        dtype=dtype,
+    )
 
 
 def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
@@ -245,11 +255,25 @@ def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
         Case("Adam-int8", "Adam", dict(state_dtype="int8"), cyc, misalign=False),
         Case("AdamW-int8-amsgrad", "AdamW", dict(state_dtype="int8", amsgrad=True, weight_decay=0.1), cyc),
         Case("AdamW-bf16-int8-sr", "AdamW", dict(state_dtype="int8", stochastic_rounding=True), cyc, dtype=bf16),
-        Case("SGD-bf16-int8-sr", "SGD", dict(momentum=0.9, state_dtype="int8", stochastic_rounding=True), cyc, dtype=bf16),
+        Case(
+            "SGD-bf16-int8-sr", "SGD", dict(momentum=0.9, state_dtype="int8", stochastic_rounding=True), cyc, dtype=bf16
+        ),
         Case("Adam-bf16-sr", "Adam", dict(stochastic_rounding=True), cyc, dtype=bf16),
-        Case("AdamW-bf16-bf16state-sr", "AdamW", dict(state_dtype=bf16, stochastic_rounding=True, amsgrad=True), cyc, dtype=bf16),
+        Case(
+            "AdamW-bf16-bf16state-sr",
+            "AdamW",
+            dict(state_dtype=bf16, stochastic_rounding=True, amsgrad=True),
+            cyc,
+            dtype=bf16,
+        ),
         Case("Adam-fp32-bf16state-sr", "Adam", dict(state_dtype=bf16, stochastic_rounding=True), cyc),
-        Case("SGD-bf16-fp32state-sr", "SGD", dict(momentum=0.9, state_dtype=torch.float32, stochastic_rounding=True), cyc, dtype=bf16),
+        Case(
+            "SGD-bf16-fp32state-sr",
+            "SGD",
+            dict(momentum=0.9, state_dtype=torch.float32, stochastic_rounding=True),
+            cyc,
+            dtype=bf16,
+        ),
     ]
     small = [1, 129, CHUNK + 1]
     scheds = [Case(f"sched-{'sgd' if c == 'SGD' else 'adam'}-{i}-{type(s).__name__}", c, k, s, sizes=small, steps=7)
@@ -271,7 +295,13 @@ def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
         Case("core-AdamW", "AdamW", dict(weight_decay=0.1), cyc),
         Case("core-SGD-nesterov", "SGD", dict(momentum=0.9, nesterov=True, weight_decay=0.01), cyc),
         Case("core-Adam-int8", "Adam", dict(state_dtype="int8", amsgrad=True), cyc),
-        Case("core-SGD-bf16-int8-sr", "SGD", dict(momentum=0.9, state_dtype="int8", stochastic_rounding=True), cyc, dtype=bf16),
+        Case(
+            "core-SGD-bf16-int8-sr",
+            "SGD",
+            dict(momentum=0.9, state_dtype="int8", stochastic_rounding=True),
+            cyc,
+            dtype=bf16,
+        ),
     ]
     return {"all": [variant_case(v) for v in variants] + flags + lowp + scheds + extra, "core": core, "fp32": [c for c in core if c.dtype == torch.float32],
             "adamw": core[:1], "sgd": core[1:2], "int8": core[2:3]}  # fmt: skip

@@ -23,8 +23,12 @@ from . import build, harness
 ALGOS = [("sgd-momentum", "SGD", dict(momentum=0.9)), ("adamw", "AdamW", {})]
 STATES = {
     torch.float32: [("param", {}), ("bf16", dict(state_dtype=torch.bfloat16)), ("int8", dict(state_dtype="int8"))],
-    torch.bfloat16: [("param", {}), ("fp32", dict(state_dtype=torch.float32)), ("int8", dict(state_dtype="int8")),
-                     ("int8", dict(state_dtype="int8", stochastic_rounding=True))],  # fmt: skip
+    torch.bfloat16: [
+        ("param", {}),
+        ("fp32", dict(state_dtype=torch.float32)),
+        ("int8", dict(state_dtype="int8")),
+        ("int8", dict(state_dtype="int8", stochastic_rounding=True)),
+    ],  # fmt: skip
 }
 
 
