@@ -584,3 +584,4 @@ def adam_(
 
 
 # The generic step (optim/algorithm.py): its own module, which uses the helpers above.
+from .triton_step import step_  # noqa: E402, F401  (kernels_for('triton').step_; it imports the helpers above)
