@@ -171,8 +171,8 @@ def test_random_bits_depend_on_step_size_and_index_only():
 # ------------------------------------------------------------------ backends agree
 _EXACT = textwrap.dedent("""
     import os, sys, torch, clr_fused as cf
-    sys.path.insert(0, {tests!r})
-    from test_low_precision import _train, SIZES
+    sys.path.insert(0, {root!r})
+    from tests.test_low_precision import _train, SIZES
     bad = []
     for pdt, sdt, sr in [(torch.float32, torch.bfloat16, False), (torch.float32, torch.bfloat16, True),
                          (torch.bfloat16, torch.bfloat16, True), (torch.bfloat16, torch.float32, True),
@@ -201,7 +201,7 @@ def test_sgd_bit_identical_on_every_backend():
     _needs("cpu")
     pytest.importorskip("triton")
     env = dict(os.environ, CLR_FUSED_CPU_ISA="baseline", ATEN_CPU_CAPABILITY="default", TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", _EXACT.format(tests=os.path.dirname(__file__))],
+    run = subprocess.run([sys.executable, "-c", _EXACT.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))],
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "BAD []", run.stdout[-3000:]
