@@ -261,7 +261,8 @@ def test_kernels_match_the_torch_backend(backend, cls, kw, pdt, sdt, sr):
             else {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if kw.get("amsgrad") else set())
         )
         for k in keys:
-            assert st[k].dtype == lp.code_dtype(k) and st[lp.scale_key(k)].shape == (lp.num_blocks(a[-1].numel()),)
+            code_dtype = torch.int8 if k in ("momentum_buffer", "exp_avg") else torch.uint8  # signed: first moments
+            assert st[k].dtype == code_dtype and st[f"{k}_scale"].shape == (lp.num_blocks(a[-1].numel()),)
 
 
 @pytest.mark.parametrize("backend", ["torch"] + BACKENDS)
@@ -385,7 +386,7 @@ def test_a_torch_fp32_checkpoint_loads_quantized_and_back():
     for p, q in zip(ours, tp):
         st = opt.state[p]
         assert st["exp_avg"].dtype == torch.int8 and st["exp_avg_sq"].dtype == torch.uint8
-        codes, scales = lp.quantize(topt.state[q]["exp_avg"], "exp_avg")
+        codes, scales = lp.quantize(topt.state[q]["exp_avg"], signed=True)
         assert torch.equal(st["exp_avg"], codes) and torch.equal(st["exp_avg_scale"], scales)
         m = lp.dequantize(st["exp_avg"], st["exp_avg_scale"])
         torch.testing.assert_close(m, topt.state[q]["exp_avg"], rtol=0.02, atol=float(scales.max()) * 1e-3)

@@ -60,8 +60,8 @@ def sgd_(
     if bucket.native_index >= 0:
         bucket.native.sgd(bucket.native_index, fresh, *live, gm, skip, bucket.ticket, *scalars)
         return advance
-    bufs = bucket.states[0] if use_momentum else []
-    scales = bucket.states[1:] if use_momentum else []  # int8 buffers' scales
+    bufs = bucket.slot("momentum_buffer") if use_momentum else []
+    scales = bucket.aux  # int8 buffers' scales
     dense, tables = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum, scales)
     ops.sgd_step(
         dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], [s for ss in scales for s in ss],
@@ -83,12 +83,12 @@ def adam_(
     if bucket.native_index >= 0:
         bucket.native.adam(bucket.native_index, *live, gm, skip, bucket.ticket, betas, *scalars)
         return advance
-    st = bucket.states
-    ns = 3 if amsgrad else 2
-    scales = st[ns:]  # int8 states' scales
+    slot = bucket.slot
+    scales = bucket.aux  # int8 states' scales
     dense, tables, step_table = adam_tables(
-        _tables, bucket.params, bucket.grads(), st[0], st[1], st[2] if amsgrad else [], bucket.steps, amsgrad, scales
-    )
+        _tables, bucket.params, bucket.grads(), slot("exp_avg"), slot("exp_avg_sq"),
+        slot("max_exp_avg_sq") if amsgrad else [], bucket.steps, amsgrad, scales,
+    )  # fmt: skip
     ops.adam_step(
         dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
         [s for ss in scales for s in ss], list(bucket.steps), tables.flat(), step_table, *live, gm, skip, bucket.ticket, betas, *scalars,
@@ -113,12 +113,10 @@ def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance, stochasti
             bucket.native_index, ids[name], *live, gm, skip, bucket.ticket, hyper, bool(stochastic), advance
         )
         return advance
-    states = bucket.states
-    q8 = bool(states) and states[0][0].dtype == torch.int8
-    ns = len(states) // 2 if q8 else len(states)
+    states, ns = bucket.states, len(bucket.slots)
     params = bucket.params
-    shaped = [params, bucket.grads(), *states[:ns]]
-    dense = Densified(shaped + list(states[ns:]), len(shaped))
+    shaped = [params, bucket.grads(), *bucket.shaped]
+    dense = Densified(shaped + list(bucket.aux), len(shaped))
     tables = _tables.get(("step", name, id(params[0]), len(params), len(states)), dense.lists, params[0].device)
     ops.step(
         ids[name], dense.lists[0], dense.lists[1], [t for ts in dense.lists[2 : 2 + ns] for t in ts],

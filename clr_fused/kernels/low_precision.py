@@ -23,18 +23,6 @@ _MIX_A, _MIX_B, _GOLDEN = 0x7FEB352D, 0x297A2D39, 0x9E3779B9
 INV127 = float(torch.tensor(1.0 / 127.0, dtype=torch.float32))
 INV255 = float(torch.tensor(1.0 / 255.0, dtype=torch.float32))
 
-#: The code dtype of each state (signed map for first moments, unsigned for second).
-SIGNED_KEYS = ("exp_avg", "momentum_buffer")
-
-
-def code_dtype(key: str) -> torch.dtype:
-    return torch.int8 if key in SIGNED_KEYS else torch.uint8
-
-
-def scale_key(key: str) -> str:
-    """The state key of ``key``'s per-block scales (``exp_avg`` -> ``exp_avg_scale``)."""
-    return f"{key}_scale"
-
 
 def num_blocks(numel: int) -> int:
     return (numel + QBLOCK - 1) // QBLOCK
@@ -76,7 +64,7 @@ def check_state_lists(codes: list[list[Tensor]], scales: list[list[Tensor]]) -> 
             check_scales(c, sc)
 
 
-def adopt(codes: Tensor, scales: Tensor, like: Tensor, key: str) -> tuple[Tensor, Tensor]:
+def adopt(codes: Tensor, scales: Tensor, like: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     """An int8 state (codes, scales) of any layout -- loaded from a checkpoint
     of other layouts, a non-dense view, or left by a parameter whose memory
     format changed -- as the kernels take it: codes in ``like``'s layout (its
@@ -89,7 +77,7 @@ def adopt(codes: Tensor, scales: Tensor, like: Tensor, key: str) -> tuple[Tensor
     c = codes.to_local() if hasattr(codes, "to_local") else codes
     order = memory_order(c)
     values = unflat(decode(flat(c, order), scales), c, order)
-    return quantize(torch.empty_like(like, dtype=torch.float32).copy_(values), key)
+    return quantize(torch.empty_like(like, dtype=torch.float32).copy_(values), signed)
 
 
 def fits_layout(state: Tensor, like: Tensor) -> bool:
@@ -204,15 +192,16 @@ def encode(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     return torch.where(q < 255, q, 255).to(torch.uint8), scales
 
 
-def quantize(t: Tensor, key: str) -> tuple[Tensor, Tensor]:
-    """A float state shaped like its parameter -> (codes shaped like it, scales).
+def quantize(t: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
+    """A float state shaped like its parameter -> (codes shaped like it, scales);
+    ``signed``: int8 codes (a first moment), else uint8 (a second moment).
     (A DTensor state: its local shard's blocks; the codes as a DTensor alike.)"""
     if hasattr(t, "to_local"):
-        codes, scales = quantize(t.to_local(), key)
+        codes, scales = quantize(t.to_local(), signed)
         return type(t).from_local(codes, t.device_mesh, t.placements, shape=t.shape, stride=t.stride()), scales
     order = memory_order(t)
-    codes, scales = encode(flat(t, order).to(torch.float32), key in SIGNED_KEYS)
-    out = torch.empty_like(t, dtype=code_dtype(key), memory_format=torch.preserve_format)
+    codes, scales = encode(flat(t, order).to(torch.float32), signed)
+    out = torch.empty_like(t, dtype=torch.int8 if signed else torch.uint8, memory_format=torch.preserve_format)
     flat_out = flat(out, memory_order(out))
     flat_out.copy_(codes)
     return out, scales

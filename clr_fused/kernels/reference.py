@@ -49,26 +49,28 @@ class _Storage:
     rounding to nearest), bfloat16 rounded stochastically, int8 codes with
     per-block scales -- the kernels' low_precision.cuh in torch ops.
 
-    ``states`` is the bucket's state lists (for int8: the code lists, then
-    as many scale lists); ``bases[i]`` tensor i's random-bit stream bases and multipliers."""
+    States are read and written by slot name (``bucket.slots``; for int8
+    states the code lists, with the codec's scale lists after them);
+    ``bases[i]`` tensor i's random-bit stream bases and multipliers."""
 
     def __init__(self, bucket, stochastic: bool, counter: Tensor | None) -> None:
-        states = bucket.states
-        self.q8 = bool(states) and states[0][0].dtype == torch.int8
-        self.ns = len(states) // 2 if self.q8 else len(states)
-        self.codes, self.scales = states[: self.ns], states[self.ns :]
+        self.slots = bucket.slots
+        self.codes, self.scales = bucket.shaped, bucket.aux
+        self.q8 = bool(self.scales)
         if self.q8:
             lp.check_state_lists(self.codes, self.scales)  # before anything is written
         self.stochastic = stochastic
         self.bases = [lp.stream_bases(counter, p.numel()) for p in bucket.params] if stochastic else None
 
-    def load(self, j: int, dt: torch.dtype) -> list[Tensor]:
-        """State list j as ``dt`` values."""
+    def load(self, name: str, dt: torch.dtype) -> list[Tensor]:
+        """A slot's states as ``dt`` values."""
+        j = self.slots.index(name)
         if self.q8:
             return [lp.dequantize(c, s).to(dt) for c, s in zip(self.codes[j], self.scales[j])]
         return _upcast(self.codes[j], dt)
 
-    def commit_state(self, j: int, new: list[Tensor], skip: Tensor | None) -> None:
+    def commit_state(self, name: str, new: list[Tensor], skip: Tensor | None) -> None:
+        j = self.slots.index(name)
         if self.q8:
             for c, s, n in zip(self.codes[j], self.scales[j], new):
                 order = lp.memory_order(c)
@@ -132,7 +134,7 @@ def sgd_(
     if weight_decay != 0:
         d_p = torch._foreach_add(d_p, p, alpha=weight_decay)
     if use_momentum:
-        bufs = store.load(0, dt)
+        bufs = store.load("momentum_buffer", dt)
         new_bufs = torch._foreach_mul(bufs, momentum)
         torch._foreach_add_(new_bufs, d_p, alpha=1.0 - dampening)
         # torch starts the buffer at the first gradient, undamped.
@@ -141,7 +143,7 @@ def sgd_(
             d_p = torch._foreach_add(d_p, torch._foreach_mul(new_bufs, momentum))
         else:
             d_p = new_bufs
-        store.commit_state(0, new_bufs, skip)
+        store.commit_state("momentum_buffer", new_bufs, skip)
     store.commit_params(
         params, torch._foreach_sub(p, torch._foreach_mul(d_p, lr.to(dt) if isinstance(lr, Tensor) else lr)), skip
     )
@@ -190,16 +192,18 @@ def adam_(
     # exp_avg.lerp_(grad, 1 - beta1), in the kernels' form (fused_kernels.cuh)
     if one_minus_beta1 is None:
         one_minus_beta1 = (1.0 - beta1.double()).to(dt) if isinstance(beta1, Tensor) else 1.0 - beta1
-    m = _lerp(store.load(0, dt), g, one_minus_beta1.to(dt) if isinstance(one_minus_beta1, Tensor) else one_minus_beta1)
+    m = _lerp(
+        store.load("exp_avg", dt), g, one_minus_beta1.to(dt) if isinstance(one_minus_beta1, Tensor) else one_minus_beta1
+    )
     if isinstance(beta2, Tensor):
         beta2 = beta2.to(dt)
-        v = torch._foreach_mul(store.load(1, dt), beta2)
+        v = torch._foreach_mul(store.load("exp_avg_sq", dt), beta2)
         torch._foreach_add_(v, torch._foreach_mul(torch._foreach_mul(g, g), one_minus_beta2.to(dt)))
     else:
-        v = torch._foreach_mul(store.load(1, dt), beta2)
+        v = torch._foreach_mul(store.load("exp_avg_sq", dt), beta2)
         torch._foreach_addcmul_(v, g, g, value=one_minus_beta2)
     if amsgrad:
-        v_max = torch._foreach_maximum(store.load(2, dt), v)
+        v_max = torch._foreach_maximum(store.load("max_exp_avg_sq", dt), v)
 
     new_steps = torch._foreach_add(steps, 1.0)
     # Bias corrections per tensor, as one small vector (steps differ per tensor),
@@ -219,10 +223,10 @@ def adam_(
     torch._foreach_div_(upd, denom)
 
     store.commit_params(params, torch._foreach_add(p, upd), skip)
-    store.commit_state(0, m, skip)
-    store.commit_state(1, v, skip)
+    store.commit_state("exp_avg", m, skip)
+    store.commit_state("exp_avg_sq", v, skip)
     if amsgrad:
-        store.commit_state(2, v_max, skip)
+        store.commit_state("max_exp_avg_sq", v_max, skip)
     _commit(steps, new_steps, skip)
     sched.write_next(skip)
     return False
@@ -238,11 +242,11 @@ def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance=False, sto
     dt = math_dtype(params[0].dtype)
     p = _upcast(params, dt)
     g = _scaled_grads(grads, dt, grad_mul, False)
-    states = [store.load(j, dt) for j in range(store.ns)]
+    states = [store.load(name, dt) for name in bucket.slots]
     new_p, new_states = algorithm.reference(p, g, states, sched.lr, sched.mom, tuple(hyper))
     store.commit_params(params, new_p, skip)
-    for j, s in enumerate(new_states):
-        store.commit_state(j, s, skip)
+    for name, s in zip(bucket.slots, new_states, strict=True):
+        store.commit_state(name, s, skip)
     sched.write_next(skip)
     return False
 

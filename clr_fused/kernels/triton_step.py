@@ -131,15 +131,15 @@ def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance, stochasti
     """One bucket of ``algorithm`` (an ``optim.algorithm`` subclass: its
     ``triton_prep`` / ``triton_update`` and state slots)."""
     params, states = bucket.params, bucket.states
-    q8 = bool(states) and states[0][0].dtype == torch.int8
-    ns = len(states) // 2 if q8 else len(states)
+    q8 = bucket.aux_lists > 0  # int8 codes, with their block scales after them
+    ns = len(bucket.slots)
     if ns > 1:
         raise NotImplementedError("the Triton generic step takes at most one state list")
     h = _hyper_table(bucket.device, tuple(float(x) for x in hyper))
 
     def tables_fn(grads):
-        shaped = [params, grads, *states[:ns]]
-        dense = Densified(shaped + list(states[ns:]), len(shaped))
+        shaped = [params, grads, *bucket.shaped]
+        dense = Densified(shaped + list(bucket.aux), len(shaped))
         key = ("step", algorithm.__name__, id(params[0]), len(params), len(states))
         return dense, _tables.get(key, dense.lists, params[0].device), None
 

@@ -523,8 +523,8 @@ def sgd_(
     stochastic=False,
 ) -> bool:  # fmt: skip
     device, params = bucket.device, bucket.params
-    bufs = bucket.states[0] if use_momentum else []
-    scales = bucket.states[1:] if use_momentum else []  # int8 buffers' scales
+    bufs = bucket.slot("momentum_buffer") if use_momentum else []
+    scales = bucket.aux  # int8 buffers' scales
     q8 = bool(scales)
     tables, num_chunks, _, g_dtype, aligned, dense = _bucket_tables(
         bucket, lambda grads: (*sgd_tables(_tables, params, grads, bufs, use_momentum, scales), None)
@@ -552,16 +552,17 @@ def adam_(
     bucket, *, sched, beta1, beta2, betas=None, eps, weight_decay, decoupled, amsgrad, maximize, grad_mul, skip, advance,
     stochastic=False,
 ) -> bool:  # fmt: skip
-    params, states = bucket.params, bucket.states
-    ns = 3 if amsgrad else 2
-    scales = states[ns:]  # int8 states' scales
+    params, states, slot = bucket.params, bucket.states, bucket.slot
+    ns = len(bucket.slots)
+    scales = bucket.aux  # int8 states' scales
     q8 = bool(scales)
     tables, num_chunks, step_table, g_dtype, aligned, dense = _bucket_tables(
         bucket,
         lambda grads: adam_tables(
-            _tables, params, grads, states[0], states[1], states[2] if amsgrad else [], bucket.steps, amsgrad, scales
+            _tables, params, grads, slot("exp_avg"), slot("exp_avg_sq"), slot("max_exp_avg_sq") if amsgrad else [],
+            bucket.steps, amsgrad, scales,
         ),
-    )
+    )  # fmt: skip
     sc = tables[2 + ns : 2 + 2 * ns] if q8 else [tables[0]] * 3
     _adam_kernel[(num_chunks,)](
         tables[0], tables[1], tables[2], tables[3],

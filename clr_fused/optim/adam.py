@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import low_precision as lp
 from ..kernels.registry import kernels_for
 from .base import FusedOptimizer
 from .hyper import _check_lr_value, _is_real, backend_from_torch_flags
@@ -32,7 +31,8 @@ class Adam(FusedOptimizer):
     """
 
     _momentum_key = "betas"
-    _STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    SLOTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    SIGNED_SLOTS = ("exp_avg",)
     _decoupled = False
     # what torch.optim.Adam.__setstate__ fills in for checkpoints that predate a key
     _LEGACY_GROUP_DEFAULTS = dict(
@@ -115,14 +115,12 @@ class Adam(FusedOptimizer):
                 self._new_state(p, st, "exp_avg_sq")
             if amsgrad and "max_exp_avg_sq" not in st:
                 self._new_state(p, st, "max_exp_avg_sq")
-            for key in self._STATE_KEYS:
+            for key in self.SLOTS:
                 if key in st:
                     self._kernel_state(p, st, key)
             states.append(st)
-        keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if amsgrad else ("exp_avg", "exp_avg_sq")
-        if states[0]["exp_avg"].dtype == torch.int8:  # int8: the codes, then their scales
-            keys = keys + tuple(lp.scale_key(k) for k in keys)
-        return [[st[k] for st in states] for k in keys], [st["step"] for st in states], None
+        slots = self.SLOTS if amsgrad else self.SLOTS[:2]
+        return slots, self._bucket_lists(params, slots), [st["step"] for st in states], None
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
         group = self.param_groups[bucket.group_index]
@@ -138,7 +136,7 @@ class Adam(FusedOptimizer):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled=self._decoupled or bool(group.get("decoupled_weight_decay", False)),
-            amsgrad=len(bucket.states) in (3, 6),
+            amsgrad="max_exp_avg_sq" in bucket.slots,
             maximize=group["maximize"],
             grad_mul=grad_mul,
             skip=skip,

@@ -4,7 +4,8 @@ A subclass of :class:`AlgorithmOptimizer` (``optim/lion.py`` is one) says,
 once, everything the backends need:
 
 * ``SLOTS``: its state keys, by name, as torch's (or the drop-in peer's)
-  ``state_dict`` has them; the first is the signed int8 map (a first moment);
+  ``state_dict`` has them, and ``SIGNED_SLOTS``, those that take negative
+  values (a codec keeps their sign);
 * ``hyper(group)``: the floats its kernels take, in the order its C++
   ``Hyper::from`` and its Triton ``triton_prep`` read them;
 * ``reference(p, g, states, lr, mom, hyper)``: the update in torch ops (the
@@ -23,9 +24,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
-
-from ..kernels import low_precision as lp
 from ..kernels.registry import kernels_for
 from .base import FusedOptimizer
 
@@ -33,13 +31,7 @@ from .base import FusedOptimizer
 class AlgorithmOptimizer(FusedOptimizer):
     """Base of the optimizers on the generic fused step (see the module)."""
 
-    #: state keys, by name; the first is the signed int8 map
-    SLOTS: ClassVar[tuple[str, ...]] = ()
     _momentum_key = "betas"  # a cycled momentum (CyclicLR / OneCycleLR) cycles betas[0]
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._STATE_KEYS = cls.SLOTS  # the name the base and the state-dict protocol read
 
     def hyper(self, group: dict[str, Any], cycled: bool) -> tuple[float, ...]:
         """The floats the kernels take (``cycled``: betas[0] is the schedule's
@@ -57,7 +49,6 @@ class AlgorithmOptimizer(FusedOptimizer):
         return None
 
     def _make_states(self, group_index: int, group, params):
-        rows = []
         for p in params:
             st = self.state[p]
             for key in self.SLOTS:
@@ -65,11 +56,7 @@ class AlgorithmOptimizer(FusedOptimizer):
                     self._kernel_state(p, st, key)
                 else:
                     self._new_state(p, st, key)
-            rows.append(st)
-        keys = self.SLOTS
-        if rows[0][keys[0]].dtype == torch.int8:  # int8: the codes, then their scales
-            keys = keys + tuple(lp.scale_key(k) for k in keys)
-        return [[st[k] for st in rows] for k in keys], [], None
+        return self.SLOTS, self._bucket_lists(params, self.SLOTS), [], None
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
         group = self.param_groups[bucket.group_index]

@@ -19,8 +19,7 @@ import torch
 import torch.optim.optimizer as _optim_mod
 from torch import Tensor
 
-from .. import backends
-from ..kernels import low_precision as lp
+from .. import backends, codecs
 from ..kernels import reference
 from ..kernels.registry import kernels_for
 from ..schedules import Schedule
@@ -31,8 +30,6 @@ from .live_lr import LiveLR
 from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
 from .protocol import StateDictProtocol, _check_step
 from .state_store import StateStore
-
-INT8 = "int8"  # state_dtype for block-quantized states (kernels/low_precision.py)
 
 
 class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
@@ -59,14 +56,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             not _is_real(max_grad_norm) or not max_grad_norm > 0 or not math.isfinite(max_grad_norm)
         ):
             raise ValueError(f"max_grad_norm must be a finite number > 0 or None, got {max_grad_norm!r}")
-        if not (
-            state_dtype is None
-            or state_dtype == INT8
-            or state_dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-        ):
-            raise ValueError(
-                f"state_dtype must be None, a floating dtype (torch.float32, torch.bfloat16, ...) or 'int8', got {state_dtype!r}"
-            )
+        codecs.check_state_dtype(state_dtype)
         if not isinstance(stochastic_rounding, bool):
             raise ValueError(f"stochastic_rounding must be True or False, got {stochastic_rounding!r}")
         _check_lr_value(defaults["lr"])
@@ -137,54 +127,34 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             self._backend_cache[(device, dtype)] = name
         return name
 
-    #: The state keys holding a tensor shaped like the parameter (subclasses).
-    _STATE_KEYS: tuple[str, ...] = ()
+    #: The state slots, by name: each a tensor shaped like the parameter (subclasses).
+    SLOTS: tuple[str, ...] = ()
+    #: The slots that take negative values (a first moment: a codec keeps their sign).
+    SIGNED_SLOTS: tuple[str, ...] = ()
+
+    def _codec_for(self, p: Tensor) -> codecs.StateCodec:
+        """How ``p``'s states are stored (``codecs.py``)."""
+        return codecs.for_param(self.state_dtype, p)
 
     def _new_state(self, p: Tensor, st: dict[str, Any], key: str) -> Tensor:
-        """A zero state ``st[key]`` for ``p`` in this optimizer's state dtype
-        (int8: the codes, and their scales under ``lp.scale_key(key)``)."""
-        if self._int8_for(p):
-            # one scale per block of the local tensor (an FSDP2 shard's own: blocks never span shards)
-            st[lp.scale_key(key)] = torch.zeros(lp.num_blocks(local(p).numel()), dtype=torch.float32, device=p.device)
-            t = st[key] = torch.zeros_like(p, dtype=lp.code_dtype(key), memory_format=torch.preserve_format)
-        else:
-            t = st[key] = torch.zeros_like(p, dtype=self._state_dtype_for(p), memory_format=torch.preserve_format)
-        return t
-
-    def _int8_for(self, p: Tensor) -> bool:
-        return self.state_dtype == INT8 and not p.is_complex()
+        """A zero state ``st[key]`` for ``p``, stored by this optimizer's codec."""
+        return self._codec_for(p).create(p, st, key, signed=key in self.SIGNED_SLOTS, dtype=self._state_dtype_for(p))
 
     def _kernel_state(self, p: Tensor, st: dict[str, Any], key: str) -> Tensor:
-        """``st[key]`` in a form the kernels take: int8 codes (+ scales) for
-        state_dtype="int8", else a floating dtype the fused kernels take (the
-        parameter's, float32 or bfloat16).  A state of another kind -- left by
-        a parameter whose dtype changed (``p.data = p.data.float()``), or
-        loaded -- is converted once: quantized, dequantized, or converted to
-        float32 (lossless from bf16/fp16; torch keeps such states as they are)."""
-        t = st[key]
-        codes = t.dtype in (torch.int8, torch.uint8)
-        if self._int8_for(p):
-            if not codes:
-                # quantized in the parameter's layout (its memory order sets the blocks)
-                fits = lp.fits_layout(t, p)
-                t, st[lp.scale_key(key)] = lp.quantize(t if fits else torch.empty_like(p, dtype=t.dtype).copy_(t), key)
-                st[key] = t
-            else:
-                # codes of another layout (a checkpoint of other layouts, a non-dense view, a
-                # parameter whose memory format changed) and strided scales: adopted, re-laid out
-                skey = lp.scale_key(key)
-                t, st[skey] = lp.adopt(t, st[skey], p, key)
-                st[key] = t
-            return t
-        if codes:
-            t = st[key] = lp.dequantize(t, st.pop(lp.scale_key(key))).to(self._state_dtype_for(p))
-        if (
-            t.dtype not in (p.dtype, torch.float32, self._state_dtype_for(p))
-            and not p.is_complex()
-            and self._backend_for(p.device, p.dtype) != "torch"
-        ):
-            t = st[key] = t.to(torch.float32)
-        return t
+        """``st[key]`` in the form the kernels take, stored by this optimizer's
+        codec.  A state of another kind -- left by a parameter whose dtype
+        changed (``p.data = p.data.float()``), or loaded -- is converted once
+        (quantized, dequantized, or widened to float32; torch keeps such
+        states as they are)."""
+        return self._codec_for(p).adopt(
+            p=p, st=st, key=key, signed=key in self.SIGNED_SLOTS, dtype=self._state_dtype_for(p),
+            fused=self._backend_for(p.device, p.dtype) != "torch",
+        )  # fmt: skip
+
+    def _bucket_lists(self, params: list[Tensor], slots: tuple[str, ...]) -> list[list[Tensor]]:
+        """A bucket's state lists, as its kernels take them: the slots', then the codec's own entries."""
+        keys = codecs.kernel_keys(self._codec_for(params[0]), slots)
+        return [[self.state[p][k] for p in params] for k in keys]
 
     def _check_state(self, p: Tensor, backend: str, group_index: int, index: int) -> None:
         """Refuse (before any launch) a state tensor the kernels could not use:
@@ -199,24 +169,20 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         if self.state_dtype == torch.bfloat16 and p.dtype == torch.float16 and backend in ("cpu", "cuda"):
             raise ValueError(
                 f"param group {group_index}, parameter {index}: state_dtype=torch.bfloat16 for float16 parameters: "
-                f"the {backend} kernels keep float16 parameters' states as float16, float32 or int8"
+                f"the {backend} kernels keep float16 parameters' states as float16 or float32 "
+                f"(or state_dtype={' / '.join(repr(n) for n in codecs.NAMED)})"
             )
-        if self._int8_for(p) and not lp.is_dense(local(p)):
-            raise ValueError(
-                f"param group {group_index}, parameter {index}: state_dtype='int8' needs parameters dense in memory "
-                f"(this one has shape {tuple(p.shape)} and strides {p.stride()}, a view of a slice?)"
-            )
+        where = f"param group {group_index}, parameter {index}"
+        self._codec_for(p).check_param(p, where)
         st = self.state.get(p)
         if not st:
             return
-        where = f"param group {group_index}, parameter {index}"
-        for key in self._STATE_KEYS:
+        for key in self.SLOTS:
             t = st.get(key)
             if t is None:
                 continue
             _check_state_tensor(t, p, key, where, fused=backend != "torch")
-            if isinstance(t, Tensor) and t.dtype in (torch.int8, torch.uint8):
-                _check_codes(t, st.get(lp.scale_key(key)), p, key, where)
+            codecs.stored(t).check(st, key, p, signed=key in self.SIGNED_SLOTS, where=where)
         if "step" in st:
             _check_step(st["step"], where, RuntimeError, read_tensor=False)
 
@@ -333,7 +299,8 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         return None
 
     def _make_states(self, group_index: int, group: dict[str, Any], params: list[Tensor]):
-        """(state lists, step scalars, fresh flags) of one bucket, created lazily (subclasses)."""
+        """(slot names, state lists, step scalars, fresh flags) of one bucket,
+        created lazily (subclasses; the lists: ``_bucket_lists``)."""
         raise NotImplementedError
 
     def _launch(self, bucket: plan_mod.Bucket, *, sched, grad_mul, skip, advance) -> bool:
@@ -388,11 +355,9 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         return skip, clip if inv_scale is None else clip * inv_scale
 
     def _state_dtype_for(self, p: Tensor) -> torch.dtype:
-        """The floating dtype of p's states (int8 states: see _new_state)."""
-        # complex parameters keep complex states (updated through real views)
-        if self.state_dtype is None or self.state_dtype == INT8 or p.is_complex():
-            return p.dtype
-        return self.state_dtype
+        """The floating dtype of p's states (complex parameters keep complex
+        states, updated through real views)."""
+        return codecs.float_dtype(self.state_dtype, p)
 
 
 def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool) -> None:
@@ -404,12 +369,8 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
             f"{p.device}: the parameter changed (through .data, set_() or resize_()) since the state was made, "
             "or a checkpoint of another model was loaded"
         )
-    if t.layout != torch.strided or not (
-        t.is_floating_point() or t.is_complex() or t.dtype in (torch.int8, torch.uint8)
-    ):
-        raise RuntimeError(
-            f"{where}: state {key!r} must be a dense floating tensor (or int8 codes), got {t.layout} {t.dtype}"
-        )
+    if t.layout != torch.strided or codecs.stored(t) is None:
+        raise RuntimeError(f"{where}: state {key!r} must be {codecs.STORED_KINDS}, got {t.layout} {t.dtype}")
     # A real parameter's floating state of another dtype is converted once by
     # _kernel_state; a complex one is updated through real views of both, so
     # they must agree.
@@ -418,28 +379,6 @@ def _check_state_tensor(t: Any, p: Tensor, key: str, where: str, *, fused: bool)
             f"{where}: state {key!r} is {t.dtype}, the complex parameter {p.dtype}; the fused kernels need them equal "
             "(did the parameter's dtype change after its state was made?)"
         )
-
-
-def _check_codes(t: Tensor, scales: Any, p: Tensor, key: str, where: str) -> None:
-    """int8 codes: their dtype (signed for first moments) and one float32
-    scale per block of kQBlock elements beside them."""
-    if t.dtype != lp.code_dtype(key):
-        raise RuntimeError(f"{where}: state {key!r} holds {t.dtype} codes, expected {lp.code_dtype(key)}")
-    skey = lp.scale_key(key)
-    nb = lp.num_blocks(local(p).numel())
-    if (
-        not isinstance(scales, Tensor)
-        or scales.dtype != torch.float32
-        or scales.shape != (nb,)
-        or scales.device != p.device
-    ):
-        what = (
-            f"{scales.dtype} {tuple(scales.shape)} on {scales.device}"
-            if isinstance(scales, Tensor)
-            else type(scales).__name__
-        )
-        raise RuntimeError(f"{where}: int8 state {key!r} needs {skey!r}, float32 ({nb},) on {p.device}; got {what}")
-    # (codes of another layout and strided scales are adopted by _kernel_state, re-laid out)
 
 
 def _hooks_or_profiler(opt: torch.optim.Optimizer) -> bool:

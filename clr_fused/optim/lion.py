@@ -30,7 +30,7 @@ class Lion(AlgorithmOptimizer):
     ``max_grad_norm`` and GradScaler work as for the other optimizers.
     """
 
-    SLOTS = ("exp_avg",)
+    SLOTS = SIGNED_SLOTS = ("exp_avg",)
     _HYPER_KEYS = ("betas", "weight_decay")
 
     def __init__(

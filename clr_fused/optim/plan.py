@@ -31,8 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _ext
-from ..kernels import low_precision as lp
+from .. import _ext, codecs
 from ..kernels.tensor_tables import aligned_16, build_tables, same_dense_layout
 
 
@@ -62,7 +61,8 @@ class Bucket:
     backend: str
     owners: list[Tensor]  # the parameters as param_groups hold them
     params: list[Tensor]  # their local tensors (what the kernels write)
-    states: list[list[Tensor]]  # momentum_buffers, or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]
+    slots: tuple[str, ...]  # the state slots' names, in the order of their lists in ``states``
+    states: list[list[Tensor]]  # the slots' lists, then the codec's own (aux_lists of them: block scales)
     steps: list[Tensor] = field(default_factory=list)  # Adam's float32 step scalars
     fresh: list[bool] | None = None  # SGD: momentum buffers created for the next launch
     tables: list[Tensor] | None = None  # fused + checked: [addrs..., numels, chunk_tensor, chunk_start]
@@ -77,7 +77,21 @@ class Bucket:
     # threads never share one.
     ticket: Tensor | None = None
     complex: bool = False  # complex parameters, updated through their real views
-    scale_lists: int = 0  # int8 states: the last this many state lists are the codes' scales (not param-shaped)
+    aux_lists: int = 0  # the last this many state lists are the codec's own (not shaped like the parameters)
+
+    def slot(self, name: str) -> list[Tensor]:
+        """A slot's state list (``bucket.slot("exp_avg")``)."""
+        return self.states[self.slots.index(name)]
+
+    @property
+    def shaped(self) -> list[list[Tensor]]:
+        """The state lists shaped like the parameters (the slots', in order)."""
+        return self.states[: len(self.states) - self.aux_lists]
+
+    @property
+    def aux(self) -> list[list[Tensor]]:
+        """The codec's own lists (a quantizing codec's block scales), after the slots'."""
+        return self.states[len(self.states) - self.aux_lists :]
 
     def grads(self, shards: bool = True) -> list[Tensor]:
         """This step's gradients, as reals: local tensors, or as the parameters
@@ -173,14 +187,15 @@ def build(
     backend_for: Callable[[torch.device, torch.dtype], str],
     check_state: Callable[[Tensor, str, int, int], None],
     make_states: Callable[
-        [int, dict[str, Any], list[Tensor]], tuple[list[list[Tensor]], list[Tensor], list[bool] | None]
+        [int, dict[str, Any], list[Tensor]],
+        tuple[tuple[str, ...], list[list[Tensor]], list[Tensor], list[bool] | None],
     ],
     chunk_for: Callable[[str], int | None],
 ) -> LaunchPlan:
     """Validate every gradient, create missing states, group into buckets.
 
-    ``make_states(group_index, group, params)`` returns (state lists, steps,
-    fresh flags) for one bucket, creating state lazily as torch does;
+    ``make_states(group_index, group, params)`` returns (slot names, state
+    lists, steps, fresh flags) for one bucket, creating state lazily as torch does;
     ``chunk_for(backend)`` is the backend's chunk size, or None when it takes
     lists rather than address tables.
     """
@@ -198,11 +213,11 @@ def build(
         for (device, dtype), idx in by_key.items():
             owners = [group["params"][i] for i in idx]
             backend = backend_for(device, dtype)
-            states, steps, fresh = make_states(gi, group, owners)
-            whole = Bucket(gi, device, backend, owners, [kernel_view(p) for p in owners],
+            slots, states, steps, fresh = make_states(gi, group, owners)
+            whole = Bucket(gi, device, backend, owners, [kernel_view(p) for p in owners], tuple(slots),
                            [[kernel_view(s) for s in ss] for ss in states], steps, fresh)  # fmt: skip
             whole.complex = owners[0].is_complex()
-            whole.scale_lists = len(states) // 2 if states and states[0][0].dtype == torch.int8 else 0
+            whole.aux_lists = len(states) - len(slots)
             chunk = chunk_for(backend)
             keep = [native is not None and chunk is not None and _checkable(whole, i) for i in range(len(idx))]
             # The tensors the C++ check keeps tables for, and the rest (one launch each set).
@@ -228,27 +243,24 @@ def _checkable(b: Bucket, i: int) -> bool:
     g = owner.grad
     if hasattr(owner, "to_local") or g.layout != torch.strided or hasattr(g, "to_local"):
         return False
-    shaped = b.states[: len(b.states) - b.scale_lists]
-    return same_dense_layout([p, as_real(g), *(ss[i] for ss in shaped)])
+    return same_dense_layout([p, as_real(g), *(ss[i] for ss in b.shaped)])
 
 
 def _subset(b: Bucket, sel: list[int]) -> Bucket:
     pick = lambda xs: [xs[j] for j in sel]  # noqa: E731
     fresh = None if b.fresh is None else pick(b.fresh)
-    sub = Bucket(b.group_index, b.device, b.backend, pick(b.owners), pick(b.params), [pick(ss) for ss in b.states],
-                 pick(b.steps) if b.steps else [], fresh if fresh and any(fresh) else None)  # fmt: skip
+    sub = Bucket(b.group_index, b.device, b.backend, pick(b.owners), pick(b.params), b.slots,
+                 [pick(ss) for ss in b.states], pick(b.steps) if b.steps else [],
+                 fresh if fresh and any(fresh) else None)  # fmt: skip
     sub.complex = b.complex
-    sub.scale_lists = b.scale_lists
+    sub.aux_lists = b.aux_lists
     return sub
 
 
 def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk: int) -> None:
     """Build the bucket's address tables and hand it to the C++ plan."""
-    if b.scale_lists:  # int8 states: the kernels index the scales flat (the C++ check keeps their geometry)
-        lp.check_state_lists(
-            b.states[len(b.states) - 2 * b.scale_lists : len(b.states) - b.scale_lists],
-            b.states[len(b.states) - b.scale_lists :],
-        )
+    if b.aux_lists:  # (the C++ check keeps their geometry from here on)
+        codecs.stored(b.states[0][0]).check_lists(b.shaped, b.aux)
     grads = b.grads()
     b.grad_dtype = grads[0].dtype
     tables = build_tables([b.params, grads, *b.states], chunk, b.device)

@@ -13,12 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import codecs
 from .. import schedule_math as sm
-from ..kernels import low_precision as lp
 from ..schedules import Schedule, schedule_from_dict
 from .hyper import _check_lr_value, _is_real
 from .live_lr import LIVE_DTYPE
-from .plan import local
 from .state_store import SlotDict, StateStore
 
 # Plain-data keys in each saved param group (see StateDictProtocol.state_dict).
@@ -71,26 +70,22 @@ class StateDictProtocol:
         return sd
 
     def _sharded_codes_as_floats(self, sd: dict[str, Any]) -> None:
-        """int8 states of DTensor (FSDP2) parameters are saved as float32
-        DTensors, dequantized: their scales belong to each rank's shard (a
-        block never spans two shards), which a resharded load could not map,
-        while a float DTensor torch.distributed.checkpoint reshards as any
-        other state; the load quantizes them again on the new shards.  Plain
-        parameters keep their codes and scales (a bit-exact round trip)."""
+        """Quantized states (``codecs.py``) of DTensor (FSDP2) parameters are
+        saved as float32 DTensors, decoded: their block scales belong to each
+        rank's shard (a block never spans two shards), which a resharded load
+        could not map, while a float DTensor torch.distributed.checkpoint
+        reshards as any other state; the load encodes them again on the new
+        shards.  Plain parameters keep their codes (a bit-exact round trip)."""
         params = [p for g in self.param_groups for p in g["params"]]
         for idx, st in list(sd["state"].items()):
             p = params[idx] if isinstance(idx, int) and idx < len(params) else None
             if p is None or not hasattr(p, "to_local") or not isinstance(st, dict):
                 continue
-            keys = [
-                k
-                for k in self._STATE_KEYS
-                if isinstance(st.get(k), Tensor) and st[k].dtype in (torch.int8, torch.uint8)
-            ]
+            keys = [k for k in self.SLOTS if isinstance(st.get(k), Tensor) and _quantized(st[k])]
             if keys:
                 st = dict(st)  # (torch's packed state holds the live dict)
                 for k in keys:
-                    st[k] = lp.dequantize(st[k], st.pop(lp.scale_key(k)))
+                    st[k] = codecs.stored(st[k]).to_values(st, k)
                 sd["state"][idx] = st
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -304,29 +299,17 @@ class StateDictProtocol:
             for key, value in st.items():
                 if key == "step":
                     _check_step(value, f"parameter {idx}", ValueError, read_tensor=True)
-                elif key.endswith("_scale") and key[: -len("_scale")] in self._STATE_KEYS:
-                    # int8 states' block scales: float32, one per block of the (local) parameter
-                    nb = lp.num_blocks(local(p).numel())
-                    if not isinstance(value, Tensor) or value.dtype != torch.float32 or value.shape != (nb,):
-                        what = (
-                            f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-                        )
-                        raise ValueError(f"state {key!r} of parameter {idx} has {what}, expected float32 ({nb},)")
-                elif key in self._STATE_KEYS:
+                elif codecs.aux_owner(key, self.SLOTS) is not None:
+                    # a codec's own entry (a quantizing codec's block scales)
+                    codecs.aux_owner(key, self.SLOTS)[0].check_saved_aux(key, value, p, f"parameter {idx}")
+                elif key in self.SLOTS:
                     if value is None and key == "momentum_buffer":
                         continue  # torch saves it as None before the first momentum step
-                    codes = isinstance(value, Tensor) and value.dtype in (torch.int8, torch.uint8)
-                    if codes and (value.dtype != lp.code_dtype(key) or lp.scale_key(key) not in st):
-                        raise ValueError(
-                            f"state {key!r} of parameter {idx} holds {value.dtype} codes: expected "
-                            f"{lp.code_dtype(key)} codes with their {lp.scale_key(key)!r}"
-                        )
+                    codec = codecs.stored(value) if isinstance(value, Tensor) else None
+                    if codec is not None:
+                        codec.check_saved(st, key, p, signed=key in self.SIGNED_SLOTS, where=f"parameter {idx}")
                     # 0-dim included: a 0-dim state of a non-0-dim parameter is refused
-                    if (
-                        not isinstance(value, Tensor)
-                        or value.shape != p.shape
-                        or not (value.is_floating_point() or value.is_complex() or codes)
-                    ):
+                    if not isinstance(value, Tensor) or value.shape != p.shape or codec is None:
                         what = (
                             f"shape {tuple(value.shape)} {value.dtype}"
                             if isinstance(value, Tensor)
@@ -342,10 +325,11 @@ class StateDictProtocol:
                     )
 
     def _keep_codes(self, state_dict: dict[str, Any], saved_groups: list[dict[str, Any]]) -> None:
-        """int8 codes and their scales as saved: torch's load casts every
-        tensor state to its parameter's floating dtype (a bf16 parameter's
-        scales would lose bits), so they are put back as they were, on the
-        parameter's device; _after_load then converts them if needed."""
+        """Quantized states and their codec's entries as saved: torch's load
+        casts every tensor state to its parameter's floating dtype (a bf16
+        parameter's block scales would lose bits), so they are put back as
+        they were, on the parameter's device; _after_load then converts them
+        if needed."""
         params = {}
         for saved, group in zip(saved_groups, self.param_groups):
             params.update(zip(saved["params"], group["params"]))
@@ -354,10 +338,8 @@ class StateDictProtocol:
             if p is None or not isinstance(st, dict) or p not in self.state:
                 continue
             for key, value in st.items():
-                codes = (
-                    isinstance(value, Tensor) and value.dtype in (torch.int8, torch.uint8) and key in self._STATE_KEYS
-                )
-                if codes or (key.endswith("_scale") and key[: -len("_scale")] in self._STATE_KEYS):
+                codes = isinstance(value, Tensor) and key in self.SLOTS and _quantized(value)
+                if codes or codecs.aux_owner(key, self.SLOTS) is not None:
                     self.state[p][key] = value.to(device=p.device)
 
     def _after_load(self) -> None:
@@ -368,13 +350,22 @@ class StateDictProtocol:
             for key, value in list(st.items()):
                 if not isinstance(value, Tensor) or key == "step":
                     continue
-                if key.endswith("_scale") or not value.is_floating_point() or self._int8_for(p):
-                    st[key] = value.to(device=p.device)  # int8 codes and scales; floats quantized below
+                if (
+                    codecs.aux_owner(key, self.SLOTS) is not None
+                    or not value.is_floating_point()
+                    or self._codec_for(p).quantized
+                ):
+                    st[key] = value.to(device=p.device)  # codes and their scales; floats encoded below
                 else:
                     st[key] = value.to(device=p.device, dtype=self._state_dtype_for(p))
-            for key in self._STATE_KEYS:
+            for key in self.SLOTS:
                 if isinstance(st.get(key), Tensor):
-                    self._kernel_state(p, st, key)  # quantized for int8 states, dequantized for floating ones
+                    self._kernel_state(p, st, key)  # in this optimizer's codec (encoded, or decoded)
+
+
+def _quantized(t: Tensor) -> bool:
+    codec = codecs.stored(t)
+    return codec is not None and codec.quantized
 
 
 def _check_step(step: Any, where: str, error: type[Exception], *, read_tensor: bool) -> None:

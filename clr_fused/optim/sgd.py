@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ..kernels import low_precision as lp
 from ..kernels.registry import kernels_for
 from .base import FusedOptimizer
 from .hyper import _check_lr_value, _is_real, backend_from_torch_flags
@@ -37,7 +36,7 @@ class SGD(FusedOptimizer):
     """
 
     _momentum_key = "momentum"
-    _STATE_KEYS = ("momentum_buffer",)
+    SLOTS = SIGNED_SLOTS = ("momentum_buffer",)
     # what torch.optim.SGD.__setstate__ fills in for checkpoints that predate a key
     _LEGACY_GROUP_DEFAULTS = dict(nesterov=False, maximize=False, foreach=None, differentiable=False, fused=None)
 
@@ -116,27 +115,19 @@ class SGD(FusedOptimizer):
 
     def _make_states(self, group_index: int, group, params):
         if not self._uses_momentum(group_index, group):
-            return [], [], None
-        bufs, fresh = [], []
+            return (), [], [], None
+        fresh = []
         for p in params:
             st = self.state[p]
-            buf = st.get("momentum_buffer")
             # A buffer created for a step that turns out non-finite stays
             # zero; the next step then treats it as warm (this differs from
             # torch only with dampening != 0).
-            fresh.append(buf is None)
-            if buf is None:
-                buf = self._new_state(p, st, "momentum_buffer")
+            fresh.append(st.get("momentum_buffer") is None)
+            if fresh[-1]:
+                self._new_state(p, st, "momentum_buffer")
             else:
-                buf = self._kernel_state(p, st, "momentum_buffer")
-            bufs.append(buf)
-        if bufs[0].dtype == torch.int8:  # int8: the codes, then their scales
-            return (
-                [bufs, [self.state[p][lp.scale_key("momentum_buffer")] for p in params]],
-                [],
-                fresh if any(fresh) else None,
-            )
-        return [bufs], [], fresh if any(fresh) else None
+                self._kernel_state(p, st, "momentum_buffer")
+        return self.SLOTS, self._bucket_lists(params, self.SLOTS), [], fresh if any(fresh) else None
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
         group = self.param_groups[bucket.group_index]
@@ -144,7 +135,7 @@ class SGD(FusedOptimizer):
             bucket,
             sched=sched,
             momentum=0.0 if sched.mom is not None else group["momentum"],  # cycled / tensor: read on the device
-            use_momentum=bool(bucket.states),
+            use_momentum="momentum_buffer" in bucket.slots,
             dampening=group["dampening"],
             weight_decay=group["weight_decay"],
             nesterov=group["nesterov"],
