@@ -168,13 +168,17 @@ class Int8Blocks(StateCodec):
         if not self.holds(t):
             # quantized in the parameter's layout (its memory order sets the blocks)
             fits = lp.fits_layout(t, p)
-            t, st[skey] = lp.quantize(t if fits else torch.empty_like(p, dtype=t.dtype).copy_(t), signed)
+            codes, scales = lp.quantize(t if fits else torch.empty_like(p, dtype=t.dtype).copy_(t), signed)
         else:
             # codes of another layout (a checkpoint of other layouts, a non-dense view, a
             # parameter whose memory format changed) and strided scales: re-laid out
-            t, st[skey] = lp.adopt(t, st[skey], p, signed)
-        st[key] = t
-        return t
+            codes, scales = lp.adopt(t, st[skey], p, signed)
+        # written only when they changed: a write moves the state's version (and rebuilds the plan)
+        if codes is not t:
+            st[key] = codes
+        if scales is not st.get(skey):
+            st[skey] = scales
+        return codes
 
     def to_values(self, st, key):
         (skey,) = self.aux_keys(key)

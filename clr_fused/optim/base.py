@@ -23,7 +23,7 @@ from .. import backends, codecs
 from ..kernels import reference
 from ..kernels.registry import kernels_for
 from ..schedules import Schedule
-from . import live_lr
+from . import in_backward, live_lr
 from . import plan as plan_mod
 from .hyper import _check_lr_value, _is_real
 from .live_lr import LiveLR
@@ -74,6 +74,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         self._backend_cache: dict[torch.device, str] = {}
         self._plan: plan_mod.LaunchPlan | None = None
         self._hyper_seen: dict[int, tuple] = {}  # each group's hyperparameter objects when last validated
+        self._in_backward: in_backward.StepInBackward | None = None  # register_step_in_backward's handle
         super().__init__(params, defaults)
         self.state = StateStore(self.state)
         if not any(g["params"] for g in self.param_groups):
@@ -187,7 +188,15 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             _check_step(st["step"], where, RuntimeError, read_tensor=False)
 
     def step(self, closure: Callable[[], Any] | None = None):
-        """One fused update of every param group; the schedule advances on the device."""
+        """One fused update of every param group; the schedule advances on the device.
+
+        While the optimizer steps in backward (``register_step_in_backward``)
+        the updates already ran: ``step()`` only calls the closure."""
+        if self._in_backward is not None:
+            if closure is None:
+                return None
+            with torch.enable_grad():
+                return closure()
         # torch wraps every optimizer's step in a profiler range and its step
         # hooks (Optimizer.profile_hook_step); the range alone costs more host
         # time than our whole plan check.  Taken only when someone is looking:
@@ -306,6 +315,21 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
     def _launch(self, bucket: plan_mod.Bucket, *, sched, grad_mul, skip, advance) -> bool:
         """Update one bucket; True if it advanced the step counter (subclasses)."""
         raise NotImplementedError
+
+    def register_step_in_backward(self, params: Iterable[Tensor] | torch.nn.Module | None = None):
+        """Run each parameter's update inside backward, as soon as its
+        gradient is accumulated, and free the gradient (``optim/in_backward.py``).
+
+        ``params``: a module, parameters, or None for every parameter of the
+        optimizer.  Returns a handle: ``handle.stepping = False`` makes the
+        next backward passes only accumulate (gradient accumulation; set it
+        True before the last micro-batch), ``handle.remove()`` goes back to
+        ``step()``.  The step counter advances and the schedule moves once
+        per backward that stepped; ``step()`` then only calls its closure.
+        Refused with ``max_grad_norm`` (the global norm is not known before
+        the first update); GradScaler cannot skip a step here.
+        """
+        return in_backward.register(self, params)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, all-or-nothing: a group that is refused leaves the optimizer as it was."""

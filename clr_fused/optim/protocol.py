@@ -245,7 +245,10 @@ class StateDictProtocol:
     )
 
     #: Attributes absent from older pickles (or not pickled), with the value they start at.
-    _PICKLE_DEFAULTS: dict[str, Any] = {"stochastic_rounding": False, "_host_steps": 0, "_applied": None}
+    _PICKLE_DEFAULTS: dict[str, Any] = {
+        "stochastic_rounding": False, "_host_steps": 0, "_applied": None,
+        "_in_backward": None,  # (hooks are not copied: a copy steps with step())
+    }  # fmt: skip
 
     def __getstate__(self) -> dict[str, Any]:
         st = super().__getstate__()

@@ -1,0 +1,184 @@
+"""The optimizer step inside backward (gradient release).
+
+``opt.register_step_in_backward()`` hooks every parameter's
+``register_post_accumulate_grad_hook``: as soon as a parameter's gradient is
+accumulated, its fused update runs and the gradient is freed, so a training
+step never holds every gradient at once (optimi, torchtune's
+``optimizer_in_bwd``, torchtitan do the same with one optimizer and one LR
+scheduler per parameter; here one optimizer and its device schedule serve
+them all).
+
+Every update of one backward reads the same live LR and step counter.  Of
+each group, the latest parameter whose gradient arrived is held back by one
+hook: the group's last one is updated when the backward pass ends (an
+autograd engine callback queued by its first hook), by a launch that also
+writes the group's next LR and advances the counter in its epilogue, as
+``step()``'s last launch does.  Parameters, states and LRs are then bit for
+bit those of a normal ``step()`` after the same backward
+(tests/test_in_backward.py); at most one gradient per group outlives its
+hook.
+
+Each parameter has its own one-tensor launch plan, built on its first
+update and re-checked (one C++ call) on the next ones, as ``step()``'s.
+Global-norm clipping (``max_grad_norm``) and GradScaler's skip need every
+gradient before the first update: they are refused / unsupported here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import live_lr
+from . import plan as plan_mod
+
+
+class StepInBackward:
+    """The handle ``register_step_in_backward`` returns.
+
+    ``stepping``: whether the next backward updates the parameters (set it
+    False for the micro-batches of gradient accumulation, True for the last
+    one).  ``remove()``: back to ``opt.step()``.
+    """
+
+    def __init__(self, opt: Any, params: list[Tensor]) -> None:
+        self.opt = opt
+        self.stepping = True
+        self._group_of: dict[int, int] = {}
+        for gi, group in enumerate(opt.param_groups):
+            for p in group["params"]:
+                self._group_of[id(p)] = gi
+        for p in params:
+            if id(p) not in self._group_of:
+                raise ValueError("register_step_in_backward: a parameter is not in this optimizer's param groups")
+        self._plans: dict[int, tuple[tuple, plan_mod.LaunchPlan]] = {}
+        self._pass: dict[str, Any] | None = None  # this backward's LR inputs (set by its first hook)
+        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
+        self.steps = 0  # backward passes that stepped
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.opt._in_backward is self:
+            self.opt._in_backward = None
+
+    def __enter__(self) -> StepInBackward:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    # ------------------------------------------------------------ one backward
+    def _hook(self, p: Tensor) -> None:
+        if not self.stepping or p.grad is None:
+            return
+        if self._pass is None:
+            self._begin()
+        if p.device != self.opt._counter_device:
+            self._update(p)  # (step() writes LRs and the counter from the home device's launches only)
+            return
+        held = self._pass["held"]
+        gi = self._group_of[id(p)]
+        prev = held.get(gi)
+        held[gi] = p  # kept for the end of the backward: it may be the group's last
+        if prev is not None:
+            self._update(prev)
+
+    def _begin(self) -> None:
+        """The first hook of a backward: the groups checked, the LRs each
+        update reads taken, the end-of-backward callback queued."""
+        opt = self.opt
+        opt._check_groups()
+        recs = [opt._group_lr(gi) for gi in range(len(opt.param_groups))]
+        opt._keep_applied(recs)
+        self._pass = {"recs": recs, "inputs": {}, "counters": {opt._counter_device: opt._step_counter}, "held": {}}
+        torch.autograd.Variable._execution_engine.queue_callback(self._finish)
+
+    def _update(self, p: Tensor, *, write_next: bool = False, advance: bool = False) -> bool:
+        """Launch ``p``'s update and release its gradient; ``write_next``: this
+        launch writes the group's next LR, ``advance``: it advances the counter
+        (True if it did)."""
+        opt = self.opt
+        gi = self._group_of[id(p)]
+        group = opt.param_groups[gi]
+        # the plan's structure key, as step()'s (a group whose params list changed: refused)
+        key = (id(group["params"]), opt.backend, opt._plan_key(gi, group))
+        store = opt.state
+        entry = self._plans.get(id(p))
+        plan = None if entry is None or entry[0] != key else entry[1]
+        if plan is None or plan.state is not store or plan.state_version != store.version or not plan.valid(plan.keys):
+            groups = [{**group, "params": [p]} if j == gi else {"params": []} for j in range(len(opt.param_groups))]
+            keys = [(id(g["params"]), len(g["params"])) for g in groups]
+            plan = plan_mod.build(groups, keys, opt._backend_for, opt._check_state, opt._make_states, _chunk_for)
+            plan.state, plan.state_version = store, store.version
+            self._plans[id(p)] = (key, plan)
+        run = self._pass
+        rec = run["recs"][gi]
+        advanced = False
+        try:
+            for b in plan.buckets:
+                dev = b.device
+                counter = run["counters"].get(dev)
+                if counter is None:
+                    counter = run["counters"][dev] = opt._step_counter.to(dev, non_blocking=True)
+                inputs = run["inputs"].get((gi, dev))
+                if inputs is None:
+                    inputs = run["inputs"][(gi, dev)] = rec.launch_inputs(dev)
+                rows, lr, mom = inputs
+                sched = live_lr.LaunchLR(rec.rows, rows, counter, lr, mom, rec.live if write_next else None)
+                advanced |= bool(opt._launch(b, sched=sched, grad_mul=None, skip=None, advance=advance))
+                b.fresh = None
+        finally:
+            plan.release()
+        p.grad = None  # released: the point of the mode
+        return advanced
+
+    def _finish(self) -> None:
+        """The end of a backward that stepped: each group's held parameter is
+        updated by a launch that writes the group's next LR, the last of them
+        advances the counter; a group without one gets its next LR from device
+        ops, as in step()."""
+        run, opt = self._pass, self.opt
+        held = list(run["held"].items())
+        advanced = False
+        for i, (_, p) in enumerate(held):
+            advanced |= self._update(p, write_next=True, advance=i == len(held) - 1)
+        if not advanced:
+            opt._step_counter.add_(1)
+        for gi, rec in enumerate(run["recs"]):
+            if rec.live is not None and gi not in run["held"]:
+                live_lr.write_schedule(rec.live, rec.rows, opt._step_counter, rec.rows_device)
+        opt._orphans = []
+        opt._host_steps += 1
+        self._pass = None
+        self.steps += 1
+
+
+def register(opt: Any, params: Any = None) -> StepInBackward:
+    """``opt.register_step_in_backward`` (see ``FusedOptimizer``)."""
+    if opt.max_grad_norm is not None:
+        raise ValueError(
+            "register_step_in_backward: max_grad_norm clips by the norm of every gradient, which does not exist "
+            "before the first update in backward; clip per parameter yourself, or use step()"
+        )
+    if getattr(opt, "_in_backward", None) is not None:
+        raise RuntimeError("register_step_in_backward: this optimizer already steps in backward (remove() it first)")
+    if params is None:
+        params = [p for g in opt.param_groups for p in g["params"]]
+    elif isinstance(params, torch.nn.Module):
+        params = list(params.parameters())
+    else:
+        params = list(params)
+    params = [p for p in params if p.requires_grad]
+    handle = StepInBackward(opt, params)
+    opt._in_backward = handle
+    return handle
+
+
+def _chunk_for(backend: str) -> int | None:
+    from .base import _chunk_for as chunk_for  # (base imports this module)
+
+    return chunk_for(backend)

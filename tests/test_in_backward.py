@@ -1,0 +1,174 @@
+"""The optimizer step inside backward (register_step_in_backward): bit for bit
+the normal step after the same backward, on every backend that runs here."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import clr_fused as cf
+
+STEPS = 50
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(13, 33), torch.nn.Tanh(), torch.nn.Linear(33, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)
+    )
+
+
+def _batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(9, 13, generator=g), torch.randn(9, 3, generator=g)) for _ in range(n)]
+
+
+def _loss(model, x, y):
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+CASES = {
+    "sgd-cyclic-momentum": lambda ps, b: cf.SGD(
+        ps, lr=cf.CyclicLR(0.01, 0.1, 4, cycle_momentum=True), momentum=0.9, weight_decay=1e-3, backend=b
+    ),
+    "adam-onecycle": lambda ps, b: cf.Adam(ps, lr=cf.OneCycleLR(0.02, STEPS), weight_decay=1e-2, backend=b),
+    "adamw-lambda-amsgrad": lambda ps, b: cf.AdamW(
+        ps, lr=cf.LambdaLR(0.01, [1.0, 0.5, 0.25, 0.75, 0.1], 5), amsgrad=True, backend=b
+    ),
+    "sgd-nesterov-int8": lambda ps, b: cf.SGD(
+        ps, lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9, nesterov=True, state_dtype="int8", backend=b
+    ),
+}
+
+
+def _same(a, b, what):
+    assert a.dtype == b.dtype and a.shape == b.shape, what
+    assert torch.equal(a, b), what
+
+
+def _compare(m1, o1, m2, o2, step):
+    for (name, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        _same(p1.detach(), p2.detach(), f"step {step}: parameter {name}")
+        s1, s2 = o1.state[p1], o2.state[p2]
+        assert s1.keys() == s2.keys(), (step, name)
+        for k in s1:
+            _same(s1[k], s2[k], f"step {step}: state {k} of {name}")
+    assert o1.get_last_lr() == o2.get_last_lr(), step
+    assert int(o1.schedule_step) == int(o2.schedule_step) == step
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bit_identical_to_the_normal_step(case, backend):
+    steps = STEPS if backend != "triton" else 12  # (the interpreter: seconds per step)
+    m1, m2 = _model(), _model()
+    o1, o2 = CASES[case](m1.parameters(), backend), CASES[case](m2.parameters(), backend)
+    handle = o2.register_step_in_backward(m2)
+    for i, (x, y) in enumerate(_batches(steps)):
+        _loss(m1, x, y).backward()
+        o1.step()
+        o1.zero_grad()
+        _loss(m2, x, y).backward()
+        assert all(p.grad is None for p in m2.parameters())  # released in backward
+        o2.step()  # (only the closure, none here: the update ran in backward)
+        _compare(m1, o1, m2, o2, i + 1)
+    assert handle.steps == steps
+
+
+def test_gradient_accumulation_steps_on_the_last_micro_batch():
+    m1, m2 = _model(), _model()
+    make = CASES["adam-onecycle"]
+    o1, o2 = make(m1.parameters(), "auto"), make(m2.parameters(), "auto")
+    handle = o2.register_step_in_backward(m2.parameters())
+    data = _batches(3 * 10)
+    for i in range(10):
+        micro = data[3 * i : 3 * i + 3]
+        for j, (x, y) in enumerate(micro):
+            (_loss(m1, x, y) / 3).backward()
+            handle.stepping = j == len(micro) - 1
+            (_loss(m2, x, y) / 3).backward()
+            if not handle.stepping:
+                assert all(p.grad is not None for p in m2.parameters())  # accumulating
+        o1.step()
+        o1.zero_grad()
+        _compare(m1, o1, m2, o2, i + 1)
+
+
+def test_checkpoint_mid_run_resumes_with_step():
+    """A checkpoint taken in backward mode loads into an optimizer that uses
+    step() (and the reverse), continuing bit for bit."""
+    make = CASES["sgd-cyclic-momentum"]
+    m1, m2 = _model(), _model()
+    o1, o2 = make(m1.parameters(), "auto"), make(m2.parameters(), "auto")
+    h = o2.register_step_in_backward(m2)
+    data = _batches(20)
+    for i, (x, y) in enumerate(data):
+        _loss(m1, x, y).backward()
+        o1.step()
+        o1.zero_grad()
+        _loss(m2, x, y).backward()
+        if i >= 10:
+            o2.step()  # (from step 15 on, in backward again: only the closure)
+            o2.zero_grad()
+        _compare(m1, o1, m2, o2, i + 1)
+        if i == 14:  # and back to stepping in backward, mid-run
+            o2.register_step_in_backward(m2)
+        if i == 9:  # resume m2 in a fresh optimizer that steps normally
+            h.remove()
+            m3 = copy.deepcopy(m2)
+            o3 = make(m3.parameters(), "auto")
+            o3.load_state_dict(o2.state_dict())
+            m2, o2 = m3, o3
+
+
+def test_matches_torchtunes_optimizer_per_parameter_pattern():
+    """torchtune's optimizer_in_bwd: one optimizer (and schedule) per
+    parameter, stepped from its hook.  One optimizer in backward mode gives
+    the same parameters."""
+    m1, m2 = _model(), _model()
+    make = lambda ps: cf.AdamW(ps, lr=cf.OneCycleLR(0.02, 30), weight_decay=0.05)  # noqa: E731
+    per_param = {p: make([p]) for p in m1.parameters()}
+
+    def hook(p):
+        per_param[p].step()
+        per_param[p].zero_grad()
+
+    for p in m1.parameters():
+        p.register_post_accumulate_grad_hook(hook)
+    o2 = make(m2.parameters())
+    o2.register_step_in_backward(m2)
+    for x, y in _batches(30):
+        _loss(m1, x, y).backward()
+        _loss(m2, x, y).backward()
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        _same(p1.detach(), p2.detach(), "parameter")
+    assert int(o2.schedule_step) == 30
+
+
+def test_refusals_and_remove():
+    m = _model()
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        cf.SGD(m.parameters(), lr=0.1, max_grad_norm=1.0).register_step_in_backward(m)
+    o = cf.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    h = o.register_step_in_backward(m)
+    with pytest.raises(RuntimeError, match="already steps in backward"):
+        o.register_step_in_backward(m)
+    with pytest.raises(ValueError, match="not in this optimizer"):
+        cf.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1).register_step_in_backward(m)
+    x, y = _batches(1)[0]
+    before = [p.detach().clone() for p in m.parameters()]
+    _loss(m, x, y).backward()
+    assert int(o.schedule_step) == 1 and not any(torch.equal(a, p) for a, p in zip(before, m.parameters()))
+    h.remove()  # back to step(): gradients stay until it runs
+    _loss(m, x, y).backward()
+    assert all(p.grad is not None for p in m.parameters())
+    o.step()
+    assert int(o.schedule_step) == 2
+
+
+def test_copies_step_normally():
+    m = _model()
+    o = cf.Adam(m.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+    o.register_step_in_backward(m)
+    assert copy.deepcopy(o)._in_backward is None
