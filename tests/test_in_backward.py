@@ -172,3 +172,28 @@ def test_copies_step_normally():
     o = cf.Adam(m.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
     o.register_step_in_backward(m)
     assert copy.deepcopy(o)._in_backward is None
+
+
+def test_gradscaler_is_refused_clearly():
+    m = _model()
+    o = cf.AdamW(m.parameters(), lr=1e-3)
+    o.register_step_in_backward(m)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = _batches(1)[0]
+    scaler.scale(_loss(m, x, y)).backward()
+    with pytest.raises(RuntimeError, match="GradScaler cannot drive an optimizer that steps in backward"):
+        scaler.step(o)
+
+
+def test_ddp_is_refused(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(_model())
+        o = cf.SGD(ddp.parameters(), lr=0.1)
+        with pytest.raises(ValueError, match="DistributedDataParallel reduces the gradients"):
+            o.register_step_in_backward(ddp)
+        assert o._in_backward is None
+    finally:
+        dist.destroy_process_group()

@@ -193,6 +193,12 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         While the optimizer steps in backward (``register_step_in_backward``)
         the updates already ran: ``step()`` only calls the closure."""
         if self._in_backward is not None:
+            if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+                raise RuntimeError(
+                    "GradScaler cannot drive an optimizer that steps in backward: the updates ran inside backward, "
+                    "on the scaled gradients, before the scaler could unscale them or skip a non-finite step "
+                    "(remove() the step-in-backward handle, or train without GradScaler: bf16 autocast needs none)"
+                )
             if closure is None:
                 return None
             with torch.enable_grad():

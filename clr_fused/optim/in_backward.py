@@ -166,6 +166,16 @@ def register(opt: Any, params: Any = None) -> StepInBackward:
         )
     if getattr(opt, "_in_backward", None) is not None:
         raise RuntimeError("register_step_in_backward: this optimizer already steps in backward (remove() it first)")
+    if type(params).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel") or hasattr(
+        params, "_get_fsdp_state"
+    ):
+        # DDP all-reduces the gradients asynchronously after these hooks run (FSDP2 reduce-scatters
+        # them): an update here would apply the local, unreduced gradient
+        raise ValueError(
+            f"register_step_in_backward: {type(params).__name__} reduces the gradients after the per-parameter "
+            "hooks run, so an update there would use this rank's unreduced gradient; use step() (or DDP's own "
+            "_register_fused_optim)"
+        )
     if params is None:
         params = [p for g in opt.param_groups for p in g["params"]]
     elif isinstance(params, torch.nn.Module):
