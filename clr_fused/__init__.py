@@ -5,6 +5,7 @@ from .backends import BackendUnavailable
 from .hf_schedules import get_schedule
 from .optim import SGD, Adam, AdamW, FusedOptimizer
 from .optim.lion import Lion
+from .optim.schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .range_test import RangeTestResult, Suggestion, range_test
 from .schedules import (
     ConstantLR,
@@ -33,6 +34,8 @@ __all__ = [
     "Adam",
     "AdamW",
     "Lion",
+    "SGDScheduleFree",
+    "AdamWScheduleFree",
     "FusedOptimizer",
     "BackendUnavailable",
     "range_test",

@@ -4,6 +4,8 @@
 // this list.  Append only: an id is what the op's `algorithm` argument carries.
 #pragma once
 
+#include "algorithms/adamw_schedule_free.cuh"
 #include "algorithms/lion.cuh"
+#include "algorithms/sgd_schedule_free.cuh"
 
-#define CLR_FUSED_ALGORITHMS(X) X(0, Lion)
+#define CLR_FUSED_ALGORITHMS(X) X(0, Lion) X(1, SGDScheduleFree) X(2, AdamWScheduleFree)

@@ -36,7 +36,8 @@ inline const double* double_scalar(const at::Tensor& t, const char* name) {
 inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter, const at::Tensor& lr,
                               const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
                               const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip,
-                              const at::Tensor& ticket, bool advance) {
+                              const at::Tensor& ticket, bool advance,
+                              const std::optional<at::Tensor>& scalars = std::nullopt, bool write_scalars = false) {
   TORCH_CHECK(rows.scalar_type() == at::kDouble && rows.dim() == 2 && rows.size(1) == kRowWidth, "rows must be float64 [n, 16]");
   TORCH_CHECK(counter.scalar_type() == at::kLong, "counter must be int64");
   TORCH_CHECK(ticket.scalar_type() == at::kInt, "ticket must be int32");
@@ -56,6 +57,15 @@ inline StepInputs make_inputs(const at::Tensor& rows, const at::Tensor& counter,
   in.skip = skip.has_value() ? skip->data_ptr<bool>() : nullptr;
   in.ticket = ticket.data_ptr<int32_t>();
   in.advance = advance;
+  if (scalars.has_value()) {
+    TORCH_CHECK(scalars->scalar_type() == at::kDouble && scalars->dim() == 1 && scalars->is_contiguous(),
+                "scalars must be a contiguous float64 vector");
+    in.scalars = scalars->data_ptr<double>();
+  } else {
+    in.scalars = nullptr;
+  }
+  TORCH_CHECK(!write_scalars || in.scalars != nullptr, "write_scalars needs scalars");
+  in.write_scalars = write_scalars;
   return in;
 }
 

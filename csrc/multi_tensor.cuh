@@ -59,6 +59,12 @@ struct StepInputs {
   const bool* skip;  // nullptr: never skip (found_inf / non-finite norm)
   int32_t* ticket;  // zero between launches
   bool advance;  // this launch advances the schedule counter
+  // An algorithm's per-group running scalars (float64 [A::kScalars], e.g.
+  // schedule-free's lr_max and weight sum), or nullptr.  Every launch of the
+  // group reads them as they were before the step; the group's last launch on
+  // its device (write_scalars) has its last block write the step's new values.
+  double* scalars;
+  bool write_scalars;
 };
 
 template <typename T>
@@ -382,7 +388,9 @@ __device__ __forceinline__ bool last_block(int32_t* ticket) {
 }
 
 // Whether the launch's blocks draw the ticket: someone must run finish_step.
-__device__ __forceinline__ bool needs_last_block(const StepInputs& in) { return in.advance || in.next != nullptr; }
+__device__ __forceinline__ bool needs_last_block(const StepInputs& in) {
+  return in.advance || in.next != nullptr || in.write_scalars;
+}
 
 // In the last block (thread 0): the schedule at the step the next update will
 // see -- written to `next` -- and the counter advanced to it.  A skipped

@@ -69,6 +69,7 @@ void step_autograd(CLR_FUSED_STEP_PARAMS) {
   prepare_mutation(counter);
   prepare_mutation(ticket);
   prepare_mutation(next);
+  prepare_mutation(scalars);
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::step", "").typed<void(CLR_FUSED_STEP_PARAMS)>();
   at::AutoDispatchBelowADInplaceOrView below;
   op.call(CLR_FUSED_STEP_NAMES);

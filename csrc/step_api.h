@@ -53,18 +53,20 @@
       at::TensorList tables, const at::Tensor &rows, const at::Tensor &counter, const at::Tensor &lr,              \
       const std::optional<at::Tensor>&mom, const std::optional<at::Tensor>&next,                                    \
       const std::optional<at::Tensor>&grad_mul, const std::optional<at::Tensor>&skip, const at::Tensor &ticket,     \
-      at::ArrayRef<double> hyper, bool stochastic, bool advance
+      at::ArrayRef<double> hyper, bool stochastic, bool advance, const std::optional<at::Tensor>&scalars,          \
+      bool write_scalars
 
 #define CLR_FUSED_STEP_NAMES                                                                                      \
   algorithm, params, grads, states, scales, tables, rows, counter, lr, mom, next, grad_mul, skip, ticket, hyper,  \
-      stochastic, advance
+      stochastic, advance, scalars, write_scalars
 
 namespace clr_fused {
 
 constexpr const char* kStepSchema =
     "step(int algorithm, Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] states, Tensor(c!)[] scales, "
     "Tensor[] tables, Tensor rows, Tensor(d!) counter, Tensor lr, Tensor? mom, Tensor(e!)? next, Tensor? grad_mul, "
-    "Tensor? skip, Tensor(f!) ticket, float[] hyper, bool stochastic, bool advance) -> ()";
+    "Tensor? skip, Tensor(f!) ticket, float[] hyper, bool stochastic, bool advance, Tensor(g!)? scalars=None, "
+    "bool write_scalars=False) -> ()";
 
 constexpr const char* kSgdSchema =
     "sgd_step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor(f!)[] scales, "

@@ -72,11 +72,13 @@ void typed_step(CLR_FUSED_STEP_PARAMS) {
               " hyperparameters expected, got ", hyper.size());
   const at::ScalarType state = ns > 0 ? states[0].scalar_type() : params[0].scalar_type();
   check_scales(state, scales, ns, n, tables, "step");
+  TORCH_CHECK(A::kScalars == 0 ? !scalars.has_value() : scalars.has_value() && scalars->numel() == A::kScalars, "step (",
+              A::kName, "): ", A::kScalars, " group scalars expected");
   TORCH_CHECK(state == at::kChar || tables.size() == 2 + ns + 3, "step (", A::kName, "): ", 2 + ns + 3,
               " tables expected, got ", tables.size());
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables);
-  const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
+  const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance, scalars, write_scalars);
   const typename A::Hyper h = A::from(hyper.data());
   dispatch_types<Launch<A>::template On>(params[0].scalar_type(), state, num_chunks(tables), tb, in, h, stochastic);
 }

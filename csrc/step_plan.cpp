@@ -254,7 +254,8 @@ class __attribute__((visibility("hidden"))) StepPlan {
   void step(int64_t bucket, int64_t algorithm, const at::Tensor& rows, const at::Tensor& counter, const at::Tensor& lr,
             const std::optional<at::Tensor>& mom, const std::optional<at::Tensor>& next,
             const std::optional<at::Tensor>& grad_mul, const std::optional<at::Tensor>& skip, const at::Tensor& ticket,
-            const std::vector<double>& hyper, bool stochastic, bool advance) {
+            const std::vector<double>& hyper, bool stochastic, bool advance, const std::optional<at::Tensor>& scalars,
+            bool write_scalars) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::step", "").typed<void(CLR_FUSED_STEP_PARAMS)>();
     Bucket& b = get(bucket);
     const bool q8 = !b.states.empty() && !b.states[0].empty() && b.states[0][0].scalar_type() == at::kChar;
@@ -265,7 +266,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
       out.insert(out.end(), b.states[j].begin(), b.states[j].end());
     }
     op.call(algorithm, b.params, b.grads, states, scales, b.tables, rows, counter, lr, mom, next, grad_mul, skip, ticket,
-            hyper, stochastic, advance);
+            hyper, stochastic, advance, scalars, write_scalars);
     release(b);
   }
 

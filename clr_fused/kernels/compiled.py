@@ -97,7 +97,9 @@ def adam_(
     return advance
 
 
-def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance, stochastic=False) -> bool:
+def step_(
+    bucket, algorithm, *, sched, hyper, grad_mul, skip, advance, stochastic=False, scalars=None, write_scalars=False
+) -> bool:
     """One bucket of an algorithm on the generic fused step: ``_C.ALGORITHMS``
     names its id (csrc/algorithms.h, by the class's name)."""
     ops = _ops()
@@ -110,8 +112,9 @@ def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance, stochasti
     gm = _grad_mul(grad_mul)
     if bucket.native_index >= 0:
         bucket.native.step(
-            bucket.native_index, ids[name], *live, gm, skip, bucket.ticket, hyper, bool(stochastic), advance
-        )
+            bucket.native_index, ids[name], *live, gm, skip, bucket.ticket, hyper, bool(stochastic), advance,
+            scalars, bool(write_scalars),
+        )  # fmt: skip
         return advance
     states, ns = bucket.states, len(bucket.slots)
     params = bucket.params
@@ -121,7 +124,7 @@ def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance, stochasti
     ops.step(
         ids[name], dense.lists[0], dense.lists[1], [t for ts in dense.lists[2 : 2 + ns] for t in ts],
         [t for ts in states[ns:] for t in ts], tables.flat(), *live, gm, skip, bucket.ticket, hyper,
-        bool(stochastic), advance,
+        bool(stochastic), advance, scalars, bool(write_scalars),
     )  # fmt: skip
     dense.finish()
     return advance

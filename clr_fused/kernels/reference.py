@@ -232,7 +232,19 @@ def adam_(
     return False
 
 
-def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance=False, stochastic=False) -> bool:
+def step_(
+    bucket,
+    algorithm,
+    *,
+    sched,
+    hyper,
+    grad_mul,
+    skip,
+    advance=False,
+    stochastic=False,
+    scalars=None,
+    write_scalars=False,
+) -> bool:
     """One bucket of an algorithm on the generic fused step (``optim/algorithm.py``):
     its ``reference`` update on the bucket's states as float32 (int8 codes decoded,
     re-encoded after), committed unless ``skip``.  Leaves the step counter to the
@@ -243,10 +255,14 @@ def step_(bucket, algorithm, *, sched, hyper, grad_mul, skip, advance=False, sto
     p = _upcast(params, dt)
     g = _scaled_grads(grads, dt, grad_mul, False)
     states = [store.load(name, dt) for name in bucket.slots]
-    new_p, new_states = algorithm.reference(p, g, states, sched.lr, sched.mom, tuple(hyper))
+    ctx = {"k": sched.counter, "scalars": scalars} if scalars is not None else {}
+    new_p, new_states = algorithm.reference(p, g, states, sched.lr, sched.mom, tuple(hyper), **ctx)
     store.commit_params(params, new_p, skip)
     for name, s in zip(bucket.slots, new_states, strict=True):
         store.commit_state(name, s, skip)
+    if write_scalars:  # the group's last launch: its running scalars for the next step
+        new = algorithm.next_scalars(sched.counter, sched.lr, scalars, tuple(hyper))
+        scalars.copy_(new if skip is None else torch.where(skip, scalars, new))
     sched.write_next(skip)
     return False
 

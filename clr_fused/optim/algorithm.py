@@ -10,8 +10,14 @@ once, everything the backends need:
   ``Hyper::from`` and its Triton ``triton_prep`` read them;
 * ``reference(p, g, states, lr, mom, hyper)``: the update in torch ops (the
   ``torch`` backend, and the oracle the kernels are tested against);
-* ``triton_prep`` / ``triton_update``: its Triton functions
-  (``kernels/triton_step.py`` runs them);
+* ``triton_prep`` / ``triton_update`` (/ ``triton_finish``): its Triton
+  functions (``kernels/triton_step.py`` runs them);
+* optionally ``GROUP_SCALARS``: per-group running float64 scalars (name,
+  initial value) that every launch reads and the group's last launch
+  advances (schedule-free's ``lr_max`` and ``weight_sum``); they live in the
+  param group under those names, as 0-dim views of one device tensor;
+* optionally ``INIT_FROM_PARAM``: slots that start as a copy of the
+  parameter instead of zeros;
 * its C++ functor, ``csrc/algorithms/<name>.cuh``, listed in
   ``csrc/algorithms.h`` under the class's name.
 
@@ -23,6 +29,8 @@ no algorithm: they address the states by these names.
 from __future__ import annotations
 
 from typing import Any, ClassVar
+
+import torch
 
 from ..kernels.registry import kernels_for
 from .base import FusedOptimizer
@@ -44,6 +52,33 @@ class AlgorithmOptimizer(FusedOptimizer):
 
     triton_prep: ClassVar[Any] = None
     triton_update: ClassVar[Any] = None
+    triton_finish: ClassVar[Any] = None
+    GROUP_SCALARS: ClassVar[tuple[tuple[str, float], ...]] = ()
+    INIT_FROM_PARAM: ClassVar[tuple[str, ...]] = ()
+
+    def _group_scalar_recs(self) -> dict[int, tuple]:
+        recs = self.__dict__.get("_scalar_recs")
+        if recs is None:  # (not pickled: a copy rebuilds them from its groups' values)
+            recs = self.__dict__["_scalar_recs"] = {}
+        return recs
+
+    def _group_scalars(self, group_index: int) -> torch.Tensor:
+        """The group's running scalars, float64 on the counter's device: the
+        tensor whose views the group holds, rebuilt from the group's values
+        when they were replaced (a load, a user's write, a copy)."""
+        group = self.param_groups[group_index]
+        recs = self._group_scalar_recs()
+        rec = recs.get(group_index)
+        names = [n for n, _ in self.GROUP_SCALARS]
+        if rec is not None and all(group.get(n) is v for n, v in zip(names, rec[1])):
+            return rec[0]
+        values = [float(group.get(n, init)) for n, init in self.GROUP_SCALARS]
+        t = torch.tensor(values, dtype=torch.float64, device=self._counter_device)
+        views = tuple(t[i] for i in range(len(names)))
+        for n, v in zip(names, views):
+            group[n] = v
+        recs[group_index] = (t, views)
+        return t
 
     def _plan_key(self, group_index: int, group) -> None:
         return None
@@ -56,10 +91,16 @@ class AlgorithmOptimizer(FusedOptimizer):
                     self._kernel_state(p, st, key)
                 else:
                     self._new_state(p, st, key)
+                    if key in self.INIT_FROM_PARAM:
+                        with torch.no_grad():
+                            st[key].copy_(p)
         return self.SLOTS, self._bucket_lists(params, self.SLOTS), [], None
 
     def _launch(self, bucket, *, sched, grad_mul, skip, advance) -> bool:
         group = self.param_groups[bucket.group_index]
+        extra = {}
+        if self.GROUP_SCALARS:
+            extra = dict(scalars=self._group_scalars(bucket.group_index), write_scalars=sched.writes_group)
         return kernels_for(bucket.backend).step_(
             bucket,
             type(self),
@@ -69,4 +110,5 @@ class AlgorithmOptimizer(FusedOptimizer):
             skip=skip,
             advance=advance,
             stochastic=self.stochastic_rounding,
+            **extra,
         )

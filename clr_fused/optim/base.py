@@ -293,7 +293,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             dev, rec = b.device, recs[b.group_index]
             rows, lr, mom = inputs[(b.group_index, dev)]
             next_ = rec.live if writer.get(b.group_index) == i else None
-            sched = live_lr.LaunchLR(rec.rows, rows, counters[dev], lr, mom, next_)
+            sched = live_lr.LaunchLR(rec.rows, rows, counters[dev], lr, mom, next_, writer.get(b.group_index) == i)
             advanced |= bool(
                 self._launch(
                     b,

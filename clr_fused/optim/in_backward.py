@@ -128,7 +128,7 @@ class StepInBackward:
                 if inputs is None:
                     inputs = run["inputs"][(gi, dev)] = rec.launch_inputs(dev)
                 rows, lr, mom = inputs
-                sched = live_lr.LaunchLR(rec.rows, rows, counter, lr, mom, rec.live if write_next else None)
+                sched = live_lr.LaunchLR(rec.rows, rows, counter, lr, mom, rec.live if write_next else None, write_next)
                 advanced |= bool(opt._launch(b, sched=sched, grad_mul=None, skip=None, advance=advance))
                 b.fresh = None
         finally:

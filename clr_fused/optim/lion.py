@@ -77,7 +77,7 @@ class Lion(AlgorithmOptimizer):
         return (0.0 if cycled else float(beta1), float(beta2), float(group["weight_decay"]))
 
     @staticmethod
-    def reference(p, g, states, lr, mom, hyper):
+    def reference(p, g, states, lr, mom, hyper, **_):
         """lion_pytorch's update_fn in torch's foreach ops (float32 lists; ``lr``
         and a cycled ``mom`` float64 device scalars): the new p and [m]."""
         beta1, beta2, wd = hyper
@@ -101,7 +101,7 @@ if _triton_missing() is None:
     import triton.language as tl
 
     @triton.jit
-    def _lion_prep(lr, mom, hyper, CYCLED: tl.constexpr):
+    def _lion_prep(lr, mom, k, hyper, scalars, CYCLED: tl.constexpr):
         """Once per program, float64 -> float32 (hyper: float64 [beta1, beta2, wd]):
         -lr, the decay factor, the betas and their complements, as the C++ functor."""
         beta1 = tl.load(hyper)
@@ -118,16 +118,19 @@ if _triton_missing() is None:
             (1.0 - beta1).to(tl.float32),
             beta2.to(tl.float32),
             (1.0 - beta2).to(tl.float32),
+            0.0,
+            0.0,
+            0.0,
         )
 
     @triton.jit
-    def _lion_update(p, g, m, neg_lr, decay, b1, omb1, b2, omb2):
+    def _lion_update(p, g, m, s1, neg_lr, decay, b1, omb1, b2, omb2, c6, c7, c8):
         p = p * decay  # (1.0 without weight decay: exact)
         c = g * omb1 + m * b1
         sgn = tl.where(c > 0.0, 1.0, tl.where(c < 0.0, -1.0, c))  # sign(0) = 0, NaN stays NaN
         p = sgn * neg_lr + p
         m = g * omb2 + m * b2
-        return p, m
+        return p, m, s1
 
     Lion.triton_prep = _lion_prep
     Lion.triton_update = _lion_update

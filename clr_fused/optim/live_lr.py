@@ -114,6 +114,9 @@ class LaunchLR:
     lr: Tensor  # float64 scalar: the LR of this update
     mom: Tensor | None  # float64 scalar: momentum / beta1 of this update, None: the hyperparameter
     next: Tensor | None  # float64 [2]: where the next update's {lr, momentum} go (one launch per group)
+    # the group's last launch on the counter's device: it writes the group's
+    # running scalars (an algorithm's GROUP_SCALARS), which every launch reads
+    writes_group: bool = False
 
     def write_next(self, skip: Tensor | None) -> None:
         """The torch backend's version of the kernels' last-block epilogue."""

@@ -13,6 +13,7 @@ namespace clr_fused {
 struct Lion {
   static constexpr const char* kName = "Lion";
   static constexpr int kStates = 1;
+  static constexpr int kScalars = 0;  // no per-group running scalars
 
   struct Hyper {
     float beta1, one_minus_beta1, beta2, one_minus_beta2;  // complements taken in double on the host
@@ -42,6 +43,8 @@ struct Lion {
                                            st[0] = madd<kFma>(g, omb2, st[0] * b2);
                                          });
   }
+
+  __device__ __forceinline__ static void finish(const StepInputs&, const ChunkInfo&, const Hyper&) {}
 
   template <typename P, typename S, bool kFma, bool kSr>
   __device__ __forceinline__ static void chunk(const Tables& tb, const StepInputs& in, const ChunkInfo& c,

@@ -1,0 +1,75 @@
+// Schedule-free AdamW (schedulefree.AdamWScheduleFree), op for op as its
+// foreach step: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2);
+// denom = (exp_avg_sq / bias_correction2).sqrt_() + eps; grad.div_(denom);
+// grad.add_(y, alpha=wd); y.lerp_(z, ckp1);
+// y.add_(grad, alpha=lr * (beta1 * (1 - ckp1) - 1)); z.sub_(grad, alpha=lr).
+// The parameter holds y; state lists z and exp_avg_sq.
+#pragma once
+
+#include "../algorithm_kernel.cuh"
+#include "schedule_free.h"
+
+namespace clr_fused {
+
+struct AdamWScheduleFree {
+  static constexpr const char* kName = "AdamWScheduleFree";
+  static constexpr int kStates = 2;  // z, exp_avg_sq
+  static constexpr int kScalars = 2;  // lr_max, weight_sum
+
+  struct Hyper {
+    double beta1, beta2;
+    float beta2f, one_minus_beta2, eps, weight_decay;
+    ScheduleFreeWeights w;
+  };
+
+  // hyper = {beta1, beta2, eps, weight_decay, warmup_steps, r, weight_lr_power}
+  static constexpr int kHyper = 7;
+  static Hyper from(const double* v) {
+    return Hyper{v[0],
+                 v[1],
+                 static_cast<float>(v[1]),
+                 static_cast<float>(1.0 - v[1]),
+                 static_cast<float>(v[2]),
+                 static_cast<float>(v[3]),
+                 {v[4], v[5], v[6]}};
+  }
+
+  __device__ __forceinline__ static void finish(const StepInputs& in, const ChunkInfo& c, const Hyper& h) {
+    schedule_free_finish(in, c, h.w);
+  }
+
+  template <typename P, typename S, bool kFma, bool kSr, bool kWd>
+  __device__ __forceinline__ static void run(const Tables& tb, const ChunkInfo& c, const StatePtrs<S, kStates>& s,
+                                             const RandomBits& rb, const Hyper& h, const ScheduleFreeFactors& f,
+                                             float bc2) {
+    const float gm = c.grad_mul;
+    for_each_element<P, S, kStates, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+                                         rb, [&](float& y, float g, float* st) {
+                                           g = g * gm;
+                                           // addcmul_: fma(value * t1, t2, self) where torch's kernels fuse
+                                           const float v = madd<kFma>(h.one_minus_beta2 * g, g, st[1] * h.beta2f);
+                                           st[1] = v;
+                                           g = g / (sqrtf(v / bc2) + h.eps);
+                                           if constexpr (kWd) g = madd<kFma>(y, h.weight_decay, g);
+                                           const float z = st[0];
+                                           y = madd<kFma>(f.coeff, z - y, f.small ? y : z);
+                                           y = madd<kFma>(g, f.y_lr, y);
+                                           st[0] = madd<kFma>(g, f.neg_lr, z);
+                                         });
+  }
+
+  template <typename P, typename S, bool kFma, bool kSr>
+  __device__ __forceinline__ static void chunk(const Tables& tb, const StepInputs& in, const ChunkInfo& c,
+                                               const StatePtrs<S, kStates>& s, const RandomBits& rb, const Hyper& h) {
+    const ScheduleFreeFactors f = schedule_free_factors(schedule_free_step(in, c, h.w), h.beta1);
+    // 1 - beta2 ** (k + 1), in float64; torch's div_ by the Python float rounds it to float32
+    const float bc2 = static_cast<float>(1.0 - pow(h.beta2, static_cast<double>(c.k) + 1.0));
+    if (h.weight_decay != 0.f) {
+      run<P, S, kFma, kSr, true>(tb, c, s, rb, h, f, bc2);
+    } else {
+      run<P, S, kFma, kSr, false>(tb, c, s, rb, h, f, bc2);
+    }
+  }
+};
+
+}  // namespace clr_fused

@@ -1,0 +1,58 @@
+// Schedule-free SGD (schedulefree.SGDScheduleFree), op for op as its foreach
+// step: grad.add_(y, alpha=wd); y.lerp_(z, ckp1);
+// y.add_(grad, alpha=lr * (momentum * (1 - ckp1) - 1)); z.sub_(grad, alpha=lr).
+// The parameter holds y; one state list, z.
+#pragma once
+
+#include "../algorithm_kernel.cuh"
+#include "schedule_free.h"
+
+namespace clr_fused {
+
+struct SGDScheduleFree {
+  static constexpr const char* kName = "SGDScheduleFree";
+  static constexpr int kStates = 1;  // z
+  static constexpr int kScalars = 2;  // lr_max, weight_sum
+
+  struct Hyper {
+    double momentum;
+    float weight_decay;
+    ScheduleFreeWeights w;
+  };
+
+  // hyper = {momentum, weight_decay, warmup_steps, r, weight_lr_power}
+  static constexpr int kHyper = 5;
+  static Hyper from(const double* v) { return Hyper{v[0], static_cast<float>(v[1]), {v[2], v[3], v[4]}}; }
+
+  __device__ __forceinline__ static void finish(const StepInputs& in, const ChunkInfo& c, const Hyper& h) {
+    schedule_free_finish(in, c, h.w);
+  }
+
+  template <typename P, typename S, bool kFma, bool kSr, bool kWd>
+  __device__ __forceinline__ static void run(const Tables& tb, const ChunkInfo& c, const StatePtrs<S, kStates>& s,
+                                             const RandomBits& rb, const ScheduleFreeFactors& f, float wd) {
+    const float gm = c.grad_mul;
+    for_each_element<P, S, kStates, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
+                                         rb, [&](float& y, float g, float* st) {
+                                           g = g * gm;
+                                           if constexpr (kWd) g = madd<kFma>(y, wd, g);
+                                           const float z = st[0];
+                                           y = madd<kFma>(f.coeff, z - y, f.small ? y : z);
+                                           y = madd<kFma>(g, f.y_lr, y);
+                                           st[0] = madd<kFma>(g, f.neg_lr, z);
+                                         });
+  }
+
+  template <typename P, typename S, bool kFma, bool kSr>
+  __device__ __forceinline__ static void chunk(const Tables& tb, const StepInputs& in, const ChunkInfo& c,
+                                               const StatePtrs<S, kStates>& s, const RandomBits& rb, const Hyper& h) {
+    const ScheduleFreeFactors f = schedule_free_factors(schedule_free_step(in, c, h.w), h.momentum);
+    if (h.weight_decay != 0.f) {
+      run<P, S, kFma, kSr, true>(tb, c, s, rb, f, h.weight_decay);
+    } else {
+      run<P, S, kFma, kSr, false>(tb, c, s, rb, f, h.weight_decay);
+    }
+  }
+};
+
+}  // namespace clr_fused
