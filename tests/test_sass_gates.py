@@ -40,6 +40,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_REGISTERS = 64
 
 
+def _generic_algorithms() -> list[str]:
+    """The structs of csrc/algorithms.h's X-macro list (the generic step's algorithms), in id order."""
+    with open(os.path.join(ROOT, "csrc", "algorithms.h")) as f:
+        text = f.read()
+    return re.findall(r"X\(\d+,\s*(\w+)\)", text.split("#define CLR_FUSED_ALGORITHMS", 1)[1])
+
+
+GENERIC = _generic_algorithms()
+# Itanium mangling of `clr_fused::<Struct>` as algorithm_kernel's first template argument: <len><name>E
+_GENERIC_RE = "|".join(f"{len(a)}{a}" for a in GENERIC)
+
+
 def _tools():
     nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
     cuobjdump = shutil.which("cuobjdump")
@@ -115,10 +127,12 @@ def vector_gate_failures(ops: dict[str, collections.Counter]) -> list[str]:
     bad = []
     for name, c in ops.items():
         # float params, float state (SGD / Adam: IffLi<states>; the generic step's algorithms: <Algo>EffLb)
-        fp32 = re.search(r"IffLi\d|LionEffLb", name) is not None
+        fp32 = re.search(rf"IffLi\d|(?:{_GENERIC_RE})EffLb", name) is not None
         half_state = re.search(r"I(N3c104HalfES2_|N3c108BFloat16ES2_)Li[1-3]", name) is not None
         # float params with bf16 or int8 (Q8) states: the params and grads still as 128-bit vectors
-        fp32_low = re.search(r"If(N3c108BFloat16E|NS_2Q8E)Li[1-3]|LionEf(N3c108BFloat16E|NS_2Q8E)Lb", name) is not None
+        fp32_low = re.search(
+            rf"If(N3c108BFloat16E|NS_2Q8E)Li[1-3]|(?:{_GENERIC_RE})Ef(N3c108BFloat16E|NS_2Q8E)Lb", name
+        )
         if fp32_low:
             if c["LDG.E.128"] < 2 or c["STG.E.128"] == 0:
                 bad.append(f"{name}: fp32 params without 128-bit global loads/stores ({dict(c)})")
@@ -154,11 +168,15 @@ def test_every_kernel_variant_is_compiled(compiled):
     assert len(ops) - len(generic) == 48, sorted(ops)
     stochastic = [n for n in ops if re.search(r"Li\dELb[01]ELb1E", n)]
     assert len(stochastic) == 15 and all("BFloat16" in n for n in stochastic), stochastic
-    # Lion: the 9 (param, state) pairs, and the stochastic-rounding copies where a store is bf16
-    lion = [n for n in generic if "4Lion" in n]
-    assert len(generic) == len(lion) == 13, sorted(generic)
-    lion_sr = [n for n in lion if re.search(r"Lb1ELb1E", n)]
-    assert len(lion_sr) == 4 and all("BFloat16" in n for n in lion_sr), lion_sr
+    # every algorithm of csrc/algorithms.h: the 9 (param, state) pairs, and the stochastic-rounding
+    # copies where a store is bf16 (4)
+    assert GENERIC == ["Lion", "SGDScheduleFree", "AdamWScheduleFree"], GENERIC
+    assert len(generic) == 13 * len(GENERIC), sorted(generic)
+    for algorithm in GENERIC:
+        mine = [n for n in generic if f"algorithm_kernelINS_{len(algorithm)}{algorithm}E" in n]
+        assert len(mine) == 13, (algorithm, sorted(mine))
+        sr = [n for n in mine if re.search(r"Lb1ELb1E", n)]
+        assert len(sr) == 4 and all("BFloat16" in n for n in sr), (algorithm, sr)
 
 
 def test_no_spills_no_stack_and_registers_for_two_blocks_per_sm(compiled):
@@ -199,7 +217,8 @@ def test_the_loop_gate_rejects_a_schedule_evaluated_per_element(tmp_path):
 def test_the_gate_rejects_a_scalarised_build(tmp_path):
     _, ops, _ = _compile(tmp_path, "-DCLR_FUSED_SCALAR_ONLY")
     failures = vector_gate_failures(ops)
-    assert len([f for f in failures if "no 128-bit" in f]) == 5, failures  # every fp32 kernel (SGD x2, Adam x2, Lion)
+    # every fp32 kernel: SGD x2, Adam x2 and one per generic algorithm
+    assert len([f for f in failures if "no 128-bit" in f]) == 4 + len(GENERIC), failures
 
 
 def test_parsers_on_known_text():

@@ -4,8 +4,9 @@ package (``pip install schedulefree``), step for step.
 The torch backend is bit-identical to schedulefree's foreach step (y, z,
 exp_avg_sq and the float64 running scalars) over 1,000 steps; so is the
 ``cpu`` backend's SGD.  The ``cpu`` AdamW differs only where torch's CPU
-``sqrt`` (MKL's, not correctly rounded in about 0.7% of elements) differs
-from the kernels' correctly rounded one.  Triton under the interpreter rounds
+``sqrt`` (not correctly rounded: in 0.7% to 20% of elements, by CPU) differs
+from the kernels' correctly rounded one: against float64, its error is at
+most twice schedulefree's own.  Triton under the interpreter rounds
 each multiply and add, as the CPU build's baseline copy does: bit for bit
 against that.
 """
@@ -98,18 +99,37 @@ def test_cpu_sgd_bit_identical_and_adamw_within_torchs_sqrt():
     ours.eval()
     theirs.eval()
     assert _differing(a, b) == 0
-    # AdamW: exp_avg_sq to the bit; y / z differ only through torch's sqrt (not correctly
-    # rounded): in ten steps a few elements by a rounding; after 1,000 steps (each
-    # element's differences accumulate) by under one ulp of the largest parameter
-    a, b, ours, theirs = _pair("adamw", "cpu", 10)
-    n = sum(p.numel() for p in a)
-    assert _differing(a, b) <= n // 50, (_differing(a, b), n)
+    # AdamW: exp_avg_sq to the bit; y / z differ only through torch's CPU sqrt, which is not
+    # correctly rounded (how often depends on the CPU: 0.7% to 20% of elements on ours), where
+    # the kernels' is.  Judged against float64 (schedulefree's own step on float64 copies), over
+    # all elements: the largest and the root-mean-square error at most twice schedulefree's float32
+    # error (they are within 1% of each other: float32's own rounding dominates both)
     a, b, ours, theirs = _pair("adamw", "cpu", 1000)
+    exact, exact_opt = _float64_oracle("adamw", 1000)
     assert _differing(_states(ours, a, "exp_avg_sq"), _states(theirs, b, "exp_avg_sq")) == 0
-    for xs, ys in ((a, b), (_states(ours, a, "z"), _states(theirs, b, "z"))):
-        for x, y in zip(xs, ys):
-            assert (x - y).abs().max() <= _ulp(x.abs().max()), (x - y).abs().max()
+    assert _differing(a, b) > 0  # else the comparison below proves nothing new
+    for key in (None, "z"):
+        flat = [torch.cat([t.detach().double().flatten() for t in (ps if key is None else _states(o, ps, key))]) for o, ps in
+                ((ours, a), (theirs, b), (exact_opt, exact))]  # fmt: skip
+        err_ours, err_theirs = (flat[0] - flat[2]).abs(), (flat[1] - flat[2]).abs()
+        for stat in (torch.max, lambda d: d.pow(2).mean().sqrt()):
+            assert 0 < stat(err_ours) <= 2 * stat(err_theirs), (key, stat(err_ours), stat(err_theirs))
     assert float(ours.param_groups[0]["weight_sum"]) == theirs.param_groups[0]["weight_sum"]
+
+
+def _float64_oracle(kind, steps, sizes=SIZES):
+    """schedulefree's step on float64 copies of _pair's parameters and gradients."""
+    _, name, kw = KINDS[kind]
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(n).double()) for n in sizes]
+    opt = getattr(schedulefree, name)(ps, **kw)
+    opt.train()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen).double()
+        opt.step()
+    return ps, opt
 
 
 def test_triton_matches_the_cpu_baseline_copy_bit_for_bit():
@@ -277,3 +297,91 @@ def test_bfloat16_params_with_stochastic_rounding_track_fp32():
     err_nearest = (moves["nearest"] - moves["fp32"]).abs().mean()
     assert err_sr < 0.25 * moves["fp32"].abs().mean(), (err_sr, moves["fp32"].abs().mean())
     assert err_sr < err_nearest, (err_sr, err_nearest)
+
+
+@pytest.mark.parametrize("backend", backends("torch", "cpu"))
+def test_step_in_backward_bit_identical_to_step(backend):
+    """register_step_in_backward: every parameter's launch reads the group's
+    scalars as they were, the last one advances them, as step() does."""
+
+    def run(in_backward):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+        opt = cf.AdamWScheduleFree(model.parameters(), lr=5e-3, warmup_steps=4, weight_decay=0.01, backend=backend)
+        opt.train()
+        if in_backward:
+            opt.register_step_in_backward(model)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(20):
+            x, y = torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            if not in_backward:
+                opt.step()
+                opt.zero_grad()
+        return model, opt
+
+    (ma, oa), (mb, ob) = run(False), run(True)
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(p, q)
+        assert torch.equal(oa.state[p]["z"], ob.state[q]["z"])
+    for k in ("lr_max", "weight_sum"):
+        assert float(oa.param_groups[0][k]) == float(ob.param_groups[0][k])
+    assert int(oa.schedule_step) == int(ob.schedule_step) == 20
+
+
+@pytest.mark.parametrize("backend", backends("torch", "cpu"))
+def test_mixed_dtype_group_advances_its_scalars_once_per_step(backend):
+    """fp32 and bf16 parameters in one group are two launches: both read the
+    same scalars, one advances them; the fp32 parameters stay schedulefree's."""
+    torch.manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(50)), torch.nn.Parameter(torch.randn(20).bfloat16())]
+    b = [torch.nn.Parameter(a[0].detach().clone())]
+    ours = cf.SGDScheduleFree(a, lr=0.1, warmup_steps=3, backend=backend)
+    theirs = schedulefree.SGDScheduleFree(b, lr=0.1, warmup_steps=3)
+    ours.train()
+    theirs.train()
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(15):
+        g = torch.randn(50, generator=gen)
+        a[0].grad, a[1].grad, b[0].grad = g.clone(), torch.randn(20, generator=gen).bfloat16(), g.clone()
+        ours.step()
+        theirs.step()
+    assert torch.equal(a[0], b[0])
+    assert float(ours.param_groups[0]["weight_sum"]) == theirs.param_groups[0]["weight_sum"]
+
+
+@pytest.mark.parametrize("backend", backends("torch", "cpu"))
+def test_deepcopy_and_pickle_continue_bit_for_bit(backend):
+    import pickle
+
+    a, b, ours, theirs = _pair("sgd", backend, 7, sizes=[5, 40])
+    copied = copy.deepcopy({"p": a, "o": ours})
+    pickled = pickle.loads(pickle.dumps({"p": a, "o": ours}))
+    gen_grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(s)) for s in range(4) for p in a]
+    for run in ({"p": a, "o": ours}, copied, pickled):
+        for s in range(4):
+            for i, p in enumerate(run["p"]):
+                p.grad = gen_grads[s * len(a) + i].clone()
+            run["o"].step()
+    for x, y, z in zip(a, copied["p"], pickled["p"]):
+        assert torch.equal(x, y) and torch.equal(x, z)
+    assert float(copied["o"].param_groups[0]["weight_sum"]) == float(ours.param_groups[0]["weight_sum"])
+
+
+def test_range_test_sweeps_the_peak_lr():
+    """cf.range_test on a schedule-free optimizer ramps its LR (the peak the
+    warm-up reaches) and restores the optimizer and model afterwards."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x = torch.randn(64, 4)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
+    data = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 64, 8)] * 4
+    opt = cf.SGDScheduleFree(model.parameters(), lr=0.1, backend="torch")
+    opt.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    res = cf.range_test(
+        model, torch.nn.functional.mse_loss, data, opt, start_lr=1e-4, end_lr=1.0, num_steps=30, progress=False
+    )
+    assert len(res.lrs) >= 10 and res.lrs[0] < res.lrs[-1]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert int(opt.schedule_step) == 0 and float(opt.param_groups[0]["lr"]) == 0.1

@@ -38,23 +38,26 @@ struct AdamWScheduleFree {
     schedule_free_finish(in, c, h.w);
   }
 
-  template <typename P, typename S, bool kFma, bool kSr, bool kWd>
+  template <typename P, typename S, bool kFma, bool kSr, bool kWd, bool kSmall>
   __device__ __forceinline__ static void run(const Tables& tb, const ChunkInfo& c, const StatePtrs<S, kStates>& s,
                                              const RandomBits& rb, const Hyper& h, const ScheduleFreeFactors& f,
                                              float bc2) {
-    const float gm = c.grad_mul;
+    // locals, not the structs' fields: the stores through the state pointers
+    // could alias those, which would keep the CPU compiler from vectorising
+    const float gm = c.grad_mul, b2 = h.beta2f, omb2 = h.one_minus_beta2, eps = h.eps, wd = h.weight_decay;
+    const float coeff = f.coeff, y_lr = f.y_lr, neg_lr = f.neg_lr;
     for_each_element<P, S, kStates, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
                                          rb, [&](float& y, float g, float* st) {
                                            g = g * gm;
                                            // addcmul_: fma(value * t1, t2, self) where torch's kernels fuse
-                                           const float v = madd<kFma>(h.one_minus_beta2 * g, g, st[1] * h.beta2f);
+                                           const float v = madd<kFma>(omb2 * g, g, st[1] * b2);
                                            st[1] = v;
-                                           g = g / (sqrtf(v / bc2) + h.eps);
-                                           if constexpr (kWd) g = madd<kFma>(y, h.weight_decay, g);
+                                           g = g / (sqrtf(v / bc2) + eps);
+                                           if constexpr (kWd) g = madd<kFma>(y, wd, g);
                                            const float z = st[0];
-                                           y = madd<kFma>(f.coeff, z - y, f.small ? y : z);
-                                           y = madd<kFma>(g, f.y_lr, y);
-                                           st[0] = madd<kFma>(g, f.neg_lr, z);
+                                           y = madd<kFma>(coeff, z - y, kSmall ? y : z);
+                                           y = madd<kFma>(g, y_lr, y);
+                                           st[0] = madd<kFma>(g, neg_lr, z);
                                          });
   }
 
@@ -64,10 +67,17 @@ struct AdamWScheduleFree {
     const ScheduleFreeFactors f = schedule_free_factors(schedule_free_step(in, c, h.w), h.beta1);
     // 1 - beta2 ** (k + 1), in float64; torch's div_ by the Python float rounds it to float32
     const float bc2 = static_cast<float>(1.0 - pow(h.beta2, static_cast<double>(c.k) + 1.0));
-    if (h.weight_decay != 0.f) {
-      run<P, S, kFma, kSr, true>(tb, c, s, rb, h, f, bc2);
+    // weight decay and the lerp's form are uniform over the launch: one loop
+    // each, with no select in it (GCC does not vectorise one on a uniform bool)
+    const bool wd = h.weight_decay != 0.f;
+    if (wd && f.small) {
+      run<P, S, kFma, kSr, true, true>(tb, c, s, rb, h, f, bc2);
+    } else if (wd) {
+      run<P, S, kFma, kSr, true, false>(tb, c, s, rb, h, f, bc2);
+    } else if (f.small) {
+      run<P, S, kFma, kSr, false, true>(tb, c, s, rb, h, f, bc2);
     } else {
-      run<P, S, kFma, kSr, false>(tb, c, s, rb, h, f, bc2);
+      run<P, S, kFma, kSr, false, false>(tb, c, s, rb, h, f, bc2);
     }
   }
 };

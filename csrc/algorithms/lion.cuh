@@ -6,6 +6,8 @@
 // the GPU: madd<kFma>).  One state list, exp_avg (signed int8 map).
 #pragma once
 
+#include <cmath>
+
 #include "../algorithm_kernel.cuh"
 
 namespace clr_fused {
@@ -37,8 +39,10 @@ struct Lion {
                                            g = g * gm;
                                            if constexpr (kWd) p = p * decay;
                                            const float u = madd<kFma>(g, omb1, st[0] * b1);
-                                           // sign(u): 0 stays 0 and NaN stays NaN, as torch.sgn
-                                           const float sgn = u > 0.f ? 1.f : (u < 0.f ? -1.f : u);
+                                           // sign(u): 0 stays 0 (its sign too) and NaN stays NaN, as torch.sgn;
+                                           // one select, no compare-to-constant pair (GCC left the baseline copy scalar)
+                                           const float pm = copysignf(1.f, u);
+                                           const float sgn = ((u == 0.f) | (u != u)) ? u : pm;
                                            p = madd<kFma>(sgn, neg_lr, p);
                                            st[0] = madd<kFma>(g, omb2, st[0] * b2);
                                          });

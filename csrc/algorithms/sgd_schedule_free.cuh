@@ -28,18 +28,18 @@ struct SGDScheduleFree {
     schedule_free_finish(in, c, h.w);
   }
 
-  template <typename P, typename S, bool kFma, bool kSr, bool kWd>
+  template <typename P, typename S, bool kFma, bool kSr, bool kWd, bool kSmall>
   __device__ __forceinline__ static void run(const Tables& tb, const ChunkInfo& c, const StatePtrs<S, kStates>& s,
                                              const RandomBits& rb, const ScheduleFreeFactors& f, float wd) {
-    const float gm = c.grad_mul;
+    const float gm = c.grad_mul, coeff = f.coeff, y_lr = f.y_lr, neg_lr = f.neg_lr;  // locals: see adamw_schedule_free.cuh
     for_each_element<P, S, kStates, kSr>(addr<P>(tb.addrs[0], c.t), addr<const P>(tb.addrs[1], c.t), s, c.start, c.end,
                                          rb, [&](float& y, float g, float* st) {
                                            g = g * gm;
                                            if constexpr (kWd) g = madd<kFma>(y, wd, g);
                                            const float z = st[0];
-                                           y = madd<kFma>(f.coeff, z - y, f.small ? y : z);
-                                           y = madd<kFma>(g, f.y_lr, y);
-                                           st[0] = madd<kFma>(g, f.neg_lr, z);
+                                           y = madd<kFma>(coeff, z - y, kSmall ? y : z);
+                                           y = madd<kFma>(g, y_lr, y);
+                                           st[0] = madd<kFma>(g, neg_lr, z);
                                          });
   }
 
@@ -47,10 +47,16 @@ struct SGDScheduleFree {
   __device__ __forceinline__ static void chunk(const Tables& tb, const StepInputs& in, const ChunkInfo& c,
                                                const StatePtrs<S, kStates>& s, const RandomBits& rb, const Hyper& h) {
     const ScheduleFreeFactors f = schedule_free_factors(schedule_free_step(in, c, h.w), h.momentum);
-    if (h.weight_decay != 0.f) {
-      run<P, S, kFma, kSr, true>(tb, c, s, rb, f, h.weight_decay);
+    // uniform over the launch: one loop each (see adamw_schedule_free.cuh)
+    const bool wd = h.weight_decay != 0.f;
+    if (wd && f.small) {
+      run<P, S, kFma, kSr, true, true>(tb, c, s, rb, f, h.weight_decay);
+    } else if (wd) {
+      run<P, S, kFma, kSr, true, false>(tb, c, s, rb, f, h.weight_decay);
+    } else if (f.small) {
+      run<P, S, kFma, kSr, false, true>(tb, c, s, rb, f, h.weight_decay);
     } else {
-      run<P, S, kFma, kSr, false>(tb, c, s, rb, f, h.weight_decay);
+      run<P, S, kFma, kSr, false, false>(tb, c, s, rb, f, h.weight_decay);
     }
   }
 };

@@ -7,6 +7,7 @@
 #include "cpu_launch.h"
 // kernel headers after cpu_launch.h, then the CPU conversions (as cpu_ops.cpp)
 #include "fused_kernels.cuh"
+#include "algorithms.h"
 #include "cpu_storage.h"
 // (bf16 stochastic stores: as launch_args.h specialises it for the extension)
 namespace clr_fused {
@@ -36,4 +37,10 @@ template void adam_kernel<float, c10::BFloat16, 2, CLR_FUSED_PROBE_FMA>(Tables, 
 template void adam_kernel<float, Q8, 2, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, AdamHyper);
 template void sgd_kernel<float, Q8, 1, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, SgdHyper);
 template void adam_kernel<c10::BFloat16, Q8, 2, CLR_FUSED_PROBE_FMA, true>(Tables, StepInputs, AdamHyper);
+// the generic step's algorithms (algorithms.h), fp32
+template void algorithm_kernel<Lion, float, float, CLR_FUSED_PROBE_FMA>(Tables, StepInputs, Lion::Hyper);
+template void algorithm_kernel<SGDScheduleFree, float, float, CLR_FUSED_PROBE_FMA>(Tables, StepInputs,
+                                                                                     SGDScheduleFree::Hyper);
+template void algorithm_kernel<AdamWScheduleFree, float, float, CLR_FUSED_PROBE_FMA>(Tables, StepInputs,
+                                                                                       AdamWScheduleFree::Hyper);
 }  // namespace clr_fused
