@@ -100,6 +100,10 @@ def _bench(args) -> int:
         from .bench.low_precision import main as lp_main
 
         return lp_main(out_dir=args.out, quick=args.quick)
+    if args.peers:
+        from .bench.peers import main as peers_main
+
+        return peers_main(out_dir=args.out, quick=args.quick)
     from .bench.run import main as bench_main
 
     return bench_main(quick=args.quick, out_dir=args.out)
@@ -150,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the cpu step with fp32 / bf16 / int8 states and bf16 parameters (stochastic rounding) at real sizes, "
         "against torch fused and the 8-bit AdamW of torchao / bitsandbytes where they run; bytes per parameter "
         "and a roofline model",
+    )
+    bn.add_argument(
+        "--peers",
+        action="store_true",
+        help="our step beside the installed peers' (torch fused, optimi, lion-pytorch, schedulefree, bitsandbytes, "
+        "torchao, DeepSpeed) on ResNet-50 and GPT-2 small shapes, interleaved; a row saying why for each one that "
+        "is not installed or does not run on this device",
     )
     bn.add_argument(
         "--model",

@@ -2,6 +2,7 @@
 // template for every algorithm, on the multi-tensor launcher.  An algorithm is
 // a struct with
 //   kName, kStates                      its name (the Python class's) and state lists (list 0: the signed int8 map)
+//   kInt8States                         whether its states may be int8 codes (no int8 kernels otherwise)
 //   struct Hyper, from(const double*, n) its hyperparameters, from the op's `hyper` floats (checked there)
 //   chunk<P, S, kFma, kSr>(...)         one block's chunk: its scalars (from the step inputs: lr, a cycled
 //                                       momentum, the group's running scalars), then for_each_element over it

@@ -161,15 +161,11 @@ struct CpuAlgorithm {
   struct On {
     static void run(unsigned grid, const Tables& tb, const StepInputs& in, const typename A::Hyper& h, bool stochastic) {
       const int64_t grain = grain_for(tb, grid);
-      const auto go = [&](auto sr) {
+      algorithm_variant<A, P, S>(stochastic, [&](auto sr) {
         constexpr bool kSr = decltype(sr)::value;
         run_kernel<typename A::Hyper, algorithm_kernel<A, P, S, false, kSr>, algorithm_kernel<A, P, S, true, kSr>>(
             grid, grain, tb, in, h);
-      };
-      if constexpr (kCanRoundStochastically<P, S>) {
-        if (stochastic) return go(std::true_type{});
-      }
-      go(std::false_type{});
+      });
     }
   };
 };

@@ -37,14 +37,10 @@ struct CudaAlgorithm {
   template <typename P, typename S>
   struct On {
     static void run(unsigned grid, const Tables& tb, const StepInputs& in, const typename A::Hyper& h, bool stochastic) {
-      const auto go = [&](auto sr) {
+      algorithm_variant<A, P, S>(stochastic, [&](auto sr) {
         algorithm_kernel<A, P, S, kDeviceFma, decltype(sr)::value><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(tb, in, h);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-      };
-      if constexpr (kCanRoundStochastically<P, S>) {
-        if (stochastic) return go(std::true_type{});
-      }
-      go(std::false_type{});
+      });
     }
   };
 };

@@ -39,4 +39,19 @@ void adam_variant(const AdamHyper& h, const Go& go) {
   return h.amsgrad ? go(NumStates<3>{}, std::false_type{}) : go(NumStates<2>{}, std::false_type{});
 }
 
+// The generic step (algorithm_kernel.cuh): the stochastic-rounding copy or
+// not.  An algorithm whose states cannot be int8 codes (A::kInt8States false:
+// step_entry.h refuses them before this) has no int8 kernel at all.
+template <typename A, typename P, typename S, typename Go>
+void algorithm_variant(bool stochastic, const Go& go) {
+  if constexpr (std::is_same_v<S, Q8> && !A::kInt8States) {
+    return;
+  } else {
+    if constexpr (kCanRoundStochastically<P, S>) {
+      if (stochastic) return go(std::true_type{});
+    }
+    return go(std::false_type{});
+  }
+}
+
 }  // namespace clr_fused

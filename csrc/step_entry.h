@@ -71,6 +71,7 @@ void typed_step(CLR_FUSED_STEP_PARAMS) {
   TORCH_CHECK(hyper.size() == static_cast<size_t>(A::kHyper), "step (", A::kName, "): ", A::kHyper,
               " hyperparameters expected, got ", hyper.size());
   const at::ScalarType state = ns > 0 ? states[0].scalar_type() : params[0].scalar_type();
+  TORCH_CHECK(state != at::kChar || A::kInt8States, "step (", A::kName, "): its states cannot be int8 codes");
   check_scales(state, scales, ns, n, tables, "step");
   TORCH_CHECK(A::kScalars == 0 ? !scalars.has_value() : scalars.has_value() && scalars->numel() == A::kScalars, "step (",
               A::kName, "): ", A::kScalars, " group scalars expected");

@@ -221,3 +221,38 @@ def test_a_step_faster_than_the_copy_is_explained():
 
     assert report.above_copy_note([None, 80.0]) == ""
     assert "read for ownership" in report.above_copy_note([None, 170.0])
+
+
+def test_bench_peers_quick_smoke(tmp_path):
+    """Every algorithm has its reference, ours and each listed peer as a row: timed where it is
+    installed and runs, else a row saying why (the dev install has optimi, lion-pytorch,
+    schedulefree, bitsandbytes and torchao, not DeepSpeed)."""
+    from clr_fused import _ext
+    from clr_fused.bench.peers import algorithms
+
+    if _ext.load() is None:
+        import pytest
+
+        pytest.skip(f"the extension is not built here: {_ext.error()}")
+    out = subprocess.run(
+        [sys.executable, "-m", "clr_fused", "bench", "--peers", "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (js,) = tmp_path.glob("peers-*.json")
+    rows = json.loads(js.read_text())["rows"]
+    expected = {(algo, p.name) for algo, peers in algorithms(torch.device("cpu")).items() for p in peers}
+    assert {(r["algo"], r["provider"]) for r in rows} == expected
+    ran = {(r["algo"], r["provider"]) for r in rows if r["status"] == "ran"}
+    for must in [("adamw", "torch fused AdamW"), ("adamw", "clr_fused AdamW"), ("sgd-momentum", "clr_fused SGD"),
+                 ("lion", "lion_pytorch Lion"), ("lion", "clr_fused Lion"), ("lion", "optimi Lion (foreach)"),
+                 ("adamw-schedule-free", "schedulefree AdamWScheduleFree"),
+                 ("sgd-schedule-free", "clr_fused SGDScheduleFree")]:  # fmt: skip
+        assert must in ran, (must, [r for r in rows if (r["algo"], r["provider"]) == must])
+    for r in rows:
+        if r["status"] == "ran":
+            assert r["ms_per_step"] > 0 and r["ratio_to_reference"] > 0, r
+        else:
+            assert r["ms_per_step"] is None and r["status"].startswith(("not installed", "does not run")), r
+    md = (tmp_path / js.name.replace(".json", ".md")).read_text()
+    assert "| small | lion | clr_fused Lion |" in md and "Versions: torch" in md

@@ -7,6 +7,7 @@ What it shows and what not: README, "How the GPU path is tested without a GPU".
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import json
 import os
@@ -84,7 +85,17 @@ def test_every_registered_kernel_variant_bit_for_bit(ops, lib):
     _assert_identical(res)
     launched, every = set(ops.launched()), set(ops.all_variants())
     assert len(every) >= 40 and every <= launched, sorted(every - launched)
+    # the generic step's algorithms too: 13 instantiations for Lion, 9 for each schedule-free one (no int8)
+    assert set(harness.GENERIC) == set(_ext.load().ALGORITHMS), "a new algorithm needs its harness.generic_case"
+    algos = collections.Counter(v.split("<")[0] for v in every)
+    assert {a: algos[a] for a in harness.GENERIC} == {"Lion": 13, "SGDScheduleFree": 9, "AdamWScheduleFree": 9}, algos
     _line_coverage_of_the_kernels(ops, lib)
+
+
+# the kernel sources whose lines the emulated runs must execute: the launcher, SGD / Adam, the codecs,
+# the schedule, and the generic step with every algorithm of csrc/algorithms.h
+KERNEL_SOURCES = ("multi_tensor.cuh", "fused_kernels.cuh", "low_precision.cuh", "schedule.cuh", "algorithm_kernel.cuh",
+                  "lion.cuh", "sgd_schedule_free.cuh", "adamw_schedule_free.cuh", "schedule_free.h")  # fmt: skip
 
 
 def _line_coverage_of_the_kernels(ops, lib, floor=0.95):
@@ -103,12 +114,12 @@ def _line_coverage_of_the_kernels(ops, lib, floor=0.95):
             continue
         for f in json.loads(doc)["files"]:
             name = os.path.basename(f["file"])
-            if name in ("multi_tensor.cuh", "fused_kernels.cuh", "low_precision.cuh", "schedule.cuh"):
+            if name in KERNEL_SOURCES:
                 for ln in f["lines"]:
                     lines.setdefault(name, {})[ln["line_number"]] = max(
                         lines.get(name, {}).get(ln["line_number"], 0), ln["count"]
                     )
-    assert set(lines) == {"multi_tensor.cuh", "fused_kernels.cuh", "low_precision.cuh", "schedule.cuh"}, sorted(lines)
+    assert set(lines) == set(KERNEL_SOURCES), sorted(lines)
     for name, counts in lines.items():
         done = sum(1 for c in counts.values() if c > 0) / len(counts)
         missed = sorted(n for n, c in counts.items() if c == 0)

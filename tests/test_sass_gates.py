@@ -168,15 +168,19 @@ def test_every_kernel_variant_is_compiled(compiled):
     assert len(ops) - len(generic) == 48, sorted(ops)
     stochastic = [n for n in ops if re.search(r"Li\dELb[01]ELb1E", n)]
     assert len(stochastic) == 15 and all("BFloat16" in n for n in stochastic), stochastic
-    # every algorithm of csrc/algorithms.h: the 9 (param, state) pairs, and the stochastic-rounding
-    # copies where a store is bf16 (4)
-    assert GENERIC == ["Lion", "SGDScheduleFree", "AdamWScheduleFree"], GENERIC
-    assert len(generic) == 13 * len(GENERIC), sorted(generic)
-    for algorithm in GENERIC:
+    # every algorithm of csrc/algorithms.h: the 9 (param, state) pairs and the stochastic-rounding
+    # copies where a store is bf16 (4); without the 3 int8 pairs and their copy (bf16/int8) where
+    # the states cannot be int8 codes (kInt8States false: schedule-free's z)
+    int8_states = {"Lion": True, "SGDScheduleFree": False, "AdamWScheduleFree": False}
+    assert GENERIC == list(int8_states), GENERIC
+    expected = {a: (13, 4) if q else (9, 3) for a, q in int8_states.items()}
+    assert len(generic) == sum(k for k, _ in expected.values()), sorted(generic)
+    for algorithm, (kernels_of, sr_of) in expected.items():
         mine = [n for n in generic if f"algorithm_kernelINS_{len(algorithm)}{algorithm}E" in n]
-        assert len(mine) == 13, (algorithm, sorted(mine))
+        assert len(mine) == kernels_of, (algorithm, sorted(mine))
+        assert int8_states[algorithm] == any("NS_2Q8E" in n for n in mine), algorithm
         sr = [n for n in mine if re.search(r"Lb1ELb1E", n)]
-        assert len(sr) == 4 and all("BFloat16" in n for n in sr), (algorithm, sr)
+        assert len(sr) == sr_of and all("BFloat16" in n for n in sr), (algorithm, sr)
 
 
 def test_no_spills_no_stack_and_registers_for_two_blocks_per_sm(compiled):

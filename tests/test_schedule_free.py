@@ -385,3 +385,26 @@ def test_range_test_sweeps_the_peak_lr():
     assert len(res.lrs) >= 10 and res.lrs[0] < res.lrs[-1]
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     assert int(opt.schedule_step) == 0 and float(opt.param_groups[0]["lr"]) == 0.1
+
+
+@pytest.mark.skipif("cpu" not in backends("cpu"), reason="needs the compiled cpu backend")
+@pytest.mark.parametrize("name,hyper,lists", [("SGDScheduleFree", 5, 1), ("AdamWScheduleFree", 7, 2)])
+def test_the_op_refuses_int8_states_for_schedule_free(name, hyper, lists):
+    """The classes refuse state_dtype="int8"; the op itself too (there is no int8 kernel for
+    them, csrc/algorithms/*.cuh kInt8States), before it reads a table or writes anything."""
+    from clr_fused import _ext
+    from clr_fused.kernels import compiled
+
+    ops, ids = compiled._ops(), _ext.load().ALGORITHMS
+    p, g = torch.randn(300), torch.randn(300)
+    before = p.clone()
+    states = [torch.zeros(300, dtype=torch.int8)] * lists
+    scales = [torch.ones(3)] * len(states)
+    tables = [torch.zeros(1, dtype=torch.int64)] * (2 + 2 * len(states) + 3)
+    with pytest.raises(RuntimeError, match=f"step \\({name}\\): its states cannot be int8 codes"):
+        ops.step(
+            ids[name], [p], [g], states, scales, tables, torch.zeros(1, 8, dtype=torch.float64),
+            torch.zeros((), dtype=torch.int64), torch.tensor(0.01, dtype=torch.float64), None, None, None, None,
+            torch.zeros(1, dtype=torch.int32), [0.5] * hyper, False, True, torch.zeros(2, dtype=torch.float64), True,
+        )  # fmt: skip
+    assert torch.equal(p, before)

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import math
-import os
 import platform
 import statistics
 import time
@@ -243,15 +241,8 @@ def main(out_dir: str, quick: bool = False) -> int:
         last_level_cache_bytes=report.cache_bytes(torch.device("cpu")), quick=quick,
         load=dict(before=load_before, after=report.machine_load()),
     )  # fmt: skip
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"host-{meta['date']}{'-quick' if quick else ''}")
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(meta=meta, host_cost=host_rows, cpu_backend=size_rows), f, indent=1)
-    md = _markdown(meta, host_rows, size_rows)
-    with open(stem + ".md", "w") as f:
-        f.write(md)
-    print(md)
-    print(f"wrote {stem}.json and {stem}.md")
+    report.write_results(out_dir, "host", meta, dict(host_cost=host_rows, cpu_backend=size_rows),
+                         _markdown(meta, host_rows, size_rows))  # fmt: skip
     return 0
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import math
-import os
 import platform
 from collections.abc import Callable
 
@@ -197,15 +195,7 @@ def main(out_dir: str, quick: bool = False) -> int:
         last_level_cache_bytes=report.cache_bytes(torch.device("cpu")), load=dict(before=load_before, after=report.machine_load()),
         isa=_ext.load().cpu_isa() if hasattr(_ext.load(), "cpu_isa") else None, peers_missing=missing,
     )  # fmt: skip
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"low-precision-{meta['date']}{'-quick' if quick else ''}")
-    with open(stem + ".json", "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    md = markdown(meta, rows)
-    with open(stem + ".md", "w") as f:
-        f.write(md)
-    print(md)
-    print(f"wrote {stem}.json and {stem}.md")
+    report.write_results(out_dir, "low-precision", meta, dict(rows=rows), markdown(meta, rows))
     return 0
 
 

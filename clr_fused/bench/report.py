@@ -140,3 +140,20 @@ def load_note(before: dict, after: dict) -> str:
         f" Machine load {max(loads):.1f} on {before['cores']} cores (high): other work competed with these "
         "steps, so absolute times are noisy; the ratios of interleaved medians are the figures to read."
     )
+
+
+def write_results(out_dir: str, name: str, meta: dict, data: dict, md: str) -> str:
+    """Writes ``<name>-<date>[-quick].json`` ({"meta": meta, **data}) and the
+    markdown beside it in ``out_dir``, prints the markdown; returns the stem."""
+    import json
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{name}-{meta['date']}{'-quick' if meta.get('quick') else ''}")
+    with open(stem + ".json", "w") as f:
+        json.dump(dict(meta=meta, **data), f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    print(f"wrote {stem}.json and {stem}.md")
+    return stem

@@ -15,6 +15,7 @@ struct AdamWScheduleFree {
   static constexpr const char* kName = "AdamWScheduleFree";
   static constexpr int kStates = 2;  // z, exp_avg_sq
   static constexpr int kScalars = 2;  // lr_max, weight_sum
+  static constexpr bool kInt8States = false;  // z is an iterate, not a moment (optim/schedule_free.py)
 
   struct Hyper {
     double beta1, beta2;
@@ -67,18 +68,9 @@ struct AdamWScheduleFree {
     const ScheduleFreeFactors f = schedule_free_factors(schedule_free_step(in, c, h.w), h.beta1);
     // 1 - beta2 ** (k + 1), in float64; torch's div_ by the Python float rounds it to float32
     const float bc2 = static_cast<float>(1.0 - pow(h.beta2, static_cast<double>(c.k) + 1.0));
-    // weight decay and the lerp's form are uniform over the launch: one loop
-    // each, with no select in it (GCC does not vectorise one on a uniform bool)
-    const bool wd = h.weight_decay != 0.f;
-    if (wd && f.small) {
-      run<P, S, kFma, kSr, true, true>(tb, c, s, rb, h, f, bc2);
-    } else if (wd) {
-      run<P, S, kFma, kSr, true, false>(tb, c, s, rb, h, f, bc2);
-    } else if (f.small) {
-      run<P, S, kFma, kSr, false, true>(tb, c, s, rb, h, f, bc2);
-    } else {
-      run<P, S, kFma, kSr, false, false>(tb, c, s, rb, h, f, bc2);
-    }
+    schedule_free_loops(h.weight_decay != 0.f, f.small, [&](auto wd, auto small) {
+      run<P, S, kFma, kSr, decltype(wd)::value, decltype(small)::value>(tb, c, s, rb, h, f, bc2);
+    });
   }
 };
 

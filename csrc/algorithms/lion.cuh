@@ -15,6 +15,7 @@ namespace clr_fused {
 struct Lion {
   static constexpr const char* kName = "Lion";
   static constexpr int kStates = 1;
+  static constexpr bool kInt8States = true;
   static constexpr int kScalars = 0;  // no per-group running scalars
 
   struct Hyper {

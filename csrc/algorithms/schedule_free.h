@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "../multi_tensor.cuh"
 
@@ -65,6 +66,23 @@ __device__ __forceinline__ ScheduleFreeFactors schedule_free_factors(const Sched
   f.y_lr = static_cast<float>(s.lr * (beta * (1.0 - s.ckp1) - 1.0));
   f.neg_lr = static_cast<float>(-s.lr);
   return f;
+}
+
+// Weight decay and the lerp's form are uniform over a launch: one element
+// loop for each combination, with no select on them inside (GCC does not
+// vectorise a loop that selects on a uniform bool).  Calls
+// loop(std::bool_constant<weight decay>, std::bool_constant<small weight>).
+template <typename Loop>
+__device__ __forceinline__ void schedule_free_loops(bool weight_decay, bool small, const Loop& loop) {
+  if (weight_decay && small) {
+    loop(std::true_type{}, std::true_type{});
+  } else if (weight_decay) {
+    loop(std::true_type{}, std::false_type{});
+  } else if (small) {
+    loop(std::false_type{}, std::true_type{});
+  } else {
+    loop(std::false_type{}, std::false_type{});
+  }
 }
 
 }  // namespace clr_fused

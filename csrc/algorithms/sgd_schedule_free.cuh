@@ -12,7 +12,8 @@ namespace clr_fused {
 struct SGDScheduleFree {
   static constexpr const char* kName = "SGDScheduleFree";
   static constexpr int kStates = 1;  // z
-  static constexpr int kScalars = 2;  // lr_max, weight_sum
+  static constexpr int kScalars = 2;
+  static constexpr bool kInt8States = false;  // z is an iterate, not a moment (optim/schedule_free.py)  // lr_max, weight_sum
 
   struct Hyper {
     double momentum;
@@ -47,17 +48,9 @@ struct SGDScheduleFree {
   __device__ __forceinline__ static void chunk(const Tables& tb, const StepInputs& in, const ChunkInfo& c,
                                                const StatePtrs<S, kStates>& s, const RandomBits& rb, const Hyper& h) {
     const ScheduleFreeFactors f = schedule_free_factors(schedule_free_step(in, c, h.w), h.momentum);
-    // uniform over the launch: one loop each (see adamw_schedule_free.cuh)
-    const bool wd = h.weight_decay != 0.f;
-    if (wd && f.small) {
-      run<P, S, kFma, kSr, true, true>(tb, c, s, rb, f, h.weight_decay);
-    } else if (wd) {
-      run<P, S, kFma, kSr, true, false>(tb, c, s, rb, f, h.weight_decay);
-    } else if (f.small) {
-      run<P, S, kFma, kSr, false, true>(tb, c, s, rb, f, h.weight_decay);
-    } else {
-      run<P, S, kFma, kSr, false, false>(tb, c, s, rb, f, h.weight_decay);
-    }
+    schedule_free_loops(h.weight_decay != 0.f, f.small, [&](auto wd, auto small) {
+      run<P, S, kFma, kSr, decltype(wd)::value, decltype(small)::value>(tb, c, s, rb, f, h.weight_decay);
+    });
   }
 };
 

@@ -122,6 +122,9 @@ def run_case(ops, case: Case) -> dict[str, Any]:
     cls = getattr(cf, case.cls)
     ref = cls(a, lr=case.spec, backend="cpu", **case.kw)
     sim = cls(b, lr=case.spec, backend="cpu", **case.kw)
+    for opt in (ref, sim):
+        if hasattr(opt, "train"):  # schedule-free: steps in train mode
+            opt.train()
     if case.start_step:
         for opt in (ref, sim):
             opt.schedule_step.fill_(case.start_step)
@@ -155,7 +158,7 @@ def run_case(ops, case: Case) -> dict[str, Any]:
             diffs[f"param{i}.{key}"] = _diff(va, vb)
             compared += _bytes(va).numel() if isinstance(va, torch.Tensor) else 1
     for gi, (ga, gb) in enumerate(zip(ref.param_groups, sim.param_groups)):
-        for key in ("lr", "momentum", "betas"):
+        for key in ("lr", "momentum", "betas", "lr_max", "weight_sum"):
             if key in ga:
                 diffs[f"group{gi}.{key}"] = _diff(ga[key], gb[key])
     diffs["schedule_step"] = _diff(ref.schedule_step, sim.schedule_step)
@@ -213,6 +216,8 @@ def variant_case(name: str) -> Case:
     if s != p:
         kw["state_dtype"] = "int8" if s == "int8" else _DTYPES[s]
     odd = sum(map(ord, name)) % 2 == 1
+    if algo in GENERIC:
+        return generic_case(f"variant-{name}", algo, dtype, kw, odd)
     if algo == "sgd":
         kw.update(momentum=0.9 if ns else 0.0, weight_decay=0.01 if odd else 0.0, nesterov=bool(ns) and odd)
         # (a schedule that cycles momentum makes SGD keep a buffer: NS=0 needs one that does not)
@@ -225,6 +230,23 @@ def variant_case(name: str) -> Case:
         cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=odd),
         dtype=dtype,
     )
+
+
+GENERIC = ("Lion", "SGDScheduleFree", "AdamWScheduleFree")  # csrc/algorithms.h's algorithms
+
+
+def generic_case(name: str, algo: str, dtype: torch.dtype, kw: dict[str, Any], odd: bool, **case_kw) -> Case:
+    """A case of an algorithm on the generic step (its flags varied by ``odd``; ``kw`` wins)."""
+    if algo == "Lion":
+        kw = dict(weight_decay=0.1 if odd else 0.0, betas=(0.9, 0.99) if odd else (0.95, 0.98)) | kw
+        return Case(name, algo, kw, cf.CyclicLR(1e-4, 1e-3, 3, 2, cycle_momentum=odd), dtype=dtype, **case_kw)
+    # schedule-free: a warm-up shorter than the run, the averaging's r and weight_lr_power, decay at y
+    kw = dict(warmup_steps=2, r=0.5 if odd else 0.0, weight_lr_power=2.0 if odd else 1.0,
+              weight_decay=0.01 if odd else 0.0) | kw  # fmt: skip
+    if algo == "AdamWScheduleFree" and dtype != torch.float32:
+        kw["eps"] = 1e-4
+    spec = cf.CyclicLR(0.001, 0.02, 3, 2, cycle_momentum=False) if odd else 0.01
+    return Case(name, algo, kw, spec, dtype=dtype, **case_kw)
 
 
 def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
@@ -291,6 +313,12 @@ def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
         Case("AdamW-clip-int8", "AdamW", dict(max_grad_norm=1.0, state_dtype="int8"), cyc),
         Case("Adam-tensor-betas", "Adam", dict(betas=(torch.tensor(0.85), torch.tensor(0.99))), 0.003),
     ]
+    # the generic step: GradScaler's skip (the schedule-free running scalars stay), clipping, longer runs
+    extra += [generic_case(f"{a}-scaler", a, torch.float32, {}, True, scaler=True, steps=4) for a in GENERIC]
+    extra += [generic_case(f"{a}-clip", a, torch.float32, dict(max_grad_norm=0.5), False, steps=5) for a in GENERIC]
+    # equal weights (r = 0, weight_lr_power = 0): the averaging weight 1 / (k + 1) falls below 0.5, with decay
+    extra += [generic_case(f"{a}-equal-weights", a, torch.float32, dict(r=0.0, weight_lr_power=0.0), True, steps=5)
+              for a in GENERIC[1:]]  # fmt: skip
     core = [
         Case("core-AdamW", "AdamW", dict(weight_decay=0.1), cyc),
         Case("core-SGD-nesterov", "SGD", dict(momentum=0.9, nesterov=True, weight_decay=0.01), cyc),

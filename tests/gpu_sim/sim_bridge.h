@@ -4,7 +4,7 @@
 // Only plain types cross: the kernel build renames namespace clr_fused, so
 // its inline functions (GPU semantics) and the op entry's (compiled with
 // cpu_launch.h) can never be merged by the linker.  Tables, StepInputs,
-// SgdHyper and AdamHyper are passed by address: one source, one layout.
+// SgdHyper, AdamHyper and each algorithm's Hyper are passed by address: one source, one layout.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +26,9 @@ enum Category : int {
 
 void sgd(int param, int state, unsigned grid, const void* tables, const void* inputs, const void* hyper);
 void adam(int param, int state, unsigned grid, const void* tables, const void* inputs, const void* hyper);
+// The generic step (csrc/algorithms.h): algorithm is the id of its X-macro list, hyper its A::Hyper.
+void step(int algorithm, int param, int state, unsigned grid, const void* tables, const void* inputs, const void* hyper,
+          bool stochastic);
 
 // Names of the kernel instantiations launched so far, and of every one the
 // variant selection (csrc/kernel_variants.h) can pick in this build.

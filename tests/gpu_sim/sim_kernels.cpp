@@ -15,6 +15,8 @@
 
 #include "cuda_sim.h"
 // the kernel headers after cuda_sim.h: they see __CUDACC__
+#include "algorithm_kernel.cuh"
+#include "algorithms.h"
 #include "fused_kernels.cuh"
 #include "kernel_variants.h"
 #include "sim_bridge.h"
@@ -117,6 +119,18 @@ void run_adam(unsigned grid, const Tables& tb, const StepInputs& in, const AdamH
   });
 }
 
+// The generic step of algorithm A (algorithm_kernel.cuh), as fused_optim.cu's CudaAlgorithm picks it.
+template <typename A, typename P, typename S>
+void run_algorithm(unsigned grid, const Tables& tb, const StepInputs& in, const typename A::Hyper& h, bool stochastic) {
+  algorithm_variant<A, P, S>(stochastic, [&](auto sr) {
+    constexpr bool kSr = decltype(sr)::value;
+    record(variant_name<P, S, A::kStates, kSr>(A::kName));
+    register_memory<P, S, A::kStates>(grid, tb, in);
+    if (in.scalars != nullptr) add(in.scalars, A::kScalars, br::kScalars);
+    cuda_sim::launch(grid, kThreads, [&] { algorithm_kernel<A, P, S, kDeviceFma, kSr>(tb, in, h); });
+  });
+}
+
 // (param, state) storage codes -> the launcher, as launch_args.h's dispatch_types pairs them.
 template <typename P, typename F>
 void with_state(int state, const F& f) {
@@ -170,6 +184,22 @@ void adam(int param, int state, unsigned grid, const void* tables, const void* i
   });
 }
 
+void step(int algorithm, int param, int state, unsigned grid, const void* tables, const void* inputs, const void* hyper,
+          bool stochastic) {
+  const Tables& tb = *static_cast<const Tables*>(tables);
+  const StepInputs& in = *static_cast<const StepInputs*>(inputs);
+  switch (algorithm) {
+#define CLR_FUSED_SIM_CASE(id, A)                                                                           \
+  case id:                                                                                                  \
+    return with_types(param, state, [&](auto p, auto s) {                                                   \
+      run_algorithm<A, decltype(p), decltype(s)>(grid, tb, in, *static_cast<const A::Hyper*>(hyper), stochastic); \
+    });
+    CLR_FUSED_ALGORITHMS(CLR_FUSED_SIM_CASE)
+#undef CLR_FUSED_SIM_CASE
+  }
+  throw std::runtime_error("CUDA emulator: unknown algorithm id");
+}
+
 }  // namespace cuda_sim_bridge
 
 namespace cuda_sim_bridge {
@@ -204,6 +234,11 @@ std::vector<std::string> all_variants() {
               ah.amsgrad = flag;
               ah.stochastic = stochastic;
               adam_variant<P, S>(ah, [&](auto ns, auto sr) { out.insert(variant_name<P, S, decltype(ns)::value, decltype(sr)::value>("adam")); });
+              // the generic step's algorithms (one flag: stochastic rounding)
+#define CLR_FUSED_SIM_VARIANT(id, A) \
+  algorithm_variant<A, P, S>(stochastic, [&](auto sr) { out.insert(variant_name<P, S, A::kStates, decltype(sr)::value>(A::kName)); });
+              CLR_FUSED_ALGORITHMS(CLR_FUSED_SIM_VARIANT)
+#undef CLR_FUSED_SIM_VARIANT
             }
           }
         });

@@ -1,4 +1,4 @@
-// The emulator's ops: torch.ops.clr_fused_sim.sgd_step / adam_step, with the
+// The emulator's ops: torch.ops.clr_fused_sim.sgd_step / adam_step / step, with the
 // schemas of csrc/step_api.h and the real op bodies of csrc/step_entry.h
 // (argument checks, launch_args.h's tables and step inputs, the dtype
 // dispatch); only the launch goes to the CUDA emulator instead of a GPU
@@ -55,7 +55,30 @@ struct SimAdam {
   }
 };
 
+// The id of algorithm A in csrc/algorithms.h's list.
+template <typename A>
+constexpr int algorithm_id() {
+#define CLR_FUSED_SIM_ID(id, S) \
+  if constexpr (std::is_same_v<A, S>) return id;
+  CLR_FUSED_ALGORITHMS(CLR_FUSED_SIM_ID)
+#undef CLR_FUSED_SIM_ID
+  return -1;
+}
+
+template <typename A>
+struct SimAlgorithm {
+  template <typename P, typename S>
+  struct On {
+    static void run(unsigned grid, const Tables& tb, const StepInputs& in, const typename A::Hyper& h, bool stochastic) {
+      launch_on_emulator([&] {
+        cuda_sim_bridge::step(algorithm_id<A>(), storage_code<P>(), storage_code<S>(), grid, &tb, &in, &h, stochastic);
+      });
+    }
+  };
+};
+
 void sgd_step_sim(CLR_FUSED_SGD_PARAMS) { sgd_step_impl<SimSgd>(CLR_FUSED_SGD_NAMES); }
+void step_sim(CLR_FUSED_STEP_PARAMS) { algorithm_step_impl<SimAlgorithm>(CLR_FUSED_STEP_NAMES); }
 void adam_step_sim(CLR_FUSED_ADAM_PARAMS) { adam_step_impl<SimAdam>(CLR_FUSED_ADAM_NAMES); }
 
 void configure(int64_t order, int64_t seed, int64_t workers) {
@@ -81,6 +104,7 @@ bool coverage_dump() { return cuda_sim_bridge::coverage_dump(); }
 TORCH_LIBRARY(clr_fused_sim, m) {
   m.def(clr_fused::kSgdSchema);
   m.def(clr_fused::kAdamSchema);
+  m.def(clr_fused::kStepSchema);
   m.def("configure(int order, int seed, int workers) -> ()", &clr_fused::configure);
   m.def("counts() -> Tensor", &clr_fused::counts);
   m.def("reset_counts() -> ()", &clr_fused::reset_counts);
@@ -93,4 +117,5 @@ TORCH_LIBRARY(clr_fused_sim, m) {
 TORCH_LIBRARY_IMPL(clr_fused_sim, CPU, m) {
   m.impl("sgd_step", &clr_fused::sgd_step_sim);
   m.impl("adam_step", &clr_fused::adam_step_sim);
+  m.impl("step", &clr_fused::step_sim);
 }
