@@ -122,6 +122,14 @@ def _at_least(low: int):
     return parse
 
 
+def _task_list(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [t for t in names if t not in ("digits", "mnist1d", "charlm")]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of digits, mnist1d, charlm; got {text!r}")
+    return names
+
+
 def _timestamped(stem: str) -> str:
     import datetime
 
@@ -205,6 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         help="number of seeds (None: 3 digits, 5 mnist1d, 3 charlm, 3 states)",
     )
     dm.add_argument(
+        "--optimizer",
+        choices=["default", "lion"],
+        default=None,
+        help="states only: the optimizer of every task (default: SGD-momentum on digits / MNIST-1D, AdamW on the "
+        "char-LM; lion: cf.Lion, its range test's CLR bounds, a third of AdamW's peak LR on the char-LM)",
+    )
+    dm.add_argument(
+        "--tasks",
+        type=_task_list,
+        default=None,
+        help="states only: comma-separated tasks among digits, mnist1d, charlm (default: all three)",
+    )
+    dm.add_argument(
         "--target", type=_accuracy, default=0.95, help="digits: the accuracy in (0, 1] whose first crossing is reported"
     )
     dm.add_argument(
@@ -212,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     dm.set_defaults(func=_demo)
     args = parser.parse_args(argv)
+    if args.command == "demo" and args.dataset != "states" and (args.optimizer or args.tasks):
+        parser.error(f"--optimizer and --tasks are for --dataset states, not {args.dataset}")
     if getattr(args, "out", "") is None:  # never overwrite an earlier run's folder
         args.out = _timestamped({"bench": "clr-fused-bench", "range-test": "range-test", "demo": "demo"}[args.command])
     try:

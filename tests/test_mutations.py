@@ -53,12 +53,24 @@ def _same(a, b):
             assert torch.equal(v, w) if isinstance(v, torch.Tensor) else v == w
 
 
+def _oracle(cls):
+    """The optimizer ours is a drop-in for: torch.optim's, lion_pytorch's or schedulefree's."""
+    if cls == "Lion":
+        return pytest.importorskip("lion_pytorch").Lion
+    if cls.endswith("ScheduleFree"):
+        return getattr(pytest.importorskip("schedulefree"), cls)
+    return getattr(torch.optim, cls)
+
+
 def _pair(cls, backend, shapes=((5, 3), (7,)), **kw):
     torch.manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
     qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
     ours = getattr(cf, cls)(ps, backend=backend, **kw)
-    theirs = getattr(torch.optim, cls)(qs, **kw)
+    theirs = _oracle(cls)(qs, **kw)
+    if cls.endswith("ScheduleFree"):  # they step in train mode
+        ours.train()
+        theirs.train()
     return ps, qs, ours, theirs
 
 
@@ -72,10 +84,16 @@ def _grads(ps, qs, seed):
 def _step_both(ours, theirs):
     """Both step, or both raise; True when both stepped."""
     err_ours = err_theirs = None
+    # schedulefree's step divides the gradients in place (ours leaves them): theirs are put back,
+    # so that both sides see the same gradients at the next step
+    grads = [(q, q.grad.clone()) for g in theirs.param_groups for q in g["params"] if q.grad is not None]
     try:
         theirs.step()
     except Exception as exc:  # noqa: BLE001 - compared below
         err_theirs = exc
+    for q, g in grads:
+        if q.grad is not None and q.grad.shape == g.shape:
+            q.grad.copy_(g)
     before = _snapshot(ours)
     try:
         ours.step()
@@ -324,8 +342,14 @@ def _grads_missing(ps, qs, seed):
             p.grad, q.grad = g.clone(), g.clone()
 
 
+# the generic step's algorithms, against their packages (ours starts a group added later at the
+# optimizer's step, schedulefree at 0: add_group is left out for those)
+GENERIC_KW = {"Lion": dict(lr=1e-3, weight_decay=0.1), "SGDScheduleFree": dict(lr=0.05, warmup_steps=2, weight_decay=0.01),
+              "AdamWScheduleFree": dict(lr=0.01, warmup_steps=2, weight_decay=0.01)}  # fmt: skip
+
+
 def _run_sequence(backend, cls, kinds, seed):
-    kw = dict(lr=0.05, momentum=0.9) if cls == "SGD" else dict(lr=0.01)
+    kw = GENERIC_KW.get(cls) or (dict(lr=0.05, momentum=0.9) if cls == "SGD" else dict(lr=0.01))
     ps, qs, ours, theirs = _pair(cls, backend, **kw)
     for j, kind in enumerate(kinds):
         # A step both refuse ends the comparison: ours refuses before anything
@@ -355,3 +379,17 @@ def test_random_mutation_sequences_against_torch(backend, cls, kinds, seed):
 )
 def test_random_mutation_sequences_on_triton(cls, kinds, seed):
     _run_sequence("triton", cls, kinds, seed)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    backend=st.sampled_from(BACKENDS),
+    cls=st.sampled_from(sorted(GENERIC_KW)),
+    kinds=st.lists(st.sampled_from(MUTATIONS), min_size=1, max_size=8),
+    seed=st.integers(0, 1000),
+)
+def test_random_mutation_sequences_generic_step(backend, cls, kinds, seed):
+    """Lion and schedule-free SGD / AdamW (the generic fused step) against lion_pytorch / schedulefree."""
+    if cls.endswith("ScheduleFree"):
+        kinds = [k for k in kinds if k != "add_group"]
+    _run_sequence(backend, cls, kinds, seed)

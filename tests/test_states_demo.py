@@ -39,3 +39,30 @@ def test_every_variant_on_every_task_small(tmp_path):
     d = {(r["task"], r["variant"]): r["finals"] for r in rows}
     assert d[("charlm", "fp32")] != d[("charlm", "int8 states")]
     assert os.path.getsize(tmp_path / "states.png") > 10_000
+
+
+def test_lion_on_a_chosen_task_small(tmp_path):
+    """--optimizer lion trains the task with cf.Lion (its own range test's CLR bounds); --tasks picks tasks."""
+    pytest.importorskip("sklearn")
+    rc = cli.main(["demo", "--dataset", "states", "--optimizer", "lion", "--tasks", "digits", "--iterations", "12",
+                   "--seeds", "2", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    out = json.load(open(tmp_path / "states-lion.json"))
+    assert [t["name"] for t in out["tasks"]] == ["digits"]
+    assert out["tasks"][0]["setup"]["optimizer"].startswith("Lion")
+    assert {r["variant"] for r in out["table"]} == set(m.VARIANTS)
+    assert all(math.isfinite(v) for r in out["table"] for v in r["finals"])
+    assert not (tmp_path / "states.json").exists()
+
+
+@pytest.mark.parametrize("argv", [["--optimizer", "lion"], ["--tasks", "digits"]])
+def test_states_options_are_refused_for_other_demos(argv, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--dataset", "digits", *argv])
+    assert "are for --dataset states" in capsys.readouterr().err
+
+
+def test_task_list_is_checked(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--dataset", "states", "--tasks", "digits,imagenet"])
+    assert "comma-separated list" in capsys.readouterr().err

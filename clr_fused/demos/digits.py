@@ -56,17 +56,19 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
     return (model(x).argmax(dim=1) == y).float().mean()
 
 
-def run_range_test(data: Digits, *, num_steps: int = 100, seed: int = 0, progress: bool = False) -> RangeTestResult:
+def run_range_test(data: Digits, *, num_steps: int = 100, seed: int = 0, progress: bool = False,
+                   make_opt=None, start_lr: float = 1e-4, end_lr: float = 10.0) -> RangeTestResult:  # fmt: skip
+    """The range test of the digits MLP (``make_opt(params)``: the optimizer; SGD-momentum by default)."""
     model = make_model(seed)
-    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = (make_opt or (lambda ps: SGD(ps, lr=0.01, momentum=0.9)))(model.parameters())
     batches = data.batches(64, seed)
     return range_test(
         model,
         torch.nn.functional.cross_entropy,
         batches,
         opt,
-        start_lr=1e-4,
-        end_lr=10.0,
+        start_lr=start_lr,
+        end_lr=end_lr,
         num_steps=num_steps,
         eval_fn=lambda m: accuracy(m, data.x_test, data.y_test),
         metric_name="held-out accuracy",
@@ -81,12 +83,16 @@ def train(data: Digits, lr, *, iterations: int, seed: int = 0, eval_every: int =
 
 
 def train_curve(model, epoch_batches, evaluate, lr, *, iterations: int, seed: int, eval_every: int, momentum: float = 0.9,
-                opt_kw: dict | None = None):  # fmt: skip
-    """SGD-momentum training for ``iterations`` steps over ``epoch_batches(e)``
-    (one shuffled epoch per call); ``evaluate(model)`` (a device scalar) every
+                opt_kw: dict | None = None, opt_cls=None):  # fmt: skip
+    """SGD-momentum training (``opt_cls``: another optimizer class, without
+    the momentum) for ``iterations`` steps over ``epoch_batches(e)`` (one
+    shuffled epoch per call); ``evaluate(model)`` (a device scalar) every
     ``eval_every`` steps, read back once at the end.  Shared by the demos
     (``opt_kw``: more optimizer keywords, e.g. ``state_dtype``)."""
-    opt = SGD(model.parameters(), lr=lr, momentum=momentum, **(opt_kw or {}))
+    if opt_cls is None:
+        opt = SGD(model.parameters(), lr=lr, momentum=momentum, **(opt_kw or {}))
+    else:
+        opt = opt_cls(model.parameters(), lr=lr, **(opt_kw or {}))
     curve = []
     it = 0
     epoch = 0

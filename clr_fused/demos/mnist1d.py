@@ -112,18 +112,20 @@ def iters_per_epoch() -> int:
 
 
 # ------------------------------------------------------------------ range tests
-def run_range_test(data: MNIST1D, *, num_steps: int = 100, seed: int = 0, progress: bool = False) -> RangeTestResult:
-    """Ours: exponential ramp 1e-4 .. 10 over ``num_steps`` batches, accuracy on
-    the test split as the metric (the paper plots accuracy against LR)."""
+def run_range_test(data: MNIST1D, *, num_steps: int = 100, seed: int = 0, progress: bool = False,
+                   make_opt=None, start_lr: float = 1e-4, end_lr: float = 10.0) -> RangeTestResult:  # fmt: skip
+    """Ours: exponential ramp ``start_lr`` .. ``end_lr`` (1e-4 .. 10) over ``num_steps`` batches, accuracy on
+    the test split as the metric (the paper plots accuracy against LR); ``make_opt(params)``: the
+    optimizer (SGD-momentum by default)."""
     model = make_model(seed)
-    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = (make_opt or (lambda ps: SGD(ps, lr=0.01, momentum=0.9)))(model.parameters())
     batches = []
     epoch = 0
     while len(batches) < num_steps:
         batches += data.batches(10_000 + epoch)
         epoch += 1
     return range_test(
-        model, nn.functional.cross_entropy, batches[:num_steps], opt, start_lr=1e-4, end_lr=10.0,
+        model, nn.functional.cross_entropy, batches[:num_steps], opt, start_lr=start_lr, end_lr=end_lr,
         num_steps=num_steps, eval_fn=lambda m: accuracy(m, data.x_test, data.y_test), metric_name="test accuracy",
         progress=progress,
     )  # fmt: skip

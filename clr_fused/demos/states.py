@@ -12,6 +12,11 @@ bf16 or int8 states), on three tasks of the other demos:
 - the character-level GPT on the standard library's sources: AdamW, warm-up
   + cosine (``demos/charlm.py``).
 
+``optimizer="lion"`` (``--optimizer lion``) trains every task with
+``cf.Lion`` instead: on digits and MNIST-1D with the CLR bounds of Lion's own
+range test, on the char-LM with AdamW's schedule at a third of its peak LR
+and three times its weight decay (Chen et al.'s advice for moving from AdamW).
+
 Reports, per task and variant, the final held-out accuracy (loss for the
 LM) as mean and standard deviation over the seeds, and the curves.
 """
@@ -30,6 +35,7 @@ from torch import nn
 from .. import schedules as S
 from ..hf_schedules import get_schedule
 from ..optim import AdamW
+from ..optim.lion import Lion
 
 #: variant -> (parameter dtype, optimizer keywords)
 VARIANTS: dict[str, tuple[torch.dtype, dict[str, Any]]] = {
@@ -40,6 +46,18 @@ VARIANTS: dict[str, tuple[torch.dtype, dict[str, Any]]] = {
     "bf16 params + SR": (torch.bfloat16, dict(stochastic_rounding=True)),
     "bf16 params + SR, int8 states": (torch.bfloat16, dict(stochastic_rounding=True, state_dtype="int8")),
 }
+
+
+#: --optimizer: "default" (SGD-momentum on digits / MNIST-1D, AdamW on the char-LM) or "lion" (cf.Lion everywhere)
+OPTIMIZERS = ("default", "lion")
+LION_BETAS = (0.9, 0.99)
+# Lion's range test: its updates are sign vectors (size lr per element), so its useful LRs sit
+# far below SGD's; the ramp covers 1e-6 .. 1
+LION_RANGE = dict(start_lr=1e-6, end_lr=1.0)
+
+
+def _lion(params, lr=1e-4, **kw):
+    return Lion(params, lr=lr, betas=LION_BETAS, **kw)
 
 
 class InDtype(nn.Module):
@@ -74,52 +92,59 @@ class Task:
 
 
 def _sgd_task(name: str, make_model: Callable[[int], nn.Module], epoch_batches, evaluate, lr, *, iterations: int,
-              seeds, eval_every: int, bar) -> Task:  # fmt: skip
+              seeds, eval_every: int, bar, optimizer: str = "default") -> Task:  # fmt: skip
     from .digits import train_curve
 
     task = Task(name, "accuracy", eval_every=eval_every)
+    opt_cls, base = (_lion, {}) if optimizer == "lion" else (None, {})
     for variant, (dtype, kw) in VARIANTS.items():
         task.curves[variant] = []
         for sd in seeds:
             model = InDtype(make_model(sd), dtype)
             task.curves[variant].append(train_curve(model, epoch_batches, evaluate, lr, iterations=iterations, seed=sd,
-                                                    eval_every=eval_every, opt_kw=kw))  # fmt: skip
+                                                    eval_every=eval_every, opt_kw={**base, **kw}, opt_cls=opt_cls))  # fmt: skip
             bar.update(1)
     return task
 
 
-def digits_task(*, iterations: int, seeds, bar) -> Task:
+def _optimizer_name(optimizer: str) -> str:
+    return f"Lion {LION_BETAS[0]}/{LION_BETAS[1]}" if optimizer == "lion" else "SGD momentum 0.9"
+
+
+def digits_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> Task:
     from . import digits as demo
 
     data = demo.load_digits_data()
-    s = demo.run_range_test(data, seed=0).suggest()
+    rt_kw = dict(make_opt=_lion, **LION_RANGE) if optimizer == "lion" else {}
+    s = demo.run_range_test(data, seed=0, **rt_kw).suggest()
     lr = S.CyclicLR(s.base_lr, s.max_lr, step_size_up=4 * demo.iterations_per_epoch(data), mode="triangular2",
                     cycle_momentum=False)  # fmt: skip
     task = _sgd_task("digits", demo.make_model, lambda e: data.batches(64, e),
                      lambda m: demo.accuracy(m, data.x_test, data.y_test), lr, iterations=iterations, seeds=seeds,
-                     eval_every=max(1, iterations // 30), bar=bar)  # fmt: skip
-    task.setup = dict(
-        optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations
-    )
+                     eval_every=max(1, iterations // 30), bar=bar, optimizer=optimizer)  # fmt: skip
+    task.setup = dict(optimizer=_optimizer_name(optimizer), schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}",
+                      iterations=iterations)  # fmt: skip
     return task
 
 
-def mnist1d_task(*, iterations: int, seeds, bar) -> Task:
+def mnist1d_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> Task:
     from . import mnist1d as m
 
     data = m.load_mnist1d()
-    rt = m.run_range_test(data, num_steps=200)
+    rt_kw = dict(make_opt=_lion, **LION_RANGE) if optimizer == "lion" else {}
+    rt = m.run_range_test(data, num_steps=200, **rt_kw)
     lr = S.CyclicLR.from_range_test(rt, iters_per_epoch=m.iters_per_epoch(), mode="triangular2", cycle_momentum=False)
     task = _sgd_task("mnist1d", m.make_model, data.batches, lambda mod: m.accuracy(mod, data.x_test, data.y_test), lr,
-                     iterations=iterations, seeds=seeds, eval_every=max(1, iterations // 30), bar=bar)  # fmt: skip
+                     iterations=iterations, seeds=seeds, eval_every=max(1, iterations // 30), bar=bar,
+                     optimizer=optimizer)  # fmt: skip
     s = rt.suggest()
-    task.setup = dict(
-        optimizer="SGD momentum 0.9", schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}", iterations=iterations
-    )
+    task.setup = dict(optimizer=_optimizer_name(optimizer), schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}",
+                      iterations=iterations)  # fmt: skip
     return task
 
 
-def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes: int | None = None) -> Task:
+def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes: int | None = None,
+                optimizer: str = "default") -> Task:  # fmt: skip
     from . import charlm as c
 
     corpus = c.load_stdlib(max_bytes)
@@ -127,12 +152,18 @@ def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes
     val = [corpus.batch(gen, "val") for _ in range(8)]
     eval_every = max(1, iterations // 20)
     task = Task("charlm", "loss", eval_every=eval_every)
+    lion = optimizer == "lion"
+    if lion:  # Chen et al.: from AdamW, a 3-10x smaller LR and a 3-10x larger decoupled weight decay
+        peak_lr = peak_lr / 3
     for variant, (dtype, kw) in VARIANTS.items():
         task.curves[variant] = []
         for sd in seeds:
             model = InDtype(c.make_model(sd), dtype)
             sched = get_schedule("cosine", peak_lr, num_warmup_steps=iterations // 10, num_training_steps=iterations)
-            opt = AdamW(model.parameters(), lr=sched, betas=(0.9, 0.95), weight_decay=0.1, max_grad_norm=1.0, **kw)
+            if lion:
+                opt = Lion(model.parameters(), lr=sched, betas=LION_BETAS, weight_decay=0.3, max_grad_norm=1.0, **kw)
+            else:
+                opt = AdamW(model.parameters(), lr=sched, betas=(0.9, 0.95), weight_decay=0.1, max_grad_norm=1.0, **kw)
             g = torch.Generator().manual_seed(sd)
             curve = []
             for it in range(1, iterations + 1):
@@ -145,7 +176,9 @@ def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes
             task.curves[variant].append(torch.stack(curve).tolist())
             bar.update(1)
     task.setup = dict(
-        optimizer="AdamW 0.9/0.95, wd 0.1, clip 1.0",
+        optimizer=f"Lion {LION_BETAS[0]}/{LION_BETAS[1]}, wd 0.3, clip 1.0"
+        if lion
+        else "AdamW 0.9/0.95, wd 0.1, clip 1.0",
         schedule=f"warm-up + cosine, peak {peak_lr:g}",
         iterations=iterations,
     )
@@ -153,9 +186,12 @@ def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes
 
 
 def run(*, iterations: dict[str, int], seeds=(0, 1, 2), tasks=("digits", "mnist1d", "charlm"), progress: bool = True,
-        charlm_bytes: int | None = None) -> tuple[list[Task], dict[str, str]]:  # fmt: skip
+        charlm_bytes: int | None = None, optimizer: str = "default") -> tuple[list[Task], dict[str, str]]:  # fmt: skip
     """The tasks that can run here, and why the others did not."""
     from tqdm import tqdm
+
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
 
     skipped = {}
     if "mnist1d" in tasks and importlib.util.find_spec("mnist1d") is None:
@@ -167,11 +203,12 @@ def run(*, iterations: dict[str, int], seeds=(0, 1, 2), tasks=("digits", "mnist1
     ) as bar:
         for t in tasks:
             if t == "digits":
-                out.append(digits_task(iterations=iterations["digits"], seeds=seeds, bar=bar))
+                out.append(digits_task(iterations=iterations["digits"], seeds=seeds, bar=bar, optimizer=optimizer))
             elif t == "mnist1d":
-                out.append(mnist1d_task(iterations=iterations["mnist1d"], seeds=seeds, bar=bar))
+                out.append(mnist1d_task(iterations=iterations["mnist1d"], seeds=seeds, bar=bar, optimizer=optimizer))
             elif t == "charlm":
-                out.append(charlm_task(iterations=iterations["charlm"], seeds=seeds, bar=bar, max_bytes=charlm_bytes))
+                out.append(charlm_task(iterations=iterations["charlm"], seeds=seeds, bar=bar, max_bytes=charlm_bytes,
+                                       optimizer=optimizer))  # fmt: skip
     return out, skipped
 
 
@@ -218,7 +255,10 @@ def main(args) -> int:
     seeds = tuple(range(args.seeds or 3))
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
-    tasks, skipped = run(iterations=its, seeds=seeds)
+    optimizer = getattr(args, "optimizer", None) or "default"
+    names = tuple(getattr(args, "tasks", None) or ("digits", "mnist1d", "charlm"))
+    tasks, skipped = run(iterations=its, seeds=seeds, tasks=names, optimizer=optimizer)
+    stem = "states" if optimizer == "default" else f"states-{optimizer}"
     took = time.perf_counter() - t0
     print(f"{len(seeds)} seeds, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
     rows = [r for t in tasks for r in t.table()]
@@ -229,14 +269,14 @@ def main(args) -> int:
         print(f"| {r['task']} | {r['variant']} | {unit} {r['mean']:.4f} ± {r['std']:.4f} |")
     for name, why in skipped.items():
         print(f"skipped {name}: {why}")
-    png = os.path.join(args.out, "states.png")
+    png = os.path.join(args.out, f"{stem}.png")
     plot(tasks, png)
     out = {
         "date": datetime.date.today().isoformat(), "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
         "seconds": took, "seeds": list(seeds), "skipped": skipped, "table": rows,
         "tasks": [{"name": t.name, "metric": t.metric, "setup": t.setup, "eval_every": t.eval_every, "curves": t.curves} for t in tasks],
     }  # fmt: skip
-    with open(os.path.join(args.out, "states.json"), "w") as f:
+    with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
         json.dump(out, f, indent=1)
-    print(f"wrote {png} and {args.out}/states.json")
+    print(f"wrote {png} and {args.out}/{stem}.json")
     return 0
