@@ -9,7 +9,7 @@
 #include <cmath>
 #include <type_traits>
 
-#include "../multi_tensor.cuh"
+#include "../fused_kernels.cuh"  // madd, and the launcher (multi_tensor.cuh)
 
 namespace clr_fused {
 
@@ -66,6 +66,17 @@ __device__ __forceinline__ ScheduleFreeFactors schedule_free_factors(const Sched
   f.y_lr = static_cast<float>(s.lr * (beta * (1.0 - s.ckp1) - 1.0));
   f.neg_lr = static_cast<float>(-s.lr);
   return f;
+}
+
+// One element's y and z after its gradient step direction g (weight decay
+// included): y.lerp_(z, ckp1); y.add_(g, alpha=y_lr); z.sub_(g, alpha=lr),
+// each rounded as torch's op (kSmall: the lerp's form, from |ckp1| < 0.5).
+template <bool kFma, bool kSmall>
+__device__ __forceinline__ void schedule_free_yz(float& y, float& z, float g, float coeff, float y_lr, float neg_lr) {
+  const float z0 = z;
+  y = madd<kFma>(coeff, z0 - y, kSmall ? y : z0);
+  y = madd<kFma>(g, y_lr, y);
+  z = madd<kFma>(g, neg_lr, z0);
 }
 
 // Weight decay and the lerp's form are uniform over a launch: one element

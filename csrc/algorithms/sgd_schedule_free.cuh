@@ -37,10 +37,7 @@ struct SGDScheduleFree {
                                          rb, [&](float& y, float g, float* st) {
                                            g = g * gm;
                                            if constexpr (kWd) g = madd<kFma>(y, wd, g);
-                                           const float z = st[0];
-                                           y = madd<kFma>(coeff, z - y, kSmall ? y : z);
-                                           y = madd<kFma>(g, y_lr, y);
-                                           st[0] = madd<kFma>(g, neg_lr, z);
+                                           schedule_free_yz<kFma, kSmall>(y, st[0], g, coeff, y_lr, neg_lr);
                                          });
   }
 
