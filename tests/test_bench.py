@@ -256,3 +256,18 @@ def test_bench_peers_quick_smoke(tmp_path):
             assert r["ms_per_step"] is None and r["status"].startswith(("not installed", "does not run")), r
     md = (tmp_path / js.name.replace(".json", ".md")).read_text()
     assert "| small | lion | clr_fused Lion |" in md and "Versions: torch" in md
+
+
+def test_bench_peers_builds_ours_for_a_gpu_too():
+    """The GPU rows of --peers (not runnable here): every clr_fused provider builds with the
+    backend the GPU run passes (on CPU tensors here, where "auto" picks a CPU backend) and steps."""
+    from clr_fused.bench.peers import algorithms
+
+    for algo, peers in algorithms(torch.device("cuda")).items():
+        for peer in peers:
+            if peer.name.startswith("clr_fused"):
+                p = torch.nn.Parameter(torch.randn(33))
+                p.grad = torch.randn(33)
+                before = p.detach().clone()
+                peer.make([p]).step()
+                assert not torch.equal(p.detach(), before), (algo, peer.name)
