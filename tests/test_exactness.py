@@ -189,9 +189,12 @@ def test_float64_parameters_get_the_float64_lr():
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the extension is not built here")
 def test_digits_mlp_adamw_600_steps_stays_with_torch():
     """The issue's long run: AdamW on the digits MLP, 600 steps, beside torch's
-    for-loop AdamW from the same weights and batches.  The CPU kernels round
-    as torch does (fused_kernels.cuh), so the runs stay within 1e-5 (before
-    they drifted 0.12 apart); torch's fused AdamW is the yardstick."""
+    for-loop and fused AdamW from the same weights and batches.  The CPU
+    kernels round as torch's fused step does (fused_kernels.cuh): bit for bit
+    with it after 600 steps, and as far from the for-loop step as torch's two
+    steps are from each other (before, they drifted 0.12 apart).  That
+    distance depends on the CPU (torch's CPU sqrt is not correctly rounded
+    everywhere): under 1e-5 on one CPU we ran it on, 4e-4 on another."""
     from clr_fused.demos import digits as demo
 
     data = demo.load_digits_data()
@@ -208,8 +211,8 @@ def test_digits_mlp_adamw_600_steps_stays_with_torch():
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
     gap = lambda a, b: max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))  # noqa: E731
-    assert gap(ours, loop) < 1e-5
-    assert gap(ours, loop) <= 2 * max(gap(fused, loop), 1e-7)
+    assert gap(ours, fused) == 0
+    assert gap(ours, loop) < 1e-2 and gap(ours, loop) <= 2 * max(gap(fused, loop), 1e-7)
 
 
 # One optimizer over many sizes (1 .. 65,537 elements: the vector body, every
