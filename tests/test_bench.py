@@ -84,7 +84,9 @@ def test_copy_bandwidth_is_the_best_trial_at_the_step_size(monkeypatch):
     assert sizes[-1] == (1 << 24) // 8
 
 
-def test_bench_host_quick_smoke(tmp_path):
+def _quick_bench(tmp_path, flag: str, stem: str, timeout: int):
+    """Runs ``clr-fused bench <flag> --quick`` in a fresh process (skipped without the
+    extension); its JSON file and contents."""
     from clr_fused import _ext
 
     if _ext.load() is None:
@@ -92,12 +94,16 @@ def test_bench_host_quick_smoke(tmp_path):
 
         pytest.skip(f"the extension is not built here: {_ext.error()}")
     out = subprocess.run(
-        [sys.executable, "-m", "clr_fused", "bench", "--host", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "clr_fused", "bench", flag, "--quick", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    (js,) = tmp_path.glob("host-*.json")
-    data = json.loads(js.read_text())
+    (js,) = tmp_path.glob(f"{stem}-*.json")
+    return js, json.loads(js.read_text())
+
+
+def test_bench_host_quick_smoke(tmp_path):
+    js, data = _quick_bench(tmp_path, "--host", "host", timeout=600)
     providers = {r["provider"] for r in data["host_cost"]}
     assert {
         "torch fused + CyclicLR, kernels stubbed",
@@ -127,19 +133,7 @@ def test_low_precision_bytes_per_param():
 
 
 def test_bench_low_precision_quick_smoke(tmp_path):
-    from clr_fused import _ext
-
-    if _ext.load() is None:
-        import pytest
-
-        pytest.skip(f"the extension is not built here: {_ext.error()}")
-    out = subprocess.run(
-        [sys.executable, "-m", "clr_fused", "bench", "--low-precision", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    (js,) = tmp_path.glob("low-precision-*.json")
-    data = json.loads(js.read_text())
+    js, data = _quick_bench(tmp_path, "--low-precision", "low-precision", timeout=900)
     providers = {(r["algo"], r["param_dtype"], r["provider"]) for r in data["rows"]}
     for algo in ("adamw", "sgd-momentum"):
         assert {(algo, "float32", "torch fused (fp32 states)"), (algo, "float32", "clr_fused cpu, int8 states"),
@@ -227,20 +221,10 @@ def test_bench_peers_quick_smoke(tmp_path):
     """Every algorithm has its reference, ours and each listed peer as a row: timed where it is
     installed and runs, else a row saying why (the dev install has optimi, lion-pytorch,
     schedulefree, bitsandbytes and torchao, not DeepSpeed)."""
-    from clr_fused import _ext
     from clr_fused.bench.peers import algorithms
 
-    if _ext.load() is None:
-        import pytest
-
-        pytest.skip(f"the extension is not built here: {_ext.error()}")
-    out = subprocess.run(
-        [sys.executable, "-m", "clr_fused", "bench", "--peers", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    (js,) = tmp_path.glob("peers-*.json")
-    rows = json.loads(js.read_text())["rows"]
+    js, data = _quick_bench(tmp_path, "--peers", "peers", timeout=900)
+    rows = data["rows"]
     expected = {(algo, p.name) for algo, peers in algorithms(torch.device("cpu")).items() for p in peers}
     assert {(r["algo"], r["provider"]) for r in rows} == expected
     ran = {(r["algo"], r["provider"]) for r in rows if r["status"] == "ran"}

@@ -60,6 +60,11 @@ def _lion(params, lr=1e-4, **kw):
     return Lion(params, lr=lr, betas=LION_BETAS, **kw)
 
 
+def _range_test_kw(optimizer: str) -> dict[str, Any]:
+    """The demos' run_range_test keywords for ``optimizer`` (none: their SGD-momentum test)."""
+    return dict(make_opt=_lion, **LION_RANGE) if optimizer == "lion" else {}
+
+
 class InDtype(nn.Module):
     """``model`` with its parameters in ``dtype``: inputs cast in, float
     outputs cast back to float32 (the loss in float32, as autocast does)."""
@@ -96,13 +101,13 @@ def _sgd_task(name: str, make_model: Callable[[int], nn.Module], epoch_batches, 
     from .digits import train_curve
 
     task = Task(name, "accuracy", eval_every=eval_every)
-    opt_cls, base = (_lion, {}) if optimizer == "lion" else (None, {})
+    opt_cls = _lion if optimizer == "lion" else None
     for variant, (dtype, kw) in VARIANTS.items():
         task.curves[variant] = []
         for sd in seeds:
             model = InDtype(make_model(sd), dtype)
             task.curves[variant].append(train_curve(model, epoch_batches, evaluate, lr, iterations=iterations, seed=sd,
-                                                    eval_every=eval_every, opt_kw={**base, **kw}, opt_cls=opt_cls))  # fmt: skip
+                                                    eval_every=eval_every, opt_kw=kw, opt_cls=opt_cls))  # fmt: skip
             bar.update(1)
     return task
 
@@ -115,8 +120,7 @@ def digits_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> T
     from . import digits as demo
 
     data = demo.load_digits_data()
-    rt_kw = dict(make_opt=_lion, **LION_RANGE) if optimizer == "lion" else {}
-    s = demo.run_range_test(data, seed=0, **rt_kw).suggest()
+    s = demo.run_range_test(data, seed=0, **_range_test_kw(optimizer)).suggest()
     lr = S.CyclicLR(s.base_lr, s.max_lr, step_size_up=4 * demo.iterations_per_epoch(data), mode="triangular2",
                     cycle_momentum=False)  # fmt: skip
     task = _sgd_task("digits", demo.make_model, lambda e: data.batches(64, e),
@@ -131,8 +135,7 @@ def mnist1d_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> 
     from . import mnist1d as m
 
     data = m.load_mnist1d()
-    rt_kw = dict(make_opt=_lion, **LION_RANGE) if optimizer == "lion" else {}
-    rt = m.run_range_test(data, num_steps=200, **rt_kw)
+    rt = m.run_range_test(data, num_steps=200, **_range_test_kw(optimizer))
     lr = S.CyclicLR.from_range_test(rt, iters_per_epoch=m.iters_per_epoch(), mode="triangular2", cycle_momentum=False)
     task = _sgd_task("mnist1d", m.make_model, data.batches, lambda mod: m.accuracy(mod, data.x_test, data.y_test), lr,
                      iterations=iterations, seeds=seeds, eval_every=max(1, iterations // 30), bar=bar,

@@ -12,8 +12,8 @@ namespace clr_fused {
 struct SGDScheduleFree {
   static constexpr const char* kName = "SGDScheduleFree";
   static constexpr int kStates = 1;  // z
-  static constexpr int kScalars = 2;
-  static constexpr bool kInt8States = false;  // z is an iterate, not a moment (optim/schedule_free.py)  // lr_max, weight_sum
+  static constexpr int kScalars = 2;  // lr_max, weight_sum
+  static constexpr bool kInt8States = false;  // z is an iterate, not a moment (optim/schedule_free.py)
 
   struct Hyper {
     double momentum;
