@@ -13,12 +13,16 @@
 
 namespace clr_fused {
 
-// tables = [address tables..., numels, chunk_tensor, chunk_start]
-inline Tables make_tables(at::TensorList tables) {
+// tables = [address tables..., numels, chunk_tensor, chunk_start]; with
+// `compensated` (kahan_sum) the last address table is the compensation list's.
+inline Tables make_tables(at::TensorList tables, bool compensated = false) {
   const int64_t n = static_cast<int64_t>(tables.size());
-  TORCH_CHECK(n >= 5 && n - 3 <= kMaxLists, "tables must hold 2..", kMaxLists, " address tables and 3 chunk tables");
+  const int64_t lists = n - 3 - (compensated ? 1 : 0);
+  TORCH_CHECK(lists >= 2 && lists <= kMaxLists, "tables must hold 2..", kMaxLists,
+              " address tables (and the compensation list's) and 3 chunk tables");
   Tables tb{};
-  for (int64_t i = 0; i < n - 3; ++i) tb.addrs[i] = tables[i].data_ptr<int64_t>();
+  for (int64_t i = 0; i < lists; ++i) tb.addrs[i] = tables[i].data_ptr<int64_t>();
+  tb.comp = compensated ? tables[lists].data_ptr<int64_t>() : nullptr;
   tb.numels = tables[n - 3].data_ptr<int64_t>();
   tb.chunk_tensor = tables[n - 2].data_ptr<int32_t>();
   tb.chunk_start = tables[n - 1].data_ptr<int64_t>();

@@ -32,6 +32,9 @@ constexpr int kMaxLists = 8;  // p, g, up to 3 state lists, and their scale list
 
 struct Tables {
   const int64_t* addrs[kMaxLists];  // p, g, then state lists
+  // kahan_sum: the parameters' compensation buffers (their dtype), the last
+  // address table; nullptr: none.  See load_param / compensation.
+  const int64_t* comp;
   const int64_t* numels;
   const int32_t* chunk_tensor;
   const int64_t* chunk_start;
@@ -118,16 +121,46 @@ __device__ __forceinline__ T store_as(float x, const RandomBits& rb, int stream,
 }
 
 // The state lists of one tensor, as the kernels address them: S* per list, or
-// for int8 states (S = Q8) the code lists and then their scale lists.
+// for int8 states (S = Q8) the code lists and then their scale lists; and the
+// parameter's compensation buffer (kahan_sum; nullptr: none).
 template <typename S, int NS>
 struct StatePtrs {
   S* s[NS > 0 ? NS : 1];
+  void* comp;
 };
 template <int NS>
 struct StatePtrs<Q8, NS> {
   void* codes[NS > 0 ? NS : 1];  // list 0 int8 (signed map), the others uint8
   float* scales[NS > 0 ? NS : 1];
+  void* comp;
 };
+
+// ------------------------------------------------- Kahan-compensated parameters
+// kahan_sum=True keeps, beside each 16-bit parameter p, a buffer c of its
+// dtype holding what rounding p lost: the update sees x = p + c (exact in
+// float32: c is below half an ulp of p), and writes p = round(x'), c =
+// round(x' - p) (the subtraction is exact).  So the parameter carries about
+// twice its dtype's mantissa across steps, in the same pass (optimi's
+// kahan_sum, TransformerEngine's parameter remainders).  A non-finite x' (or
+// one that rounds to inf) keeps no compensation: inf - inf must not make the
+// next step's p + c a NaN.  Only 16-bit parameters have a compensated form.
+template <typename P>
+constexpr bool kCompensable = sizeof(P) == 2;
+
+template <typename P>
+__device__ __forceinline__ float load_param(const P* p, const P* c, int64_t i) {
+  return static_cast<float>(p[i]) + static_cast<float>(c[i]);
+}
+
+// The store: p = to_storage<P>(x), c = compensation<P>(x).  (Each assigned
+// from a call at the call site: a 16-bit struct held in a variable, or written
+// through a reference, kept GCC from vectorising the loop; the compiler shares
+// the one rounding.)
+template <typename P>
+__device__ __forceinline__ P compensation(float x) {
+  const float r = x - static_cast<float>(to_storage<P>(x));
+  return to_storage<P>(fabsf(r) <= 3.4028234663852886e38f ? r : 0.0f);  // NaN / inf: 0 (a select: vectorises)
+}
 
 // Vector loads and stores.  The addresses come from the device tables, so
 // nvcc cannot tell they are global: a plain dereference compiles to generic
@@ -178,18 +211,20 @@ __device__ __forceinline__ ChunkInfo chunk_info(const Tables& tb, const StepInpu
 // gradient) storage type, S: state storage type, NS: number of state lists;
 // kSr: bfloat16 stores round stochastically (streams of rb: 0 the parameter,
 // 1 + j state list j).
-template <typename P, typename S, int NS, bool kSr, typename Op>
+template <typename P, typename S, int NS, bool kSr, bool kKahan, typename Op>
 __device__ __forceinline__ void for_each_plain(P* p, const P* g, const StatePtrs<S, NS>& sp, int64_t start, int64_t end,
                                                const RandomBits& rb, const Op& op) {
   S* const(&s)[NS > 0 ? NS : 1] = sp.s;
+  P* const c = static_cast<P*>(sp.comp);  // kKahan only
 #ifdef __CUDACC__
   // table addresses: tell nvcc they are global (LDG/STG, not generic LD/ST)
   __builtin_assume(__isGlobal(p));
   __builtin_assume(__isGlobal(g));
+  if constexpr (kKahan) __builtin_assume(__isGlobal(c));
 #pragma unroll
   for (int j = 0; j < NS; ++j) __builtin_assume(__isGlobal(s[j]));
 #endif
-  bool vec_ok = aligned(p) && aligned(g);
+  bool vec_ok = aligned(p) && aligned(g) && (!kKahan || aligned(c));
 #pragma unroll
   for (int j = 0; j < NS; ++j) vec_ok = vec_ok && aligned(s[j]);
   const int64_t stride = static_cast<int64_t>(blockDim.x) * kILP;
@@ -198,21 +233,29 @@ __device__ __forceinline__ void for_each_plain(P* p, const P* g, const StatePtrs
     for (; i + kILP <= end; i += stride) {
       Vec<P> pv = load_vec(p + i);
       const Vec<P> gv = load_vec(g + i);
+      Vec<P> cv;
+      if constexpr (kKahan) cv = load_vec(c + i);
       Vec<S> sv[NS > 0 ? NS : 1];
 #pragma unroll
       for (int j = 0; j < NS; ++j) sv[j] = load_vec<S>(s[j] + i);
 #pragma unroll
       for (int e = 0; e < kILP; ++e) {
-        float pf = static_cast<float>(pv.v[e]);
+        float pf = kKahan ? load_param(pv.v, cv.v, e) : static_cast<float>(pv.v[e]);
         float sf[NS > 0 ? NS : 1];
 #pragma unroll
         for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(sv[j].v[e]);
         op(pf, static_cast<float>(gv.v[e]), sf);
-        pv.v[e] = store_as<P, kSr>(pf, rb, 0, i + e);
+        if constexpr (kKahan) {
+          pv.v[e] = to_storage<P>(pf);
+          cv.v[e] = compensation<P>(pf);
+        } else {
+          pv.v[e] = store_as<P, kSr>(pf, rb, 0, i + e);
+        }
 #pragma unroll
         for (int j = 0; j < NS; ++j) sv[j].v[e] = store_as<S, kSr>(sf[j], rb, 1 + j, i + e);
       }
       store_vec(p + i, pv);
+      if constexpr (kKahan) store_vec(c + i, cv);
 #pragma unroll
       for (int j = 0; j < NS; ++j) store_vec<S>(s[j] + i, sv[j]);
     }
@@ -224,12 +267,17 @@ __device__ __forceinline__ void for_each_plain(P* p, const P* g, const StatePtrs
     i = start + threadIdx.x;
   }
   for (; i < end; i += blockDim.x) {
-    float pf = static_cast<float>(p[i]);
+    float pf = kKahan ? load_param(p, c, i) : static_cast<float>(p[i]);
     float sf[NS > 0 ? NS : 1];
 #pragma unroll
     for (int j = 0; j < NS; ++j) sf[j] = static_cast<float>(s[j][i]);
     op(pf, static_cast<float>(g[i]), sf);
-    p[i] = store_as<P, kSr>(pf, rb, 0, i);
+    if constexpr (kKahan) {
+      p[i] = to_storage<P>(pf);
+      c[i] = compensation<P>(pf);
+    } else {
+      p[i] = store_as<P, kSr>(pf, rb, 0, i);
+    }
 #pragma unroll
     for (int j = 0; j < NS; ++j) s[j][i] = store_as<S, kSr>(sf[j], rb, 1 + j, i);
   }
@@ -288,10 +336,11 @@ __device__ __forceinline__ void encode_lane(void* codes, float* scales, int64_t 
   if (lane == 0) scales[blk] = sc;
 }
 
-template <typename P, int NS, bool kSr, typename Op>
+template <typename P, int NS, bool kSr, bool kKahan, typename Op>
 __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8, NS>& sp, int64_t start, int64_t end,
                                             const RandomBits& rb, const Op& op) {
   static_assert(NS > 0, "int8 states need a state list");
+  P* const c = static_cast<P*>(sp.comp);  // kKahan only
   const int64_t lane = static_cast<int64_t>(threadIdx.x) % kQLanes;
   const int64_t warps = static_cast<int64_t>(blockDim.x) / kQLanes;
   for (int64_t b0 = start + (static_cast<int64_t>(threadIdx.x) / kQLanes) * kQBlock; b0 < end; b0 += warps * kQBlock) {
@@ -324,24 +373,37 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
     };
     bool full_vec = false;
     if constexpr (kQPerLane == kILP) {  // the GPU: a lane's 4 elements as one vector of p and of g
-      full_vec = n == kQPerLane && aligned(p) && aligned(g);
+      full_vec = n == kQPerLane && aligned(p) && aligned(g) && (!kKahan || aligned(c));
       if (full_vec) {
         Vec<P> pv = load_vec(p + first);
         const Vec<P> gv = load_vec(g + first);
+        Vec<P> cv;
+        if constexpr (kKahan) cv = load_vec(c + first);
 #pragma unroll
         for (int e = 0; e < kILP; ++e) {
-          float pf = static_cast<float>(pv.v[e]);
+          float pf = kKahan ? load_param(pv.v, cv.v, e) : static_cast<float>(pv.v[e]);
           element(e, pf, static_cast<float>(gv.v[e]));
-          pv.v[e] = store_as<P, kSr>(pf, rb, 0, first + e);
+          if constexpr (kKahan) {
+            pv.v[e] = to_storage<P>(pf);
+            cv.v[e] = compensation<P>(pf);
+          } else {
+            pv.v[e] = store_as<P, kSr>(pf, rb, 0, first + e);
+          }
         }
         store_vec(p + first, pv);
+        if constexpr (kKahan) store_vec(c + first, cv);
       }
     }
     if (!full_vec) {
       for (int e = 0; e < n; ++e) {
-        float pf = static_cast<float>(p[first + e]);
+        float pf = kKahan ? load_param(p, c, first + e) : static_cast<float>(p[first + e]);
         element(e, pf, static_cast<float>(g[first + e]));
-        p[first + e] = store_as<P, kSr>(pf, rb, 0, first + e);
+        if constexpr (kKahan) {
+          p[first + e] = to_storage<P>(pf);
+          c[first + e] = compensation<P>(pf);
+        } else {
+          p[first + e] = store_as<P, kSr>(pf, rb, 0, first + e);
+        }
       }
     }
     encode_lane<true>(sp.codes[0], sp.scales[0], blk, first, n, st[0], amax[0], lane);
@@ -350,13 +412,25 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
   }
 }
 
+// A tensor with a compensation buffer (kahan_sum) takes the compensated copy
+// of the loop, chosen once per chunk (never with stochastic rounding: the op
+// refuses the pair).
 template <typename P, typename S, int NS, bool kSr, typename Op>
 __device__ __forceinline__ void for_each_element(P* p, const P* g, const StatePtrs<S, NS>& sp, int64_t start, int64_t end,
                                                  const RandomBits& rb, const Op& op) {
+  if constexpr (kCompensable<P> && !kSr) {
+    if (sp.comp != nullptr) {
+      if constexpr (std::is_same_v<S, Q8>) {
+        return for_each_q8<P, NS, false, true>(p, g, sp, start, end, rb, op);
+      } else {
+        return for_each_plain<P, S, NS, false, true>(p, g, sp, start, end, rb, op);
+      }
+    }
+  }
   if constexpr (std::is_same_v<S, Q8>) {
-    for_each_q8<P, NS, kSr>(p, g, sp, start, end, rb, op);
+    for_each_q8<P, NS, kSr, false>(p, g, sp, start, end, rb, op);
   } else {
-    for_each_plain<P, S, NS, kSr>(p, g, sp, start, end, rb, op);
+    for_each_plain<P, S, NS, kSr, false>(p, g, sp, start, end, rb, op);
   }
 }
 
@@ -415,6 +489,7 @@ __device__ __forceinline__ P* addr(const int64_t* table, int64_t t) {
 template <typename S, int NS>
 __device__ __forceinline__ StatePtrs<S, NS> state_ptrs(const Tables& tb, int64_t t) {
   StatePtrs<S, NS> r{};
+  r.comp = tb.comp != nullptr ? addr<void>(tb.comp, t) : nullptr;
 #pragma unroll
   for (int j = 0; j < NS; ++j) {
     if constexpr (std::is_same_v<S, Q8>) {

@@ -42,6 +42,7 @@ void sgd_step_autograd(CLR_FUSED_SGD_PARAMS) {
   prepare_mutation(counter);
   prepare_mutation(ticket);
   prepare_mutation(next);
+  prepare_mutation(compensation);
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::sgd_step", "").typed<void(CLR_FUSED_SGD_PARAMS)>();
   at::AutoDispatchBelowADInplaceOrView below;
   op.call(CLR_FUSED_SGD_NAMES);
@@ -57,6 +58,7 @@ void adam_step_autograd(CLR_FUSED_ADAM_PARAMS) {
   prepare_mutation(counter);
   prepare_mutation(ticket);
   prepare_mutation(next);
+  prepare_mutation(compensation);
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::adam_step", "").typed<void(CLR_FUSED_ADAM_PARAMS)>();
   at::AutoDispatchBelowADInplaceOrView below;
   op.call(CLR_FUSED_ADAM_NAMES);
@@ -70,6 +72,7 @@ void step_autograd(CLR_FUSED_STEP_PARAMS) {
   prepare_mutation(ticket);
   prepare_mutation(next);
   prepare_mutation(scalars);
+  prepare_mutation(compensation);
   static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("clr_fused::step", "").typed<void(CLR_FUSED_STEP_PARAMS)>();
   at::AutoDispatchBelowADInplaceOrView below;
   op.call(CLR_FUSED_STEP_NAMES);

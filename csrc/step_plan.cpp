@@ -8,7 +8,7 @@
 // p.data[:10]`, `set_`, `resize_` are caught: the tables hold the old element
 // counts); a gradient exactly where there was one, dense, with the
 // parameter's dtype, sizes and strides; and every state tensor's address,
-// dtype, sizes and strides.  A gradient that only moved (zero_grad(set_to_none=True) and a new
+// dtype, sizes and strides (and kahan_sum's compensation buffers').  A gradient that only moved (zero_grad(set_to_none=True) and a new
 // backward) is the one change handled here: its address is patched into the
 // bucket's grad table.  Anything else returns false and Python rebuilds the
 // plan.  Then sgd()/adam() call the registered op through the dispatcher
@@ -98,6 +98,7 @@ void prefetch(const std::vector<Param>& ps, size_t i) {
 struct Bucket {
   std::vector<at::Tensor> params, grads, steps;
   std::vector<std::vector<at::Tensor>> states;  // momentum_buffers, or exp_avgs, exp_avg_sqs[, max_exp_avg_sqs]
+  std::vector<at::Tensor> compensation;  // kahan_sum's buffers, or none
   std::vector<const void*> state_data;  // flattened, for the check
   std::vector<Geometry> state_geometry;  // the same order
   std::vector<at::Tensor> tables;  // [addrs (params, grads, states...), numels, chunk_tensor, chunk_start]
@@ -137,7 +138,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
   int64_t add_bucket(const std::vector<std::pair<int64_t, int64_t>>& positions, std::vector<at::Tensor> params,
                      const std::vector<at::Tensor>& grads, std::vector<std::vector<at::Tensor>> states,
                      std::vector<at::Tensor> steps, std::vector<at::Tensor> tables, std::optional<at::Tensor> step_table,
-                     bool aligned) {
+                     bool aligned, std::vector<at::Tensor> compensation) {
     TORCH_CHECK(positions.size() == params.size() && grads.size() == params.size(), "StepPlan.add_bucket: list lengths differ");
     TORCH_CHECK(tables.size() >= 5 && tables[1].numel() == static_cast<int64_t>(params.size()), "StepPlan.add_bucket: bad tables");
     Bucket b;
@@ -154,10 +155,14 @@ class __attribute__((visibility("hidden"))) StepPlan {
         b.state_geometry.push_back(Geometry::of(t));
       }
     }
-    for (const auto& t : steps) {
-      b.state_data.push_back(address(t));
-      b.state_geometry.push_back(Geometry::of(t));
+    TORCH_CHECK(compensation.empty() || compensation.size() == b.grad_addrs.size(), "StepPlan.add_bucket: bad compensation");
+    for (const auto* list : {&steps, &compensation}) {
+      for (const auto& t : *list) {
+        b.state_data.push_back(address(t));
+        b.state_geometry.push_back(Geometry::of(t));
+      }
     }
+    b.compensation = std::move(compensation);
     b.params = std::move(params);
     b.grads = grads;  // for the launch that follows the build (check() refills them)
     b.states = std::move(states);
@@ -201,8 +206,10 @@ class __attribute__((visibility("hidden"))) StepPlan {
           if (!same_state(b, k++, t)) return false;
         }
       }
-      for (const auto& t : b.steps) {
-        if (!same_state(b, k++, t)) return false;
+      for (const auto* list : {&b.steps, &b.compensation}) {
+        for (const auto& t : *list) {
+          if (!same_state(b, k++, t)) return false;
+        }
       }
     }
     for (size_t i = 0; i < buckets_.size(); ++i) {
@@ -226,7 +233,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
                 "StepPlan.sgd: not an SGD bucket");
     op.call(b.params, b.grads, use_momentum ? b.states.at(0) : none, b.states.size() == 2 ? b.states[1] : none,
             b.tables, fresh, rows, counter, lr, mom, next, grad_mul, skip, ticket, momentum, dampening, weight_decay,
-            use_momentum, nesterov, maximize, stochastic, advance);
+            use_momentum, nesterov, maximize, stochastic, advance, b.compensation);
     release(b);
   }
 
@@ -245,7 +252,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
     for (size_t j = ns; j < b.states.size(); ++j) scales.insert(scales.end(), b.states[j].begin(), b.states[j].end());
     op.call(b.params, b.grads, b.states[0], b.states[1], amsgrad ? b.states[2] : none, scales, b.steps, b.tables,
             *b.step_table, rows, counter, lr, mom, next, grad_mul, skip, ticket, betas, beta1, beta2, eps, weight_decay,
-            amsgrad, decoupled, maximize, stochastic, advance);
+            amsgrad, decoupled, maximize, stochastic, advance, b.compensation);
     release(b);
   }
 
@@ -266,7 +273,7 @@ class __attribute__((visibility("hidden"))) StepPlan {
       out.insert(out.end(), b.states[j].begin(), b.states[j].end());
     }
     op.call(algorithm, b.params, b.grads, states, scales, b.tables, rows, counter, lr, mom, next, grad_mul, skip, ticket,
-            hyper, stochastic, advance, scalars, write_scalars);
+            hyper, stochastic, advance, scalars, write_scalars, b.compensation);
     release(b);
   }
 
@@ -362,7 +369,8 @@ void bind_step_plan(py::module& m) {
       .def(py::init<const std::vector<std::vector<py::object>>&>(), py::arg("groups"))
       .def("add_unchecked", &StepPlan::add_unchecked, py::arg("positions"))
       .def("add_bucket", &StepPlan::add_bucket, py::arg("positions"), py::arg("params"), py::arg("grads"),
-           py::arg("states"), py::arg("steps"), py::arg("tables"), py::arg("step_table"), py::arg("aligned"))
+           py::arg("states"), py::arg("steps"), py::arg("tables"), py::arg("step_table"), py::arg("aligned"),
+           py::arg("compensation"))
       .def("check", &StepPlan::check, py::arg("groups"))
       .def("grads", &StepPlan::grads, py::arg("bucket"))
       .def("sgd", &StepPlan::sgd)

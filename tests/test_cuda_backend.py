@@ -37,8 +37,9 @@ def test_ops_registered_for_torch_compile():
     from clr_fused.kernels import compiled
 
     compiled._ops()  # registers the fake impls
-    for name, mutated in (("sgd_step", ["params", "momentum_buffers", "scales", "counter", "ticket", "next"]),
-                          ("adam_step", ["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "scales", "steps", "counter", "ticket", "next"])):  # fmt: skip
+    for name, mutated in (("sgd_step", ["params", "momentum_buffers", "scales", "counter", "ticket", "next", "compensation"]),
+                          ("adam_step", ["params", "exp_avgs", "exp_avg_sqs", "max_exp_avg_sqs", "scales", "steps", "counter", "ticket", "next",
+                                         "compensation"])):  # fmt: skip
         op = getattr(torch.ops.clr_fused, name).default
         args = {a.name: a for a in op._schema.arguments}
         assert sorted(n for n, a in args.items() if a.alias_info is not None and a.alias_info.is_write) == sorted(
@@ -58,7 +59,7 @@ def test_ops_registered_for_torch_compile():
         ]
         torch.ops.clr_fused.sgd_step([p], [g], [], [], t, torch.empty(1, dtype=torch.int8), torch.empty(1, 16, dtype=torch.float64),
                                      torch.empty((), dtype=torch.int64), torch.empty(()), None, torch.empty(2), None, None,
-                                     torch.empty(1, dtype=torch.int32), 0.0, 0.0, 0.0, False, False, False, False, True)  # fmt: skip
+                                     torch.empty(1, dtype=torch.int32), 0.0, 0.0, 0.0, False, False, False, False, True, [])  # fmt: skip
 
 
 def test_cuda_backend_by_name_on_cpu_raises_with_reason():

@@ -236,10 +236,10 @@ def test_the_op_refuses_a_wrong_hyperparameter_count():
     before = p.clone()
     with torch.no_grad(), pytest.raises(RuntimeError, match="3 hyperparameters expected"):
         ops.step(mod.ALGORITHMS["Lion"], [p], [g], [m], [], tables, rows, args["counter"], args["lr"], None, None,
-                 None, None, args["ticket"], [0.9], False, True)  # fmt: skip
+                 None, None, args["ticket"], [0.9], False, True, compensation=[])  # fmt: skip
     with torch.no_grad(), pytest.raises(RuntimeError, match="unknown algorithm"):
         ops.step(99, [p], [g], [m], [], tables, rows, args["counter"], args["lr"], None, None, None, None,
-                 args["ticket"], [0.9, 0.99, 0.0], False, True)  # fmt: skip
+                 args["ticket"], [0.9, 0.99, 0.0], False, True, compensation=[])  # fmt: skip
     assert torch.equal(p, before)
 
 

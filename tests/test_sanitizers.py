@@ -89,7 +89,7 @@ def test_the_instrumented_build_catches_an_overflow(asan_build):
         rows = torch.zeros(1, 16, dtype=torch.float64)
         torch.ops.clr_fused.sgd_step([p], [g], [], [], tables, torch.zeros(1, dtype=torch.int8), rows,
             torch.zeros((), dtype=torch.int64), torch.tensor(0.1, dtype=torch.float64), None, None, None, None,
-            torch.zeros(1, dtype=torch.int32), 0.0, 0.0, 0.0, False, False, False, False, True)
+            torch.zeros(1, dtype=torch.int32), 0.0, 0.0, 0.0, False, False, False, False, True, [])
         print("not caught")
     """)
     run = _run(asan_build, [], code=code)

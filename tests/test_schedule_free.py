@@ -426,6 +426,6 @@ def test_the_op_refuses_int8_states_for_schedule_free(name, hyper, lists):
         ops.step(
             ids[name], [p], [g], states, scales, tables, torch.zeros(1, 8, dtype=torch.float64),
             torch.zeros((), dtype=torch.int64), torch.tensor(0.01, dtype=torch.float64), None, None, None, None,
-            torch.zeros(1, dtype=torch.int32), [0.5] * hyper, False, True, torch.zeros(2, dtype=torch.float64), True,
+            torch.zeros(1, dtype=torch.int32), [0.5] * hyper, False, True, torch.zeros(2, dtype=torch.float64), True, [],
         )  # fmt: skip
     assert torch.equal(p, before)

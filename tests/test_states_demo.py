@@ -55,7 +55,21 @@ def test_lion_on_a_chosen_task_small(tmp_path):
     assert not (tmp_path / "states.json").exists()
 
 
-@pytest.mark.parametrize("argv", [["--optimizer", "lion"], ["--tasks", "digits"]])
+def test_bf16_params_variant_set_small(tmp_path):
+    """--variants bf16-params: fp32 beside the bf16-parameter variants (nearest, SR, Kahan); the Kahan runs
+    differ from nearest's (the compensation buffer is used)."""
+    pytest.importorskip("sklearn")
+    rc = cli.main(["demo", "--dataset", "states", "--variants", "bf16-params", "--tasks", "digits", "--iterations", "30",
+                   "--seeds", "2", "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    out = json.load(open(tmp_path / "states-bf16-params.json"))
+    d = {r["variant"]: r["finals"] for r in out["table"]}
+    assert set(d) == set(m.VARIANT_SETS["bf16-params"])
+    curves = out["tasks"][0]["curves"]
+    assert curves["bf16 params + Kahan"] != curves["bf16 params, nearest"]
+
+
+@pytest.mark.parametrize("argv", [["--optimizer", "lion"], ["--tasks", "digits"], ["--variants", "bf16-params"]])
 def test_states_options_are_refused_for_other_demos(argv, capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--dataset", "digits", *argv])

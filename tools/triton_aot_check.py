@@ -18,6 +18,7 @@ _PTR_ARGS = {
     "chunk_start": "*i64", "rows": "*fp64", "counter": "*i64", "lr_ptr": "*fp32", "mom_ptr": "*fp32",
     "next_lr": "*fp32", "grad_mul": "*fp32", "skip": "*i1", "ticket": "*i32", "betas": "*fp32",
     "bs_addrs": "*i64", "ms_addrs": "*i64", "vs_addrs": "*i64", "vmaxs_addrs": "*i64",  # int8 states' scales
+    "c_addrs": "*i64",  # kahan_sum's compensation buffers
 }  # fmt: skip
 _SCALAR_ARGS = {"n_rows": "i32", "num_tensors": "i32"}
 

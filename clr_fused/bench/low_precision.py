@@ -1,7 +1,8 @@
 """``clr-fused bench --low-precision``: fewer bytes per step.
 
 The CPU step at real sizes (ResNet-50, GPT-2 small) with fp32 / bf16 /
-int8 optimizer states and with bf16 parameters (stochastic rounding), against
+int8 optimizer states and with bf16 parameters (stochastic rounding, or
+kahan_sum's compensation buffer), against
 torch's fused step at the same parameter dtype (its states are the
 parameter's dtype) and against the 8-bit AdamW of torchao and bitsandbytes
 where they run on this machine; every optimizer with its LR schedule
@@ -58,7 +59,10 @@ def footprint_per_param(algo: str, param: torch.dtype, state: str) -> float:
 
 
 def _bytes(provider: str, algo: str, param: torch.dtype, state: str) -> float:
-    """Our rows: the bytes counted from the CUDA kernels' loads and stores (counted.py); others: the formula."""
+    """Our rows: the bytes counted from the CUDA kernels' loads and stores (counted.py); others: the formula
+    (kahan_sum: plus its compensation buffer, read and written, in the parameter's dtype)."""
+    if "Kahan" in provider:
+        return bytes_per_param(algo, param, state) + 2 * torch.empty((), dtype=param).element_size()
     if provider.startswith("clr_fused"):
         pname = str(param).replace("torch.", "")
         same = {"float32": "fp32", "bfloat16": "bf16"}.get(pname)
@@ -150,6 +154,8 @@ def run_set(set_name: str, shapes, rounds: int, steps: int, progress) -> tuple[l
                 for state, sdt in (("bf16", None), ("int8", "int8")):
                     providers[f"clr_fused cpu, {state} states, stochastic rounding"] = (
                         _ours(algo, _params(shapes, pdt, grads), state_dtype=sdt, stochastic_rounding=True), state)  # fmt: skip
+                    providers[f"clr_fused cpu, {state} states, Kahan"] = (
+                        _ours(algo, _params(shapes, pdt, grads), state_dtype=sdt, kahan_sum=True), state)  # fmt: skip
             peers, missing = _peers(algo, shapes, grads, pdt)
             for name, fn in peers.items():
                 providers[name] = (fn, "int8")

@@ -2,8 +2,9 @@
 
 The same training runs (same seeds, same data order, same schedule) with
 fp32 states, bf16 states, int8 block-quantized states, and bf16 parameters
-without an fp32 master copy (rounded to nearest, or stochastically, with
-bf16 or int8 states), on three tasks of the other demos:
+without an fp32 master copy (rounded to nearest, stochastically, or with a
+Kahan compensation buffer, ``kahan_sum``; with bf16 or int8 states), on
+three tasks of the other demos:
 
 - digits (scikit-learn's bundled set): the MLP, SGD-momentum, CLR
   triangular2 between the range test's bounds (``demo.py``);
@@ -45,8 +46,16 @@ VARIANTS: dict[str, tuple[torch.dtype, dict[str, Any]]] = {
     "bf16 params, nearest": (torch.bfloat16, {}),
     "bf16 params + SR": (torch.bfloat16, dict(stochastic_rounding=True)),
     "bf16 params + SR, int8 states": (torch.bfloat16, dict(stochastic_rounding=True, state_dtype="int8")),
+    "bf16 params + Kahan": (torch.bfloat16, dict(kahan_sum=True)),
+    "bf16 params + Kahan, int8 states": (torch.bfloat16, dict(kahan_sum=True, state_dtype="int8")),
 }
 
+#: --variants: every variant, or the bf16-parameter ones beside fp32 (how bf16 weights are kept)
+VARIANT_SETS: dict[str, tuple[str, ...]] = {
+    "all": tuple(VARIANTS),
+    "bf16-params": ("fp32", "bf16 params, nearest", "bf16 params + SR", "bf16 params + Kahan",
+                    "bf16 params + Kahan, int8 states"),
+}  # fmt: skip
 
 #: --optimizer: "default" (SGD-momentum on digits / MNIST-1D, AdamW on the char-LM) or "lion" (cf.Lion everywhere)
 OPTIMIZERS = ("default", "lion")
@@ -97,12 +106,12 @@ class Task:
 
 
 def _sgd_task(name: str, make_model: Callable[[int], nn.Module], epoch_batches, evaluate, lr, *, iterations: int,
-              seeds, eval_every: int, bar, optimizer: str = "default") -> Task:  # fmt: skip
+              seeds, eval_every: int, bar, optimizer: str = "default", variants=VARIANTS) -> Task:  # fmt: skip
     from .digits import train_curve
 
     task = Task(name, "accuracy", eval_every=eval_every)
     opt_cls = _lion if optimizer == "lion" else None
-    for variant, (dtype, kw) in VARIANTS.items():
+    for variant, (dtype, kw) in variants.items():
         task.curves[variant] = []
         for sd in seeds:
             model = InDtype(make_model(sd), dtype)
@@ -116,7 +125,7 @@ def _optimizer_name(optimizer: str) -> str:
     return f"Lion {LION_BETAS[0]}/{LION_BETAS[1]}" if optimizer == "lion" else "SGD momentum 0.9"
 
 
-def digits_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> Task:
+def digits_task(*, iterations: int, seeds, bar, optimizer: str = "default", variants=VARIANTS) -> Task:
     from . import digits as demo
 
     data = demo.load_digits_data()
@@ -125,13 +134,13 @@ def digits_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> T
                     cycle_momentum=False)  # fmt: skip
     task = _sgd_task("digits", demo.make_model, lambda e: data.batches(64, e),
                      lambda m: demo.accuracy(m, data.x_test, data.y_test), lr, iterations=iterations, seeds=seeds,
-                     eval_every=max(1, iterations // 30), bar=bar, optimizer=optimizer)  # fmt: skip
+                     eval_every=max(1, iterations // 30), bar=bar, optimizer=optimizer, variants=variants)  # fmt: skip
     task.setup = dict(optimizer=_optimizer_name(optimizer), schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}",
                       iterations=iterations)  # fmt: skip
     return task
 
 
-def mnist1d_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> Task:
+def mnist1d_task(*, iterations: int, seeds, bar, optimizer: str = "default", variants=VARIANTS) -> Task:
     from . import mnist1d as m
 
     data = m.load_mnist1d()
@@ -139,7 +148,7 @@ def mnist1d_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> 
     lr = S.CyclicLR.from_range_test(rt, iters_per_epoch=m.iters_per_epoch(), mode="triangular2", cycle_momentum=False)
     task = _sgd_task("mnist1d", m.make_model, data.batches, lambda mod: m.accuracy(mod, data.x_test, data.y_test), lr,
                      iterations=iterations, seeds=seeds, eval_every=max(1, iterations // 30), bar=bar,
-                     optimizer=optimizer)  # fmt: skip
+                     optimizer=optimizer, variants=variants)  # fmt: skip
     s = rt.suggest()
     task.setup = dict(optimizer=_optimizer_name(optimizer), schedule=f"CLR triangular2 {s.base_lr:.3g}-{s.max_lr:.3g}",
                       iterations=iterations)  # fmt: skip
@@ -147,7 +156,7 @@ def mnist1d_task(*, iterations: int, seeds, bar, optimizer: str = "default") -> 
 
 
 def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes: int | None = None,
-                optimizer: str = "default") -> Task:  # fmt: skip
+                optimizer: str = "default", variants=VARIANTS) -> Task:  # fmt: skip
     from . import charlm as c
 
     corpus = c.load_stdlib(max_bytes)
@@ -158,7 +167,7 @@ def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes
     lion = optimizer == "lion"
     if lion:  # Chen et al.: from AdamW, a 3-10x smaller LR and a 3-10x larger decoupled weight decay
         peak_lr = peak_lr / 3
-    for variant, (dtype, kw) in VARIANTS.items():
+    for variant, (dtype, kw) in variants.items():
         task.curves[variant] = []
         for sd in seeds:
             model = InDtype(c.make_model(sd), dtype)
@@ -189,12 +198,16 @@ def charlm_task(*, iterations: int, seeds, bar, peak_lr: float = 1e-3, max_bytes
 
 
 def run(*, iterations: dict[str, int], seeds=(0, 1, 2), tasks=("digits", "mnist1d", "charlm"), progress: bool = True,
-        charlm_bytes: int | None = None, optimizer: str = "default") -> tuple[list[Task], dict[str, str]]:  # fmt: skip
-    """The tasks that can run here, and why the others did not."""
+        charlm_bytes: int | None = None, optimizer: str = "default",
+        variant_set: str = "all") -> tuple[list[Task], dict[str, str]]:  # fmt: skip
+    """The tasks that can run here (each with the variants of ``variant_set``), and why the others did not."""
     from tqdm import tqdm
 
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if variant_set not in VARIANT_SETS:
+        raise ValueError(f"variant_set must be one of {tuple(VARIANT_SETS)}, got {variant_set!r}")
+    variants = {k: VARIANTS[k] for k in VARIANT_SETS[variant_set]}
 
     skipped = {}
     if "mnist1d" in tasks and importlib.util.find_spec("mnist1d") is None:
@@ -202,16 +215,18 @@ def run(*, iterations: dict[str, int], seeds=(0, 1, 2), tasks=("digits", "mnist1
         tasks = tuple(t for t in tasks if t != "mnist1d")
     out = []
     with tqdm(
-        total=len(tasks) * len(VARIANTS) * len(seeds), desc="states demo", unit="run", disable=not progress
+        total=len(tasks) * len(variants) * len(seeds), desc="states demo", unit="run", disable=not progress
     ) as bar:
         for t in tasks:
             if t == "digits":
-                out.append(digits_task(iterations=iterations["digits"], seeds=seeds, bar=bar, optimizer=optimizer))
+                out.append(digits_task(iterations=iterations["digits"], seeds=seeds, bar=bar, optimizer=optimizer,
+                                       variants=variants))  # fmt: skip
             elif t == "mnist1d":
-                out.append(mnist1d_task(iterations=iterations["mnist1d"], seeds=seeds, bar=bar, optimizer=optimizer))
+                out.append(mnist1d_task(iterations=iterations["mnist1d"], seeds=seeds, bar=bar, optimizer=optimizer,
+                                        variants=variants))  # fmt: skip
             elif t == "charlm":
                 out.append(charlm_task(iterations=iterations["charlm"], seeds=seeds, bar=bar, max_bytes=charlm_bytes,
-                                       optimizer=optimizer))  # fmt: skip
+                                       optimizer=optimizer, variants=variants))  # fmt: skip
     return out, skipped
 
 
@@ -260,8 +275,11 @@ def main(args) -> int:
     t0 = time.perf_counter()
     optimizer = getattr(args, "optimizer", None) or "default"
     names = tuple(getattr(args, "tasks", None) or ("digits", "mnist1d", "charlm"))
-    tasks, skipped = run(iterations=its, seeds=seeds, tasks=names, optimizer=optimizer)
+    variant_set = getattr(args, "variants", None) or "all"
+    tasks, skipped = run(iterations=its, seeds=seeds, tasks=names, optimizer=optimizer, variant_set=variant_set)
     stem = "states" if optimizer == "default" else f"states-{optimizer}"
+    if variant_set != "all":
+        stem += f"-{variant_set}"
     took = time.perf_counter() - t0
     print(f"{len(seeds)} seeds, {took:.0f} s on {platform.machine()} ({torch.get_num_threads()} threads)")
     rows = [r for t in tasks for r in t.table()]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .tensor_tables import Densified, TableCache, adam_tables, fresh_flags, sgd_tables
+from .tensor_tables import TableCache, adam_tables, fresh_flags, launch_tables, sgd_tables
 
 CHUNK = 16384  # csrc/constants.h kChunk; _ext.py refuses an extension with another _C.CHUNK
 
@@ -62,13 +62,18 @@ def sgd_(
         return advance
     bufs = bucket.slot("momentum_buffer") if use_momentum else []
     scales = bucket.aux  # int8 buffers' scales
-    dense, tables = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum, scales)
+    lists, tables, dense = sgd_tables(_tables, params, bucket.grads(), bufs, use_momentum, scales, bucket.compensation)
     ops.sgd_step(
-        dense.lists[0], dense.lists[1], dense.lists[2] if use_momentum else [], [s for ss in scales for s in ss],
-        tables.flat(), fresh, *live, gm, skip, bucket.ticket, *scalars,
+        lists[0], lists[1], lists[2] if use_momentum else [], [s for ss in scales for s in ss],
+        tables.flat(), fresh, *live, gm, skip, bucket.ticket, *scalars, compensation=_comp(bucket, lists),
     )  # fmt: skip
     dense.finish()
     return advance
+
+
+def _comp(bucket, lists) -> list:
+    """The compensation list of a launch's address lists (the last one), or none."""
+    return lists[-1] if bucket.compensation else []
 
 
 def adam_(
@@ -85,13 +90,14 @@ def adam_(
         return advance
     slot = bucket.slot
     scales = bucket.aux  # int8 states' scales
-    dense, tables, step_table = adam_tables(
+    lists, tables, step_table, dense = adam_tables(
         _tables, bucket.params, bucket.grads(), slot("exp_avg"), slot("exp_avg_sq"),
-        slot("max_exp_avg_sq") if amsgrad else [], bucket.steps, amsgrad, scales,
+        slot("max_exp_avg_sq") if amsgrad else [], bucket.steps, amsgrad, scales, bucket.compensation,
     )  # fmt: skip
     ops.adam_step(
-        dense.lists[0], dense.lists[1], dense.lists[2], dense.lists[3], dense.lists[4] if amsgrad else [],
+        lists[0], lists[1], lists[2], lists[3], lists[4] if amsgrad else [],
         [s for ss in scales for s in ss], list(bucket.steps), tables.flat(), step_table, *live, gm, skip, bucket.ticket, betas, *scalars,
+        compensation=_comp(bucket, lists),
     )  # fmt: skip
     dense.finish()
     return advance
@@ -118,13 +124,14 @@ def step_(
         return advance
     states, ns = bucket.states, len(bucket.slots)
     params = bucket.params
-    shaped = [params, bucket.grads(), *bucket.shaped]
-    dense = Densified(shaped + list(bucket.aux), len(shaped))
-    tables = _tables.get(("step", name, id(params[0]), len(params), len(states)), dense.lists, params[0].device)
+    key = ("step", name, id(params[0]), len(params), len(states))
+    dense, lists, tables = launch_tables(
+        _tables, key, [params, bucket.grads(), *bucket.shaped], bucket.aux, bucket.compensation
+    )
     ops.step(
-        ids[name], dense.lists[0], dense.lists[1], [t for ts in dense.lists[2 : 2 + ns] for t in ts],
+        ids[name], lists[0], lists[1], [t for ts in lists[2 : 2 + ns] for t in ts],
         [t for ts in states[ns:] for t in ts], tables.flat(), *live, gm, skip, bucket.ticket, hyper,
-        bool(stochastic), advance, scalars, bool(write_scalars),
+        bool(stochastic), advance, scalars, bool(write_scalars), compensation=_comp(bucket, lists),
     )  # fmt: skip
     dense.finish()
     return advance

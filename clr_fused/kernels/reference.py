@@ -24,6 +24,8 @@ from torch import Tensor
 
 from . import low_precision as lp
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
 
 def math_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -61,6 +63,13 @@ class _Storage:
             lp.check_state_lists(self.codes, self.scales)  # before anything is written
         self.stochastic = stochastic
         self.bases = [lp.stream_bases(counter, p.numel()) for p in bucket.params] if stochastic else None
+        self.comp = bucket.compensation  # kahan_sum's buffers, or None
+
+    def load_params(self, params: Sequence[Tensor], dt: torch.dtype) -> list[Tensor]:
+        """The parameters as ``dt`` values: with compensation buffers, p + c
+        (exact in float32: c is below half an ulp of p)."""
+        p = _upcast(params, dt)
+        return torch._foreach_add(p, _upcast(self.comp, dt)) if self.comp else p
 
     def load(self, name: str, dt: torch.dtype) -> list[Tensor]:
         """A slot's states as ``dt`` values."""
@@ -82,7 +91,20 @@ class _Storage:
         self._commit(self.codes[j], new, skip, 1 + j)
 
     def commit_params(self, params: Sequence[Tensor], new: list[Tensor], skip: Tensor | None) -> None:
-        self._commit(params, new, skip, 0)
+        if not self.comp:
+            self._commit(params, new, skip, 0)
+            return
+        # kahan_sum (multi_tensor.cuh's load_param / compensation): p = round(x), c = round(x - p); no
+        # compensation where x - p is not finite (x NaN or inf, or rounded to inf)
+        for d, c, n in zip(params, self.comp, new):
+            x = n.to(torch.float32)
+            hi = x.to(d.dtype)
+            r = x - hi.to(torch.float32)
+            lo = torch.where(r.abs() <= _FLOAT32_MAX, r, 0.0).to(d.dtype)
+            if skip is not None:
+                hi, lo = torch.where(skip, d, hi), torch.where(skip, c, lo)
+            d.copy_(hi)
+            c.copy_(lo)
 
     def _commit(self, dst: Sequence[Tensor], new: list[Tensor], skip: Tensor | None, stream: int) -> None:
         if not self.stochastic or not dst or dst[0].dtype != torch.bfloat16:
@@ -129,7 +151,7 @@ def sgd_(
     lr, cycled = sched.lr, sched.mom  # float64 device scalars, as torch's Python floats
     if cycled is not None:
         momentum = cycled.to(dt)  # torch's buf.mul_(momentum) rounds the double to the math dtype
-    p = _upcast(params, dt)
+    p = store.load_params(params, dt)
     d_p = _scaled_grads(grads, dt, grad_mul, maximize)
     if weight_decay != 0:
         d_p = torch._foreach_add(d_p, p, alpha=weight_decay)
@@ -181,7 +203,7 @@ def adam_(
     if cycled is not None:
         beta1, one_minus_beta1 = cycled, None
     lr = lr.to(torch.float64)  # the step size and decay factor come from torch's double, then one rounding each
-    p = _upcast(params, dt)
+    p = store.load_params(params, dt)
     g = _scaled_grads(grads, dt, grad_mul, maximize)
     if weight_decay != 0:
         if decoupled:
@@ -252,7 +274,7 @@ def step_(
     params, grads = bucket.params, bucket.grads()
     store = _Storage(bucket, stochastic, sched.counter)
     dt = math_dtype(params[0].dtype)
-    p = _upcast(params, dt)
+    p = store.load_params(params, dt)
     g = _scaled_grads(grads, dt, grad_mul, False)
     states = [store.load(name, dt) for name in bucket.slots]
     ctx = {"k": sched.counter, "scalars": scalars} if scalars is not None else {}

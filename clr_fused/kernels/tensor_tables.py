@@ -114,14 +114,17 @@ class Densified:
     kernels walk the elements in the parameter's memory order, the order
     int8 state blocks and stochastic rounding's bits follow on every
     backend), else the contiguous one.  Only the first ``shaped`` lists are
-    shaped like the parameters; later ones (int8 states' scales) pass as they are."""
+    shaped like the parameters; later ones (int8 states' scales) pass as they
+    are.  ``codes_end``: where the int8 codes (one list per scale list) end
+    among the shaped lists (default: with them)."""
 
-    def __init__(self, lists: list[list[Tensor]], shaped: int | None = None):
+    def __init__(self, lists: list[list[Tensor]], shaped: int | None = None, codes_end: int | None = None):
         self.lists = [list(ts) for ts in lists]
         self.write_back: list[tuple[Tensor, Tensor]] = []
         shaped = len(lists) if shaped is None else shaped
-        if shaped < len(lists):  # int8 states: the codes are the last shaped lists, one per scale list
-            check_state_lists(lists[2 * shaped - len(lists) : shaped], lists[shaped:])
+        codes_end = shaped if codes_end is None else codes_end
+        if shaped < len(lists):  # int8 states: the codes are the last state lists, one per scale list
+            check_state_lists(lists[codes_end - (len(lists) - shaped) : codes_end], lists[shaped:])
         for i in range(len(lists[0])):
             group = [ts[i] for ts in lists[:shaped]]
             if not same_dense_layout(group):
@@ -165,23 +168,34 @@ def fresh_flags(new_buffer: list[bool], n: int, device: torch.device) -> Tensor:
     return zeros
 
 
-def sgd_tables(cache: TableCache, params, grads, momentum_buffers, use_momentum: bool, scales=()):
-    """(dense lists, tables) of an SGD bucket, shared by the fused backends
-    (``scales``: the int8 buffers' scale list, after the buffers)."""
+def launch_tables(cache: TableCache, key: tuple, shaped, aux=(), comp=None):
+    """(dense stand-ins, address lists, tables) of one launch whose tables the
+    plan does not keep: ``shaped`` lists [params, grads, states...], the
+    codec's ``aux`` lists (int8 scales, as they are) and kahan_sum's ``comp``
+    list (or None), the lists in the kernels' table order (multi_tensor.cuh):
+    shaped, aux, comp.  ``dense.finish()`` writes the stand-ins back."""
+    extra = [comp] if comp else []
+    n = len(shaped)
+    dense = Densified(list(shaped) + extra + list(aux), n + len(extra), codes_end=n)
+    lists = dense.lists[:n] + dense.lists[n + len(extra) :] + dense.lists[n : n + len(extra)]
+    return dense, lists, cache.get(key + (len(aux), len(extra)), lists, shaped[0][0].device)
+
+
+def sgd_tables(cache: TableCache, params, grads, momentum_buffers, use_momentum: bool, scales=(), comp=None):
+    """(address lists, tables, dense stand-ins) of an SGD bucket, shared by the fused backends
+    (``scales``: the int8 buffers' scale list, after the buffers; ``comp``: kahan_sum's buffers)."""
     shaped = [params, grads] + ([momentum_buffers] if use_momentum else [])
-    dense = Densified(shaped + list(scales), len(shaped))
-    tables = cache.get(("sgd", id(params[0]), len(params), use_momentum, len(scales)), dense.lists, params[0].device)
-    return dense, tables
+    dense, lists, tables = launch_tables(cache, ("sgd", id(params[0]), len(params), use_momentum), shaped, scales, comp)
+    return lists, tables, dense
 
 
 def adam_tables(
-    cache: TableCache, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad: bool, scales=()
+    cache: TableCache, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, amsgrad: bool, scales=(), comp=None
 ):
-    """(dense lists, tables, step address table) of an Adam bucket
-    (``scales``: the int8 states' scale lists, after the states)."""
+    """(address lists, tables, step address table, dense stand-ins) of an Adam bucket
+    (``scales``: the int8 states' scale lists, after the states; ``comp``: kahan_sum's buffers)."""
     device = params[0].device
     shaped = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if amsgrad else [])
-    dense = Densified(shaped + list(scales), len(shaped))
     step_table = cache.get(("adam-steps", id(params[0]), len(params)), [steps], device).addrs[0]
-    tables = cache.get(("adam", id(params[0]), len(params), amsgrad, len(scales)), dense.lists, device)
-    return dense, tables, step_table
+    dense, lists, tables = launch_tables(cache, ("adam", id(params[0]), len(params), amsgrad), shaped, scales, comp)
+    return lists, tables, step_table, dense

@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tensor_tables import Densified
+from .tensor_tables import launch_tables
 from .triton_update import (
     _TL_DTYPES,
     QBLOCK,
@@ -34,12 +34,15 @@ from .triton_update import (
     _bucket_tables,
     _chunk_setup,
     _common,
+    _comp_table,
     _draw_ticket,
     _finish_step,
     _full_block_offsets,
     _ld,
+    _ld_param,
     _ptr,
     _q8_offsets,
+    _st_param,
     _state_ld,
     _state_st,
     _store_val,
@@ -63,12 +66,12 @@ def _hyper_table(device: torch.device, hyper: tuple[float, ...]) -> torch.Tensor
 
 @triton.jit
 def _block(
-    p_base, g_base, s_base, s1_base, ss_base, offs, mask, rows, row_mask, start, gm, c, k, numel,
+    p_base, g_base, c_base, s_base, s1_base, ss_base, offs, mask, rows, row_mask, start, gm, c, k, numel,
     UPDATE: tl.constexpr, P_DT: tl.constexpr, S_DT: tl.constexpr, NS: tl.constexpr, VEC: tl.constexpr,
-    SR: tl.constexpr, Q8: tl.constexpr,
+    SR: tl.constexpr, Q8: tl.constexpr, KAHAN: tl.constexpr,
 ):  # fmt: skip
     p_ptrs = _at(p_base, offs, VEC)
-    p = _ld(p_ptrs, mask)
+    p = _ld_param(p_ptrs, c_base, offs, mask, VEC, KAHAN)
     g = _ld(_at(g_base, offs, VEC), mask) * gm
     idx = start + offs  # element index in the tensor: stochastic rounding's bits
     s0 = p
@@ -82,7 +85,7 @@ def _block(
         _state_st(s0, s_base, ss_base, offs, mask, rows, row_mask, S_DT, SR, k, numel, idx, True, Q8, VEC, 1)
     if NS > 1:
         tl.store(_at(s1_base, offs, VEC), _store_val(s1, S_DT, SR, k, numel, idx, 2), mask=mask)
-    tl.store(p_ptrs, _store_val(p, P_DT, SR, k, numel, idx, 0), mask=mask)
+    _st_param(p, p_ptrs, c_base, offs, mask, P_DT, SR, k, numel, idx, VEC, KAHAN)
 
 
 @triton.jit
@@ -92,7 +95,7 @@ def _no_finish(lr, k, hyper, scalars):
 
 @triton.jit
 def _step_kernel(
-    p_addrs, g_addrs, s_addrs, s1_addrs, ss_addrs, numels, chunk_tensor, chunk_start,
+    p_addrs, g_addrs, c_addrs, s_addrs, s1_addrs, ss_addrs, numels, chunk_tensor, chunk_start,
     rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket,
     hyper, scalars,
     PREP: tl.constexpr, UPDATE: tl.constexpr, FINISH: tl.constexpr, WRITE_SCALARS: tl.constexpr, NS: tl.constexpr,
@@ -100,7 +103,7 @@ def _step_kernel(
     CYCLE_MOMENTUM: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, VEC: tl.constexpr,
-    SR: tl.constexpr = False, Q8: tl.constexpr = False,
+    SR: tl.constexpr = False, Q8: tl.constexpr = False, KAHAN: tl.constexpr = False,
 ):  # fmt: skip
     t, start, end, k, lr, mom, skipped, gm = _chunk_setup(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, 0.0,
@@ -112,6 +115,9 @@ def _step_kernel(
         # chunk-relative int32 offsets from int64 bases: a tensor may exceed 2**31
         p_base = _ptr(p_addrs, t, P_DT) + start
         g_base = _ptr(g_addrs, t, G_DT) + start
+        c_base = p_base  # kahan_sum's compensation (unused without)
+        if KAHAN:
+            c_base = _ptr(c_addrs, t, P_DT) + start
         s_base = p_base
         s1_base = p_base
         ss_base = _ptr(numels, 0, tl.float32)  # (unused without int8 states)
@@ -126,18 +132,18 @@ def _step_kernel(
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                _block(p_base, g_base, s_base, s1_base, ss_base, _full_block_offsets(i, BLOCK), None, 0, None, start, gm,
-                       c, k, numel, UPDATE, P_DT, S_DT, NS, VEC, SR, False)  # fmt: skip
+                _block(p_base, g_base, c_base, s_base, s1_base, ss_base, _full_block_offsets(i, BLOCK), None, 0, None, start, gm,
+                       c, k, numel, UPDATE, P_DT, S_DT, NS, VEC, SR, False, KAHAN)  # fmt: skip
         if Q8:  # int8 states: [rows, QBLOCK] blocks (one loop per shape)
             for off in range(n_full * BLOCK, n, TAIL):
                 offs, rws = _q8_offsets(off, TAIL // QBLOCK)
-                _block(p_base, g_base, s_base, s1_base, ss_base, offs, offs < n, rws, rws * QBLOCK < n, start, gm,
-                       c, k, numel, UPDATE, P_DT, S_DT, NS, 0, SR, True)  # fmt: skip
+                _block(p_base, g_base, c_base, s_base, s1_base, ss_base, offs, offs < n, rws, rws * QBLOCK < n, start, gm,
+                       c, k, numel, UPDATE, P_DT, S_DT, NS, 0, SR, True, KAHAN)  # fmt: skip
         else:
             for off in range(n_full * BLOCK, n, TAIL):
                 offs = off + tl.arange(0, TAIL)
-                _block(p_base, g_base, s_base, s1_base, ss_base, offs, offs < n, 0, None, start, gm,
-                       c, k, numel, UPDATE, P_DT, S_DT, NS, 0, SR, False)  # fmt: skip
+                _block(p_base, g_base, c_base, s_base, s1_base, ss_base, offs, offs < n, 0, None, start, gm,
+                       c, k, numel, UPDATE, P_DT, S_DT, NS, 0, SR, False, KAHAN)  # fmt: skip
     if ADVANCE or NEXT or WRITE_SCALARS:
         if _draw_ticket(ticket):
             if WRITE_SCALARS:
@@ -159,21 +165,22 @@ def step_(
     h = _hyper_table(bucket.device, tuple(float(x) for x in hyper))
 
     def tables_fn(grads):
-        shaped = [params, grads, *bucket.shaped]
-        dense = Densified(shaped + list(bucket.aux), len(shaped))
         key = ("step", algorithm.__name__, id(params[0]), len(params), len(states))
-        return dense, _tables.get(key, dense.lists, params[0].device), None
+        dense, lists, tables = launch_tables(
+            _tables, key, [params, grads, *bucket.shaped], bucket.aux, bucket.compensation
+        )
+        return lists, tables, None, dense
 
     tables, num_chunks, _, g_dtype, aligned, dense = _bucket_tables(bucket, tables_fn)
     s_dtype = states[0][0].dtype if ns else params[0].dtype
     _step_kernel[(num_chunks,)](
-        tables[0], tables[1], tables[2] if ns else tables[0], tables[3] if ns > 1 else tables[0],
+        tables[0], tables[1], _comp_table(bucket, tables), tables[2] if ns else tables[0], tables[3] if ns > 1 else tables[0],
         tables[2 + ns] if q8 else tables[0], tables[-3], tables[-2], tables[-1],
         hyper=h, scalars=scalars if scalars is not None else h,
         PREP=algorithm.triton_prep, UPDATE=algorithm.triton_update,
         FINISH=getattr(algorithm, "triton_finish", None) or _no_finish, WRITE_SCALARS=bool(write_scalars), NS=ns,
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
-        ADVANCE=advance, SR=bool(stochastic), Q8=q8,
+        ADVANCE=advance, SR=bool(stochastic), Q8=q8, KAHAN=bool(bucket.compensation),
         **loop_constexprs(aligned and not q8, params[0].dtype, g_dtype, s_dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip

@@ -114,6 +114,30 @@ def _store_val(x, DT: tl.constexpr, SR: tl.constexpr, k, numel, idx, J: tl.const
 
 
 @triton.jit
+def _ld_param(p_ptrs, c_base, offs, mask, VEC: tl.constexpr, KAHAN: tl.constexpr):
+    """The parameters as float32; with kahan_sum p + c, exact (multi_tensor.cuh's load_param)."""
+    p = _ld(p_ptrs, mask)
+    if KAHAN:
+        p = p + _ld(_at(c_base, offs, VEC), mask)
+    return p
+
+
+@triton.jit
+def _st_param(x, p_ptrs, c_base, offs, mask, DT: tl.constexpr, SR: tl.constexpr, k, numel, idx, VEC: tl.constexpr,
+              KAHAN: tl.constexpr):  # fmt: skip
+    """Store the new parameters; with kahan_sum p = round(x) and c = round(x - p),
+    no compensation where that is not finite (multi_tensor.cuh's compensation)."""
+    if KAHAN:
+        hi = _to_storage(x, DT)
+        r = x - hi.to(tl.float32)
+        tl.store(p_ptrs, hi, mask=mask)
+        tl.store(_at(c_base, offs, VEC), _to_storage(tl.where(tl.abs(r) <= 3.4028234663852886e38, r, 0.0), DT),
+                 mask=mask)  # fmt: skip
+    else:
+        tl.store(p_ptrs, _store_val(x, DT, SR, k, numel, idx, 0), mask=mask)
+
+
+@triton.jit
 def _q8_decode(codes, scale, SIGNED: tl.constexpr):
     """int8 state codes -> float32 (q8_decode); scale broadcasts per block row."""
     if SIGNED:
@@ -265,16 +289,16 @@ def _chunk_setup(
 
 @triton.jit
 def _sgd_block(
-    p_base, g_base, b_base, bs_base, offs, mask, rows, row_mask, start, is_fresh, gm, lr, mom, one_minus_dampening,
+    p_base, g_base, c_base, b_base, bs_base, offs, mask, rows, row_mask, start, is_fresh, gm, lr, mom, one_minus_dampening,
     weight_decay, k, numel,
     P_DT: tl.constexpr, S_DT: tl.constexpr, USE_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-    HAS_WD: tl.constexpr, VEC: tl.constexpr, SR: tl.constexpr, Q8: tl.constexpr,
+    HAS_WD: tl.constexpr, VEC: tl.constexpr, SR: tl.constexpr, Q8: tl.constexpr, KAHAN: tl.constexpr,
 ):  # fmt: skip
     """One BLOCK of an SGD chunk (``mask`` None: a full, aligned block).
     torch's for-loop ops in fused_kernels.cuh's order: each ``a * b + c`` is
     one fused multiply-add on the GPU (the compiler contracts it), as there."""
     p_ptrs = _at(p_base, offs, VEC)
-    p = _ld(p_ptrs, mask)
+    p = _ld_param(p_ptrs, c_base, offs, mask, VEC, KAHAN)
     d = _ld(_at(g_base, offs, VEC), mask) * gm
     idx = start + offs  # element index in the tensor: stochastic rounding's bits
     if HAS_WD:
@@ -288,12 +312,12 @@ def _sgd_block(
             d = b * mom + d
         else:
             d = b
-    tl.store(p_ptrs, _store_val(d * -lr + p, P_DT, SR, k, numel, idx, 0), mask=mask)
+    _st_param(d * -lr + p, p_ptrs, c_base, offs, mask, P_DT, SR, k, numel, idx, VEC, KAHAN)
 
 
 @triton.jit
 def _sgd_kernel(
-    p_addrs, g_addrs, buf_addrs, bs_addrs, numels, fresh, chunk_tensor, chunk_start,
+    p_addrs, g_addrs, c_addrs, buf_addrs, bs_addrs, numels, fresh, chunk_tensor, chunk_start,
     rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket,
     momentum, one_minus_dampening, weight_decay,
     P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr,
@@ -301,7 +325,7 @@ def _sgd_kernel(
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, VEC: tl.constexpr,
-    SR: tl.constexpr = False, Q8: tl.constexpr = False,
+    SR: tl.constexpr = False, Q8: tl.constexpr = False, KAHAN: tl.constexpr = False,
 ):  # fmt: skip
     t, start, end, k, lr, mom, skipped, gm = _chunk_setup(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, momentum,
@@ -315,6 +339,9 @@ def _sgd_kernel(
         # chunk-relative int32 offsets from int64 bases: a tensor may exceed 2**31
         p_base = _ptr(p_addrs, t, P_DT) + start
         g_base = _ptr(g_addrs, t, G_DT) + start
+        c_base = p_base  # kahan_sum's compensation (unused without)
+        if KAHAN:
+            c_base = _ptr(c_addrs, t, P_DT) + start
         b_base = p_base
         bs_base = _ptr(numels, 0, tl.float32)  # (unused without int8 states)
         if USE_MOMENTUM:
@@ -327,21 +354,21 @@ def _sgd_kernel(
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                _sgd_block(p_base, g_base, b_base, bs_base, _full_block_offsets(i, BLOCK), None, 0, None, start, is_fresh, gm, lr, mom,
+                _sgd_block(p_base, g_base, c_base, b_base, bs_base, _full_block_offsets(i, BLOCK), None, 0, None, start, is_fresh, gm, lr, mom,
                            one_minus_dampening, weight_decay, k, numel,
-                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, VEC, SR, False)  # fmt: skip
+                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, VEC, SR, False, KAHAN)  # fmt: skip
         if Q8:  # int8 states: [rows, QBLOCK] blocks (one loop per shape: the compiler wants one type per variable)
             for off in range(n_full * BLOCK, n, TAIL):
                 offs, rws = _q8_offsets(off, TAIL // QBLOCK)
-                _sgd_block(p_base, g_base, b_base, bs_base, offs, offs < n, rws, rws * QBLOCK < n, start, is_fresh, gm,
+                _sgd_block(p_base, g_base, c_base, b_base, bs_base, offs, offs < n, rws, rws * QBLOCK < n, start, is_fresh, gm,
                            lr, mom, one_minus_dampening, weight_decay, k, numel,
-                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, True)  # fmt: skip
+                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, True, KAHAN)  # fmt: skip
         else:
             for off in range(n_full * BLOCK, n, TAIL):
                 offs = off + tl.arange(0, TAIL)
-                _sgd_block(p_base, g_base, b_base, bs_base, offs, offs < n, 0, None, start, is_fresh, gm, lr,
+                _sgd_block(p_base, g_base, c_base, b_base, bs_base, offs, offs < n, 0, None, start, is_fresh, gm, lr,
                            mom, one_minus_dampening, weight_decay, k, numel,
-                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, False)  # fmt: skip
+                           P_DT, S_DT, USE_MOMENTUM, NESTEROV, HAS_WD, 0, SR, False, KAHAN)  # fmt: skip
     if ADVANCE or NEXT:
         if _draw_ticket(ticket):
             _finish_step(rows, n_rows, counter, next_lr, k, skipped, ADVANCE, NEXT)
@@ -349,16 +376,16 @@ def _sgd_kernel(
 
 @triton.jit
 def _adam_block(
-    p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, mask, rows, row_mask, start,
+    p_base, g_base, c_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, mask, rows, row_mask, start,
     gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt, neg_step_size, k, numel,
     P_DT: tl.constexpr, S_DT: tl.constexpr, AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, HAS_WD: tl.constexpr,
-    VEC: tl.constexpr, SR: tl.constexpr, Q8: tl.constexpr,
+    VEC: tl.constexpr, SR: tl.constexpr, Q8: tl.constexpr, KAHAN: tl.constexpr,
 ):  # fmt: skip
     """One BLOCK of an Adam chunk (``mask`` None: a full, aligned block):
     torch's for-loop ops in fused_kernels.cuh's order (lerp_ as one
     multiply-add from its base, addcmul_, addcdiv_)."""
     p_ptrs = _at(p_base, offs, VEC)
-    p = _ld(p_ptrs, mask)
+    p = _ld_param(p_ptrs, c_base, offs, mask, VEC, KAHAN)
     g = _ld(_at(g_base, offs, VEC), mask) * gm
     idx = start + offs  # element index in the tensor: stochastic rounding's bits
     if HAS_WD:
@@ -378,12 +405,12 @@ def _adam_block(
         _state_st(v, vmax_base, vmaxs_base, offs, mask, rows, row_mask, S_DT, SR, k, numel, idx,
                   False, Q8, VEC, 3)  # fmt: skip
     denom = tl.sqrt(v) / bc2_sqrt + eps
-    tl.store(p_ptrs, _store_val(p + (neg_step_size * m) / denom, P_DT, SR, k, numel, idx, 0), mask=mask)
+    _st_param(p + (neg_step_size * m) / denom, p_ptrs, c_base, offs, mask, P_DT, SR, k, numel, idx, VEC, KAHAN)
 
 
 @triton.jit
 def _adam_kernel(
-    p_addrs, g_addrs, m_addrs, v_addrs, vmax_addrs, ms_addrs, vs_addrs, vmaxs_addrs, step_addrs, numels, chunk_tensor,
+    p_addrs, g_addrs, c_addrs, m_addrs, v_addrs, vmax_addrs, ms_addrs, vs_addrs, vmaxs_addrs, step_addrs, numels, chunk_tensor,
     chunk_start, num_tensors,
     rows, n_rows, counter, lr_ptr, mom_ptr, next_lr, grad_mul, skip, ticket, betas,
     beta1, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
@@ -392,7 +419,7 @@ def _adam_kernel(
     MAXIMIZE: tl.constexpr, HAS_WD: tl.constexpr, HAS_GRAD_MUL: tl.constexpr,
     HAS_SKIP: tl.constexpr, ADVANCE: tl.constexpr, NEXT: tl.constexpr, ALIGNED: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr, TAIL: tl.constexpr, VEC: tl.constexpr, BLOCK_T: tl.constexpr,
-    SR: tl.constexpr = False, Q8: tl.constexpr = False,
+    SR: tl.constexpr = False, Q8: tl.constexpr = False, KAHAN: tl.constexpr = False,
 ):  # fmt: skip
     t, start, end, k, lr, b1, skipped, gm = _chunk_setup(
         chunk_tensor, chunk_start, numels, counter, lr_ptr, mom_ptr, grad_mul, skip, beta1,
@@ -421,6 +448,9 @@ def _adam_kernel(
         coeff = tl.where(small_w, one_minus_b1, one_minus_b1 - 1.0)
         p_base = _ptr(p_addrs, t, P_DT) + start
         g_base = _ptr(g_addrs, t, G_DT) + start
+        c_base = p_base  # kahan_sum's compensation (unused without)
+        if KAHAN:
+            c_base = _ptr(c_addrs, t, P_DT) + start
         m_base = _ptr(m_addrs, t, S_DT) + start
         v_base = _ptr(v_addrs, t, V_DT) + start  # (V_DT: S_DT, or uint8 codes for int8 states)
         vmax_base = v_base
@@ -439,21 +469,21 @@ def _adam_kernel(
         if ALIGNED:
             n_full = n // BLOCK
             for i in range(0, n_full):
-                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base,
+                _adam_block(p_base, g_base, c_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base,
                             _full_block_offsets(i, BLOCK), None, 0, None, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay, bc2_sqrt,
-                            neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, VEC, SR, False)  # fmt: skip
+                            neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, VEC, SR, False, KAHAN)  # fmt: skip
         if Q8:  # int8 states: [rows, QBLOCK] blocks (one loop per shape: the compiler wants one type per variable)
             for off in range(n_full * BLOCK, n, TAIL):
                 offs, rws = _q8_offsets(off, TAIL // QBLOCK)
-                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, rws,
+                _adam_block(p_base, g_base, c_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, rws,
                             rws * QBLOCK < n, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay,
-                            bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, True)  # fmt: skip
+                            bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, True, KAHAN)  # fmt: skip
         else:
             for off in range(n_full * BLOCK, n, TAIL):
                 offs = off + tl.arange(0, TAIL)
-                _adam_block(p_base, g_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, 0,
+                _adam_block(p_base, g_base, c_base, m_base, v_base, vmax_base, ms_base, vs_base, vmaxs_base, offs, offs < n, 0,
                             None, start, gm, decay, coeff, small_w, beta2, one_minus_beta2, eps, weight_decay,
-                            bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, False)  # fmt: skip
+                            bc2_sqrt, neg_step_size, k, numel, P_DT, S_DT, AMSGRAD, DECOUPLED, HAS_WD, 0, SR, False, KAHAN)  # fmt: skip
     # Epilogue: the last program advances every tensor's step (and the schedule).
     if _draw_ticket(ticket):
         if skipped == 0:
@@ -508,14 +538,17 @@ def _bucket_tables(bucket, tables_fn):
     dense stand-ins or None) of a plan bucket: the plan's own tables when it
     keeps them (patched by the C++ check, which also keeps them aligned when
     they were), else tables for this step's lists (TableCache) with dense
-    stand-ins."""
+    stand-ins: ``tables_fn(grads)`` gives (address lists, tables, step table, dense)."""
     if bucket.tables is not None:
         return bucket.tables, bucket.num_chunks, bucket.step_table, bucket.grad_dtype, bucket.aligned, None
     grads = bucket.grads()
-    dense, tables, step_table = tables_fn(grads)
-    flat = tables.flat()
-    aligned = aligned_16(dense.lists)
-    return flat, tables.num_chunks, step_table, grads[0].dtype, aligned, dense
+    lists, tables, step_table, dense = tables_fn(grads)
+    return tables.flat(), tables.num_chunks, step_table, grads[0].dtype, aligned_16(lists), dense
+
+
+def _comp_table(bucket, tables):
+    """kahan_sum's compensation address table (the last address table), or a placeholder."""
+    return tables[-4] if bucket.compensation else tables[0]
 
 
 def sgd_(
@@ -526,13 +559,16 @@ def sgd_(
     bufs = bucket.slot("momentum_buffer") if use_momentum else []
     scales = bucket.aux  # int8 buffers' scales
     q8 = bool(scales)
-    tables, num_chunks, _, g_dtype, aligned, dense = _bucket_tables(
-        bucket, lambda grads: (*sgd_tables(_tables, params, grads, bufs, use_momentum, scales), None)
-    )
+
+    def tables_fn(grads):
+        lists, tables, dense = sgd_tables(_tables, params, grads, bufs, use_momentum, scales, bucket.compensation)
+        return lists, tables, None, dense
+
+    tables, num_chunks, _, g_dtype, aligned, dense = _bucket_tables(bucket, tables_fn)
     fresh = fresh_flags(bucket.fresh or [], len(params), device)  # None: no buffer is new (or no momentum)
     s_dtype = bufs[0].dtype if use_momentum else params[0].dtype
     _sgd_kernel[(num_chunks,)](
-        tables[0], tables[1], tables[2] if use_momentum else tables[0], tables[3] if q8 else tables[0],
+        tables[0], tables[1], _comp_table(bucket, tables), tables[2] if use_momentum else tables[0], tables[3] if q8 else tables[0],
         tables[-3], fresh, tables[-2], tables[-1],
         momentum=float(momentum),
         # complements in float64 on the host, then rounded: as the torch backend
@@ -540,6 +576,7 @@ def sgd_(
         P_DT=_tl_dtype(params[0]), G_DT=_TL_DTYPES[g_dtype], S_DT=_TL_DTYPES[s_dtype],
         USE_MOMENTUM=use_momentum, NESTEROV=nesterov,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, SR=bool(stochastic), Q8=q8,
+        KAHAN=bool(bucket.compensation),
         **loop_constexprs(aligned and not q8, params[0].dtype, g_dtype, s_dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip
@@ -560,12 +597,12 @@ def adam_(
         bucket,
         lambda grads: adam_tables(
             _tables, params, grads, slot("exp_avg"), slot("exp_avg_sq"), slot("max_exp_avg_sq") if amsgrad else [],
-            bucket.steps, amsgrad, scales,
+            bucket.steps, amsgrad, scales, bucket.compensation,
         ),
     )  # fmt: skip
     sc = tables[2 + ns : 2 + 2 * ns] if q8 else [tables[0]] * 3
     _adam_kernel[(num_chunks,)](
-        tables[0], tables[1], tables[2], tables[3],
+        tables[0], tables[1], _comp_table(bucket, tables), tables[2], tables[3],
         tables[4] if amsgrad else tables[3], sc[0], sc[1], sc[2] if amsgrad and q8 else sc[0], step_table,
         tables[-3], tables[-2], tables[-1], len(params),
         betas=betas if betas is not None else _dummy(bucket.device, torch.float32), HAS_BETAS=betas is not None,
@@ -576,6 +613,7 @@ def adam_(
         V_DT=tl.uint8 if q8 else _TL_DTYPES[states[0][0].dtype],  # exp_avg_sq: unsigned codes for int8 states
         AMSGRAD=amsgrad, DECOUPLED=decoupled,
         MAXIMIZE=maximize, HAS_WD=weight_decay != 0, ADVANCE=advance, BLOCK_T=BLOCK_T, SR=bool(stochastic), Q8=q8,
+        KAHAN=bool(bucket.compensation),
         **loop_constexprs(aligned and not q8, params[0].dtype, g_dtype, states[0][0].dtype),
         **_common(bucket, sched, grad_mul, skip),
     )  # fmt: skip

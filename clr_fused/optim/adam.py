@@ -28,6 +28,13 @@ class Adam(FusedOptimizer):
     ``decoupled_weight_decay=True`` makes it AdamW.  A tensor ``lr`` and
     tensor betas are read on the device at every step (their values are
     checked once, at construction).
+
+    Keyword-only, as for :class:`clr_fused.SGD`: ``backend``,
+    ``max_grad_norm``, ``state_dtype``, ``stochastic_rounding``, and
+    ``kahan_sum`` (bfloat16 / float16 parameters carry a compensation buffer
+    of their dtype, state key ``kahan_comp``, that keeps what rounding
+    dropped: they train close to fp32 without a master copy; exclusive with
+    ``stochastic_rounding``; float32 parameters take none).
     """
 
     _momentum_key = "betas"
@@ -59,6 +66,7 @@ class Adam(FusedOptimizer):
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = False,
+        kahan_sum: bool = False,
     ) -> None:
         _check_lr_value(lr)  # torch's order: hyperparameters before the parameters are read
         backend = backend_from_torch_flags(
@@ -71,7 +79,7 @@ class Adam(FusedOptimizer):
         )  # fmt: skip
         self._validate_group(defaults)
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding)  # fmt: skip
+                         stochastic_rounding=stochastic_rounding, kahan_sum=kahan_sum)  # fmt: skip
 
     _HYPER_KEYS = ("betas", "eps", "weight_decay")
 

@@ -31,6 +31,9 @@ from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it
 from .protocol import StateDictProtocol, _check_step
 from .state_store import StateStore
 
+#: The state key of a parameter's compensation buffer (kahan_sum; optimi's name).
+KAHAN_KEY = "kahan_comp"
+
 
 class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
     """Base class: a ``torch.optim.Optimizer`` whose LR schedule runs on the device."""
@@ -50,6 +53,7 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = False,
+        kahan_sum: bool = False,
     ) -> None:
         backends.check_name(backend)
         if max_grad_norm is not None and (
@@ -59,11 +63,20 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         codecs.check_state_dtype(state_dtype)
         if not isinstance(stochastic_rounding, bool):
             raise ValueError(f"stochastic_rounding must be True or False, got {stochastic_rounding!r}")
+        if not isinstance(kahan_sum, bool):
+            raise ValueError(f"kahan_sum must be True or False, got {kahan_sum!r}")
+        if kahan_sum and stochastic_rounding:
+            raise ValueError(
+                "kahan_sum=True and stochastic_rounding=True are exclusive: both make bfloat16 parameters train "
+                "without an fp32 master copy (kahan_sum keeps the rounding error in a buffer, stochastic_rounding "
+                "rounds it away on average); choose one"
+            )
         _check_lr_value(defaults["lr"])
         self.backend = backend
         self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
         self.state_dtype = state_dtype
         self.stochastic_rounding = stochastic_rounding
+        self.kahan_sum = kahan_sum
         self.last_grad_norm: Tensor | None = None
         self._step_counter: Tensor | None = None
         self._plateau: dict[int, dict[str, Tensor]] = {}
@@ -184,6 +197,8 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
                 continue
             _check_state_tensor(t, p, key, where, fused=backend != "torch")
             codecs.stored(t).check(st, key, p, signed=key in self.SIGNED_SLOTS, where=where)
+        if self._compensates(p) and st.get(KAHAN_KEY) is not None:
+            _check_state_tensor(st[KAHAN_KEY], p, KAHAN_KEY, where, fused=backend != "torch")
         if "step" in st:
             _check_step(st["step"], where, RuntimeError, read_tensor=False)
 
@@ -256,8 +271,9 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
             # (a state entry written since the last step: the kernels take what opt.state holds now)
             self._plan = None
             plan = plan_mod.build(
-                self.param_groups, keys, self._backend_for, self._check_state, self._make_states, _chunk_for
-            )
+                self.param_groups, keys, self._backend_for, self._check_state, self._make_states, _chunk_for,
+                self._compensation,
+            )  # fmt: skip
             plan.state, plan.state_version = store, store.version
             self._plan = plan
         return plan
@@ -383,6 +399,28 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         clip = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
         clip = torch.where(finite, clip, torch.zeros_like(clip))
         return skip, clip if inv_scale is None else clip * inv_scale
+
+    # ------------------------------------------------------------ kahan_sum
+    def _compensates(self, p: Tensor) -> bool:
+        """Whether ``p`` carries a compensation buffer: ``kahan_sum`` and a real 16-bit parameter."""
+        return self.kahan_sum and p.dtype in (torch.bfloat16, torch.float16)
+
+    def _compensation(self, params: list[Tensor]) -> list[Tensor] | None:
+        """A bucket's compensation buffers (``state[p]["kahan_comp"]``, the
+        parameter's dtype and layout; zeros when new), or None.  One loaded in
+        another dtype or layout is converted once."""
+        if not self._compensates(params[0]):
+            return None
+        out = []
+        for p in params:
+            st = self.state[p]
+            c = st.get(KAHAN_KEY)
+            if c is None:
+                c = st[KAHAN_KEY] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif c.dtype != p.dtype or c.stride() != p.stride():
+                c = st[KAHAN_KEY] = torch.empty_like(p, memory_format=torch.preserve_format).copy_(c)
+            out.append(c)
+        return out
 
     def _state_dtype_for(self, p: Tensor) -> torch.dtype:
         """The floating dtype of p's states (complex parameters keep complex

@@ -112,7 +112,9 @@ class StepInBackward:
         if plan is None or plan.state is not store or plan.state_version != store.version or not plan.valid(plan.keys):
             groups = [{**group, "params": [p]} if j == gi else {"params": []} for j in range(len(opt.param_groups))]
             keys = [(id(g["params"]), len(g["params"])) for g in groups]
-            plan = plan_mod.build(groups, keys, opt._backend_for, opt._check_state, opt._make_states, _chunk_for)
+            plan = plan_mod.build(
+                groups, keys, opt._backend_for, opt._check_state, opt._make_states, _chunk_for, opt._compensation
+            )
             plan.state, plan.state_version = store, store.version
             self._plans[id(p)] = (key, plan)
         run = self._pass

@@ -26,7 +26,7 @@ class Lion(AlgorithmOptimizer):
     ``decoupled_weight_decay=True`` divides ``weight_decay`` by the initial LR,
     as ``lion_pytorch`` does; ``use_triton`` is accepted (the backend is
     ``backend``). The state key is ``exp_avg``, as there; ``state_dtype``
-    (``torch.bfloat16``, ``"int8"``), ``stochastic_rounding``,
+    (``torch.bfloat16``, ``"int8"``), ``stochastic_rounding``, ``kahan_sum``,
     ``max_grad_norm`` and GradScaler work as for the other optimizers.
     """
 
@@ -46,6 +46,7 @@ class Lion(AlgorithmOptimizer):
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = False,
+        kahan_sum: bool = False,
     ) -> None:
         _check_lr_value(lr)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay)
@@ -57,7 +58,7 @@ class Lion(AlgorithmOptimizer):
                 raise ValueError(f"decoupled_weight_decay=True divides weight_decay by lr, which is {init!r}")
             defaults["weight_decay"] = float(weight_decay) / init
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding)  # fmt: skip
+                         stochastic_rounding=stochastic_rounding, kahan_sum=kahan_sum)  # fmt: skip
 
     def _validate_group(self, group, read_tensors: bool = True) -> None:
         betas = group["betas"]

@@ -78,6 +78,13 @@ class Bucket:
     ticket: Tensor | None = None
     complex: bool = False  # complex parameters, updated through their real views
     aux_lists: int = 0  # the last this many state lists are the codec's own (not shaped like the parameters)
+    # kahan_sum: each parameter's compensation buffer (its dtype and layout), or None
+    compensation: list[Tensor] | None = None
+
+    def kernel_lists(self, grads: list[Tensor]) -> list[list[Tensor]]:
+        """The lists the kernels address, in their tables' order: parameters,
+        gradients, the state lists (then the codec's own), the compensation list."""
+        return [self.params, grads, *self.states, *([self.compensation] if self.compensation else [])]
 
     def slot(self, name: str) -> list[Tensor]:
         """A slot's state list (``bucket.slot("exp_avg")``)."""
@@ -191,13 +198,15 @@ def build(
         tuple[tuple[str, ...], list[list[Tensor]], list[Tensor], list[bool] | None],
     ],
     chunk_for: Callable[[str], int | None],
+    compensation: Callable[[list[Tensor]], list[Tensor] | None] = lambda params: None,
 ) -> LaunchPlan:
     """Validate every gradient, create missing states, group into buckets.
 
     ``make_states(group_index, group, params)`` returns (slot names, state
     lists, steps, fresh flags) for one bucket, creating state lazily as torch does;
     ``chunk_for(backend)`` is the backend's chunk size, or None when it takes
-    lists rather than address tables.
+    lists rather than address tables; ``compensation(params)`` a bucket's
+    kahan_sum buffers, or None.
     """
     # Refuse bad input before anything (state included) is created.
     validate(param_groups, backend_for, check_state)
@@ -218,6 +227,8 @@ def build(
                            [[kernel_view(s) for s in ss] for ss in states], steps, fresh)  # fmt: skip
             whole.complex = owners[0].is_complex()
             whole.aux_lists = len(states) - len(slots)
+            comp = compensation(owners)
+            whole.compensation = None if comp is None else [kernel_view(c) for c in comp]
             chunk = chunk_for(backend)
             keep = [native is not None and chunk is not None and _checkable(whole, i) for i in range(len(idx))]
             # The tensors the C++ check keeps tables for, and the rest (one launch each set).
@@ -243,7 +254,8 @@ def _checkable(b: Bucket, i: int) -> bool:
     g = owner.grad
     if hasattr(owner, "to_local") or g.layout != torch.strided or hasattr(g, "to_local"):
         return False
-    return same_dense_layout([p, as_real(g), *(ss[i] for ss in b.shaped)])
+    comp = [b.compensation[i]] if b.compensation else []
+    return same_dense_layout([p, as_real(g), *(ss[i] for ss in b.shaped), *comp])
 
 
 def _subset(b: Bucket, sel: list[int]) -> Bucket:
@@ -254,6 +266,7 @@ def _subset(b: Bucket, sel: list[int]) -> Bucket:
                  fresh if fresh and any(fresh) else None)  # fmt: skip
     sub.complex = b.complex
     sub.aux_lists = b.aux_lists
+    sub.compensation = None if b.compensation is None else pick(b.compensation)
     return sub
 
 
@@ -263,11 +276,14 @@ def _keep_tables(b: Bucket, native: Any, positions: list[tuple[int, int]], chunk
         codecs.stored(b.states[0][0]).check_lists(b.shaped, b.aux)
     grads = b.grads()
     b.grad_dtype = grads[0].dtype
-    tables = build_tables([b.params, grads, *b.states], chunk, b.device)
+    lists = b.kernel_lists(grads)
+    tables = build_tables(lists, chunk, b.device)
     b.tables = tables.flat()
     b.num_chunks = tables.num_chunks
     if b.steps:
         b.step_table = build_tables([b.steps], chunk, b.device).addrs[0]
-    b.aligned = aligned_16([b.params, grads, *b.states])
+    b.aligned = aligned_16(lists)
     b.native = native
-    b.native_index = native.add_bucket(positions, b.params, grads, b.states, b.steps, b.tables, b.step_table, b.aligned)
+    b.native_index = native.add_bucket(
+        positions, b.params, grads, b.states, b.steps, b.tables, b.step_table, b.aligned, b.compensation or []
+    )

@@ -238,6 +238,7 @@ class StateDictProtocol:
         "max_grad_norm",
         "state_dtype",
         "stochastic_rounding",
+        "kahan_sum",
         "last_grad_norm",
         "_step_counter",
         "_plateau",
@@ -246,7 +247,7 @@ class StateDictProtocol:
 
     #: Attributes absent from older pickles (or not pickled), with the value they start at.
     _PICKLE_DEFAULTS: dict[str, Any] = {
-        "stochastic_rounding": False, "_host_steps": 0, "_applied": None,
+        "stochastic_rounding": False, "kahan_sum": False, "_host_steps": 0, "_applied": None,
         "_in_backward": None,  # (hooks are not copied: a copy steps with step())
     }  # fmt: skip
 
@@ -353,7 +354,9 @@ class StateDictProtocol:
             for key, value in list(st.items()):
                 if not isinstance(value, Tensor) or key == "step":
                     continue
-                if (
+                if key == "kahan_comp":
+                    st[key] = value.to(device=p.device, dtype=p.dtype)  # the parameter's dtype, whatever the states'
+                elif (
                     codecs.aux_owner(key, self.SLOTS) is not None
                     or not value.is_floating_point()
                     or self._codec_for(p).quantized

@@ -32,7 +32,10 @@ class SGD(FusedOptimizer):
     ``max_grad_norm`` (fused global-norm clipping) and ``state_dtype``
     (``torch.float32`` momentum buffers for bf16 parameters, ``torch.bfloat16``,
     or ``"int8"``: block-quantized) and ``stochastic_rounding`` (bfloat16
-    writes rounded stochastically); see the README's "Low-precision state".
+    writes rounded stochastically) or ``kahan_sum`` (a compensation buffer of
+    the parameter's dtype per bfloat16 / float16 parameter, state key
+    ``kahan_comp``, holding what rounding dropped; optimi's name); see
+    docs/low-precision.md.
     """
 
     _momentum_key = "momentum"
@@ -57,6 +60,7 @@ class SGD(FusedOptimizer):
         max_grad_norm: float | None = None,
         state_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = False,
+        kahan_sum: bool = False,
     ) -> None:
         _check_lr_value(lr)  # torch's order: hyperparameters before the parameters are read
         backend = backend_from_torch_flags(backend, "SGD", foreach=foreach, fused=fused, differentiable=differentiable)
@@ -73,7 +77,7 @@ class SGD(FusedOptimizer):
         )
         self._validate_group(defaults)
         super().__init__(params, defaults, backend=backend, max_grad_norm=max_grad_norm, state_dtype=state_dtype,
-                         stochastic_rounding=stochastic_rounding)  # fmt: skip
+                         stochastic_rounding=stochastic_rounding, kahan_sum=kahan_sum)  # fmt: skip
 
     _HYPER_KEYS = ("momentum", "weight_decay", "dampening", "nesterov")
 

@@ -289,6 +289,26 @@ def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
             dtype=bf16,
         ),
         Case("Adam-fp32-bf16state-sr", "Adam", dict(state_dtype=bf16, stochastic_rounding=True), cyc),
+        # kahan_sum: the compensated copies of the element loops (plain and int8 blocks, aligned or not)
+        Case("SGD-bf16-kahan", "SGD", dict(momentum=0.9, weight_decay=1e-3, kahan_sum=True), cyc, dtype=bf16),
+        Case(
+            "SGD-fp16-kahan-fp32state",
+            "SGD",
+            dict(momentum=0.9, state_dtype=torch.float32, kahan_sum=True),
+            cyc,
+            dtype=fp16,
+        ),  # fmt: skip
+        Case("AdamW-bf16-kahan-fp32state", "AdamW", dict(state_dtype=torch.float32, kahan_sum=True), cyc, dtype=bf16),
+        Case("AdamW-bf16-kahan-int8", "AdamW", dict(state_dtype="int8", kahan_sum=True, amsgrad=True), cyc, dtype=bf16),
+        Case(
+            "SGD-bf16-kahan-int8",
+            "SGD",
+            dict(momentum=0.9, state_dtype="int8", kahan_sum=True),
+            cyc,
+            dtype=bf16,
+            misalign=False,
+        ),  # fmt: skip
+        Case("Lion-bf16-kahan", "Lion", dict(weight_decay=0.1, kahan_sum=True), cyc, dtype=bf16),
         Case(
             "SGD-bf16-fp32state-sr",
             "SGD",

@@ -67,9 +67,12 @@ void register_memory(unsigned grid, const Tables& tb, const StepInputs& in) {
   const int64_t T = tb.num_tensors;
   const int lists = 2 + NS + (kQ ? NS : 0);
   for (int l = 0; l < lists; ++l) add(tb.addrs[l], T, br::kAddressTables);
+  if (tb.comp != nullptr) add(tb.comp, T, br::kAddressTables);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t n = tb.numels[t];
     add(reinterpret_cast<const P*>(tb.addrs[0][t]), n, br::kParams);
+    // kahan_sum's compensation buffers: counted with the parameters
+    if (tb.comp != nullptr) add(reinterpret_cast<const P*>(tb.comp[t]), n, br::kParams);
     add(reinterpret_cast<const P*>(tb.addrs[1][t]), n, br::kGrads);
     for (int j = 0; j < NS; ++j) {
       if constexpr (kQ) {
