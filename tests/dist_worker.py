@@ -61,8 +61,13 @@ def run(rank: int, world: int, init_file: str, mode: str, steps: int, out_path: 
 
 def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str):
     m = model()
-    # "fsdp2-int8": int8 states, blocks per local shard (each rank's own scales)
+    # "fsdp2-int8": int8 states, blocks per local shard (each rank's own scales);
+    # "fsdp2-kahan": bf16 parameters with kahan_sum's compensation buffers (DTensors, like the parameters)
     kw = dict(state_dtype="int8") if mode.endswith("int8") else {}
+    dtype = torch.bfloat16 if mode.endswith("kahan") else torch.float32
+    if mode.endswith("kahan"):
+        m = m.to(dtype)
+        kw = dict(kahan_sum=True)
     if mode == "ddp":
         wrapped = torch.nn.parallel.DistributedDataParallel(m)
     else:
@@ -77,12 +82,12 @@ def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str)
     opt = make_opt(wrapped.parameters(), **kw)
     for x, y in batches(rank, world, steps):
         opt.zero_grad()
-        torch.nn.functional.mse_loss(wrapped(x), y).backward()
+        torch.nn.functional.mse_loss(wrapped(x.to(dtype)).float(), y).backward()
         opt.step()
     state = {}
     for k, v in m.state_dict().items():
         full = v.full_tensor() if hasattr(v, "full_tensor") else v
-        state[k] = full.detach().clone()
+        state[k] = full.detach().clone().float()
     if mode.startswith("fsdp2"):
         # checkpoint through torch.distributed.checkpoint, then load back
         import torch.distributed.checkpoint as dcp
@@ -105,6 +110,11 @@ def _train_and_save(rank: int, world: int, mode: str, steps: int, out_path: str)
             same = same and set(st1) == set(st2) and all(
                 torch.equal(st1[k].to_local() if hasattr(st1[k], "to_local") else st1[k],
                             st2[k].to_local() if hasattr(st2[k], "to_local") else st2[k]) for k in st1)  # fmt: skip
+        if mode.endswith("kahan"):  # the buffers are there, as DTensor states, and hold something
+            same = same and all(
+                hasattr(opt.state[p]["kahan_comp"], "to_local") and bool(opt.state[p]["kahan_comp"].to_local().ne(0).any())
+                for p in m.parameters()
+            )  # fmt: skip
         flags = torch.tensor([float(same)])
         dist.all_reduce(flags, op=dist.ReduceOp.MIN)
         same = bool(flags.item())

@@ -408,8 +408,18 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
     def _compensation(self, params: list[Tensor]) -> list[Tensor] | None:
         """A bucket's compensation buffers (``state[p]["kahan_comp"]``, the
         parameter's dtype and layout; zeros when new), or None.  One loaded in
-        another dtype or layout is converted once."""
+        another dtype or layout is converted once.  A parameter that no longer
+        takes one (made float32 with ``p.data = p.data.float()``, or a kahan_sum
+        checkpoint loaded over float32 parameters) gets its buffer added to it
+        (the value p + c it stood for) and the buffer removed."""
         if not self._compensates(params[0]):
+            if self.kahan_sum:
+                for p in params:
+                    st = self.state.get(p)
+                    c = st.pop(KAHAN_KEY, None) if st else None
+                    if isinstance(c, Tensor) and c.shape == p.shape and p.is_floating_point():
+                        with torch.no_grad():
+                            p.add_(c.to(device=p.device, dtype=p.dtype))
             return None
         out = []
         for p in params:

@@ -72,7 +72,7 @@ BUGS = [
     (
         "vector path taken without the alignment check",
         "multi_tensor.cuh",
-        "bool vec_ok = aligned(p) && aligned(g);",
+        "bool vec_ok = aligned(p) && aligned(g) && (!kKahan || aligned(c));",
         "bool vec_ok = kVectorPath;",
         "error",
         "adamw",
