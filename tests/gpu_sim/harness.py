@@ -297,7 +297,7 @@ def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
             dict(momentum=0.9, state_dtype=torch.float32, kahan_sum=True),
             cyc,
             dtype=fp16,
-        ),  # fmt: skip
+        ),
         Case("AdamW-bf16-kahan-fp32state", "AdamW", dict(state_dtype=torch.float32, kahan_sum=True), cyc, dtype=bf16),
         Case("AdamW-bf16-kahan-int8", "AdamW", dict(state_dtype="int8", kahan_sum=True, amsgrad=True), cyc, dtype=bf16),
         Case(
@@ -307,7 +307,7 @@ def case_sets(variants: list[str] = ()) -> dict[str, list[Case]]:
             cyc,
             dtype=bf16,
             misalign=False,
-        ),  # fmt: skip
+        ),
         Case("Lion-bf16-kahan", "Lion", dict(weight_decay=0.1, kahan_sum=True), cyc, dtype=bf16),
         Case(
             "SGD-bf16-fp32state-sr",
