@@ -92,7 +92,9 @@ def test_sub_ulp_updates_accumulate_as_in_float64(backend, dtype):
     assert ((p.detach().double() - x).abs() / x.abs()).max().item() <= ulp
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# (Triton is left out here, 200 interpreted steps a run: its kernels equal the torch backend's
+# bit for bit for SGD and Lion, and within float32 ulps of the sum for Adam, tested below)
+@pytest.mark.parametrize("backend", backends("torch", "cpu"))
 @pytest.mark.parametrize(
     "cls,kw",
     [("AdamW", dict(lr=1e-3, weight_decay=0.1)), ("SGD", dict(lr=1e-3, momentum=0.9)), ("Lion", dict(lr=1e-4))],
