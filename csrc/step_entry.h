@@ -22,11 +22,13 @@ inline void check_scales(at::ScalarType state, at::TensorList scales, size_t ns,
   for (const at::Tensor& s : scales) TORCH_CHECK(s.scalar_type() == at::kFloat, op, ": scales must be float32");
 }
 
-// kahan_sum's compensation buffers: none, or one per parameter, of the
-// parameters' 16-bit dtype, with their address table after the others
-// (`lists`: the address tables without it).  Returns whether there are any.
+// The address tables: params, grads, ns state lists (int8 states: and as many
+// scale lists), then kahan_sum's compensation list if there are buffers: none,
+// or one per parameter, of the parameters' 16-bit dtype.  Returns whether
+// there are any.
 inline bool check_compensation(at::TensorList compensation, at::TensorList params, bool stochastic, at::TensorList tables,
-                               size_t lists, const char* op) {
+                               size_t ns, at::ScalarType state, const char* op) {
+  const size_t lists = 2 + ns * (state == at::kChar ? 2 : 1);
   if (compensation.empty()) {
     TORCH_CHECK(tables.size() == lists + 3, op, ": ", lists + 3, " tables expected, got ", tables.size());
     return false;
@@ -50,7 +52,7 @@ void sgd_step_impl(CLR_FUSED_SGD_PARAMS) {
   TORCH_CHECK(state != at::kChar || use_momentum, "sgd_step: int8 states need momentum");
   const size_t ns = use_momentum ? 1 : 0;
   check_scales(state, scales, ns, params.size(), "sgd_step");
-  const bool kahan = check_compensation(compensation, params, stochastic, tables, 2 + ns * (state == at::kChar ? 2 : 1), "sgd_step");
+  const bool kahan = check_compensation(compensation, params, stochastic, tables, ns, state, "sgd_step");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables, kahan);
   const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
@@ -67,8 +69,7 @@ void adam_step_impl(CLR_FUSED_ADAM_PARAMS) {
   TORCH_CHECK(!amsgrad || max_exp_avg_sqs.size() == n, "adam_step: one max_exp_avg_sq per parameter with amsgrad");
   const size_t ns = amsgrad ? 3 : 2;
   check_scales(exp_avgs[0].scalar_type(), scales, ns, n, "adam_step");
-  const bool kahan = check_compensation(compensation, params, stochastic, tables,
-                                        2 + ns * (exp_avgs[0].scalar_type() == at::kChar ? 2 : 1), "adam_step");
+  const bool kahan = check_compensation(compensation, params, stochastic, tables, ns, exp_avgs[0].scalar_type(), "adam_step");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables, kahan);
   const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance);
@@ -97,7 +98,7 @@ void typed_step(CLR_FUSED_STEP_PARAMS) {
   check_scales(state, scales, ns, n, "step");
   TORCH_CHECK(A::kScalars == 0 ? !scalars.has_value() : scalars.has_value() && scalars->numel() == A::kScalars, "step (",
               A::kName, "): ", A::kScalars, " group scalars expected");
-  const bool kahan = check_compensation(compensation, params, stochastic, tables, 2 + ns * (state == at::kChar ? 2 : 1), "step");
+  const bool kahan = check_compensation(compensation, params, stochastic, tables, ns, state, "step");
   if (kernels_stubbed()) return;
   const Tables tb = make_tables(tables, kahan);
   const StepInputs in = make_inputs(rows, counter, lr, mom, next, grad_mul, skip, ticket, advance, scalars, write_scalars);

@@ -28,11 +28,8 @@ from . import plan as plan_mod
 from .hyper import _check_lr_value, _is_real
 from .live_lr import LiveLR
 from .plan import local  # noqa: F401  (re-exported: subclasses and tests use it)
-from .protocol import StateDictProtocol, _check_step
+from .protocol import KAHAN_KEY, StateDictProtocol, _check_step
 from .state_store import StateStore
-
-#: The state key of a parameter's compensation buffer (kahan_sum; optimi's name).
-KAHAN_KEY = "kahan_comp"
 
 
 class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):

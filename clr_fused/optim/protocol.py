@@ -24,6 +24,10 @@ from .state_store import SlotDict, StateStore
 _KEY_SCHEDULE, _KEY_STEP, _KEY_PLATEAU = "clr_fused_schedule", "clr_fused_step", "clr_fused_plateau"
 
 
+#: The state key of a parameter's compensation buffer (kahan_sum; optimi's name).
+KAHAN_KEY = "kahan_comp"
+
+
 class StateDictProtocol:
     """torch's ``state_dict`` / ``load_state_dict`` / pickle protocol, with
     the schedule, the device step counter and the live values carried along."""
@@ -354,7 +358,7 @@ class StateDictProtocol:
             for key, value in list(st.items()):
                 if not isinstance(value, Tensor) or key == "step":
                     continue
-                if key == "kahan_comp":
+                if key == KAHAN_KEY:
                     st[key] = value.to(device=p.device, dtype=p.dtype)  # the parameter's dtype, whatever the states'
                 elif (
                     codecs.aux_owner(key, self.SLOTS) is not None
