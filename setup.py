@@ -69,6 +69,8 @@ def _extension():
     except ImportError as exc:
         _say(f"torch not importable at build time ({exc}); pure-Python install")
         return None
+    # csrc/schedule_generated*.h: the generated schedule kinds' C++ (from schedule_math.py)
+    runpy.run_path(os.path.join(HERE, "clr_fused", "schedule_codegen.py"))["write_headers"]()
     with_cuda = os.environ.get("CLR_FUSED_SKIP_CUDA_BUILD", "0") != "1"
     if with_cuda:
         home = cpp_extension.CUDA_HOME

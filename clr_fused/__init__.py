@@ -7,25 +7,7 @@ from .optim import SGD, Adam, AdamW, FusedOptimizer
 from .optim.lion import Lion
 from .optim.schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .range_test import RangeTestResult, Suggestion, range_test
-from .schedules import (
-    ConstantLR,
-    CosineAnnealingLR,
-    CosineAnnealingWarmRestarts,
-    CyclicLR,
-    ExponentialLR,
-    InverseSqrt,
-    LambdaLR,
-    LinearLR,
-    MultiStepLR,
-    OneCycleLR,
-    PolynomialLR,
-    ReduceLROnPlateau,
-    Schedule,
-    SequentialLR,
-    StepLR,
-    WarmupCosine,
-    WarmupStableDecay,
-)
+from .schedules import *  # noqa: F403 - every spec class (schedules.__all__): a new one needs no line here
 
 __version__ = "0.1.0"
 
@@ -42,22 +24,6 @@ __all__ = [
     "RangeTestResult",
     "Suggestion",
     "schedules",
-    "Schedule",
-    "CyclicLR",
-    "OneCycleLR",
-    "CosineAnnealingLR",
-    "CosineAnnealingWarmRestarts",
-    "ExponentialLR",
-    "StepLR",
-    "MultiStepLR",
-    "PolynomialLR",
-    "LinearLR",
-    "ConstantLR",
-    "LambdaLR",
-    "WarmupStableDecay",
-    "WarmupCosine",
-    "InverseSqrt",
     "get_schedule",
-    "SequentialLR",
-    "ReduceLROnPlateau",
+    *schedules.__all__,
 ]

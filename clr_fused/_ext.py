@@ -30,6 +30,9 @@ def _jit_build():
         raise ImportError("no prebuilt clr_fused._C, and no CUDA device to JIT-build it for")
     if not os.path.isdir(_CSRC):
         raise ImportError(f"no prebuilt clr_fused._C and no sources at {_CSRC}")
+    from . import schedule_codegen
+
+    schedule_codegen.write_headers(_CSRC)  # the generated schedule kinds' C++
     include = [_CSRC]
     try:
         import nvidia

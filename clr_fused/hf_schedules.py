@@ -2,8 +2,8 @@
 
 Each name gives, step for step, the LR that ``transformers.get_scheduler(name,
 optimizer, ...)`` sets with the same arguments, with transformers' float64
-operations in its order: closed forms where its formula keeps moving past
-``num_training_steps`` (``constant``; ``cosine``, ``cosine_with_min_lr``,
+operations in its order: closed forms (``constant``; ``linear`` as
+``WarmupLinear``; ``cosine``, ``cosine_with_min_lr``,
 ``cosine_warmup_with_min_lr`` as ``WarmupCosine``; ``inverse_sqrt`` as
 ``InverseSqrt``), ``warmup_stable_decay`` as ``WarmupStableDecay``, and the
 others as a ``LambdaLR`` table over ``0 .. num_training_steps`` whose last
@@ -17,7 +17,17 @@ import math
 import warnings
 from typing import Any
 
-from .schedules import Constant, InverseSqrt, LambdaLR, Schedule, WarmupCosine, WarmupStableDecay, _check_int, _check_lr
+from .schedules import (
+    Constant,
+    InverseSqrt,
+    LambdaLR,
+    Schedule,
+    WarmupCosine,
+    WarmupLinear,
+    WarmupStableDecay,
+    _check_int,
+    _check_lr,
+)
 
 NAMES = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
@@ -34,10 +44,6 @@ def _factor_functions(name: str, w: int, total: int | None, base_lr: float, kw: 
     """(factor(k), table length) for a table-backed name: the table runs to the
     first step from which transformers' factor is constant (warm-up longer
     than training included: it keeps warming up, then drops)."""
-    if name == "linear":
-        return (lambda k: _warmup(k, w) if k < w else max(0.0, float(total - k) / float(max(1, total - w)))), max(
-            total, w
-        ) + 1
     if name == "cosine_with_restarts":
         nc = kw.get("num_cycles", 1)
 
@@ -159,6 +165,8 @@ def get_schedule(
         if num_training_steps is None:
             raise ValueError(f"{name} requires num_training_steps (on the device its LR is a table of that length)")
         total = _check_int("num_training_steps", num_training_steps, 1, "a positive integer number of steps")
+    if name == "linear":
+        return WarmupLinear(base_lr, w, total)
     if name in ("cosine", "cosine_with_min_lr", "cosine_warmup_with_min_lr"):
         rate = 0.0
         if name != "cosine":

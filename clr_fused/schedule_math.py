@@ -20,7 +20,11 @@ rounding).
 
 The Triton and CUDA kernels read the same rows from device memory and mirror
 these functions line by line; the tests check all paths against
-``torch.optim.lr_scheduler``.
+``torch.optim.lr_scheduler``.  The kinds registered with :func:`closed_form`
+(written with the ops alone, below the hand-mirrored ones) have no hand-written
+copy: ``schedule_codegen.py`` traces them into the C++ and Triton functions
+the kernels call, so a new kind is its code, its closed form here and its
+spec class in ``schedules.py``.
 
 Integer arithmetic (which cycle, position inside it, milestones passed) stays
 in int64 so steps far past 2**24 land in the right place; only the fraction
@@ -59,6 +63,7 @@ KIND_TABLE = 12  # [base_lr, n, offset]: base_lr * table[min(k, n - 1)], the tab
 KIND_TABLE_DATA = 13  # ends the segment rows; the tables' float64 values follow it, ROW_WIDTH per row
 KIND_WARMUP_COSINE = 14  # [base_lr, W, T, num_cycles, min_rate, shifted, warmup_rate]: transformers' cosine family
 KIND_INVERSE_SQRT = 15  # [base_lr, W, timescale]: transformers' inverse_sqrt
+KIND_WARMUP_LINEAR = 16  # [base_lr, W, T]: transformers' linear (generated: see closed_form)
 
 #: every kind by name (``KIND_<NAME>``): the C++ build's table (csrc/schedule_kinds.h,
 #: exported as ``_C.SCHEDULE_KINDS``) must equal it, or the extension is refused
@@ -75,6 +80,14 @@ class _PyOps:
     """Python scalars: float64 math, exact Python ints."""
 
     pi = math.pi
+
+    @staticmethod
+    def f64(p, i: int):
+        return float(p[i])
+
+    @staticmethod
+    def i64(p, i: int):
+        return int(p[i])
 
     @staticmethod
     def where(cond, a, b):
@@ -94,8 +107,8 @@ class _PyOps:
 
     @staticmethod
     def pow(base: float, exponent):
-        # base > 0 is guaranteed by the specs' validation (or the result is 0).
-        return base ** float(exponent)
+        # base**exponent for base > 0, else 0 (as the kernels' pow_pos / _pow)
+        return float(base) ** float(exponent) if base > 0 else 0.0
 
     @staticmethod
     def minimum(a, b):
@@ -117,9 +130,17 @@ class _TorchOps:
     """int64 / float64 tensors on the step's device; no host sync."""
 
     pi = math.pi
+    f64 = staticmethod(_PyOps.f64)  # the rows are host numbers on every path
+    i64 = staticmethod(_PyOps.i64)
 
     @staticmethod
     def where(cond, a, b):
+        if not isinstance(cond, torch.Tensor):
+            return a if cond else b
+        # Python's types: a float operand makes the result float64 (torch.where
+        # would take the default dtype, float32, for Python floats and ints mixed)
+        if any(isinstance(v, float) or (isinstance(v, torch.Tensor) and v.is_floating_point()) for v in (a, b)):
+            a, b = (torch.as_tensor(v, dtype=torch.float64, device=cond.device) for v in (a, b))
         return torch.where(cond, a, b)
 
     @staticmethod
@@ -135,18 +156,30 @@ class _TorchOps:
         return torch.sqrt(x)
 
     @staticmethod
-    def pow(base: float, exponent):
-        if base <= 0.0:
-            return torch.zeros_like(exponent, dtype=torch.float64)
-        return torch.pow(base, exponent.to(torch.float64))
+    def pow(base, exponent):
+        if not isinstance(base, torch.Tensor):
+            if not isinstance(exponent, torch.Tensor):
+                return _PyOps.pow(base, exponent)
+            if base <= 0.0:
+                return torch.zeros_like(exponent, dtype=torch.float64)
+            return torch.pow(base, exponent.to(torch.float64))
+        b = base.to(torch.float64)
+        e = exponent.to(torch.float64) if isinstance(exponent, torch.Tensor) else float(exponent)
+        return torch.where(b > 0, torch.pow(torch.where(b > 0, b, 1.0), e), 0.0)
 
+    # Python's min(a, b) / max(a, b): a unless b is strictly beyond it (torch.clamp
+    # would round a float64 bound through float32 on 0-dim tensors).
     @staticmethod
     def minimum(a, b):
-        return torch.clamp(a, max=b) if not isinstance(b, torch.Tensor) else torch.minimum(a, b)
+        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            return min(a, b)
+        return _TorchOps.where(b < a, b, a)
 
     @staticmethod
     def maximum(a, b):
-        return torch.clamp(a, min=b) if not isinstance(b, torch.Tensor) else torch.maximum(a, b)
+        if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+            return max(a, b)
+        return _TorchOps.where(b > a, b, a)
 
     @staticmethod
     def restart_cycle(k, t_0: int, t_mult: int):
@@ -340,7 +373,37 @@ def _inverse_sqrt(p, k, ops):
     return base_lr * ops.where(k < w, kf / float(max(1, w)), decay)
 
 
+# The generated kinds: code -> closed form (lr only).  Each is written with the
+# ops alone (ops.f64 / ops.i64 read the row; arithmetic, comparisons, where,
+# minimum, maximum, to_float, cos, sqrt, pow), so it runs on PY_OPS and
+# TORCH_OPS as it stands and schedule_codegen.py traces it into the C++ and
+# Triton kernels' copies.  Every operand is evaluated there (straight-line
+# code): guard the divisions of the branch not taken.
+GENERATED: dict = {}
+
+
+def closed_form(code: int):
+    """Register a generated kind's closed form ``fn(p, k, ops) -> lr``."""
+
+    def register(fn):
+        GENERATED[code] = fn
+        return fn
+
+    return register
+
+
+@closed_form(KIND_WARMUP_LINEAR)
+def _warmup_linear(p, k, ops):
+    """transformers' linear: k / W during warm-up, then (T - k) / (T - W) down
+    to 0 at T (and 0 after), its float64 operations in its order, times base_lr."""
+    base_lr, w, t = ops.f64(p, 0), ops.i64(p, 1), ops.i64(p, 2)
+    warmup = ops.to_float(k) / ops.to_float(ops.maximum(1, w))
+    decay = ops.maximum(0.0, ops.to_float(t - k) / ops.to_float(ops.maximum(1, t - w)))
+    return base_lr * ops.where(k < w, warmup, decay)
+
+
 _LR_ONLY = {
+    **GENERATED,
     KIND_WARMUP_COSINE: _warmup_cosine,
     KIND_INVERSE_SQRT: _inverse_sqrt,
     KIND_COSINE: _cosine,

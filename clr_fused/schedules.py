@@ -45,6 +45,7 @@ __all__ = [
     "WarmupStableDecay",
     "WarmupCosine",
     "InverseSqrt",
+    "WarmupLinear",
     "schedule_from_dict",
 ]
 
@@ -796,6 +797,26 @@ class InverseSqrt(Schedule):
         return _row(sm.KIND_INVERSE_SQRT, self.base_lr, self.num_warmup_steps, self.timescale)
 
 
+@dataclass(frozen=True)
+class WarmupLinear(Schedule):
+    """transformers' ``linear``: ``step / num_warmup_steps`` during warm-up,
+    then down in a straight line to 0 at ``num_training_steps`` (0 after it;
+    a warm-up longer than training keeps warming up, then drops to 0, as
+    there).  Built by ``get_schedule("linear", ...)``."""
+
+    base_lr: float
+    num_warmup_steps: int
+    num_training_steps: int
+
+    def __post_init__(self):
+        _norm(self, "base_lr", _check_lr)
+        _norm(self, "num_warmup_steps", _check_int, 0, "an integer number of steps >= 0")
+        _norm(self, "num_training_steps", _check_length)
+
+    def _row(self):
+        return _row(sm.KIND_WARMUP_LINEAR, self.base_lr, self.num_warmup_steps, self.num_training_steps)
+
+
 _SPECS = {
     cls.__name__: cls
     for cls in (
@@ -816,6 +837,7 @@ _SPECS = {
         WarmupStableDecay,
         WarmupCosine,
         InverseSqrt,
+        WarmupLinear,
     )
 }
 

@@ -1,5 +1,7 @@
 // Schedule closed forms on the device: a line-by-line mirror of
-// clr_fused/schedule_math.py (and of clr_fused/kernels/triton_schedule.py).
+// clr_fused/schedule_math.py (and of clr_fused/kernels/triton_schedule.py);
+// the kinds registered there with closed_form are generated instead
+// (schedule_generated.cuh, included below).
 // Rows are float64 [n_rows][ROW_WIDTH] = {start_step, kind, params...}; the
 // step is int64.  Integer parts stay int64, the rest is float64.
 #pragma once
@@ -148,6 +150,22 @@ __device__ inline double inverse_sqrt(const double* p, int64_t k) {
   return f64(p, 0) * (k < w ? static_cast<double>(k) / static_cast<double>(w > 1 ? w : 1) : decay);
 }
 
+// Python's // and % on int64 (floor semantics; 0 for a zero divisor, whose
+// branch straight-line code evaluates without taking it).  Used by the
+// generated kinds.
+__device__ __forceinline__ int64_t py_floordiv(int64_t a, int64_t b) {
+  if (b == 0) return 0;
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+__device__ __forceinline__ int64_t py_mod(int64_t a, int64_t b) { return b == 0 ? 0 : a - py_floordiv(a, b) * b; }
+
+}  // namespace clr_fused
+
+#include "schedule_generated.cuh"
+
+namespace clr_fused {
+
 __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* plateau_lr, int64_t avail) {
   const int kind = static_cast<int>(row[1]);
   const double* p = row + 2;
@@ -197,8 +215,11 @@ __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* 
       const bool inside = n >= 1 && offset >= kRowWidth && j >= 0 && offset + j < avail;
       return {inside ? b0 * row[inside ? offset + j : 0] : 0.0, 0.0};
     }
-    default:  // kConstant
-      return {b0, 0.0};
+    default: {  // a generated kind, else kConstant
+      double lr = b0;
+      generated::lr_of(kind, p, k, &lr);
+      return {lr, 0.0};
+    }
   }
 }
 

@@ -63,6 +63,8 @@ SCHEDULES = [
     cf.get_schedule("cosine_with_min_lr", 0.01, 2, 6, {"min_lr_rate": 0.1}),
     cf.get_schedule("cosine_warmup_with_min_lr", 0.01, 3, 6, {"min_lr_rate": 0.1, "warmup_lr_rate": 0.2}),
     cf.get_schedule("inverse_sqrt", 0.01, 2),
+    cf.get_schedule("linear", 0.01, 2, 6),  # a generated kind (schedule_math.closed_form)
+    cf.WarmupLinear(0.01, 5, 3),  # warm-up longer than training: warms, then 0
 ]
 SCHED_IDS = [type(s).__name__ if not isinstance(s, float) else "float" for s in SCHEDULES]
 

@@ -1,5 +1,6 @@
 import os
 import random
+import runpy
 import warnings
 
 import pytest
@@ -9,6 +10,13 @@ import torch
 # must be set before clr_fused's Triton kernels are first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The generated schedule kinds' C++ headers (csrc/schedule_generated*.h), current
+# before any test compiles csrc/ (setup.py writes them too; a test run after an
+# edit of schedule_math.py must not build against stale ones).
+runpy.run_path(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "clr_fused", "schedule_codegen.py")
+)["write_headers"]()
 
 
 @pytest.fixture(autouse=True)

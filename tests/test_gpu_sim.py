@@ -93,9 +93,10 @@ def test_every_registered_kernel_variant_bit_for_bit(ops, lib):
 
 
 # the kernel sources whose lines the emulated runs must execute: the launcher, SGD / Adam, the codecs,
-# the schedule, and the generic step with every algorithm of csrc/algorithms.h
-KERNEL_SOURCES = ("multi_tensor.cuh", "fused_kernels.cuh", "low_precision.cuh", "schedule.cuh", "algorithm_kernel.cuh",
-                  "lion.cuh", "sgd_schedule_free.cuh", "adamw_schedule_free.cuh", "schedule_free.h")  # fmt: skip
+# the schedule (its generated kinds too), and the generic step with every algorithm of csrc/algorithms.h
+KERNEL_SOURCES = ("multi_tensor.cuh", "fused_kernels.cuh", "low_precision.cuh", "schedule.cuh", "schedule_generated.cuh",
+                  "algorithm_kernel.cuh", "lion.cuh", "sgd_schedule_free.cuh", "adamw_schedule_free.cuh",
+                  "schedule_free.h")  # fmt: skip
 
 
 def _line_coverage_of_the_kernels(ops, lib, floor=0.95):

@@ -30,7 +30,7 @@ CASES = [
     ("cosine_warmup_with_min_lr", {"min_lr_rate": 0.1}),
     ("warmup_stable_decay", {"num_decay_steps": 20, "decay_type": "1-sqrt", "min_lr_ratio": 0.05}),
 ]
-CLOSED_FORMS = {"constant": "Constant", "cosine": "WarmupCosine", "cosine_with_min_lr": "WarmupCosine",
+CLOSED_FORMS = {"constant": "Constant", "linear": "WarmupLinear", "cosine": "WarmupCosine", "cosine_with_min_lr": "WarmupCosine",
                 "cosine_warmup_with_min_lr": "WarmupCosine", "inverse_sqrt": "InverseSqrt"}  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import schedule_codegen
 from .. import schedule_math as sm
 
 # The kind codes, read from their one definition (schedule_math.py) as
@@ -232,6 +233,26 @@ def _lr_only(kind, p, k):
 
 
 @triton.jit
+def _py_floordiv(a, b):
+    # Python's // on int64 (floor; 0 for a zero divisor, as schedule.cuh's py_floordiv)
+    safe = tl.where(b == 0, 1, b)
+    q = a // safe
+    r = a - q * safe
+    q = tl.where((r != 0) & ((r < 0) != (safe < 0)), q - 1, q)
+    return tl.where(b == 0, 0, q)
+
+
+@triton.jit
+def _py_mod(a, b):
+    return tl.where(b == 0, 0, a - _py_floordiv(a, b) * b)
+
+
+# The generated kinds' functions and _generated_lr(kind, p, k, lr), traced from
+# schedule_math's closed forms (schedule_codegen).
+schedule_codegen.exec_source(schedule_codegen.triton_source(sm), globals())
+
+
+@triton.jit
 def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
     """``(lr, momentum)`` of the segment at ``row`` (float64*) at local step k."""
     kind = _i64(row, 1)
@@ -245,6 +266,7 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
         lr = _warmup_cosine(p, k)
     if kind == _INVERSE_SQRT:
         lr = _inverse_sqrt(p, k)
+    lr = _generated_lr(kind, p, k, lr)  # noqa: F821 - defined by exec_source above
     if kind == _TABLE:  # LambdaLR table [base_lr, n, offset]: row[offset + min(k, n - 1)]
         j = tl.minimum(k, _i64(p, 1) - 1)
         lr = _f64(p, 0) * tl.load(row + _i64(p, 2) + j)
