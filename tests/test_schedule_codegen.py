@@ -56,7 +56,8 @@ def _inputs(n=400, seed=0):
         x, y = rng.uniform(-2.0, 3.0), rng.choice([rng.uniform(-5.0, 9.0), 0.5])
         if i % 5 == 0:
             y = x  # x != y false
-        rows.append([float(a), float(b), x, y] + [0.0] * (sm.ROW_WIDTH - 4))  # ROW_WIDTH apart, as the kernel reads them
+        # ROW_WIDTH apart, as the kernel reads them
+        rows.append([float(a), float(b), x, y] + [0.0] * (sm.ROW_WIDTH - 4))
         ks.append(rng.choice([rng.randint(0, 200), rng.randint(0, 2**40), b % 200, 0, 3]))
     return rows, ks
 
@@ -93,7 +94,9 @@ def test_cpp_copy_is_python_bit_for_bit(probe, tmp_path):
         '    printf("%a\\n", clr_fused::probe(p, static_cast<int64_t>(k)));\n}\n'
     )
     exe = tmp_path / "probe"
-    subprocess.run(["g++", "-std=c++20", "-O2", "-ffp-contract=off", f"-I{ROOT}/csrc", str(src), "-o", str(exe)], check=True)
+    subprocess.run(
+        ["g++", "-std=c++20", "-O2", "-ffp-contract=off", f"-I{ROOT}/csrc", str(src), "-o", str(exe)], check=True
+    )
     rows, ks = _inputs()
     stdin = "".join(f"{r[0]!r} {r[1]!r} {r[2]!r} {r[3]!r} {k}\n" for r, k in zip(rows, ks))
     out = subprocess.run([str(exe)], input=stdin, capture_output=True, text=True, check=True).stdout.split()
