@@ -286,14 +286,6 @@ def _one_cycle(p, k, ops):
     return lr, mom
 
 
-def _cosine(p, k, ops):
-    base_lr, t_max, eta_min = p[:3]
-    t_max = int(t_max)
-    # torch's recursion continues the cosine past T_max with period 2*T_max.
-    pos = k % (2 * t_max)
-    return eta_min + (base_lr - eta_min) * _cos_weight(ops.to_float(pos) / t_max, ops)
-
-
 def _warm_restarts(p, k, ops):
     base_lr, t_0, t_mult, eta_min = p[:4]
     t_0, t_mult = int(t_0), int(t_mult)
@@ -303,74 +295,6 @@ def _warm_restarts(p, k, ops):
         # Cycle n starts at T_0 * (T_mult**n - 1) / (T_mult - 1) and lasts T_0 * T_mult**n.
         t_cur, t_i = ops.restart_cycle(k, t_0, t_mult)
     return eta_min + (base_lr - eta_min) * _cos_weight(ops.to_float(t_cur) / ops.to_float(t_i), ops)
-
-
-def _exponential(p, k, ops):
-    base_lr, gamma = p[:2]
-    return base_lr * ops.pow(gamma, k)
-
-
-def _step(p, k, ops):
-    base_lr, step_size, gamma = p[:3]
-    return base_lr * ops.pow(gamma, k // int(step_size))
-
-
-def _multi_step(p, k, ops):
-    base_lr, gamma, count = p[:3]
-    passed = 0
-    for m in p[3 : 3 + int(count)]:
-        passed = passed + ops.where(k >= int(m), 1, 0)
-    return base_lr * ops.pow(gamma, passed + 0 * k)
-
-
-def _polynomial(p, k, ops):
-    base_lr, total_iters, power = p[:3]
-    total_iters = int(total_iters)
-    frac = 1.0 - ops.to_float(ops.minimum(k, total_iters)) / total_iters
-    return base_lr * frac**power
-
-
-def _linear(p, k, ops):
-    base_lr, start_factor, end_factor, total_iters = p[:4]
-    total_iters = int(total_iters)
-    frac = ops.to_float(ops.minimum(k, total_iters)) / total_iters
-    return base_lr * (start_factor + (end_factor - start_factor) * frac)
-
-
-def _constant_factor(p, k, ops):
-    base_lr, factor, total_iters = p[:3]
-    return base_lr * ops.where(k < int(total_iters), factor, 1.0) + 0.0 * ops.to_float(k)
-
-
-def _warmup_cosine(p, k, ops):
-    """transformers' cosine / cosine_with_min_lr (shifted 0) and
-    cosine_warmup_with_min_lr (shifted 1) lambdas, their float64 operations in
-    their order, times base_lr; past T the cosine continues, as theirs does."""
-    base_lr, w, t, num_cycles, min_rate, shifted, warm = p[:7]
-    w, t, kf = int(w), int(t), ops.to_float(k)
-    if shifted:
-        if warm < 0:
-            warmup = (kf + 1.0) / max(1.0, float(w))
-        else:
-            warmup = warm + (1.0 - warm) * kf / max(1, w - 1)
-        progress = (kf - float(w) + 1.0) / max(1.0, float(t) - float(w))
-    else:
-        warmup = kf / float(max(1, w))
-        progress = ops.to_float(k - w) / float(max(1, t - w))
-    factor = 0.5 * (1.0 + ops.cos(math.pi * num_cycles * 2.0 * progress))
-    factor = ops.maximum(factor * (1 - min_rate) + min_rate, 0.0)
-    return base_lr * ops.where(k < w, warmup, factor)
-
-
-def _inverse_sqrt(p, k, ops):
-    """transformers' inverse_sqrt: k / W during warm-up, then 1 / sqrt((k + shift) / timescale)."""
-    base_lr, w, timescale = p[:3]
-    w, timescale = int(w), int(timescale)
-    kf = ops.to_float(k)
-    # (k + shift >= timescale >= 1 wherever the decay applies; the clamp only keeps the
-    # unused warm-up branch finite when a timescale below W makes it negative)
-    decay = 1.0 / ops.sqrt(ops.maximum(ops.to_float(k + (timescale - w)), 1.0) / float(timescale))
-    return base_lr * ops.where(k < w, kf / float(max(1, w)), decay)
 
 
 # The generated kinds: code -> closed form (lr only).  Each is written with the
@@ -392,6 +316,91 @@ def closed_form(code: int):
     return register
 
 
+@closed_form(KIND_COSINE)
+def _cosine(p, k, ops):
+    base_lr, t_max, eta_min = ops.f64(p, 0), ops.maximum(1, ops.i64(p, 1)), ops.f64(p, 2)
+    # torch's recursion continues the cosine past T_max with period 2*T_max.
+    pos = k % (2 * t_max)
+    return eta_min + (base_lr - eta_min) * _cos_weight(ops.to_float(pos) / ops.to_float(t_max), ops)
+
+
+@closed_form(KIND_EXPONENTIAL)
+def _exponential(p, k, ops):
+    return ops.f64(p, 0) * ops.pow(ops.f64(p, 1), k)
+
+
+@closed_form(KIND_STEP)
+def _step(p, k, ops):
+    base_lr, step_size, gamma = ops.f64(p, 0), ops.i64(p, 1), ops.f64(p, 2)
+    return base_lr * ops.pow(gamma, k // ops.maximum(1, step_size))
+
+
+@closed_form(KIND_MULTI_STEP)
+def _multi_step(p, k, ops):
+    base_lr, gamma, count = ops.f64(p, 0), ops.f64(p, 1), ops.i64(p, 2)
+    passed = 0
+    for i in range(MAX_MILESTONES):  # unrolled; the row's unused milestones are masked by count
+        passed = passed + ops.where((count > i) & (k >= ops.i64(p, 3 + i)), 1, 0)
+    return base_lr * ops.pow(gamma, passed)
+
+
+@closed_form(KIND_POLYNOMIAL)
+def _polynomial(p, k, ops):
+    base_lr, total_iters, power = ops.f64(p, 0), ops.maximum(1, ops.i64(p, 1)), ops.f64(p, 2)
+    frac = 1.0 - ops.to_float(ops.minimum(k, total_iters)) / ops.to_float(total_iters)
+    # frac**power, with Python's 0.0**power (1 for power 0, else 0)
+    return base_lr * ops.where(frac > 0.0, ops.pow(frac, power), ops.where(power == 0.0, 1.0, 0.0))
+
+
+@closed_form(KIND_LINEAR)
+def _linear(p, k, ops):
+    base_lr, start_factor, end_factor = ops.f64(p, 0), ops.f64(p, 1), ops.f64(p, 2)
+    total_iters = ops.maximum(1, ops.i64(p, 3))
+    frac = ops.to_float(ops.minimum(k, total_iters)) / ops.to_float(total_iters)
+    return base_lr * (start_factor + (end_factor - start_factor) * frac)
+
+
+@closed_form(KIND_CONSTANT_FACTOR)
+def _constant_factor(p, k, ops):
+    base_lr, factor, total_iters = ops.f64(p, 0), ops.f64(p, 1), ops.i64(p, 2)
+    return base_lr * ops.where(k < total_iters, factor, 1.0)
+
+
+@closed_form(KIND_WARMUP_COSINE)
+def _warmup_cosine(p, k, ops):
+    """transformers' cosine / cosine_with_min_lr (shifted 0) and
+    cosine_warmup_with_min_lr (shifted 1) lambdas, their float64 operations in
+    their order, times base_lr; past T the cosine continues, as theirs does."""
+    base_lr, w, t, num_cycles = ops.f64(p, 0), ops.i64(p, 1), ops.i64(p, 2), ops.f64(p, 3)
+    min_rate, shifted, warm = ops.f64(p, 4), ops.f64(p, 5) != 0.0, ops.f64(p, 6)
+    kf, wf, tf = ops.to_float(k), ops.to_float(w), ops.to_float(t)
+    # shifted: from step + 1, or from warmup_lr_rate (warm >= 0)
+    shifted_warmup = ops.where(
+        warm < 0.0,
+        (kf + 1.0) / ops.maximum(1.0, wf),
+        warm + (1.0 - warm) * kf / ops.to_float(ops.maximum(1, w - 1)),
+    )
+    warmup = ops.where(shifted, shifted_warmup, kf / ops.to_float(ops.maximum(1, w)))
+    progress = ops.where(
+        shifted,
+        (kf - wf + 1.0) / ops.maximum(1.0, tf - wf),
+        ops.to_float(k - w) / ops.to_float(ops.maximum(1, t - w)),
+    )
+    factor = 0.5 * (1.0 + ops.cos(math.pi * num_cycles * 2.0 * progress))
+    factor = ops.maximum(factor * (1 - min_rate) + min_rate, 0.0)
+    return base_lr * ops.where(k < w, warmup, factor)
+
+
+@closed_form(KIND_INVERSE_SQRT)
+def _inverse_sqrt(p, k, ops):
+    """transformers' inverse_sqrt: k / W during warm-up, then 1 / sqrt((k + shift) / timescale)."""
+    base_lr, w, timescale = ops.f64(p, 0), ops.i64(p, 1), ops.maximum(1, ops.i64(p, 2))
+    # (k + shift >= timescale >= 1 wherever the decay applies; the clamp only keeps the
+    # unused warm-up branch finite when a timescale below W makes it negative)
+    decay = 1.0 / ops.sqrt(ops.maximum(ops.to_float(k + (timescale - w)), 1.0) / ops.to_float(timescale))
+    return base_lr * ops.where(k < w, ops.to_float(k) / ops.to_float(ops.maximum(1, w)), decay)
+
+
 @closed_form(KIND_WARMUP_LINEAR)
 def _warmup_linear(p, k, ops):
     """transformers' linear: k / W during warm-up, then (T - k) / (T - W) down
@@ -403,17 +412,8 @@ def _warmup_linear(p, k, ops):
 
 
 _LR_ONLY = {
-    **GENERATED,
-    KIND_WARMUP_COSINE: _warmup_cosine,
-    KIND_INVERSE_SQRT: _inverse_sqrt,
-    KIND_COSINE: _cosine,
     KIND_WARM_RESTARTS: _warm_restarts,
-    KIND_EXPONENTIAL: _exponential,
-    KIND_STEP: _step,
-    KIND_MULTI_STEP: _multi_step,
-    KIND_POLYNOMIAL: _polynomial,
-    KIND_LINEAR: _linear,
-    KIND_CONSTANT_FACTOR: _constant_factor,
+    **GENERATED,
 }
 
 

@@ -82,13 +82,6 @@ __device__ inline LrMom one_cycle(const double* p, int64_t k) {
   return {anneal(initial_lr, min_lr, pct3, linear), max_m};
 }
 
-__device__ inline double cosine(const double* p, int64_t k) {
-  double base_lr = f64(p, 0), eta_min = f64(p, 2);
-  int64_t t_max = i64(p, 1);
-  int64_t pos = k % (2 * t_max);  // torch's recursion continues past T_max
-  return eta_min + (base_lr - eta_min) * cos_weight(static_cast<double>(pos) / static_cast<double>(t_max));
-}
-
 constexpr int64_t kMaxInt = int64_t{1} << 53;  // schedule_math.MAX_INT
 
 __device__ inline double warm_restarts(const double* p, int64_t k) {
@@ -121,35 +114,6 @@ __device__ inline double warm_restarts(const double* p, int64_t k) {
   return eta_min + (base_lr - eta_min) * cos_weight(static_cast<double>(t_cur) / t_i);
 }
 
-// transformers' cosine lambdas, their float64 operations in their order (schedule_math._warmup_cosine).
-__device__ inline double warmup_cosine(const double* p, int64_t k) {
-  const int64_t w = i64(p, 1), t = i64(p, 2);
-  const double num_cycles = f64(p, 3), min_rate = f64(p, 4), warm = f64(p, 6);
-  const bool shifted = f64(p, 5) != 0.0;
-  const double kf = static_cast<double>(k), wf = static_cast<double>(w), tf = static_cast<double>(t);
-  double warmup, progress;
-  if (shifted) {
-    const double wm1 = static_cast<double>(w - 1 > 1 ? w - 1 : 1);
-    warmup = warm < 0.0 ? (kf + 1.0) / (wf > 1.0 ? wf : 1.0) : warm + (1.0 - warm) * kf / wm1;
-    progress = (kf - wf + 1.0) / (tf - wf > 1.0 ? tf - wf : 1.0);
-  } else {
-    warmup = kf / static_cast<double>(w > 1 ? w : 1);
-    progress = static_cast<double>(k - w) / static_cast<double>(t - w > 1 ? t - w : 1);
-  }
-  double factor = 0.5 * (1.0 + cos(3.141592653589793 * num_cycles * 2.0 * progress));
-  factor = factor * (1.0 - min_rate) + min_rate;
-  factor = factor > 0.0 ? factor : 0.0;
-  return f64(p, 0) * (k < w ? warmup : factor);
-}
-
-// transformers' inverse_sqrt (schedule_math._inverse_sqrt).
-__device__ inline double inverse_sqrt(const double* p, int64_t k) {
-  const int64_t w = i64(p, 1), timescale = i64(p, 2);
-  const double shifted = static_cast<double>(k + (timescale - w));
-  const double decay = 1.0 / sqrt((shifted > 1.0 ? shifted : 1.0) / static_cast<double>(timescale));
-  return f64(p, 0) * (k < w ? static_cast<double>(k) / static_cast<double>(w > 1 ? w : 1) : decay);
-}
-
 // Python's // and % on int64 (floor semantics; 0 for a zero divisor, whose
 // branch straight-line code evaluates without taking it).  Used by the
 // generated kinds.
@@ -175,39 +139,10 @@ __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* 
       return cyclic(p, k);
     case kOneCycle:
       return one_cycle(p, k);
-    case kCosine:
-      return {cosine(p, k), 0.0};
     case kWarmRestarts:
       return {warm_restarts(p, k), 0.0};
-    case kExponential:
-      return {b0 * pow_pos(f64(p, 1), static_cast<double>(k)), 0.0};
-    case kStep:
-      return {b0 * pow_pos(f64(p, 2), static_cast<double>(k / i64(p, 1))), 0.0};
-    case kMultiStep: {
-      int64_t passed = 0;
-      const int64_t count = i64(p, 2);
-      for (int64_t i = 0; i < count && i < kRowWidth - 5; ++i) passed += k >= i64(p, 3 + static_cast<int>(i)) ? 1 : 0;
-      return {b0 * pow_pos(f64(p, 1), static_cast<double>(passed)), 0.0};
-    }
-    case kPolynomial: {
-      int64_t total = i64(p, 1);
-      double frac = 1.0 - static_cast<double>(k < total ? k : total) / static_cast<double>(total);
-      double power = f64(p, 2);
-      return {b0 * (frac > 0.0 ? pow_pos(frac, power) : (power == 0.0 ? 1.0 : 0.0)), 0.0};
-    }
-    case kLinear: {
-      int64_t total = i64(p, 3);
-      double frac = static_cast<double>(k < total ? k : total) / static_cast<double>(total);
-      return {b0 * (f64(p, 1) + (f64(p, 2) - f64(p, 1)) * frac), 0.0};
-    }
-    case kConstantFactor:
-      return {b0 * (k < i64(p, 2) ? f64(p, 1) : 1.0), 0.0};
     case kPlateau:
       return {plateau_lr != nullptr ? static_cast<double>(*plateau_lr) : b0, 0.0};
-    case kWarmupCosine:
-      return {warmup_cosine(p, k), 0.0};
-    case kInverseSqrt:
-      return {inverse_sqrt(p, k), 0.0};
     case kTable: {
       // `avail`: floats from this row to the end of the rows (a table outside them reads nothing)
       const int64_t n = i64(p, 1), offset = i64(p, 2);

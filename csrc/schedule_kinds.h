@@ -14,19 +14,10 @@
   X(CONSTANT, kConstant, 0)          \
   X(CYCLIC, kCyclic, 1)              \
   X(ONE_CYCLE, kOneCycle, 2)         \
-  X(COSINE, kCosine, 3)              \
   X(WARM_RESTARTS, kWarmRestarts, 4) \
-  X(EXPONENTIAL, kExponential, 5)    \
-  X(STEP, kStep, 6)                  \
-  X(MULTI_STEP, kMultiStep, 7)       \
-  X(POLYNOMIAL, kPolynomial, 8)      \
-  X(LINEAR, kLinear, 9)              \
-  X(CONSTANT_FACTOR, kConstantFactor, 10) \
   X(PLATEAU, kPlateau, 11)           \
   X(TABLE, kTable, 12)               \
   X(TABLE_DATA, kTableData, 13)      \
-  X(WARMUP_COSINE, kWarmupCosine, 14) \
-  X(INVERSE_SQRT, kInverseSqrt, 15)  \
   CLR_FUSED_GENERATED_KINDS(X)
 
 namespace clr_fused {

@@ -1,6 +1,9 @@
 """Triton device functions: the schedule closed forms of ``schedule_math.py``.
 
-Each function mirrors its namesake there line by line; the rows come from a
+The generated kinds' functions are traced from their closed forms there
+(``schedule_codegen``, compiled below at import); the others (CyclicLR,
+OneCycleLR, SGDR, a table, the plateau) mirror their namesakes there line by
+line.  The rows come from a
 float64 device table (``[n_segments, ROW_WIDTH]``) and the step from the
 device counter (int64).  Integer parts stay int64, the rest is float64 (the
 program that evaluates it runs once per step); the caller rounds once to the
@@ -22,18 +25,9 @@ from .. import schedule_math as sm
 # cannot pass a constexpr-derived value to tl.cos.
 _CYCLIC = tl.constexpr(sm.KIND_CYCLIC)
 _ONE_CYCLE = tl.constexpr(sm.KIND_ONE_CYCLE)
-_COSINE = tl.constexpr(sm.KIND_COSINE)
 _WARM_RESTARTS = tl.constexpr(sm.KIND_WARM_RESTARTS)
-_EXPONENTIAL = tl.constexpr(sm.KIND_EXPONENTIAL)
-_STEP = tl.constexpr(sm.KIND_STEP)
-_MULTI_STEP = tl.constexpr(sm.KIND_MULTI_STEP)
-_POLYNOMIAL = tl.constexpr(sm.KIND_POLYNOMIAL)
-_LINEAR = tl.constexpr(sm.KIND_LINEAR)
-_CONSTANT_FACTOR = tl.constexpr(sm.KIND_CONSTANT_FACTOR)
 _PLATEAU = tl.constexpr(sm.KIND_PLATEAU)
 _TABLE = tl.constexpr(sm.KIND_TABLE)
-_WARMUP_COSINE = tl.constexpr(sm.KIND_WARMUP_COSINE)
-_INVERSE_SQRT = tl.constexpr(sm.KIND_INVERSE_SQRT)
 assert sm.ROW_WIDTH == 16, "evaluate_rows strides rows by 16"
 
 
@@ -124,15 +118,6 @@ def _one_cycle(p, k):
 
 
 @triton.jit
-def _cosine(p, k):
-    base_lr = _f64(p, 0)
-    t_max = tl.maximum(_i64(p, 1), 1)
-    eta_min = _f64(p, 2)
-    pos = k % (2 * t_max)
-    return eta_min + (base_lr - eta_min) * _cos_weight(pos.to(tl.float64) / t_max.to(tl.float64))
-
-
-@triton.jit
 def _warm_restarts(p, k):
     base_lr = _f64(p, 0)
     t_0 = tl.maximum(_i64(p, 1), 1)
@@ -154,82 +139,6 @@ def _warm_restarts(p, k):
     t_cur = tl.where(t_mult == 1, k % t_0, k - start)
     t_i = tl.where(t_mult == 1, t_0.to(tl.float64), t_i)
     return eta_min + (base_lr - eta_min) * _cos_weight(t_cur.to(tl.float64) / t_i)
-
-
-@triton.jit
-def _multi_step(p, k):
-    base_lr = _f64(p, 0)
-    gamma = _f64(p, 1)
-    count = _i64(p, 2)
-    passed = k * 0
-    for i in range(0, count):
-        passed += tl.where(k >= _i64(p, 3 + i), 1, 0)
-    return base_lr * _pow(gamma, passed.to(tl.float64))
-
-
-@triton.jit
-def _warmup_cosine(p, k):
-    # transformers' cosine lambdas (schedule_math._warmup_cosine), their operations in their order
-    w = _i64(p, 1)
-    t = _i64(p, 2)
-    num_cycles = _f64(p, 3)
-    min_rate = _f64(p, 4)
-    shifted = _f64(p, 5) != 0.0
-    warm = _f64(p, 6)
-    kf = k.to(tl.float64)
-    wf = w.to(tl.float64)
-    tf = t.to(tl.float64)
-    warm_plain = tl.where(
-        warm < 0.0, (kf + 1.0) / tl.maximum(wf, 1.0), warm + (1.0 - warm) * kf / tl.maximum(w - 1, 1).to(tl.float64)
-    )
-    warmup = tl.where(shifted, warm_plain, kf / tl.maximum(w, 1).to(tl.float64))
-    progress = tl.where(
-        shifted,
-        (kf - wf + 1.0) / tl.maximum(tf - wf, 1.0),
-        (k - w).to(tl.float64) / tl.maximum(t - w, 1).to(tl.float64),
-    )
-    factor = 0.5 * (1.0 + tl.cos(3.141592653589793 * num_cycles * 2.0 * progress))
-    factor = tl.maximum(factor * (1.0 - min_rate) + min_rate, 0.0)
-    return _f64(p, 0) * tl.where(k < w, warmup, factor)
-
-
-@triton.jit
-def _inverse_sqrt(p, k):
-    # transformers' inverse_sqrt (schedule_math._inverse_sqrt)
-    w = _i64(p, 1)
-    timescale = _i64(p, 2)
-    shifted = tl.maximum((k + (timescale - w)).to(tl.float64), 1.0)
-    decay = 1.0 / tl.sqrt(shifted / timescale.to(tl.float64))
-    return _f64(p, 0) * tl.where(k < w, k.to(tl.float64) / tl.maximum(w, 1).to(tl.float64), decay)
-
-
-@triton.jit
-def _lr_only(kind, p, k):
-    b0 = _f64(p, 0)
-    # ExponentialLR: [base_lr, gamma]
-    exponential = b0 * _pow(_f64(p, 1), k.to(tl.float64))
-    # StepLR: [base_lr, step_size, gamma]
-    step = b0 * _pow(_f64(p, 2), (k // tl.maximum(_i64(p, 1), 1)).to(tl.float64))
-    # PolynomialLR: [base_lr, total_iters, power]
-    total_iters = tl.maximum(_i64(p, 1), 1)
-    frac = 1.0 - tl.minimum(k, total_iters).to(tl.float64) / total_iters.to(tl.float64)
-    power = _f64(p, 2)
-    poly = b0 * tl.where(frac > 0.0, _pow(frac, power), tl.where(power == 0.0, 1.0, 0.0))
-    # LinearLR: [base_lr, start_factor, end_factor, total_iters]
-    lin_total = tl.maximum(_i64(p, 3), 1)
-    lin_frac = tl.minimum(k, lin_total).to(tl.float64) / lin_total.to(tl.float64)
-    linear = b0 * (_f64(p, 1) + (_f64(p, 2) - _f64(p, 1)) * lin_frac)
-    # ConstantLR: [base_lr, factor, total_iters]
-    constant_factor = b0 * tl.where(k < _i64(p, 2), _f64(p, 1), 1.0)
-
-    lr = b0  # KIND_CONSTANT and KIND_PLATEAU's static value
-    lr = tl.where(kind == _COSINE, _cosine(p, k), lr)
-    lr = tl.where(kind == _EXPONENTIAL, exponential, lr)
-    lr = tl.where(kind == _STEP, step, lr)
-    lr = tl.where(kind == _POLYNOMIAL, poly, lr)
-    lr = tl.where(kind == _LINEAR, linear, lr)
-    lr = tl.where(kind == _CONSTANT_FACTOR, constant_factor, lr)
-    return lr
 
 
 @triton.jit
@@ -257,16 +166,10 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
     """``(lr, momentum)`` of the segment at ``row`` (float64*) at local step k."""
     kind = _i64(row, 1)
     p = row + 2
-    lr = _lr_only(kind, p, k)
+    lr = _f64(p, 0)  # KIND_CONSTANT and KIND_PLATEAU's static value
+    lr = _generated_lr(kind, p, k, lr)  # noqa: F821 - defined by exec_source above
     if kind == _WARM_RESTARTS:
         lr = _warm_restarts(p, k)
-    if kind == _MULTI_STEP:
-        lr = _multi_step(p, k)
-    if kind == _WARMUP_COSINE:
-        lr = _warmup_cosine(p, k)
-    if kind == _INVERSE_SQRT:
-        lr = _inverse_sqrt(p, k)
-    lr = _generated_lr(kind, p, k, lr)  # noqa: F821 - defined by exec_source above
     if kind == _TABLE:  # LambdaLR table [base_lr, n, offset]: row[offset + min(k, n - 1)]
         j = tl.minimum(k, _i64(p, 1) - 1)
         lr = _f64(p, 0) * tl.load(row + _i64(p, 2) + j)
