@@ -218,72 +218,11 @@ def _restart_tensors(t_0: int, t_mult: int, device: torch.device):
     return out
 
 
-def _cyclic(p, k, ops):
-    base_lr, max_lr, up, down, mode, gamma, base_m, max_m = p[:8]
-    up, down, mode = int(up), int(down), int(mode)
-    total = up + down
-    cycle = k // total + 1  # int64: the 1-based cycle index
-    pos = k % total  # int64: position inside the cycle
-    posf = ops.to_float(pos)
-    # Rising for pos <= up (pos/up), falling after ((total - pos)/down).
-    scale = ops.where(pos <= up, posf / up, (total - posf) / down)
-    if mode == CYCLIC_TRIANGULAR:
-        amp = 1.0
-    elif mode == CYCLIC_TRIANGULAR2:
-        amp = ops.pow(0.5, cycle - 1)
-    else:  # exp_range: gamma**step counts from the start of training, as torch
-        amp = ops.pow(gamma, k)
-    lr = base_lr + (max_lr - base_lr) * scale * amp
-    momentum = max_m - (max_m - base_m) * scale * amp
-    return lr, momentum
-
-
 def _cos_weight(frac, ops):
     """``(1 + cos(pi * frac)) / 2`` written as ``cos(pi * frac / 2)**2``: the same
     number, without float32's cancellation as the cosine nears -1."""
     c = ops.cos((ops.pi / 2.0) * frac)
     return c * c
-
-
-def _anneal(start, end, pct, linear: bool, ops):
-    # Weighted forms (not start + (end - start) * pct) so pct == 1 lands on
-    # ``end`` exactly in float32 too.
-    w = (1.0 - pct) if linear else _cos_weight(pct, ops)
-    return end + (start - end) * w
-
-
-def _one_cycle(p, k, ops):
-    initial_lr, max_lr, min_lr, end1, end2, three_phase, linear, base_m, max_m, total = p[:10]
-    linear, three_phase, total = bool(linear), bool(three_phase), int(total)
-    # Past the last step it holds the final LR (torch would raise instead).
-    kf = ops.to_float(ops.minimum(k, total - 1))
-    pct1 = kf / end1
-    if three_phase:
-        pct2 = (kf - end1) / (end2 - end1)
-        pct3 = (kf - end2) / ((total - 1) - end2)
-        lr = ops.where(
-            kf <= end1,
-            _anneal(initial_lr, max_lr, pct1, linear, ops),
-            ops.where(
-                kf <= end2,
-                _anneal(max_lr, initial_lr, pct2, linear, ops),
-                _anneal(initial_lr, min_lr, pct3, linear, ops),
-            ),
-        )
-        mom = ops.where(
-            kf <= end1,
-            _anneal(max_m, base_m, pct1, linear, ops),
-            ops.where(kf <= end2, _anneal(base_m, max_m, pct2, linear, ops), max_m + 0.0 * kf),
-        )
-    else:
-        pct2 = (kf - end1) / ((total - 1) - end1)
-        lr = ops.where(
-            kf <= end1, _anneal(initial_lr, max_lr, pct1, linear, ops), _anneal(max_lr, min_lr, pct2, linear, ops)
-        )
-        mom = ops.where(
-            kf <= end1, _anneal(max_m, base_m, pct1, linear, ops), _anneal(base_m, max_m, pct2, linear, ops)
-        )
-    return lr, mom
 
 
 def _warm_restarts(p, k, ops):
@@ -304,16 +243,83 @@ def _warm_restarts(p, k, ops):
 # Triton kernels' copies.  Every operand is evaluated there (straight-line
 # code): guard the divisions of the branch not taken.
 GENERATED: dict = {}
+CYCLES_MOMENTUM: set = set()  # the generated kinds whose closed form returns (lr, momentum)
 
 
-def closed_form(code: int):
-    """Register a generated kind's closed form ``fn(p, k, ops) -> lr``."""
+def closed_form(code: int, momentum: bool = False):
+    """Register a generated kind's closed form ``fn(p, k, ops) -> lr`` (``->
+    (lr, momentum)`` with ``momentum=True``)."""
 
     def register(fn):
         GENERATED[code] = fn
+        if momentum:
+            CYCLES_MOMENTUM.add(code)
         return fn
 
     return register
+
+
+@closed_form(KIND_CYCLIC, momentum=True)
+def _cyclic(p, k, ops):
+    base_lr, max_lr, gamma, base_m, max_m = ops.f64(p, 0), ops.f64(p, 1), ops.f64(p, 5), ops.f64(p, 6), ops.f64(p, 7)
+    up, down, mode = ops.maximum(1, ops.i64(p, 2)), ops.maximum(1, ops.i64(p, 3)), ops.i64(p, 4)
+    total = up + down
+    cycle = k // total + 1  # int64: the 1-based cycle index
+    pos = k % total  # int64: position inside the cycle
+    posf = ops.to_float(pos)
+    # Rising for pos <= up (pos/up), falling after ((total - pos)/down).
+    scale = ops.where(pos <= up, posf / ops.to_float(up), (ops.to_float(total) - posf) / ops.to_float(down))
+    # triangular: 1; triangular2: 0.5**(cycle - 1); exp_range: gamma**step, counted
+    # from the start of training as torch's
+    amp = ops.where(
+        mode == CYCLIC_TRIANGULAR2, ops.pow(0.5, cycle - 1), ops.where(mode == CYCLIC_EXP_RANGE, ops.pow(gamma, k), 1.0)
+    )
+    lr = base_lr + (max_lr - base_lr) * scale * amp
+    momentum = max_m - (max_m - base_m) * scale * amp
+    return lr, momentum
+
+
+def _anneal(start, end, pct, linear, ops):
+    # Weighted forms (not start + (end - start) * pct) so pct == 1 lands on
+    # ``end`` exactly in float32 too.
+    return end + (start - end) * ops.where(linear, 1.0 - pct, _cos_weight(pct, ops))
+
+
+@closed_form(KIND_ONE_CYCLE, momentum=True)
+def _one_cycle(p, k, ops):
+    initial_lr, max_lr, min_lr = ops.f64(p, 0), ops.f64(p, 1), ops.f64(p, 2)
+    end1, end2, three_phase, linear = ops.f64(p, 3), ops.f64(p, 4), ops.f64(p, 5) != 0.0, ops.f64(p, 6) != 0.0
+    base_m, max_m, total = ops.f64(p, 7), ops.f64(p, 8), ops.maximum(2, ops.i64(p, 9))
+    # Past the last step it holds the final LR (torch would raise instead).
+    kf = ops.to_float(ops.minimum(k, total - 1))
+    last = ops.to_float(total - 1)
+    # (the specs guarantee 0 < end1 < end2 <= last, < last with three phases; the
+    # guards keep the formulas of the other phase count finite)
+    pct1 = kf / ops.where(end1 != 0.0, end1, 1.0)
+    # two phases: up to end1, then down to the last step
+    two_pct2 = (kf - end1) / ops.where(last != end1, last - end1, 1.0)
+    lr2 = ops.where(
+        kf <= end1, _anneal(initial_lr, max_lr, pct1, linear, ops), _anneal(max_lr, min_lr, two_pct2, linear, ops)
+    )
+    mom2 = ops.where(
+        kf <= end1, _anneal(max_m, base_m, pct1, linear, ops), _anneal(base_m, max_m, two_pct2, linear, ops)
+    )
+    # three phases: up, back down to initial_lr by end2, then down to min_lr
+    pct2 = (kf - end1) / ops.where(end2 != end1, end2 - end1, 1.0)
+    pct3 = (kf - end2) / ops.where(last != end2, last - end2, 1.0)
+    lr3 = ops.where(
+        kf <= end1,
+        _anneal(initial_lr, max_lr, pct1, linear, ops),
+        ops.where(
+            kf <= end2, _anneal(max_lr, initial_lr, pct2, linear, ops), _anneal(initial_lr, min_lr, pct3, linear, ops)
+        ),
+    )
+    mom3 = ops.where(
+        kf <= end1,
+        _anneal(max_m, base_m, pct1, linear, ops),
+        ops.where(kf <= end2, _anneal(base_m, max_m, pct2, linear, ops), max_m),
+    )
+    return ops.where(three_phase, lr3, lr2), ops.where(three_phase, mom3, mom2)
 
 
 @closed_form(KIND_COSINE)
@@ -461,10 +467,8 @@ def evaluate_row(row, k, ops, plateau_lr=None, fetch=None):
     kind, p = int(row[1]), row[2:]
     if kind == KIND_TABLE:
         return _table(p, k, ops, fetch), None
-    if kind == KIND_CYCLIC:
-        return _cyclic(p, k, ops)
-    if kind == KIND_ONE_CYCLE:
-        return _one_cycle(p, k, ops)
+    if kind in CYCLES_MOMENTUM:
+        return GENERATED[kind](p, k, ops)
     if kind == KIND_CONSTANT:
         return p[0] + 0.0 * ops.to_float(k), None
     if kind == KIND_PLATEAU:

@@ -1,7 +1,8 @@
-// Schedule closed forms on the device: a line-by-line mirror of
-// clr_fused/schedule_math.py (and of clr_fused/kernels/triton_schedule.py);
-// the kinds registered there with closed_form are generated instead
-// (schedule_generated.cuh, included below).
+// Schedule closed forms on the device.  Most kinds are generated from their
+// one definition in clr_fused/schedule_math.py (its closed_form registry:
+// schedule_generated.cuh, included below); SGDR's cycle walk, the LambdaLR
+// table and the plateau are mirrored here by hand, line by line (as in
+// clr_fused/kernels/triton_schedule.py).
 // Rows are float64 [n_rows][ROW_WIDTH] = {start_step, kind, params...}; the
 // step is int64.  Integer parts stay int64, the rest is float64.
 #pragma once
@@ -15,7 +16,7 @@ namespace clr_fused {
 
 constexpr int kRowWidth = 16;
 
-// Kind codes (kConstant, kCyclic, ...): schedule_kinds.h, checked against schedule_math.py at import.
+// Kind codes (kConstant, kCyclic, ...): schedule_kinds.h and the generated list it includes,, checked against schedule_math.py at import.
 
 // Everything below is float64, rounded once to float32 by the caller
 // (finish_step): the rows keep every parameter in float64 (gamma**k must not
@@ -38,48 +39,6 @@ __device__ __forceinline__ double pow_pos(double base, double e) { return base >
 __device__ __forceinline__ double cos_weight(double frac) {
   double c = cos(frac * 1.5707963267948966);
   return c * c;
-}
-
-__device__ __forceinline__ double anneal(double start, double end, double pct, bool linear) {
-  double w = linear ? 1.0 - pct : cos_weight(pct);
-  return end + (start - end) * w;
-}
-
-__device__ inline LrMom cyclic(const double* p, int64_t k) {
-  double base_lr = f64(p, 0), max_lr = f64(p, 1);
-  int64_t up = i64(p, 2), down = i64(p, 3), mode = i64(p, 4);
-  double gamma = f64(p, 5), base_m = f64(p, 6), max_m = f64(p, 7);
-  int64_t total = up + down;
-  int64_t cycle = k / total + 1;
-  int64_t pos = k % total;
-  double posf = static_cast<double>(pos);
-  double scale = pos <= up ? posf / static_cast<double>(up) : (static_cast<double>(total) - posf) / static_cast<double>(down);
-  double amp = 1.0;
-  if (mode == 1) amp = pow(0.5, static_cast<double>(cycle - 1));  // triangular2: 0.5**(cycle - 1)
-  if (mode == 2) amp = pow_pos(gamma, static_cast<double>(k));    // exp_range: gamma**k
-  return {base_lr + (max_lr - base_lr) * scale * amp, max_m - (max_m - base_m) * scale * amp};
-}
-
-__device__ inline LrMom one_cycle(const double* p, int64_t k) {
-  double initial_lr = f64(p, 0), max_lr = f64(p, 1), min_lr = f64(p, 2);
-  double end1 = f64(p, 3), end2 = f64(p, 4);
-  bool three_phase = p[5] != 0.0, linear = p[6] != 0.0;
-  double base_m = f64(p, 7), max_m = f64(p, 8);
-  int64_t total = i64(p, 9);
-  double kf = static_cast<double>(k < total - 1 ? k : total - 1);  // holds the final LR past the end
-  double last = static_cast<double>(total - 1);
-  double pct1 = kf / end1;
-  if (kf <= end1) return {anneal(initial_lr, max_lr, pct1, linear), anneal(max_m, base_m, pct1, linear)};
-  if (!three_phase) {
-    double pct2 = (kf - end1) / (last - end1);
-    return {anneal(max_lr, min_lr, pct2, linear), anneal(base_m, max_m, pct2, linear)};
-  }
-  if (kf <= end2) {
-    double pct2 = (kf - end1) / (end2 - end1);
-    return {anneal(max_lr, initial_lr, pct2, linear), anneal(base_m, max_m, pct2, linear)};
-  }
-  double pct3 = (kf - end2) / (last - end2);
-  return {anneal(initial_lr, min_lr, pct3, linear), max_m};
 }
 
 constexpr int64_t kMaxInt = int64_t{1} << 53;  // schedule_math.MAX_INT
@@ -135,10 +94,6 @@ __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* 
   const double* p = row + 2;
   const double b0 = f64(p, 0);
   switch (kind) {
-    case kCyclic:
-      return cyclic(p, k);
-    case kOneCycle:
-      return one_cycle(p, k);
     case kWarmRestarts:
       return {warm_restarts(p, k), 0.0};
     case kPlateau:
@@ -151,9 +106,9 @@ __device__ inline LrMom evaluate_row(const double* row, int64_t k, const float* 
       return {inside ? b0 * row[inside ? offset + j : 0] : 0.0, 0.0};
     }
     default: {  // a generated kind, else kConstant
-      double lr = b0;
-      generated::lr_of(kind, p, k, &lr);
-      return {lr, 0.0};
+      LrMom out{b0, 0.0};
+      generated::evaluate(kind, p, k, &out);
+      return out;
     }
   }
 }

@@ -12,8 +12,6 @@
 // X(NAME, enumerator, code): never renumber, only append.
 #define CLR_FUSED_SCHEDULE_KINDS(X)  \
   X(CONSTANT, kConstant, 0)          \
-  X(CYCLIC, kCyclic, 1)              \
-  X(ONE_CYCLE, kOneCycle, 2)         \
   X(WARM_RESTARTS, kWarmRestarts, 4) \
   X(PLATEAU, kPlateau, 11)           \
   X(TABLE, kTable, 12)               \

@@ -18,6 +18,7 @@ import subprocess
 import pytest
 import torch
 
+import clr_fused as cf
 from clr_fused import schedule_codegen as cg
 from clr_fused import schedule_math as sm
 
@@ -186,3 +187,46 @@ def _bool_as_number(p, k, ops):
 def test_the_tracer_refuses_what_straight_line_code_cannot_mirror(fn, match):
     with pytest.raises(TypeError, match=match):
         cg.trace(fn)
+
+
+def _lr_momentum(p, k, ops):
+    return ops.f64(p, 0) * ops.to_float(k), ops.f64(p, 1) - ops.to_float(k)
+
+
+def test_a_closed_form_returning_lr_and_momentum_prints_both():
+    assert "__device__ inline LrMom probe(" in cg.cpp_function("probe", _lr_momentum)
+    assert cg.triton_function("_probe", _lr_momentum).rstrip().endswith("return v2, v5")
+
+
+def _schedules():
+    from .cases import SCHEDULES
+
+    return [s for s in SCHEDULES if not isinstance(s, float) and not isinstance(s, cf.ReduceLROnPlateau)]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_kernel_lr_is_the_python_definition(backend):
+    """The live LR and momentum the kernels write (float64, what g["lr"] reads)
+    at every step equal the closed form in schedule_math (PY_OPS) bit for bit on
+    the cpu backend (the same float64 operations and libm), and to float64
+    rounding on Triton (the interpreter's cos / exp2 / log2)."""
+    from .cases import backends
+
+    if backend not in backends(backend):
+        pytest.skip(f"backend {backend!r} does not run here")
+    for spec in _schedules():
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = cf.SGD([p], lr=spec, momentum=0.9 if spec.cycles_momentum else 0.0, backend=backend)
+        rows = [list(r) for r in sm.pack(spec.segments())]
+        for k in range(25):
+            lr, mom = sm.evaluate_rows(rows, k, sm.PY_OPS)
+            mom = mom if spec.cycles_momentum else None
+            got = float(opt.param_groups[0]["lr"])
+            got_mom = opt.get_last_momentum()[0] if spec.cycles_momentum else None
+            if backend == "cpu":
+                assert (got, got_mom) == (lr, mom), (spec, k, got, got_mom, lr, mom)
+            else:
+                assert got == pytest.approx(lr, rel=1e-13, abs=0.0), (spec, k, got, lr)
+                assert got_mom == (None if mom is None else pytest.approx(mom, rel=1e-13, abs=0.0)), (spec, k)
+            p.grad = torch.ones_like(p)
+            opt.step()

@@ -23,8 +23,6 @@ from .. import schedule_math as sm
 # The kind codes, read from their one definition (schedule_math.py) as
 # constexprs.  Float constants stay literals: the interpreter (Triton 3.8)
 # cannot pass a constexpr-derived value to tl.cos.
-_CYCLIC = tl.constexpr(sm.KIND_CYCLIC)
-_ONE_CYCLE = tl.constexpr(sm.KIND_ONE_CYCLE)
 _WARM_RESTARTS = tl.constexpr(sm.KIND_WARM_RESTARTS)
 _PLATEAU = tl.constexpr(sm.KIND_PLATEAU)
 _TABLE = tl.constexpr(sm.KIND_TABLE)
@@ -52,69 +50,6 @@ def _pow(base, exponent):
 def _cos_weight(frac):
     c = tl.cos(frac * 1.5707963267948966)  # pi / 2
     return c * c
-
-
-@triton.jit
-def _anneal(start, end, pct, linear):
-    w = tl.where(linear, 1.0 - pct, _cos_weight(pct))
-    return end + (start - end) * w
-
-
-@triton.jit
-def _cyclic(p, k):
-    base_lr = _f64(p, 0)
-    max_lr = _f64(p, 1)
-    up = tl.maximum(_i64(p, 2), 1)
-    down = tl.maximum(_i64(p, 3), 1)
-    mode = _i64(p, 4)
-    gamma = _f64(p, 5)
-    base_m = _f64(p, 6)
-    max_m = _f64(p, 7)
-    total = up + down
-    cycle = k // total + 1
-    pos = k % total
-    posf = pos.to(tl.float64)
-    scale = tl.where(pos <= up, posf / up.to(tl.float64), (total.to(tl.float64) - posf) / down.to(tl.float64))
-    amp = tl.where(mode == 1, tl.exp2(-(cycle - 1).to(tl.float64)), 1.0)  # 0.5**(cycle-1)
-    amp = tl.where(mode == 2, _pow(gamma, k.to(tl.float64)), amp)
-    lr = base_lr + (max_lr - base_lr) * scale * amp
-    mom = max_m - (max_m - base_m) * scale * amp
-    return lr, mom
-
-
-@triton.jit
-def _one_cycle(p, k):
-    initial_lr = _f64(p, 0)
-    max_lr = _f64(p, 1)
-    min_lr = _f64(p, 2)
-    end1 = _f64(p, 3)
-    end2 = _f64(p, 4)
-    three_phase = _f64(p, 5) != 0.0
-    linear = _f64(p, 6) != 0.0
-    base_m = _f64(p, 7)
-    max_m = _f64(p, 8)
-    total = tl.maximum(_i64(p, 9), 2)
-    kf = tl.minimum(k, total - 1).to(tl.float64)
-    last = (total - 1).to(tl.float64)
-    pct1 = kf / tl.where(end1 != 0.0, end1, 1.0)
-    # two phases: [0, end1] up, then down to the last step
-    two_pct2 = (kf - end1) / (last - end1)
-    lr2 = tl.where(kf <= end1, _anneal(initial_lr, max_lr, pct1, linear), _anneal(max_lr, min_lr, two_pct2, linear))
-    mom2 = tl.where(kf <= end1, _anneal(max_m, base_m, pct1, linear), _anneal(base_m, max_m, two_pct2, linear))
-    # three phases: up, back down to initial by end2, then down to min
-    pct2 = (kf - end1) / tl.where(end2 != end1, end2 - end1, 1.0)
-    pct3 = (kf - end2) / tl.where(last != end2, last - end2, 1.0)
-    lr3 = tl.where(
-        kf <= end1,
-        _anneal(initial_lr, max_lr, pct1, linear),
-        tl.where(kf <= end2, _anneal(max_lr, initial_lr, pct2, linear), _anneal(initial_lr, min_lr, pct3, linear)),
-    )
-    mom3 = tl.where(
-        kf <= end1,
-        _anneal(max_m, base_m, pct1, linear),
-        tl.where(kf <= end2, _anneal(base_m, max_m, pct2, linear), max_m),
-    )
-    return tl.where(three_phase, lr3, lr2), tl.where(three_phase, mom3, mom2)
 
 
 @triton.jit
@@ -167,19 +102,15 @@ def evaluate_row(row, k, plateau_lr, HAS_PLATEAU: tl.constexpr):
     kind = _i64(row, 1)
     p = row + 2
     lr = _f64(p, 0)  # KIND_CONSTANT and KIND_PLATEAU's static value
-    lr = _generated_lr(kind, p, k, lr)  # noqa: F821 - defined by exec_source above
+    mom = lr * 0.0  # (a kind that does not cycle the momentum: never read)
+    lr, mom = _generated(kind, p, k, lr, mom)  # noqa: F821 - defined by exec_source above
     if kind == _WARM_RESTARTS:
         lr = _warm_restarts(p, k)
     if kind == _TABLE:  # LambdaLR table [base_lr, n, offset]: row[offset + min(k, n - 1)]
         j = tl.minimum(k, _i64(p, 1) - 1)
         lr = _f64(p, 0) * tl.load(row + _i64(p, 2) + j)
-    cyc_lr, cyc_mom = _cyclic(p, k)
-    one_lr, one_mom = _one_cycle(p, k)
-    lr = tl.where(kind == _CYCLIC, cyc_lr, lr)
-    lr = tl.where(kind == _ONE_CYCLE, one_lr, lr)
     if HAS_PLATEAU:
         lr = tl.where(kind == _PLATEAU, tl.load(plateau_lr).to(tl.float64), lr)
-    mom = tl.where(kind == _CYCLIC, cyc_mom, one_mom)
     return lr, mom
 
 
