@@ -3,7 +3,7 @@
 A closed form registered with ``schedule_math.closed_form(KIND_...)`` is
 written against the ops interface alone: ``ops.f64(p, i)`` / ``ops.i64(p, i)``
 read its row, then Python arithmetic, comparisons and ``ops.where``,
-``minimum``, ``maximum``, ``to_float``, ``cos``, ``sqrt``, ``pow``.  The same
+``select``, ``minimum``, ``maximum``, ``to_float``, ``cos``, ``sqrt``, ``pow``.  The same
 function then runs three ways: on Python numbers (``PY_OPS``), on device
 tensors (``TORCH_OPS``, the torch backend) and here, on symbolic values, which
 record it as straight-line code with Python's types (int64, float64, bool) and
@@ -261,6 +261,15 @@ class _CodegenOps:
         else:
             ca, ta, cb, tb = oa[1], oa[2], ob[1], ob[2]
         return self.trace.emit(typ, f"{oc[1]} ? {ca} : {cb}", f"tl.where({oc[2]}, {ta}, {tb})")
+
+    def select(self, cond, then, otherwise):
+        # both branches traced (straight-line code) unless cond is a Python value
+        if not isinstance(cond, _Val):
+            return then() if cond else otherwise()
+        a, b = then(), otherwise()
+        if isinstance(a, tuple):
+            return tuple(self.where(cond, x, y) for x, y in zip(a, b))
+        return self.where(cond, a, b)
 
     def _pick(self, a, b, op: str):
         # Python's max(a, b) / min(a, b): a, unless b compares strictly beyond it

@@ -94,6 +94,13 @@ class _PyOps:
         return a if cond else b
 
     @staticmethod
+    def select(cond, then, otherwise):
+        """``where(cond, then(), otherwise())`` evaluating one branch only where
+        ``cond`` is known (a row's parameter): the Python and torch paths stay as
+        cheap as a hand-written branch; the kernels' copies evaluate both."""
+        return then() if cond else otherwise()
+
+    @staticmethod
     def to_float(x):
         return float(x)
 
@@ -142,6 +149,15 @@ class _TorchOps:
         if any(isinstance(v, float) or (isinstance(v, torch.Tensor) and v.is_floating_point()) for v in (a, b)):
             a, b = (torch.as_tensor(v, dtype=torch.float64, device=cond.device) for v in (a, b))
         return torch.where(cond, a, b)
+
+    @staticmethod
+    def select(cond, then, otherwise):
+        if not isinstance(cond, torch.Tensor):
+            return then() if cond else otherwise()
+        a, b = then(), otherwise()
+        if isinstance(a, tuple):
+            return tuple(_TorchOps.where(cond, x, y) for x, y in zip(a, b))
+        return _TorchOps.where(cond, a, b)
 
     @staticmethod
     def to_float(x):
@@ -236,9 +252,10 @@ def _warm_restarts(p, k, ops):
     return eta_min + (base_lr - eta_min) * _cos_weight(ops.to_float(t_cur) / ops.to_float(t_i), ops)
 
 
-# The generated kinds: code -> closed form (lr only).  Each is written with the
-# ops alone (ops.f64 / ops.i64 read the row; arithmetic, comparisons, where,
-# minimum, maximum, to_float, cos, sqrt, pow), so it runs on PY_OPS and
+# The generated kinds: code -> closed form (lr, or (lr, momentum)).  Each is
+# written with the ops alone (ops.f64 / ops.i64 read the row; arithmetic,
+# comparisons, where, select, minimum, maximum, to_float, cos, sqrt, pow), so it
+# runs on PY_OPS and
 # TORCH_OPS as it stands and schedule_codegen.py traces it into the C++ and
 # Triton kernels' copies.  Every operand is evaluated there (straight-line
 # code): guard the divisions of the branch not taken.
@@ -271,8 +288,10 @@ def _cyclic(p, k, ops):
     scale = ops.where(pos <= up, posf / ops.to_float(up), (ops.to_float(total) - posf) / ops.to_float(down))
     # triangular: 1; triangular2: 0.5**(cycle - 1); exp_range: gamma**step, counted
     # from the start of training as torch's
-    amp = ops.where(
-        mode == CYCLIC_TRIANGULAR2, ops.pow(0.5, cycle - 1), ops.where(mode == CYCLIC_EXP_RANGE, ops.pow(gamma, k), 1.0)
+    amp = ops.select(
+        mode == CYCLIC_TRIANGULAR2,
+        lambda: ops.pow(0.5, cycle - 1),
+        lambda: ops.select(mode == CYCLIC_EXP_RANGE, lambda: ops.pow(gamma, k), lambda: 1.0),
     )
     lr = base_lr + (max_lr - base_lr) * scale * amp
     momentum = max_m - (max_m - base_m) * scale * amp
@@ -282,7 +301,7 @@ def _cyclic(p, k, ops):
 def _anneal(start, end, pct, linear, ops):
     # Weighted forms (not start + (end - start) * pct) so pct == 1 lands on
     # ``end`` exactly in float32 too.
-    return end + (start - end) * ops.where(linear, 1.0 - pct, _cos_weight(pct, ops))
+    return end + (start - end) * ops.select(linear, lambda: 1.0 - pct, lambda: _cos_weight(pct, ops))
 
 
 @closed_form(KIND_ONE_CYCLE, momentum=True)
@@ -294,32 +313,40 @@ def _one_cycle(p, k, ops):
     kf = ops.to_float(ops.minimum(k, total - 1))
     last = ops.to_float(total - 1)
     # (the specs guarantee 0 < end1 < end2 <= last, < last with three phases; the
-    # guards keep the formulas of the other phase count finite)
+    # guards keep the formulas of the other phase count finite where the
+    # kernels' copies evaluate both)
     pct1 = kf / ops.where(end1 != 0.0, end1, 1.0)
-    # two phases: up to end1, then down to the last step
-    two_pct2 = (kf - end1) / ops.where(last != end1, last - end1, 1.0)
-    lr2 = ops.where(
-        kf <= end1, _anneal(initial_lr, max_lr, pct1, linear, ops), _anneal(max_lr, min_lr, two_pct2, linear, ops)
-    )
-    mom2 = ops.where(
-        kf <= end1, _anneal(max_m, base_m, pct1, linear, ops), _anneal(base_m, max_m, two_pct2, linear, ops)
-    )
-    # three phases: up, back down to initial_lr by end2, then down to min_lr
-    pct2 = (kf - end1) / ops.where(end2 != end1, end2 - end1, 1.0)
-    pct3 = (kf - end2) / ops.where(last != end2, last - end2, 1.0)
-    lr3 = ops.where(
-        kf <= end1,
-        _anneal(initial_lr, max_lr, pct1, linear, ops),
-        ops.where(
-            kf <= end2, _anneal(max_lr, initial_lr, pct2, linear, ops), _anneal(initial_lr, min_lr, pct3, linear, ops)
-        ),
-    )
-    mom3 = ops.where(
-        kf <= end1,
-        _anneal(max_m, base_m, pct1, linear, ops),
-        ops.where(kf <= end2, _anneal(base_m, max_m, pct2, linear, ops), max_m),
-    )
-    return ops.where(three_phase, lr3, lr2), ops.where(three_phase, mom3, mom2)
+
+    def two_phases():  # up to end1, then down to the last step
+        pct2 = (kf - end1) / ops.where(last != end1, last - end1, 1.0)
+        lr = ops.where(
+            kf <= end1, _anneal(initial_lr, max_lr, pct1, linear, ops), _anneal(max_lr, min_lr, pct2, linear, ops)
+        )
+        mom = ops.where(
+            kf <= end1, _anneal(max_m, base_m, pct1, linear, ops), _anneal(base_m, max_m, pct2, linear, ops)
+        )
+        return lr, mom
+
+    def three_phases():  # up, back down to initial_lr by end2, then down to min_lr
+        pct2 = (kf - end1) / ops.where(end2 != end1, end2 - end1, 1.0)
+        pct3 = (kf - end2) / ops.where(last != end2, last - end2, 1.0)
+        lr = ops.where(
+            kf <= end1,
+            _anneal(initial_lr, max_lr, pct1, linear, ops),
+            ops.where(
+                kf <= end2,
+                _anneal(max_lr, initial_lr, pct2, linear, ops),
+                _anneal(initial_lr, min_lr, pct3, linear, ops),
+            ),
+        )
+        mom = ops.where(
+            kf <= end1,
+            _anneal(max_m, base_m, pct1, linear, ops),
+            ops.where(kf <= end2, _anneal(base_m, max_m, pct2, linear, ops), max_m),
+        )
+        return lr, mom
+
+    return ops.select(three_phase, three_phases, two_phases)
 
 
 @closed_form(KIND_COSINE)
@@ -346,7 +373,9 @@ def _multi_step(p, k, ops):
     base_lr, gamma, count = ops.f64(p, 0), ops.f64(p, 1), ops.i64(p, 2)
     passed = 0
     for i in range(MAX_MILESTONES):  # unrolled; the row's unused milestones are masked by count
-        passed = passed + ops.where((count > i) & (k >= ops.i64(p, 3 + i)), 1, 0)
+        passed = ops.select(
+            count > i, lambda i=i, n=passed: n + ops.where(k >= ops.i64(p, 3 + i), 1, 0), lambda n=passed: n
+        )
     return base_lr * ops.pow(gamma, passed)
 
 
@@ -381,16 +410,17 @@ def _warmup_cosine(p, k, ops):
     min_rate, shifted, warm = ops.f64(p, 4), ops.f64(p, 5) != 0.0, ops.f64(p, 6)
     kf, wf, tf = ops.to_float(k), ops.to_float(w), ops.to_float(t)
     # shifted: from step + 1, or from warmup_lr_rate (warm >= 0)
-    shifted_warmup = ops.where(
-        warm < 0.0,
-        (kf + 1.0) / ops.maximum(1.0, wf),
-        warm + (1.0 - warm) * kf / ops.to_float(ops.maximum(1, w - 1)),
-    )
-    warmup = ops.where(shifted, shifted_warmup, kf / ops.to_float(ops.maximum(1, w)))
-    progress = ops.where(
+    warmup, progress = ops.select(
         shifted,
-        (kf - wf + 1.0) / ops.maximum(1.0, tf - wf),
-        ops.to_float(k - w) / ops.to_float(ops.maximum(1, t - w)),
+        lambda: (
+            ops.select(
+                warm < 0.0,
+                lambda: (kf + 1.0) / ops.maximum(1.0, wf),
+                lambda: warm + (1.0 - warm) * kf / ops.to_float(ops.maximum(1, w - 1)),
+            ),
+            (kf - wf + 1.0) / ops.maximum(1.0, tf - wf),
+        ),
+        lambda: (kf / ops.to_float(ops.maximum(1, w)), ops.to_float(k - w) / ops.to_float(ops.maximum(1, t - w))),
     )
     factor = 0.5 * (1.0 + ops.cos(math.pi * num_cycles * 2.0 * progress))
     factor = ops.maximum(factor * (1 - min_rate) + min_rate, 0.0)

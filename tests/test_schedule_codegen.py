@@ -2,7 +2,7 @@
 written once in schedule_math.py, traced into the C++ and Triton copies the
 kernels call.  The tracer is checked on a probe that uses every construct it
 takes (floor // and % of negative numbers, int / float mixes, min / max,
-where, & and |, cos, sqrt, pow, unary minus): the C++ copy bit for bit against
+where, select, & and |, cos, sqrt, pow, unary minus): the C++ copy bit for bit against
 Python (the same libm), the Triton copy bit for bit where it is arithmetic and
 to float64 rounding where it calls the interpreter's transcendentals.  The
 generated kinds themselves run through every backend in tests/cases.py's
@@ -37,7 +37,10 @@ def _arith(p, k, ops):
     f = ops.to_float(m) / d + x * 0.1 - y / 3
     g = -f + ops.where(k == b, 1, 0) + ops.where(x != y, 2.5, 1)
     pick = ops.where((k < a) | (q >= 2) & (x > 0.5), f, g)
-    return ops.maximum(pick, ops.minimum(y, 7)) - ops.where(k >= 3, x, 0.25)
+    # select on a parameter (one branch in Python, both in the kernels) and on the step, of pairs
+    h1, h2 = ops.select(b > 2, lambda: (f * 2, g), lambda: (g, f - 1))
+    h3 = ops.select(k > a, lambda: h1 - h2, lambda: h2)
+    return ops.maximum(pick, ops.minimum(y, 7)) - ops.where(k >= 3, x, 0.25) + h3
 
 
 def _transcendental(p, k, ops):
