@@ -205,6 +205,11 @@ def check_state_dtype(state_dtype: Any) -> None:
         )
 
 
+def quantizes(state_dtype: Any) -> bool:
+    """Whether ``state_dtype`` names a codec other than floats (a quantized one)."""
+    return _named(state_dtype) is not None
+
+
 def _named(state_dtype: Any) -> StateCodec | None:
     return NAMED.get(state_dtype) if isinstance(state_dtype, str) else None
 

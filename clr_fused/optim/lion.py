@@ -26,8 +26,9 @@ class Lion(AlgorithmOptimizer):
     ``decoupled_weight_decay=True`` divides ``weight_decay`` by the initial LR,
     as ``lion_pytorch`` does; ``use_triton`` is accepted (the backend is
     ``backend``). The state key is ``exp_avg``, as there; ``state_dtype``
-    (``torch.bfloat16``, ``"int8"``), ``stochastic_rounding``, ``kahan_sum``,
-    ``max_grad_norm`` and GradScaler work as for the other optimizers.
+    (``torch.bfloat16``, or a codec name of ``clr_fused.codecs.NAMED``: 8-bit
+    blocks), ``stochastic_rounding``, ``kahan_sum``, ``max_grad_norm`` and
+    GradScaler work as for the other optimizers.
     """
 
     SLOTS = SIGNED_SLOTS = ("exp_avg",)

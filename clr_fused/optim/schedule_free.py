@@ -66,10 +66,11 @@ class _ScheduleFree(AlgorithmOptimizer):
 
     def _sf_init(self, params, lr, defaults, backend, max_grad_norm, state_dtype, stochastic_rounding) -> None:
         _check_lr_value(lr)
-        if state_dtype == "int8" or codecs.check_state_dtype(state_dtype) not in (None, torch.float32, torch.bfloat16):
+        codecs.check_state_dtype(state_dtype)
+        if codecs.quantizes(state_dtype):
             raise ValueError(
-                f"state_dtype={state_dtype!r}: a schedule-free optimizer keeps z, an iterate, in its state; "
-                "use None, torch.float32 or torch.bfloat16"
+                f"state_dtype={state_dtype!r}: a schedule-free optimizer keeps z, an iterate, in its state, "
+                "which a quantized codec would round away; use None or a floating dtype (torch.float32, torch.bfloat16)"
             )
         defaults.update(k=0, train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0)
         self._validate_group(defaults)
