@@ -183,8 +183,8 @@ class _TorchOps:
         e = exponent.to(torch.float64) if isinstance(exponent, torch.Tensor) else float(exponent)
         return torch.where(b > 0, torch.pow(torch.where(b > 0, b, 1.0), e), 0.0)
 
-    # Python's min(a, b) / max(a, b): a unless b is strictly beyond it (torch.clamp
-    # would round a float64 bound through float32 on 0-dim tensors).
+    # Python's min(a, b) / max(a, b): a unless b is strictly beyond it, with
+    # where's types (float64 as soon as one operand is a float).
     @staticmethod
     def minimum(a, b):
         if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
@@ -447,12 +447,6 @@ def _warmup_linear(p, k, ops):
     return base_lr * ops.where(k < w, warmup, decay)
 
 
-_LR_ONLY = {
-    KIND_WARM_RESTARTS: _warm_restarts,
-    **GENERATED,
-}
-
-
 def pack(segments: list[tuple[list[float], list[float] | tuple[float, ...] | None]]) -> list[list[float]]:
     """Rows of a schedule from its segments ``(row, table or None)``: the
     segment rows, then, if any segment is a table, a ``KIND_TABLE_DATA`` row
@@ -497,14 +491,16 @@ def evaluate_row(row, k, ops, plateau_lr=None, fetch=None):
     kind, p = int(row[1]), row[2:]
     if kind == KIND_TABLE:
         return _table(p, k, ops, fetch), None
-    if kind in CYCLES_MOMENTUM:
-        return GENERATED[kind](p, k, ops)
-    if kind == KIND_CONSTANT:
+    if kind in GENERATED:
+        out = GENERATED[kind](p, k, ops)
+        return out if kind in CYCLES_MOMENTUM else (out, None)
+    if kind == KIND_WARM_RESTARTS:
+        return _warm_restarts(p, k, ops), None
+    if kind == KIND_PLATEAU and plateau_lr is not None:
+        return plateau_lr, None
+    if kind in (KIND_CONSTANT, KIND_PLATEAU):  # (a plateau without its live value: the static one)
         return p[0] + 0.0 * ops.to_float(k), None
-    if kind == KIND_PLATEAU:
-        lr = p[0] + 0.0 * ops.to_float(k) if plateau_lr is None else plateau_lr
-        return lr, None
-    return _LR_ONLY[kind](p, k, ops), None
+    raise KeyError(kind)
 
 
 def _fetcher(rows, s: int, ops, table):

@@ -1,9 +1,9 @@
 """Triton device functions: the schedule closed forms of ``schedule_math.py``.
 
 The generated kinds' functions are traced from their closed forms there
-(``schedule_codegen``, compiled below at import); the others (CyclicLR,
-OneCycleLR, SGDR, a table, the plateau) mirror their namesakes there line by
-line.  The rows come from a
+(``schedule_codegen``, compiled below at import); the others (SGDR, a table,
+the plateau, the constant) mirror their namesakes there line by line.  The
+rows come from a
 float64 device table (``[n_segments, ROW_WIDTH]``) and the step from the
 device counter (int64).  Integer parts stay int64, the rest is float64 (the
 program that evaluates it runs once per step); the caller rounds once to the
@@ -91,7 +91,7 @@ def _py_mod(a, b):
     return tl.where(b == 0, 0, a - _py_floordiv(a, b) * b)
 
 
-# The generated kinds' functions and _generated_lr(kind, p, k, lr), traced from
+# The generated kinds' functions and _generated(kind, p, k, lr, mom), traced from
 # schedule_math's closed forms (schedule_codegen).
 schedule_codegen.exec_source(schedule_codegen.triton_source(sm), globals())
 
