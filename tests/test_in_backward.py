@@ -185,15 +185,91 @@ def test_gradscaler_is_refused_clearly():
         scaler.step(o)
 
 
-def test_ddp_is_refused(tmp_path):
+def test_ddp_bit_identical_to_the_normal_step(tmp_path):
+    """Under DDP (3 gloo ranks, each with its own data: 1 / 3 is not exact, so
+    the averaging must be DDP's own to the bit) the updates run from a
+    communication hook on the reduced buckets: parameters, states and LRs bit
+    for bit those of ``backward(); step()``, with either gradient layout, a
+    channels_last convolution, two groups, several buckets and micro-batches
+    under ``no_sync()`` (tests/in_backward_worker.py)."""
+    import torch.multiprocessing as mp
+
+    from . import in_backward_worker
+
+    mp.spawn(in_backward_worker.run, args=(3, str(tmp_path / "init"), str(tmp_path)), nprocs=3, join=True)
+    for rank in range(3):
+        bad = torch.load(tmp_path / f"bad-{rank}.pt")
+        assert bad == [], f"rank {rank}: {bad[:5]}"
+
+
+def test_ddp_refusals(tmp_path):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
     try:
-        ddp = torch.nn.parallel.DistributedDataParallel(_model())
+        ddp = torch.nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
         o = cf.SGD(ddp.parameters(), lr=0.1)
-        with pytest.raises(ValueError, match="DistributedDataParallel reduces the gradients"):
+        with pytest.raises(ValueError, match="find_unused_parameters=True"):
             o.register_step_in_backward(ddp)
         assert o._in_backward is None
+        ddp = torch.nn.parallel.DistributedDataParallel(_model(), static_graph=True)
+        with pytest.raises(ValueError, match="static_graph=True"):
+            o.register_step_in_backward(ddp)
+        assert o._in_backward is None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ignored_parameters_step_on_their_own_gradients(tmp_path):
+    """A parameter DDP ignores is in no bucket: its own hook updates it (its
+    gradient is local by design), bit for bit as DDP + step() does."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        m1, m2 = _model(), _model()
+        for m in (m1, m2):
+            DDP._set_params_and_buffers_to_ignore_for_model(m, ["2.weight"])
+        d1, d2 = DDP(m1), DDP(m2)
+        o1 = cf.SGD(m1.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
+        o2 = cf.SGD(m2.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
+        o2.register_step_in_backward(d2)
+        start = m2[2].weight.detach().clone()
+        for i, (x, y) in enumerate(_batches(5)):
+            o1.zero_grad()
+            _loss(d1, x, y).backward()
+            o1.step()
+            _loss(d2, x, y).backward()
+            _compare(m1, o1, m2, o2, i + 1)
+        assert not torch.equal(start, m2[2].weight)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_remove_goes_back_to_step(tmp_path):
+    """After remove() the comm hook DDP keeps only averages into p.grad:
+    step() then gives what a plain DDP model gives."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        m1, m2 = _model(), _model()
+        d1, d2 = torch.nn.parallel.DistributedDataParallel(m1), torch.nn.parallel.DistributedDataParallel(m2)
+        o1 = cf.Adam(m1.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+        o2 = cf.Adam(m2.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+        h = o2.register_step_in_backward(d2)
+        for i, (x, y) in enumerate(_batches(6)):
+            if i == 3:
+                h.remove()
+            o1.zero_grad()
+            _loss(d1, x, y).backward()
+            o1.step()
+            if i >= 3:
+                o2.zero_grad()
+            _loss(d2, x, y).backward()
+            if i >= 3:
+                o2.step()
+            _compare(m1, o1, m2, o2, i + 1)
     finally:
         dist.destroy_process_group()

@@ -22,13 +22,24 @@ Each parameter has its own one-tensor launch plan, built on its first
 update and re-checked (one C++ call) on the next ones, as ``step()``'s.
 Global-norm clipping (``max_grad_norm``) and GradScaler's skip need every
 gradient before the first update: they are refused / unsupported here.
+
+Under ``DistributedDataParallel`` the per-parameter hooks would see the
+local, unreduced gradient, so the updates run from a DDP communication
+hook instead: each gradient bucket is averaged as DDP averages it (scaled
+by 1 / world size, then summed), and its parameters are then updated
+through the same per-parameter path (torch's own optimizer-in-backward for
+DDP is built the same way).  The reducer is told that the optimizer runs in
+backward, so it does not copy the reduced bucket back into gradients that
+were released.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from . import live_lr
@@ -43,7 +54,7 @@ class StepInBackward:
     one).  ``remove()``: back to ``opt.step()``.
     """
 
-    def __init__(self, opt: Any, params: list[Tensor]) -> None:
+    def __init__(self, opt: Any, params: list[Tensor], ddp: Any = None) -> None:
         self.opt = opt
         self.stepping = True
         self._group_of: dict[int, int] = {}
@@ -55,10 +66,23 @@ class StepInBackward:
                 raise ValueError("register_step_in_backward: a parameter is not in this optimizer's param groups")
         self._plans: dict[int, tuple[tuple, plan_mod.LaunchPlan]] = {}
         self._pass: dict[str, Any] | None = None  # this backward's LR inputs (set by its first hook)
-        self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
         self.steps = 0  # backward passes that stepped
+        self._ddp = ddp
+        self._active = True  # False after remove() (a DDP comm hook cannot be unregistered: it only reduces then)
+        if ddp is None:
+            self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
+        else:
+            # the parameters DDP was told to ignore are not in its buckets: their own hooks, local gradients
+            ignored = {id(p) for n, p in ddp.module.named_parameters() if n in ddp.parameters_to_ignore}
+            self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params if id(p) in ignored]
+            ddp.register_comm_hook(self, _reduce_then_update)
+            ddp.reducer._set_optimizer_in_backward()  # (finalize leaves the released gradients alone)
 
     def remove(self) -> None:
+        """Back to ``step()``.  Under DDP the communication hook stays (DDP
+        cannot unregister one) and from now on only averages the gradients
+        into ``p.grad``, as DDP does."""
+        self._active = False
         for h in self._handles:
             h.remove()
         self._handles = []
@@ -159,6 +183,40 @@ class StepInBackward:
         self.steps += 1
 
 
+def _reduce_then_update(handle, bucket):  # (unannotated: DDP checks the annotations' objects)
+    """The DDP communication hook: the bucket averaged as DDP's own reduction
+    averages it (each gradient times 1 / world size, then summed: the same
+    bits), its gradients set to the reduced values, then updated."""
+    ddp = handle._ddp
+    buf = bucket.buffer()
+    buf.mul_(1.0 / ddp.process_group.size())
+    dist.all_reduce(buf, group=ddp.process_group)  # (synchronous: updates use the reduced values)
+    stepping = handle._active and handle.stepping
+    for p, g in zip(bucket.parameters(), bucket.gradients()):
+        if not p.is_contiguous():
+            # the bucket holds a dense non-contiguous gradient (channels_last) in its parameter's
+            # strides; bucket.gradients() views every slice as contiguous
+            g = buf.as_strided(p.shape, p.stride(), g.storage_offset())
+        p.grad = g
+        if stepping and id(p) in handle._group_of:
+            handle._hook(p)
+    fut: torch.futures.Future = torch.futures.Future()
+    fut.set_result(buf)
+    return fut
+
+
+def _check_ddp(ddp: Any) -> None:
+    refuse = (
+        "find_unused_parameters=True (a parameter this rank did not use would be updated with a zero gradient)"
+        if ddp.find_unused_parameters
+        else "static_graph=True (its first backward reduces the gradients after the backward pass)"
+        if getattr(ddp, "static_graph", False)
+        else None
+    )
+    if refuse is not None:
+        raise ValueError(f"register_step_in_backward: a DistributedDataParallel model with {refuse}; use step()")
+
+
 def register(opt: Any, params: Any = None) -> StepInBackward:
     """``opt.register_step_in_backward`` (see ``FusedOptimizer``)."""
     if opt.max_grad_norm is not None:
@@ -168,15 +226,24 @@ def register(opt: Any, params: Any = None) -> StepInBackward:
         )
     if getattr(opt, "_in_backward", None) is not None:
         raise RuntimeError("register_step_in_backward: this optimizer already steps in backward (remove() it first)")
-    if type(params).__name__ in ("DistributedDataParallel", "FullyShardedDataParallel") or hasattr(
-        params, "_get_fsdp_state"
-    ):
-        # DDP all-reduces the gradients asynchronously after these hooks run (FSDP2 reduce-scatters
-        # them): an update here would apply the local, unreduced gradient
+    ddp = params if isinstance(params, torch.nn.parallel.DistributedDataParallel) else None
+    if ddp is not None:
+        _check_ddp(ddp)
+        params = ddp.module
+    elif type(params).__name__ == "FullyShardedDataParallel" or hasattr(params, "_get_fsdp_state"):
+        # FSDP reduce-scatters the gradients after the per-parameter hooks run: an update there
+        # would apply this rank's unreduced gradient
         raise ValueError(
             f"register_step_in_backward: {type(params).__name__} reduces the gradients after the per-parameter "
-            "hooks run, so an update there would use this rank's unreduced gradient; use step() (or DDP's own "
-            "_register_fused_optim)"
+            "hooks run, so an update there would use this rank's unreduced gradient; use step()"
+        )
+    elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # (a parameter cannot tell whether a DDP model holds it)
+        warnings.warn(
+            "register_step_in_backward: a process group of several ranks is initialized; if these parameters "
+            "belong to a DistributedDataParallel model, pass that model (the updates then use the reduced "
+            "gradients); passed the parameters, each update uses this rank's own gradient",
+            stacklevel=3,
         )
     if params is None:
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -185,7 +252,7 @@ def register(opt: Any, params: Any = None) -> StepInBackward:
     else:
         params = list(params)
     params = [p for p in params if p.requires_grad]
-    handle = StepInBackward(opt, params)
+    handle = StepInBackward(opt, params, ddp)
     opt._in_backward = handle
     return handle
 
