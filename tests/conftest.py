@@ -57,6 +57,7 @@ SLOW_TESTS = {
     "test_fma_copies_are_vectorised_with_fused_multiply_adds", "test_one_hundred_thousand_tensors",
     "test_torchtitan_containers_and_distributed_checkpoint", "test_cli_version_and_help",
     "test_sgd_and_lion_bit_identical_on_every_backend", "test_ddp_bit_identical_to_the_normal_step",
+    "test_fsdp2_bit_identical_to_the_normal_step",
 }  # fmt: skip
 
 

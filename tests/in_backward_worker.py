@@ -1,12 +1,13 @@
-"""Worker for tests/test_in_backward.py's DDP test (spawned; must live in an importable module).
+"""Worker for tests/test_in_backward.py's DDP and FSDP2 tests (spawned; must live in an importable module).
 
-Every rank trains the same model three ways side by side, under DDP on a gloo
-group: ``backward(); step()`` (the reference), and with
-``register_step_in_backward(ddp)`` for both gradient layouts DDP offers
-(``gradient_as_bucket_view`` False / True).  Small buckets (several per
-backward) and two param groups; a channels_last convolution (a bucket slice
-in non-contiguous strides); micro-batches accumulated under ``no_sync()``.
-Each rank writes the mismatches it saw (none expected: bit for bit).
+Every rank trains the same model side by side on a gloo group:
+``backward(); step()`` (the reference) and ``register_step_in_backward``.
+DDP: both gradient layouts it offers (``gradient_as_bucket_view`` False /
+True), small buckets (several per backward), a channels_last convolution (a
+bucket slice in non-contiguous strides), micro-batches under ``no_sync()``.
+FSDP2: ``fully_shard`` per layer and at the root, micro-batches under
+``set_requires_gradient_sync(False)``.  Two param groups; fp32 and int8
+states.  Each rank writes the mismatches it saw (none expected: bit for bit).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def net():
 OPTS = {
     "sgd-cyclic": lambda groups: cf.SGD(groups, lr=cf.CyclicLR(0.01, 0.1, 3, cycle_momentum=True), momentum=0.9),
     "adamw-onecycle": lambda groups: cf.AdamW(groups, lr=cf.OneCycleLR(0.02, STEPS), weight_decay=0.1),
+    "adam-lambda-int8": lambda groups: cf.Adam(
+        groups, lr=cf.LambdaLR(0.01, [1.0, 0.5, 0.25], 3), amsgrad=True, state_dtype="int8"
+    ),
 }
 
 
@@ -62,8 +66,13 @@ def _batches(rank):
 def _train_one_step(ddp, opt, micro, in_backward):
     if not in_backward:
         opt.zero_grad()
+    fsdp = not isinstance(ddp, DDP)
     for i, (x, y) in enumerate(micro):
-        if i < len(micro) - 1:
+        last = i == len(micro) - 1
+        if fsdp:
+            ddp.set_requires_gradient_sync(last)
+            torch.nn.functional.mse_loss(ddp(x), y).backward()
+        elif not last:
             with ddp.no_sync():
                 torch.nn.functional.mse_loss(ddp(x), y).backward()
         else:
@@ -72,13 +81,17 @@ def _train_one_step(ddp, opt, micro, in_backward):
         opt.step()
 
 
+def _local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def _compare(ref, got, what, bad):
     (m1, o1), (m2, o2) = ref, got
     for (name, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
-        if not torch.equal(p1.detach(), p2.detach()):
+        if not torch.equal(_local(p1.detach()), _local(p2.detach())):
             bad.append(f"{what}: parameter {name}")
         s1, s2 = o1.state[p1], o2.state[p2]
-        if s1.keys() != s2.keys() or not all(torch.equal(s1[k], s2[k]) for k in s1):
+        if s1.keys() != s2.keys() or not all(torch.equal(_local(s1[k]), _local(s2[k])) for k in s1):
             bad.append(f"{what}: states of {name}")
         if p2.grad is not None:
             bad.append(f"{what}: the gradient of {name} was not released")
@@ -86,25 +99,38 @@ def _compare(ref, got, what, bad):
         bad.append(f"{what}: LR / step {o1.get_last_lr()} {o2.get_last_lr()}")
 
 
-def run(rank: int, world: int, init_file: str, out_dir: str):
+def _wrap(model, how, world):
+    if how == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in (model.conv, model.head[0], model.head[2]):
+            fully_shard(layer, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
+    return DDP(model, bucket_cap_mb=0.0005, gradient_as_bucket_view=how == "bucket view")
+
+
+def run(rank: int, world: int, init_file: str, out_dir: str, fsdp: bool = False):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     bad: list[str] = []
+    hows = ("fsdp2",) if fsdp else ("copy", "bucket view")
     try:
         for name, make in OPTS.items():
             runs = []
-            for in_backward, as_view in ((False, False), (True, False), (True, True)):
-                model = net()
-                ddp = DDP(model, bucket_cap_mb=0.0005, gradient_as_bucket_view=as_view)
+            for in_backward, how in ((False, hows[0]), *((True, h) for h in hows)):
+                model = net() if not fsdp else net().to(memory_format=torch.contiguous_format)
+                wrapped = _wrap(model, how, world)
                 opt = make(_groups(model))
                 if in_backward:
-                    opt.register_step_in_backward(ddp)
-                runs.append((ddp, model, opt, in_backward))
+                    opt.register_step_in_backward(wrapped)
+                runs.append((wrapped, model, opt, in_backward))
             for step, micro in enumerate(_batches(rank)):
-                for ddp, _, opt, in_backward in runs:
-                    _train_one_step(ddp, opt, micro, in_backward)
+                for wrapped, _, opt, in_backward in runs:
+                    _train_one_step(wrapped, opt, micro, in_backward)
                 ref = (runs[0][1], runs[0][2])
-                for (_, model, opt, _), view in zip(runs[1:], ("copy", "bucket view")):
-                    _compare(ref, (model, opt), f"{name}, {view}, step {step + 1}", bad)
+                for (_, model, opt, _), how in zip(runs[1:], hows):
+                    _compare(ref, (model, opt), f"{name}, {how}, step {step + 1}", bad)
             if int(runs[0][2].schedule_step) != STEPS:
                 bad.append(f"{name}: the reference did not step")
         dist.barrier()

@@ -202,6 +202,22 @@ def test_ddp_bit_identical_to_the_normal_step(tmp_path):
         assert bad == [], f"rank {rank}: {bad[:5]}"
 
 
+def test_fsdp2_bit_identical_to_the_normal_step(tmp_path):
+    """Under FSDP2 (fully_shard, 3 gloo ranks: uneven shards) the sharded
+    parameters' post-accumulate-grad hooks run from FSDP2's reduce-scatter,
+    on the reduced shards: parameters, states (int8 blocks of the shards
+    included) and LRs bit for bit those of ``backward(); step()``, with
+    micro-batches under ``set_requires_gradient_sync(False)``."""
+    import torch.multiprocessing as mp
+
+    from . import in_backward_worker
+
+    mp.spawn(in_backward_worker.run, args=(3, str(tmp_path / "init"), str(tmp_path), True), nprocs=3, join=True)
+    for rank in range(3):
+        bad = torch.load(tmp_path / f"bad-{rank}.pt")
+        assert bad == [], f"rank {rank}: {bad[:5]}"
+
+
 def test_ddp_refusals(tmp_path):
     import torch.distributed as dist
 

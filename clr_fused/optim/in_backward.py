@@ -30,7 +30,9 @@ by 1 / world size, then summed), and its parameters are then updated
 through the same per-parameter path (torch's own optimizer-in-backward for
 DDP is built the same way).  The reducer is told that the optimizer runs in
 backward, so it does not copy the reduced bucket back into gradients that
-were released.
+were released.  FSDP2 (``fully_shard``) needs nothing of the kind: it runs
+the sharded parameters' post-accumulate-grad hooks itself, after their
+reduce-scatter, with the reduced shard as the gradient.
 """
 
 from __future__ import annotations
@@ -230,14 +232,20 @@ def register(opt: Any, params: Any = None) -> StepInBackward:
     if ddp is not None:
         _check_ddp(ddp)
         params = ddp.module
-    elif type(params).__name__ == "FullyShardedDataParallel" or hasattr(params, "_get_fsdp_state"):
-        # FSDP reduce-scatters the gradients after the per-parameter hooks run: an update there
-        # would apply this rank's unreduced gradient
+    elif type(params).__name__ == "FullyShardedDataParallel":
+        # FSDP1 reduce-scatters the gradients after the per-parameter hooks run: an update there
+        # would apply this rank's unreduced gradient (FSDP2 runs the sharded parameters' hooks
+        # itself, on the reduced shards)
         raise ValueError(
             f"register_step_in_backward: {type(params).__name__} reduces the gradients after the per-parameter "
             "hooks run, so an update there would use this rank's unreduced gradient; use step()"
         )
-    elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    elif (
+        dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+        and not hasattr(params, "_get_fsdp_state")
+    ):
         # (a parameter cannot tell whether a DDP model holds it)
         warnings.warn(
             "register_step_in_backward: a process group of several ranks is initialized; if these parameters "
