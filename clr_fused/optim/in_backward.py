@@ -49,6 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..kernels.low_precision import is_dense
 from . import live_lr
 from . import plan as plan_mod
 
@@ -226,9 +227,9 @@ def _reduce_then_update(handle, bucket):  # (unannotated: DDP checks the annotat
     dist.all_reduce(buf, group=ddp.process_group)  # (synchronous: updates use the reduced values)
     stepping = handle._active and handle.stepping
     for p, g in zip(bucket.parameters(), bucket.gradients()):
-        if not p.is_contiguous():
-            # the bucket holds a dense non-contiguous gradient (channels_last) in its parameter's
-            # strides; bucket.gradients() views every slice as contiguous
+        if not p.is_contiguous() and is_dense(p):
+            # DDP lays a dense non-contiguous parameter's gradient (channels_last) out in the
+            # parameter's strides; bucket.gradients() views every slice as contiguous
             g = buf.as_strided(p.shape, p.stride(), g.storage_offset())
         p.grad = g
         if stepping and id(p) in handle._group_of:
