@@ -320,3 +320,74 @@ def test_ddp_remove_goes_back_to_step(tmp_path):
             _compare(m1, o1, m2, o2, i + 1)
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# Random sequences (hypothesis): parameters of random sizes and dtypes in two groups, random
+# batch sizes, parameters left out of some backward passes, micro-batches that only accumulate;
+# bit for bit the same optimizer driven by backward(); step().
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+RANDOM_OPTS = {
+    "sgd": lambda groups: cf.SGD(groups, lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9, nesterov=True),
+    "adamw": lambda groups: cf.AdamW(groups, lr=cf.OneCycleLR(0.01, 40), weight_decay=0.1),
+    "lion-int8": lambda groups: cf.Lion(groups, lr=cf.CyclicLR(1e-4, 1e-3, 2), state_dtype="int8"),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    opt_name=st.sampled_from(sorted(RANDOM_OPTS)),
+    sizes=st.lists(st.tuples(st.integers(1, 300), st.booleans(), st.booleans()), min_size=1, max_size=7),
+    batch_bytes=st.sampled_from([0, 40, 700, 1 << 20]),
+    passes=st.lists(st.tuples(st.integers(0, 127), st.booleans()), min_size=1, max_size=6),
+    seed=st.integers(0, 1000),
+)
+def test_random_sequences_match_step(opt_name, sizes, batch_bytes, passes, seed):
+    old = in_backward.BATCH_BYTES
+    in_backward.BATCH_BYTES = batch_bytes
+    try:
+        _random_sequence(opt_name, sizes, batch_bytes, passes, seed)
+    finally:
+        in_backward.BATCH_BYTES = old
+
+
+def _random_sequence(opt_name, sizes, batch_bytes, passes, seed):
+    gen = torch.Generator().manual_seed(seed)
+
+    def make():
+        torch.manual_seed(seed)
+        ps = [torch.nn.Parameter(torch.randn(n).to(torch.bfloat16 if bf16 else torch.float32)) for n, bf16, _ in sizes]
+        groups = [{"params": [p for p, s in zip(ps, sizes) if s[2] == g]} for g in (False, True)]
+        return ps, RANDOM_OPTS[opt_name]([g for g in groups if g["params"]])
+
+    ps1, o1 = make()
+    ps2, o2 = make()
+    handle = o2.register_step_in_backward(ps2)
+    stepped = 0
+    for used_mask, steps in passes:
+        used = [i for i in range(len(sizes)) if used_mask >> (i % 7) & 1] or [0]
+        weights = {i: torch.randn(sizes[i][0], generator=gen) for i in used}
+        handle.stepping = steps
+        for ps in (ps1, ps2):
+            sum((ps[i].float() * weights[i]).sum() + (ps[i].float() ** 2).sum() for i in used).backward()
+        if steps:
+            o1.step()
+            o1.zero_grad()
+            stepped += 1
+        for i, (p1, p2) in enumerate(zip(ps1, ps2)):
+            what = f"{opt_name}, batch {batch_bytes}, parameter {i}, after {stepped} steps"
+            _same(p1.detach(), p2.detach(), what)
+            if steps:
+                assert p2.grad is None, what
+            else:
+                assert (p1.grad is None) == (p2.grad is None), what
+                if p1.grad is not None:
+                    _same(p1.grad, p2.grad, what)
+            s1, s2 = o1.state[p1], o2.state[p2]
+            assert s1.keys() == s2.keys(), what
+            for k in s1:
+                _same(s1[k], s2[k], f"{what}: state {k}")
+        assert o1.get_last_lr() == o2.get_last_lr()
+        assert int(o1.schedule_step) == int(o2.schedule_step) == stepped

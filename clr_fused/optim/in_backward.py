@@ -75,6 +75,7 @@ class StepInBackward:
         self._plans: dict[int, tuple[tuple, plan_mod.LaunchPlan]] = {}
         self._pass: dict[str, Any] | None = None  # this backward's LR inputs (set by its first hook)
         self.steps = 0  # backward passes that stepped
+        self._accumulated: dict[int, Tensor] = {}  # gradients accumulated by backward passes that did not step
         self._ddp = ddp
         self._active = True  # False after remove() (a DDP comm hook cannot be unregistered: it only reduces then)
         if ddp is None:
@@ -105,8 +106,14 @@ class StepInBackward:
 
     # ------------------------------------------------------------ one backward
     def _hook(self, p: Tensor) -> None:
-        if not self.stepping or p.grad is None:
+        if p.grad is None:
             return
+        if not self.stepping:
+            # accumulated: if the backward that steps does not reach p, the end of that backward
+            # applies its gradient, as step() would
+            self._accumulated[id(p)] = p
+            return
+        self._accumulated.pop(id(p), None)
         if self._pass is None:
             self._begin()
         if p.device != self.opt._counter_device:
@@ -197,6 +204,14 @@ class StepInBackward:
         advances the counter; a group without one gets its next LR from device
         ops, as in step()."""
         run, opt = self._pass, self.opt
+        for p in self._accumulated.values():  # accumulated, then not reached by this backward
+            if p.grad is None:
+                continue
+            if p.device != opt._counter_device:
+                self._update([p])
+            else:
+                run["held"].setdefault(self._group_of[id(p)], []).append(p)
+        self._accumulated = {}
         held = list(run["held"].items())
         advanced = False
         for i, (_, ps) in enumerate(held):
