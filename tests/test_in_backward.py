@@ -341,7 +341,7 @@ RANDOM_OPTS = {
     opt_name=st.sampled_from(sorted(RANDOM_OPTS)),
     sizes=st.lists(st.tuples(st.integers(1, 300), st.booleans(), st.booleans()), min_size=1, max_size=7),
     batch_bytes=st.sampled_from([0, 40, 700, 1 << 20]),
-    passes=st.lists(st.tuples(st.integers(0, 127), st.booleans()), min_size=1, max_size=6),
+    passes=st.lists(st.tuples(st.integers(0, 127), st.booleans(), st.booleans()), min_size=1, max_size=6),
     seed=st.integers(0, 1000),
 )
 def test_random_sequences_match_step(opt_name, sizes, batch_bytes, passes, seed):
@@ -364,17 +364,24 @@ def _random_sequence(opt_name, sizes, batch_bytes, passes, seed):
 
     ps1, o1 = make()
     ps2, o2 = make()
-    handle = o2.register_step_in_backward(ps2)
+    handle = None
     stepped = 0
-    for used_mask, steps in passes:
+    for used_mask, steps, in_bwd in passes:  # in_bwd False: this pass with o2.step(), the handle removed
+        if in_bwd and handle is None:
+            handle = o2.register_step_in_backward(ps2)
+        elif not in_bwd and handle is not None:
+            handle.remove()
+            handle = None
         used = [i for i in range(len(sizes)) if used_mask >> (i % 7) & 1] or [0]
         weights = {i: torch.randn(sizes[i][0], generator=gen) for i in used}
-        handle.stepping = steps
+        if handle is not None:
+            handle.stepping = steps
         for ps in (ps1, ps2):
             sum((ps[i].float() * weights[i]).sum() + (ps[i].float() ** 2).sum() for i in used).backward()
         if steps:
-            o1.step()
-            o1.zero_grad()
+            for o in (o1, o2) if handle is None else (o1,):
+                o.step()
+                o.zero_grad()
             stepped += 1
         for i, (p1, p2) in enumerate(zip(ps1, ps2)):
             what = f"{opt_name}, batch {batch_bytes}, parameter {i}, after {stepped} steps"

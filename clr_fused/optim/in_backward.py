@@ -75,7 +75,8 @@ class StepInBackward:
         self._plans: dict[int, tuple[tuple, plan_mod.LaunchPlan]] = {}
         self._pass: dict[str, Any] | None = None  # this backward's LR inputs (set by its first hook)
         self.steps = 0  # backward passes that stepped
-        self._accumulated: dict[int, Tensor] = {}  # gradients accumulated by backward passes that did not step
+        # gradients accumulated by backward passes that did not step (or before this registration)
+        self._accumulated: dict[int, Tensor] = {id(p): p for p in params if p.grad is not None}
         self._ddp = ddp
         self._active = True  # False after remove() (a DDP comm hook cannot be unregistered: it only reduces then)
         if ddp is None:
