@@ -294,6 +294,35 @@ def test_ddp_ignored_parameters_step_on_their_own_gradients(tmp_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("as_view", [False, True])
+def test_ddp_accumulates_with_stepping_false(tmp_path, as_view):
+    """``handle.stepping = False`` under DDP (without no_sync): every
+    micro-batch is reduced into p.grad, as plain DDP does, and the last one
+    steps (one rank: the reductions are exact, so the bits are DDP's)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        m1, m2 = _model(), _model()
+        d1 = torch.nn.parallel.DistributedDataParallel(m1, gradient_as_bucket_view=as_view)
+        d2 = torch.nn.parallel.DistributedDataParallel(m2, gradient_as_bucket_view=as_view)
+        o1 = cf.AdamW(m1.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+        o2 = cf.AdamW(m2.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+        h = o2.register_step_in_backward(d2)
+        batches = _batches(12)
+        for i in range(4):
+            o1.zero_grad()
+            for j, (x, y) in enumerate(batches[3 * i : 3 * i + 3]):
+                _loss(d1, x, y).backward()
+                h.stepping = j == 2
+                _loss(d2, x, y).backward()
+            o1.step()
+            _compare(m1, o1, m2, o2, i + 1)
+            assert all(p.grad is None for p in m2.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
 def test_ddp_remove_goes_back_to_step(tmp_path):
     """After remove() the comm hook DDP keeps only averages into p.grad:
     step() then gives what a plain DDP model gives."""

@@ -247,8 +247,14 @@ def _reduce_then_update(handle, bucket):  # (unannotated: DDP checks the annotat
             # DDP lays a dense non-contiguous parameter's gradient (channels_last) out in the
             # parameter's strides; bucket.gradients() views every slice as contiguous
             g = buf.as_strided(p.shape, p.stride(), g.storage_offset())
-        p.grad = g
-        if stepping and id(p) in handle._group_of:
+        updated = stepping and id(p) in handle._group_of
+        if updated or ddp.gradient_as_bucket_view:
+            p.grad = g  # (updated: released by its update before DDP's next backward)
+        elif p.grad is None:  # a gradient that stays must not alias the bucket (DDP asserts it)
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+        if updated:
             handle._hook(p)
     fut: torch.futures.Future = torch.futures.Future()
     fut.set_result(buf)
