@@ -13,6 +13,7 @@ states.  Each rank writes the mismatches it saw (none expected: bit for bit).
 from __future__ import annotations
 
 import gc
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -116,6 +117,15 @@ def run(rank: int, world: int, init_file: str, out_dir: str, fsdp: bool = False)
     bad: list[str] = []
     hows = ("fsdp2",) if fsdp else ("copy", "bucket view")
     try:
+        # the parameters of a DDP model passed instead of the model: warned (FSDP2's sharded ones: not)
+        model = net() if not fsdp else net().to(memory_format=torch.contiguous_format)
+        wrapped = _wrap(model, hows[0], world)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            cf.SGD(model.parameters(), lr=0.1).register_step_in_backward(list(model.parameters())).remove()
+        warned = any("pass that model" in str(w.message) for w in seen)
+        if warned == fsdp:
+            bad.append(f"registering the parameters of a {hows[0]} model: warned {warned}")
         for name, make in OPTS.items():
             runs = []
             for in_backward, how in ((False, hows[0]), *((True, h) for h in hows)):

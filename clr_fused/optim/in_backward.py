@@ -72,7 +72,8 @@ class StepInBackward:
         for p in params:
             if id(p) not in self._group_of:
                 raise ValueError("register_step_in_backward: a parameter is not in this optimizer's param groups")
-        self._plans: dict[int, tuple[tuple, plan_mod.LaunchPlan]] = {}
+        self._plans: dict[tuple[int, ...], tuple[tuple, plan_mod.LaunchPlan]] = {}  # by the batch's ids
+        self._max_plans = 2 * len(params) + 16  # (batches that change from pass to pass must not pile up)
         self._pass: dict[str, Any] | None = None  # this backward's LR inputs (set by its first hook)
         self.steps = 0  # backward passes that stepped
         # gradients accumulated by backward passes that did not step (or before this registration)
@@ -174,6 +175,8 @@ class StepInBackward:
                 groups, keys, opt._backend_for, opt._check_state, opt._make_states, _chunk_for, opt._compensation
             )
             plan.state, plan.state_version = store, store.version
+            if len(self._plans) >= self._max_plans:
+                self._plans.clear()
             self._plans[ids] = (key, plan)
         run = self._pass
         rec = run["recs"][gi]
@@ -294,19 +297,6 @@ def register(opt: Any, params: Any = None) -> StepInBackward:
             f"register_step_in_backward: {type(params).__name__} reduces the gradients after the per-parameter "
             "hooks run, so an update there would use this rank's unreduced gradient; use step()"
         )
-    elif (
-        dist.is_available()
-        and dist.is_initialized()
-        and dist.get_world_size() > 1
-        and not hasattr(params, "_get_fsdp_state")
-    ):
-        # (a parameter cannot tell whether a DDP model holds it)
-        warnings.warn(
-            "register_step_in_backward: a process group of several ranks is initialized; if these parameters "
-            "belong to a DistributedDataParallel model, pass that model (the updates then use the reduced "
-            "gradients); passed the parameters, each update uses this rank's own gradient",
-            stacklevel=3,
-        )
     if params is None:
         params = [p for g in opt.param_groups for p in g["params"]]
     elif isinstance(params, torch.nn.Module):
@@ -314,6 +304,15 @@ def register(opt: Any, params: Any = None) -> StepInBackward:
     else:
         params = list(params)
     params = [p for p in params if p.requires_grad]
+    sharded = any(hasattr(p, "_local_tensor") for p in params)  # DTensors: FSDP2 calls the hooks on reduced shards
+    if ddp is None and not sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # (a parameter cannot tell whether a DDP model holds it)
+        warnings.warn(
+            "register_step_in_backward: a process group of several ranks is initialized; if these parameters "
+            "belong to a DistributedDataParallel model, pass that model (the updates then use the reduced "
+            "gradients); passed the parameters, each update uses this rank's own gradient",
+            stacklevel=3,
+        )
     handle = StepInBackward(opt, params, ddp)
     opt._in_backward = handle
     return handle
