@@ -81,6 +81,45 @@ def test_bit_identical_to_the_normal_step(case, backend, batch_bytes, monkeypatc
     assert handle.steps == steps
 
 
+class _Boom(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("boom in backward")
+
+
+@pytest.mark.parametrize("zero_grad", [True, False])
+def test_a_backward_that_raises_does_not_stop_the_steps(zero_grad):
+    """A backward that raises midway (its end-of-backward callback is dropped
+    by the engine): the next backward starts a new pass, and the gradients
+    the failed one left are applied as step() applies them (or are gone with
+    zero_grad()).  With this model's small gradients nothing was launched in
+    the failed pass, so the runs stay bit for bit those of step()."""
+    m1, m2 = _model(), _model()
+    o1 = cf.SGD(m1.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
+    o2 = cf.SGD(m2.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
+    o2.register_step_in_backward(m2)
+    batches = _batches(6)
+    for i, (x, y) in enumerate(batches):
+        if i == 2:  # the last layers' gradients arrive, then the first layer's input path raises
+            for m in (m1, m2):
+                with pytest.raises(RuntimeError, match="boom"):
+                    _loss(m[4:], m[3](_Boom.apply(m[2](m[1](m[0](x))))), y).backward()
+            if zero_grad:
+                o1.zero_grad()
+                o2.zero_grad()
+            continue
+        _loss(m1, x, y).backward()
+        o1.step()
+        o1.zero_grad()
+        _loss(m2, x, y).backward()
+        _compare(m1, o1, m2, o2, int(o1.schedule_step))
+    assert int(o2.schedule_step) == 5
+
+
 def test_a_batch_of_several_dtypes_advances_once():
     """Held gradients of fp32 and bf16 parameters of one group go in one
     batch (two buckets: one dtype each); only its last launch writes the next

@@ -115,9 +115,10 @@ class StepInBackward:
             # applies its gradient, as step() would
             self._accumulated[id(p)] = p
             return
+        task = _graph_task()
+        if self._pass is None or self._pass["task"] != task:
+            self._begin(task)  # (before the pop: a failed pass's held gradients become accumulated here)
         self._accumulated.pop(id(p), None)
-        if self._pass is None:
-            self._begin()
         if p.device != self.opt._counter_device:
             self._update([p])  # (step() writes LRs and the counter from the home device's launches only)
             return
@@ -137,10 +138,18 @@ class StepInBackward:
         else:
             held_bytes[gi] = older + nbytes
 
-    def _begin(self) -> None:
+    def _begin(self, task: int) -> None:
         """The first hook of a backward: the groups checked, the LRs each
         update reads taken, the end-of-backward callback queued."""
         opt = self.opt
+        if self._pass is not None:
+            # a backward that raised: the engine dropped its end callback.  What it updated stays
+            # updated; the gradients it held count as accumulated (applied by this pass, as
+            # step() would apply what the failed pass left, unless zero_grad() removed them)
+            for ps in self._pass["held"].values():
+                for q in ps:
+                    self._accumulated[id(q)] = q
+            self._pass = None
         opt._check_groups()
         recs = [opt._group_lr(gi) for gi in range(len(opt.param_groups))]
         opt._keep_applied(recs)
@@ -150,6 +159,7 @@ class StepInBackward:
             "counters": {opt._counter_device: opt._step_counter},
             "held": {},
             "bytes": {},
+            "task": task,
         }
         torch.autograd.Variable._execution_engine.queue_callback(self._finish)
 
@@ -229,6 +239,14 @@ class StepInBackward:
         opt._host_steps += 1
         self._pass = None
         self.steps += 1
+
+
+def _graph_task() -> int:
+    """The autograd graph task running this hook: a new one is a new backward
+    pass (torch < 2.1 has no id: every pass looks alike, and a backward that
+    raised leaves the mode stuck there)."""
+    get = getattr(torch._C, "_current_graph_task_id", None)
+    return get() if get is not None else 0
 
 
 # Gradients of one group younger than this many bytes wait and are updated together (one launch
