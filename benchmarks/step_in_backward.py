@@ -9,7 +9,9 @@ mode in its own fresh process with a fixed glibc mmap threshold (see
 ``_MALLOC_ENV``): params + AdamW states + activations are the
 same in both, so the difference is what the gradients held.  The host cost
 is timed on 400 tiny parameters (arithmetic costs nothing), the step() path
-beside the in-backward path, interleaved, median of rounds.
+beside the in-backward path, interleaved, median of rounds.  Under DDP: two
+gloo ranks (one thread each) train an 8.4M-parameter MLP with DDP + step()
+and DDP + the step in backward, interleaved, median of rounds.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import clr_fused as cf
 
@@ -146,6 +151,61 @@ def host_cost(n_params: int = 400, rounds: int = 15, iters: int = 20) -> dict:
     }
 
 
+def _mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(*[m for _ in range(8) for m in (torch.nn.Linear(1024, 1024), torch.nn.GELU())])
+
+
+def _ddp_rank(rank: int, world: int, init: str, out: str, rounds: int) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        x, y = torch.randn(64, 1024), torch.randn(64, 1024)
+        m1, m2 = _mlp(), _mlp()
+        d1, d2 = DDP(m1), DDP(m2)
+        o1 = cf.AdamW(m1.parameters(), lr=cf.OneCycleLR(1e-3, 10_000))
+        o2 = cf.AdamW(m2.parameters(), lr=cf.OneCycleLR(1e-3, 10_000))
+        o2.register_step_in_backward(d2)
+
+        def normal():
+            o1.zero_grad()
+            torch.nn.functional.mse_loss(d1(x), y).backward()
+            o1.step()
+
+        def in_bwd():
+            torch.nn.functional.mse_loss(d2(x), y).backward()
+
+        for f in (normal, in_bwd, normal, in_bwd):
+            f()
+        times: dict[str, list[float]] = {"step": [], "in-backward": []}
+        for _ in range(rounds):
+            for name, f in (("step", normal), ("in-backward", in_bwd)):
+                dist.barrier()
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+        if rank == 0:
+            with open(out, "w") as fh:
+                json.dump({k: statistics.median(v) for k, v in times.items()}, fh)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_cost(rounds: int = 15) -> dict:
+    """DDP + step() against DDP + the step in backward: 2 gloo ranks on the
+    CPU, one thread each, an 8.4M-parameter MLP (1024 wide, 8 layers)."""
+    d = tempfile.mkdtemp()
+    out = os.path.join(d, "ddp.json")
+    mp.spawn(_ddp_rank, args=(2, os.path.join(d, "init"), out, rounds), nprocs=2, join=True)
+    with open(out) as fh:
+        med = json.load(fh)
+    return {"ranks": 2, "params": 8 * (1024 * 1024 + 1024), "median_s": med,
+            "ratio_in_backward_to_step": med["in-backward"] / med["step"]}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child")
@@ -163,6 +223,7 @@ def main() -> None:
         "threads": a.threads,
         "peak_memory": {shape: peak_memory(a.steps, a.threads, shape) for shape in ("tied", "untied")},
         "host": host_cost(),
+        "ddp": ddp_cost(),
     }
     text = json.dumps(res, indent=1)
     print(text)

@@ -31,9 +31,11 @@ gradient before the first update: they are refused / unsupported here.
 Under ``DistributedDataParallel`` the per-parameter hooks would see the
 local, unreduced gradient, so the updates run from a DDP communication
 hook instead: each gradient bucket is averaged as DDP averages it (scaled
-by 1 / world size, then summed), and its parameters are then updated
-through the same per-parameter path (torch's own optimizer-in-backward for
-DDP is built the same way).  The reducer is told that the optimizer runs in
+by 1 / world size, then summed) by an asynchronous all-reduce, and its
+parameters are updated through the same per-parameter path when the next
+bucket is ready (the last bucket's at the end of the pass), so each
+all-reduce runs beside the backward (torch's own optimizer-in-backward for
+DDP is built the same way, with a side stream).  The reducer is told that the optimizer runs in
 backward, so it does not copy the reduced bucket back into gradients that
 were released.  FSDP2 (``fully_shard``) needs nothing of the kind: it runs
 the sharded parameters' post-accumulate-grad hooks itself, after their
@@ -79,6 +81,8 @@ class StepInBackward:
         # gradients accumulated by backward passes that did not step (or before this registration)
         self._accumulated: dict[int, Tensor] = {id(p): p for p in params if p.grad is not None}
         self._ddp = ddp
+        self._ddp_pending: tuple | None = None  # DDP: the bucket whose all-reduce runs beside the backward
+        self._end_task: int | None = None  # the backward pass whose end callback is queued
         self._active = True  # False after remove() (a DDP comm hook cannot be unregistered: it only reduces then)
         if ddp is None:
             self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in params]
@@ -161,7 +165,23 @@ class StepInBackward:
             "bytes": {},
             "task": task,
         }
-        torch.autograd.Variable._execution_engine.queue_callback(self._finish)
+        self._queue_end(task)
+
+    def _queue_end(self, task: int) -> None:
+        """The end-of-backward callback, queued once per backward pass."""
+        if self._end_task != task:
+            self._end_task = task
+            torch.autograd.Variable._execution_engine.queue_callback(self._end)
+
+    def _end(self) -> None:
+        """The end of a backward: DDP's last bucket (its all-reduce done by
+        now) applied, then the pass finished."""
+        self._end_task = None
+        pending, self._ddp_pending = self._ddp_pending, None
+        if pending is not None:
+            _apply_bucket(self, *pending)
+        if self._pass is not None:
+            self._finish()
 
     def _update(self, ps: list[Tensor], *, write_next: bool = False, advance: bool = False) -> bool:
         """Launch the updates of ``ps`` (one group's) and release their
@@ -257,13 +277,30 @@ BATCH_BYTES = 1 << 20
 def _reduce_then_update(handle, bucket):  # (unannotated: DDP checks the annotations' objects)
     """The DDP communication hook: the bucket averaged as DDP's own reduction
     averages it (each gradient times 1 / world size, then summed: the same
-    bits), its gradients set to the reduced values, then updated."""
+    bits), asynchronously; the previous bucket, whose all-reduce ran beside
+    the backward meanwhile, applied (the last one at the end of the pass)."""
     ddp = handle._ddp
     buf = bucket.buffer()
     buf.mul_(1.0 / ddp.process_group.size())
-    dist.all_reduce(buf, group=ddp.process_group)  # (synchronous: updates use the reduced values)
+    work = dist.all_reduce(buf, group=ddp.process_group, async_op=True)
+    task = _graph_task()
+    pending = handle._ddp_pending
+    handle._ddp_pending = (work, buf, bucket.parameters(), bucket.gradients(), task)
+    if pending is not None:
+        _apply_bucket(handle, *pending)
+    handle._queue_end(task)
+    return work.get_future().then(lambda _: buf)
+
+
+def _apply_bucket(handle, work, buf, params, grads, task) -> None:
+    """One reduced bucket: its gradients set to the reduced values, then
+    updated (or, not stepping, kept for step())."""
+    work.wait()
+    ddp = handle._ddp
+    if task != _graph_task():  # (a bucket of a backward that raised: its pass is gone)
+        return
     stepping = handle._active and handle.stepping
-    for p, g in zip(bucket.parameters(), bucket.gradients()):
+    for p, g in zip(params, grads):
         if not p.is_contiguous() and is_dense(p):
             # DDP lays a dense non-contiguous parameter's gradient (channels_last) out in the
             # parameter's strides; bucket.gradients() views every slice as contiguous
@@ -277,9 +314,6 @@ def _reduce_then_update(handle, bucket):  # (unannotated: DDP checks the annotat
             p.grad.copy_(g)
         if updated:
             handle._hook(p)
-    fut: torch.futures.Future = torch.futures.Future()
-    fut.set_result(buf)
-    return fut
 
 
 def _check_ddp(ddp: Any) -> None:
