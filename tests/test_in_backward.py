@@ -255,6 +255,28 @@ def test_gradscaler_is_refused_clearly():
         scaler.step(o)
 
 
+def _spawn_worker(tmp_path, fsdp):
+    """3 gloo ranks of tests/in_backward_worker.py; each writes the mismatches it saw."""
+    import torch.multiprocessing as mp
+
+    from . import in_backward_worker
+
+    mp.spawn(in_backward_worker.run, args=(3, str(tmp_path / "init"), str(tmp_path), fsdp), nprocs=3, join=True)
+    for rank in range(3):
+        bad = torch.load(tmp_path / f"bad-{rank}.pt")
+        assert bad == [], f"rank {rank}: {bad[:5]}"
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A one-rank gloo process group for DDP in this process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
 def test_ddp_bit_identical_to_the_normal_step(tmp_path):
     """Under DDP (3 gloo ranks, each with its own data: 1 / 3 is not exact, so
     the averaging must be DDP's own to the bit) the updates run from a
@@ -262,14 +284,7 @@ def test_ddp_bit_identical_to_the_normal_step(tmp_path):
     for bit those of ``backward(); step()``, with either gradient layout, a
     channels_last convolution, two groups, several buckets and micro-batches
     under ``no_sync()`` (tests/in_backward_worker.py)."""
-    import torch.multiprocessing as mp
-
-    from . import in_backward_worker
-
-    mp.spawn(in_backward_worker.run, args=(3, str(tmp_path / "init"), str(tmp_path)), nprocs=3, join=True)
-    for rank in range(3):
-        bad = torch.load(tmp_path / f"bad-{rank}.pt")
-        assert bad == [], f"rank {rank}: {bad[:5]}"
+    _spawn_worker(tmp_path, fsdp=False)
 
 
 def test_fsdp2_bit_identical_to_the_normal_step(tmp_path):
@@ -278,116 +293,86 @@ def test_fsdp2_bit_identical_to_the_normal_step(tmp_path):
     on the reduced shards: parameters, states (int8 blocks of the shards
     included) and LRs bit for bit those of ``backward(); step()``, with
     micro-batches under ``set_requires_gradient_sync(False)``."""
-    import torch.multiprocessing as mp
-
-    from . import in_backward_worker
-
-    mp.spawn(in_backward_worker.run, args=(3, str(tmp_path / "init"), str(tmp_path), True), nprocs=3, join=True)
-    for rank in range(3):
-        bad = torch.load(tmp_path / f"bad-{rank}.pt")
-        assert bad == [], f"rank {rank}: {bad[:5]}"
+    _spawn_worker(tmp_path, fsdp=True)
 
 
-def test_ddp_refusals(tmp_path):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        ddp = torch.nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
-        o = cf.SGD(ddp.parameters(), lr=0.1)
-        with pytest.raises(ValueError, match="find_unused_parameters=True"):
-            o.register_step_in_backward(ddp)
-        assert o._in_backward is None
-        ddp = torch.nn.parallel.DistributedDataParallel(_model(), static_graph=True)
-        with pytest.raises(ValueError, match="static_graph=True"):
-            o.register_step_in_backward(ddp)
-        assert o._in_backward is None
-    finally:
-        dist.destroy_process_group()
+def test_ddp_refusals(one_rank_group):
+    ddp = torch.nn.parallel.DistributedDataParallel(_model(), find_unused_parameters=True)
+    o = cf.SGD(ddp.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="find_unused_parameters=True"):
+        o.register_step_in_backward(ddp)
+    assert o._in_backward is None
+    ddp = torch.nn.parallel.DistributedDataParallel(_model(), static_graph=True)
+    with pytest.raises(ValueError, match="static_graph=True"):
+        o.register_step_in_backward(ddp)
+    assert o._in_backward is None
 
 
-def test_ddp_ignored_parameters_step_on_their_own_gradients(tmp_path):
+def test_ddp_ignored_parameters_step_on_their_own_gradients(one_rank_group):
     """A parameter DDP ignores is in no bucket: its own hook updates it (its
     gradient is local by design), bit for bit as DDP + step() does."""
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        m1, m2 = _model(), _model()
-        for m in (m1, m2):
-            DDP._set_params_and_buffers_to_ignore_for_model(m, ["2.weight"])
-        d1, d2 = DDP(m1), DDP(m2)
-        o1 = cf.SGD(m1.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
-        o2 = cf.SGD(m2.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
-        o2.register_step_in_backward(d2)
-        start = m2[2].weight.detach().clone()
-        for i, (x, y) in enumerate(_batches(5)):
-            o1.zero_grad()
-            _loss(d1, x, y).backward()
-            o1.step()
-            _loss(d2, x, y).backward()
-            _compare(m1, o1, m2, o2, i + 1)
-        assert not torch.equal(start, m2[2].weight)
-    finally:
-        dist.destroy_process_group()
+    m1, m2 = _model(), _model()
+    for m in (m1, m2):
+        DDP._set_params_and_buffers_to_ignore_for_model(m, ["2.weight"])
+    d1, d2 = DDP(m1), DDP(m2)
+    o1 = cf.SGD(m1.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
+    o2 = cf.SGD(m2.parameters(), lr=cf.CyclicLR(0.01, 0.1, 3), momentum=0.9)
+    o2.register_step_in_backward(d2)
+    start = m2[2].weight.detach().clone()
+    for i, (x, y) in enumerate(_batches(5)):
+        o1.zero_grad()
+        _loss(d1, x, y).backward()
+        o1.step()
+        _loss(d2, x, y).backward()
+        _compare(m1, o1, m2, o2, i + 1)
+    assert not torch.equal(start, m2[2].weight)
 
 
 @pytest.mark.parametrize("as_view", [False, True])
-def test_ddp_accumulates_with_stepping_false(tmp_path, as_view):
+def test_ddp_accumulates_with_stepping_false(one_rank_group, as_view):
     """``handle.stepping = False`` under DDP (without no_sync): every
     micro-batch is reduced into p.grad, as plain DDP does, and the last one
     steps (one rank: the reductions are exact, so the bits are DDP's)."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        m1, m2 = _model(), _model()
-        d1 = torch.nn.parallel.DistributedDataParallel(m1, gradient_as_bucket_view=as_view)
-        d2 = torch.nn.parallel.DistributedDataParallel(m2, gradient_as_bucket_view=as_view)
-        o1 = cf.AdamW(m1.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
-        o2 = cf.AdamW(m2.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
-        h = o2.register_step_in_backward(d2)
-        batches = _batches(12)
-        for i in range(4):
-            o1.zero_grad()
-            for j, (x, y) in enumerate(batches[3 * i : 3 * i + 3]):
-                _loss(d1, x, y).backward()
-                h.stepping = j == 2
-                _loss(d2, x, y).backward()
-            o1.step()
-            _compare(m1, o1, m2, o2, i + 1)
-            assert all(p.grad is None for p in m2.parameters())
-    finally:
-        dist.destroy_process_group()
+    m1, m2 = _model(), _model()
+    d1 = torch.nn.parallel.DistributedDataParallel(m1, gradient_as_bucket_view=as_view)
+    d2 = torch.nn.parallel.DistributedDataParallel(m2, gradient_as_bucket_view=as_view)
+    o1 = cf.AdamW(m1.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+    o2 = cf.AdamW(m2.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+    h = o2.register_step_in_backward(d2)
+    batches = _batches(12)
+    for i in range(4):
+        o1.zero_grad()
+        for j, (x, y) in enumerate(batches[3 * i : 3 * i + 3]):
+            _loss(d1, x, y).backward()
+            h.stepping = j == 2
+            _loss(d2, x, y).backward()
+        o1.step()
+        _compare(m1, o1, m2, o2, i + 1)
+        assert all(p.grad is None for p in m2.parameters())
 
 
-def test_ddp_remove_goes_back_to_step(tmp_path):
+def test_ddp_remove_goes_back_to_step(one_rank_group):
     """After remove() the comm hook DDP keeps only averages into p.grad:
     step() then gives what a plain DDP model gives."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        m1, m2 = _model(), _model()
-        d1, d2 = torch.nn.parallel.DistributedDataParallel(m1), torch.nn.parallel.DistributedDataParallel(m2)
-        o1 = cf.Adam(m1.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
-        o2 = cf.Adam(m2.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
-        h = o2.register_step_in_backward(d2)
-        for i, (x, y) in enumerate(_batches(6)):
-            if i == 3:
-                h.remove()
-            o1.zero_grad()
-            _loss(d1, x, y).backward()
-            o1.step()
-            if i >= 3:
-                o2.zero_grad()
-            _loss(d2, x, y).backward()
-            if i >= 3:
-                o2.step()
-            _compare(m1, o1, m2, o2, i + 1)
-    finally:
-        dist.destroy_process_group()
+    m1, m2 = _model(), _model()
+    d1, d2 = torch.nn.parallel.DistributedDataParallel(m1), torch.nn.parallel.DistributedDataParallel(m2)
+    o1 = cf.Adam(m1.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+    o2 = cf.Adam(m2.parameters(), lr=cf.CyclicLR(1e-3, 1e-2, 3))
+    h = o2.register_step_in_backward(d2)
+    for i, (x, y) in enumerate(_batches(6)):
+        if i == 3:
+            h.remove()
+        o1.zero_grad()
+        _loss(d1, x, y).backward()
+        o1.step()
+        if i >= 3:
+            o2.zero_grad()
+        _loss(d2, x, y).backward()
+        if i >= 3:
+            o2.step()
+        _compare(m1, o1, m2, o2, i + 1)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -341,8 +341,9 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
 
         ``params``: a module (a ``DistributedDataParallel`` one: updated from
         its communication hook, on the reduced gradients), parameters, or
-        None for every parameter of the optimizer.  Returns a handle: ``handle.stepping = False`` makes the
-        next backward passes only accumulate (gradient accumulation; set it
+        None for every parameter of the optimizer.  Returns a handle:
+        ``handle.stepping = False`` makes the next backward passes only
+        accumulate (gradient accumulation; set it
         True before the last micro-batch), ``handle.remove()`` goes back to
         ``step()``.  The step counter advances and the schedule moves once
         per backward that stepped; ``step()`` then only calls its closure.

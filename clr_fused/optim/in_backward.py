@@ -35,9 +35,9 @@ by 1 / world size, then summed) by an asynchronous all-reduce, and its
 parameters are updated through the same per-parameter path when the next
 bucket is ready (the last bucket's at the end of the pass), so each
 all-reduce runs beside the backward (torch's own optimizer-in-backward for
-DDP is built the same way, with a side stream).  The reducer is told that the optimizer runs in
-backward, so it does not copy the reduced bucket back into gradients that
-were released.  FSDP2 (``fully_shard``) needs nothing of the kind: it runs
+DDP is built the same way, with a side stream).  The reducer is told that
+the optimizer runs in backward, so it does not copy the reduced bucket back
+into gradients that were released.  FSDP2 (``fully_shard``) needs nothing of the kind: it runs
 the sharded parameters' post-accumulate-grad hooks itself, after their
 reduce-scatter, with the reduced shard as the gradient.
 """

@@ -32,10 +32,10 @@ class SGD(FusedOptimizer):
     ``max_grad_norm`` (fused global-norm clipping) and ``state_dtype``
     (``torch.float32`` momentum buffers for bf16 parameters, ``torch.bfloat16``,
     or a codec name of ``clr_fused.codecs.NAMED``: 8-bit blocks) and
-    ``stochastic_rounding`` (bfloat16 writes rounded stochastically) or ``kahan_sum`` (a compensation buffer of
-    the parameter's dtype per bfloat16 / float16 parameter, state key
-    ``kahan_comp``, holding what rounding dropped; optimi's name); see
-    docs/low-precision.md.
+    ``stochastic_rounding`` (bfloat16 writes rounded stochastically) or
+    ``kahan_sum`` (a compensation buffer of the parameter's dtype per
+    bfloat16 / float16 parameter, state key ``kahan_comp``, holding what
+    rounding dropped; optimi's name); see docs/low-precision.md.
     """
 
     _momentum_key = "momentum"
