@@ -108,7 +108,7 @@ __device__ __forceinline__ uint16_t bf16_bits_stochastic(float x, uint32_t rando
 //       x = scale * a^4, a = q / 255              (4th power: v spans decades;
 //       the smallest non-zero is 2.4e-10 * scale, so a v never becomes 0
 //       beside a non-zero m, which a linear map does and Adam then divides by eps)
-// Encoding rounds to the nearest code of the companded value.  README:
+// Encoding rounds to the nearest code of the companded value (q8_encode).  README:
 // "Low-precision state" has the measurements behind the choice.
 constexpr int64_t kQBlock = 128;  // a warp's 32 lanes x 4 elements on the GPU; 1.03 bytes per element
 // The reciprocals as float32 (double 1/127 rounded once, as Python's and Triton's constants).
@@ -128,12 +128,33 @@ __device__ __forceinline__ float q8_decode(int32_t q, float scale) {
   return (a2 * a2) * scale;
 }
 
-// inv = 1 / scale (0 for an all-zero block).  |x| * inv <= 1 + 2**-23, so
-// the rounded code never exceeds 127 / 255 by more than the integer clamp
-// catches; the clamp is on the integer (a float select is not if-converted by
-// GCC under the default -ftrapping-math, and the loop would stay scalar).  A
-// NaN's code is whatever the conversion gives: its block's scale is NaN, so
-// it decodes as NaN whatever the code.
+// What the encode takes.  The signed map: the value and inv = 1 / scale (0
+// for an all-zero block).  The unsigned map: root = sqrt(value) and inv =
+// sqrt(1 / scale), its code round(255 * sqrt(root * inv)): the 4th root taken
+// as two square roots, of which sqrt(value) is the one Adam's update has just
+// taken for its denominator (the compilers compute it once after inlining:
+// one square root per element fewer on the CPU, where the int8 step is bound
+// by the divide / square-root unit), and sqrt(1 / scale) once per block.
+template <bool kSigned>
+__device__ __forceinline__ float q8_encode_input(float x) {
+  if constexpr (kSigned) return x;
+  return sqrtf(x);
+}
+
+__device__ __forceinline__ float inverse_scale(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
+
+template <bool kSigned>
+__device__ __forceinline__ float q8_encode_factor(float scale) {
+  if constexpr (kSigned) return inverse_scale(scale);
+  return sqrtf(inverse_scale(scale));
+}
+
+// |x| * inv <= 1 + 2**-23 (root * inv <= 1 + 2**-22), so the rounded code
+// never exceeds 127 / 255 by more than the integer clamp catches; the clamp is
+// on the integer (a float select is not if-converted by GCC under the default
+// -ftrapping-math, and the loop would stay scalar).  A NaN's code is whatever
+// the conversion gives: its block's scale is NaN, so it decodes as NaN
+// whatever the code.
 template <bool kSigned>
 __device__ __forceinline__ int32_t q8_encode(float x, float inv) {
   if constexpr (kSigned) {
@@ -141,14 +162,12 @@ __device__ __forceinline__ int32_t q8_encode(float x, float inv) {
     q = q < 127 ? q : 127;
     return x < 0.0f ? -q : q;
   }
-  const int32_t q = static_cast<int32_t>(sqrtf(sqrtf(x * inv)) * 255.0f + 0.5f);
+  const int32_t q = static_cast<int32_t>(sqrtf(x * inv) * 255.0f + 0.5f);
   return q < 255 ? q : 255;
 }
 
 // |x| as ordered integer bits: the block maximum is an integer max (NaN above
 // +inf, so a NaN state makes its block's scale NaN, on every backend alike).
 __device__ __forceinline__ uint32_t magnitude_bits(float x) { return float_bits(x) & 0x7FFFFFFFu; }
-
-__device__ __forceinline__ float inverse_scale(float scale) { return scale > 0.0f ? 1.0f / scale : 0.0f; }
 
 }  // namespace clr_fused

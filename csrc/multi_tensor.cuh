@@ -320,18 +320,19 @@ __device__ __forceinline__ float decode_at(const void* codes, float scale, int64
   }
 }
 
-// Re-quantizes one lane's n new values of a list with the block's scale.
+// Re-quantizes one lane's n new values of a list (as q8_encode_input made
+// them) with the block's scale.
 template <bool kSigned>
 __device__ __forceinline__ void encode_lane(void* codes, float* scales, int64_t blk, int64_t first, int n,
                                             const float* values, uint32_t amax, int64_t lane) {
   const float sc = bits_float(lanes_max(amax));
-  const float inv = inverse_scale(sc);
+  const float f = q8_encode_factor<kSigned>(sc);
   if constexpr (kSigned) {
     int8_t* c = static_cast<int8_t*>(codes) + first;
-    for (int e = 0; e < n; ++e) c[e] = static_cast<int8_t>(q8_encode<true>(values[e], inv));
+    for (int e = 0; e < n; ++e) c[e] = static_cast<int8_t>(q8_encode<true>(values[e], f));
   } else {
     uint8_t* c = static_cast<uint8_t*>(codes) + first;
-    for (int e = 0; e < n; ++e) c[e] = static_cast<uint8_t>(q8_encode<false>(values[e], inv));
+    for (int e = 0; e < n; ++e) c[e] = static_cast<uint8_t>(q8_encode<false>(values[e], f));
   }
   if (lane == 0) scales[blk] = sc;
 }
@@ -364,9 +365,11 @@ __device__ __forceinline__ void for_each_q8(P* p, const P* g, const StatePtrs<Q8
 #pragma unroll
       for (int j = 1; j < NS; ++j) sf[j] = decode_at<false>(sp.codes[j], scale[j], i);
       op(pf, gf, sf);
+      st[0][e] = q8_encode_input<true>(sf[0]);
+#pragma unroll
+      for (int j = 1; j < NS; ++j) st[j][e] = q8_encode_input<false>(sf[j]);  // the update's own sqrt (low_precision.cuh)
 #pragma unroll
       for (int j = 0; j < NS; ++j) {
-        st[j][e] = sf[j];
         const uint32_t m = magnitude_bits(sf[j]);
         amax[j] = m > amax[j] ? m : amax[j];
       }

@@ -188,7 +188,8 @@ def encode(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
         q = (_sqrt(x.abs() * inv) * 127.0 + 0.5).to(torch.int32)
         q = torch.where(q < 127, q, 127)
         return torch.where(x < 0, -q, q).to(torch.int8), scales
-    q = (_sqrt(_sqrt(x * inv)) * 255.0 + 0.5).to(torch.int32)
+    # the 4th root as sqrt(sqrt(x) * sqrt(1 / scale)), as q8_encode (csrc/low_precision.cuh) takes it
+    q = (_sqrt(_sqrt(x) * _sqrt(inv)) * 255.0 + 0.5).to(torch.int32)
     return torch.where(q < 255, q, 255).to(torch.uint8), scales
 
 

@@ -163,7 +163,7 @@ def _q8_store(x, code_ptrs, scale_ptrs, mask, row_mask, SIGNED: tl.constexpr):
         q = tl.where(x < 0, -q, q)
         tl.store(code_ptrs, q.to(tl.int8), mask=mask)
     else:
-        q = (tl.sqrt_rn(tl.sqrt_rn(x * inv)) * 255.0 + 0.5).to(tl.int32)
+        q = (tl.sqrt_rn(tl.sqrt_rn(x) * tl.sqrt_rn(inv)) * 255.0 + 0.5).to(tl.int32)  # the 4th root as q8_encode's
         tl.store(code_ptrs, tl.where(q < 255, q, 255).to(tl.uint8), mask=mask)
     tl.store(scale_ptrs, scale, mask=row_mask)
 
