@@ -183,13 +183,15 @@ def encode(x: Tensor, signed: bool) -> tuple[Tensor, Tensor]:
     padded[:n] = x
     mag = padded.view(torch.int32) & 0x7FFFFFFF
     scales = mag.view(nb, QBLOCK).amax(dim=1).view(torch.float32)
-    inv = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales)).repeat_interleave(QBLOCK)[:n]
+    inv = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales))
+    # per block, as q8_encode_factor (csrc/low_precision.cuh): 1 / scale, or its sqrt for the unsigned map
+    factor = (inv if signed else _sqrt(inv)).repeat_interleave(QBLOCK)[:n]
     if signed:
-        q = (_sqrt(x.abs() * inv) * 127.0 + 0.5).to(torch.int32)
+        q = (_sqrt(x.abs() * factor) * 127.0 + 0.5).to(torch.int32)
         q = torch.where(q < 127, q, 127)
         return torch.where(x < 0, -q, q).to(torch.int8), scales
-    # the 4th root as sqrt(sqrt(x) * sqrt(1 / scale)), as q8_encode (csrc/low_precision.cuh) takes it
-    q = (_sqrt(_sqrt(x) * _sqrt(inv)) * 255.0 + 0.5).to(torch.int32)
+    # the 4th root as sqrt(sqrt(x) * sqrt(1 / scale)), as q8_encode takes it
+    q = (_sqrt(_sqrt(x) * factor) * 255.0 + 0.5).to(torch.int32)
     return torch.where(q < 255, q, 255).to(torch.uint8), scales
 
 

@@ -343,8 +343,8 @@ class FusedOptimizer(LiveLR, StateDictProtocol, torch.optim.Optimizer):
         its communication hook, on the reduced gradients), parameters, or
         None for every parameter of the optimizer.  Returns a handle:
         ``handle.stepping = False`` makes the next backward passes only
-        accumulate (gradient accumulation; set it
-        True before the last micro-batch), ``handle.remove()`` goes back to
+        accumulate (gradient accumulation; set it True before the last
+        micro-batch), ``handle.remove()`` goes back to
         ``step()``.  The step counter advances and the schedule moves once
         per backward that stepped; ``step()`` then only calls its closure.
         Refused with ``max_grad_norm`` (the global norm is not known before

@@ -37,9 +37,9 @@ bucket is ready (the last bucket's at the end of the pass), so each
 all-reduce runs beside the backward (torch's own optimizer-in-backward for
 DDP is built the same way, with a side stream).  The reducer is told that
 the optimizer runs in backward, so it does not copy the reduced bucket back
-into gradients that were released.  FSDP2 (``fully_shard``) needs nothing of the kind: it runs
-the sharded parameters' post-accumulate-grad hooks itself, after their
-reduce-scatter, with the reduced shard as the gradient.
+into gradients that were released.  FSDP2 (``fully_shard``) needs nothing
+of the kind: it runs the sharded parameters' post-accumulate-grad hooks
+itself, after their reduce-scatter, with the reduced shard as the gradient.
 """
 
 from __future__ import annotations
